@@ -1,0 +1,56 @@
+"""Build the aiohttp application: routes, shared state, start-up and clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from se.config import Config
+from se.dav import handlers
+from se.dav.context import CONTEXT, Context
+from se.middleware import error_middleware
+from se.storage.posix import PosixBackend
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("se")
+
+
+def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
+    """The application for one worker process.  ``sweep`` overrides storage.sweep_on_start."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+    executor = ThreadPoolExecutor(cfg.server.io_threads, thread_name_prefix="se-io")
+    backend = PosixBackend(cfg, executor)
+    app[CONTEXT] = Context(cfg, backend, cfg.anonymous_access())
+    app.router.add_route(
+        "*", "/{tail:.*}", handlers.dispatch, expect_handler=handlers.expect_handler
+    )
+    app.on_response_prepare.append(handlers.on_prepare)
+    do_sweep = cfg.storage.sweep_on_start if sweep is None else sweep
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        task = None
+        if do_sweep:
+            task = asyncio.ensure_future(backend.run(backend.sweep_temp_files))
+            task.add_done_callback(_log_sweep)
+        yield
+        if task is not None and not task.done():
+            task.cancel()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def _log_sweep(task: asyncio.Future[int]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.warning("sweep of interrupted uploads failed: %s", exc)
+    elif task.result():
+        log.info("removed %d interrupted upload(s)", task.result())

@@ -1,0 +1,233 @@
+"""Configuration: TOML (stdlib tomllib) into frozen dataclasses.
+
+Pure apart from :func:`load_file`.  Every key has a default here and is documented beside
+it in ``config.example.toml``; an unknown section or key is an error naming it, so a typo
+never silently falls back to a default.  Precedence: defaults < file < command-line flags
+(the CLI applies flags with :func:`dataclasses.replace`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AuthConfig",
+    "ChecksumConfig",
+    "Config",
+    "ConfigError",
+    "LoggingConfig",
+    "ServerConfig",
+    "StorageConfig",
+    "TLSConfig",
+    "WebDAVConfig",
+    "is_loopback",
+    "load_file",
+    "load_mapping",
+]
+
+SUPPORTED_CHECKSUMS = ("adler32", "crc32c", "md5", "sha1", "sha256", "sha512")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be served; the message is one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    # Names (host or host:port) under which clients reach this server; a MOVE/COPY
+    # Destination on one of them (or on the request's Host) is local.
+    local_hosts: tuple[str, ...] = ()
+    insecure_anonymous: bool = False
+    # Seconds an idle keep-alive connection stays open.
+    keepalive_timeout: float = 75.0
+    # Threads that drive sendfile and blocking file calls.
+    io_threads: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    root: str = "./data"
+    create_parents: bool = True
+    # Files up to this many bytes are read in one call instead of sendfile.
+    inline_read_max: int = 65536
+    # Temp files of interrupted uploads older than this (seconds) are swept at start.
+    stale_upload_age: float = 3600.0
+    sweep_on_start: bool = True
+    # Bytes per read/write chunk for PUT batching and checksum computation.
+    chunk_size: int = 4 * 1024 * 1024
+    fsync: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksumConfig:
+    # Computed while every upload streams; adler32 is always included.
+    algorithms: tuple[str, ...] = ("adler32",)
+    # Also write XRootD's user.XrdCks.<alg> xattrs (they are always read when present).
+    write_xrootd: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WebDAVConfig:
+    allow_depth_infinity: bool = False
+    # Maximum entries a PROPFIND Depth: infinity may return when allowed.
+    depth_infinity_limit: int = 100000
+    max_ranges: int = 1024
+    # Upper bound on XML request bodies (PROPFIND, PROPPATCH), bytes.
+    max_xml_body: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    cert: str = ""
+    key: str = ""
+    # CA directory (hashed, like /etc/grid-security/certificates) for outgoing connections.
+    ca_dir: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # What a request without credentials may do: "none", "read" or "read-write".
+    anonymous: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    checksums: ChecksumConfig = field(default_factory=ChecksumConfig)
+    webdav: WebDAVConfig = field(default_factory=WebDAVConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    # None when the file has no [auth] section: then anonymous read-write on loopback only.
+    auth: AuthConfig | None = None
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def anonymous_access(self) -> str:
+        """The anonymous policy in force: explicit [auth], else read-write (guarded at start)."""
+        return self.auth.anonymous if self.auth is not None else "read-write"
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings")
+        return tuple(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string")
+        return value
+    raise ConfigError(f"{where}: unsupported type")  # pragma: no cover
+
+
+def _section(cls: type[Any], data: Any, name: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key: {name}.{key}")
+        values[key] = _coerce(value, hints[key], f"{name}.{key}")
+    return cls(**values)
+
+
+def load_mapping(data: Mapping[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from parsed TOML."""
+    hints = typing.get_type_hints(Config)
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in hints:
+            raise ConfigError(f"unknown config section: [{name}]")
+        tp = hints[name]
+        if isinstance(tp, types.UnionType):  # AuthConfig | None
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        sections[name] = _section(tp, value, name)
+    cfg = Config(**sections)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; raises ConfigError with one line."""
+    s = cfg.server
+    if not 0 <= s.port <= 65535:
+        raise ConfigError(f"server.port: {s.port} is not a TCP port")
+    if not 1 <= s.workers <= 64:
+        raise ConfigError("server.workers: must be between 1 and 64")
+    if s.io_threads < 1:
+        raise ConfigError("server.io_threads: must be at least 1")
+    for alg in cfg.checksums.algorithms:
+        if alg not in SUPPORTED_CHECKSUMS:
+            raise ConfigError(
+                f"checksums.algorithms: unknown algorithm {alg!r} "
+                f"(supported: {', '.join(SUPPORTED_CHECKSUMS)})"
+            )
+    if cfg.storage.chunk_size < 4096:
+        raise ConfigError("storage.chunk_size: must be at least 4096")
+    if bool(cfg.tls.cert) != bool(cfg.tls.key):
+        raise ConfigError("tls: cert and key must be set together")
+    if cfg.auth is not None and cfg.auth.anonymous not in ("none", "read", "read-write"):
+        raise ConfigError("auth.anonymous: must be one of none, read, read-write")
+    if cfg.logging.level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("logging.level: must be one of debug, info, warning, error")
+
+
+def load_file(path: str | Path) -> Config:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    return load_mapping(data)
+
+
+def checksum_algorithms(cfg: Config) -> tuple[str, ...]:
+    """Algorithms computed on every write: adler32 first, then the configured ones."""
+    algs = ["adler32"]
+    algs += [a for a in cfg.checksums.algorithms if a != "adler32"]
+    return tuple(algs)

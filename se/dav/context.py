@@ -1,0 +1,26 @@
+"""What handlers share: the configuration and the backend, under one typed app key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from se.config import Config
+from se.storage.posix import PosixBackend
+
+__all__ = ["CONTEXT", "Context", "context"]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    cfg: Config
+    backend: PosixBackend
+    anonymous: str  # the anonymous access level in force
+
+
+CONTEXT: web.AppKey[Context] = web.AppKey("se_context", Context)
+
+
+def context(request: web.Request) -> Context:
+    return request.app[CONTEXT]

@@ -1,0 +1,473 @@
+"""One coroutine per WebDAV/HTTP method; thin: parse, authorise, call the backend, respond.
+
+Routing is a single catch-all route dispatching on the method through :data:`METHODS`
+(aiohttp's class views reject non-standard verbs).  Errors are raised as ``se.errors``
+and rendered by ``se.middleware``.  RFC 4918 sections are cited where a status is chosen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import mimetypes
+from collections.abc import Awaitable, Callable
+
+from aiohttp import hdrs, web
+
+from se import __version__
+from se.auth.policy import Op, require
+from se.dav import listing, propfind
+from se.dav.body import send_file_range, write_file_range
+from se.dav.context import context
+from se.dav.headers import Depth, parse_depth, parse_destination, parse_overwrite
+from se.dav.ranges import (
+    closing,
+    content_range,
+    multipart_length,
+    new_boundary,
+    parse_range,
+    part_header,
+)
+from se.errors import (
+    BadGateway,
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    NotImplementedYet,
+    SEError,
+    UnsupportedMediaType,
+)
+from se.middleware import error_response
+from se.storage import checksums
+from se.storage.paths import DavPath, confine
+from se.storage.posix import DirEntry, OpenFile, Stat
+
+__all__ = ["METHODS", "dispatch", "expect_handler"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH"
+SERVER = f"se/{__version__}"
+
+
+def _path(request: web.Request) -> DavPath:
+    return confine(request.raw_path)
+
+
+def _authorise(request: web.Request, op: Op, path: DavPath) -> None:
+    require(op, path, context(request).anonymous)
+
+
+def _content_type(name: str) -> str:
+    ctype, _enc = mimetypes.guess_type(name, strict=False)
+    return ctype or "application/octet-stream"
+
+
+def _has_body(request: web.Request) -> bool:
+    return bool(request.content_length) or request.headers.get(hdrs.TRANSFER_ENCODING) is not None
+
+
+async def _read_xml(request: web.Request) -> bytes:
+    limit = context(request).cfg.webdav.max_xml_body
+    if request.content_length is not None and request.content_length > limit:
+        raise SEError("XML body too large")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise BadRequest("XML body too large")
+    return body
+
+
+# -- OPTIONS ----------------------------------------------------------------------------
+async def options(request: web.Request) -> web.StreamResponse:
+    return web.Response(
+        headers={"DAV": "1", "Allow": ALLOW, "Accept-Ranges": "bytes", "MS-Author-Via": "DAV"}
+    )
+
+
+# -- GET / HEAD -------------------------------------------------------------------------
+def _digest_headers(request: web.Request) -> tuple[list[str], list[str]]:
+    want = request.headers.get("Want-Digest")
+    want_repr = request.headers.get("Want-Repr-Digest")
+    d = checksums.parse_want_digest(want)[:1] if want else []
+    r = checksums.parse_want_repr_digest(want_repr)[:1] if want_repr and not want else []
+    return d, r
+
+
+def _not_modified(request: web.Request, st: Stat) -> int | None:
+    """RFC 9110 §13.2.2 evaluation order for the conditionals we support."""
+    h = request.headers
+    if_match = h.get(hdrs.IF_MATCH)
+    if if_match is not None and if_match.strip() != "*" and st.etag not in _etags(if_match):
+        return 412
+    ius = request.if_unmodified_since
+    if if_match is None and ius is not None and int(st.mtime) > ius.timestamp():
+        return 412
+    inm = h.get(hdrs.IF_NONE_MATCH)
+    if inm is not None:
+        if inm.strip() == "*" or st.etag in _etags(inm):
+            return 304
+        return None
+    ims = request.if_modified_since
+    if ims is not None and int(st.mtime) <= ims.timestamp():
+        return 304
+    return None
+
+
+def _etags(value: str) -> set[str]:
+    return {t.strip().removeprefix("W/") for t in value.split(",")}
+
+
+async def get(request: web.Request) -> web.StreamResponse:
+    path = _path(request)
+    _authorise(request, Op.READ, path)
+    ctx = context(request)
+    opened = ctx.backend.open_read(path)
+    if isinstance(opened, Stat):
+        return await _get_collection(request, path)
+    try:
+        return await _get_file(request, opened)
+    finally:
+        opened.close()
+
+
+async def _get_collection(request: web.Request, path: DavPath) -> web.StreamResponse:
+    ctx = context(request)
+    entries = await ctx.backend.list_dir(path, with_xattrs=True)
+    fmt = listing.preferred_format(request.headers.get(hdrs.ACCEPT, ""))
+    if fmt == "json":
+        return web.Response(
+            text=listing.render_json(path, entries), content_type="application/json"
+        )
+    return web.Response(text=listing.render_html(path, entries), content_type="text/html")
+
+
+async def _get_file(request: web.Request, f: OpenFile) -> web.StreamResponse:
+    ctx = context(request)
+    st = f.stat
+    headers = {
+        hdrs.ETAG: st.etag,
+        hdrs.LAST_MODIFIED: _http_date(st.mtime),
+        hdrs.ACCEPT_RANGES: "bytes",
+        hdrs.CONTENT_TYPE: _content_type(f.path.name),
+    }
+    status = _not_modified(request, st)
+    if status is not None:
+        headers.pop(hdrs.CONTENT_TYPE)
+        return web.Response(status=status, headers=headers)
+    want, want_repr = _digest_headers(request)
+    if want or want_repr:
+        digests = await ctx.backend.checksums(f, tuple(want + want_repr))
+        for alg in want:
+            headers["Digest"] = checksums.format_digest(alg, digests[alg])
+        for alg in want_repr:
+            headers["Repr-Digest"] = checksums.format_repr_digest(alg, digests[alg])
+    ranges = None
+    range_header = request.headers.get(hdrs.RANGE)
+    if range_header is not None and _if_range_ok(request, st):
+        ranges = parse_range(range_header, st.size, ctx.cfg.webdav.max_ranges)
+    if ranges is None:
+        return await _send(request, f, 200, headers, 0, st.size)
+    if len(ranges) == 1:
+        start, end = ranges[0]
+        headers[hdrs.CONTENT_RANGE] = content_range(start, end, st.size)
+        return await _send(request, f, 206, headers, start, end - start)
+    return await _send_multipart(request, f, headers, ranges)
+
+
+def _if_range_ok(request: web.Request, st: Stat) -> bool:
+    if_range = request.headers.get(hdrs.IF_RANGE)
+    if if_range is None:
+        return True
+    if if_range.strip().startswith(('"', "W/")):
+        return if_range.strip() == st.etag
+    return request.if_range is not None and int(st.mtime) <= request.if_range.timestamp()
+
+
+def _http_date(ts: float) -> str:
+    return email.utils.formatdate(ts, usegmt=True)
+
+
+async def _send(
+    request: web.Request, f: OpenFile, status: int, headers: dict[str, str], offset: int, count: int
+) -> web.StreamResponse:
+    ctx = context(request)
+    if request.method == hdrs.METH_HEAD:
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = count
+        await resp.prepare(request)
+        await resp.write_eof()
+        return resp
+    if count <= ctx.backend.inline_read_max:
+        body = ctx.backend.read_small(f, offset, count)
+        return web.Response(status=status, headers=headers, body=body)
+    resp = web.StreamResponse(status=status, headers=headers)
+    resp.content_length = count
+    await resp.prepare(request)
+    try:
+        await send_file_range(request, resp, ctx.backend, f, offset, count)
+    except (OSError, TimeoutError) as exc:
+        # Headers are gone already: the only honest signal left is closing the connection.
+        if request.transport is not None:
+            request.transport.close()
+        raise ConnectionResetError(str(exc)) from exc
+    await resp.write_eof()
+    return resp
+
+
+async def _send_multipart(
+    request: web.Request, f: OpenFile, headers: dict[str, str], ranges: list[tuple[int, int]]
+) -> web.StreamResponse:
+    ctx = context(request)
+    st = f.stat
+    ctype = headers.pop(hdrs.CONTENT_TYPE)
+    boundary = new_boundary()
+    headers[hdrs.CONTENT_TYPE] = f"multipart/byteranges; boundary={boundary}"
+    resp = web.StreamResponse(status=206, headers=headers)
+    resp.content_length = multipart_length(boundary, ranges, st.size, ctype)
+    await resp.prepare(request)
+    if request.method == hdrs.METH_HEAD:
+        return resp
+    for start, end in ranges:
+        await resp.write(part_header(boundary, start, end, st.size, ctype))
+        await write_file_range(resp, ctx.backend, f, start, end - start)
+    await resp.write(closing(boundary))
+    await resp.write_eof()
+    return resp
+
+
+# -- PUT --------------------------------------------------------------------------------
+def _check_put(request: web.Request) -> tuple[DavPath, bool]:
+    path = _path(request)
+    overwrite = parse_overwrite(request.headers.get("Overwrite"))
+    _authorise(request, Op.MODIFY if overwrite else Op.CREATE, path)
+    if request.headers.get(hdrs.TRANSFER_ENCODING) and request.headers.get(hdrs.CONTENT_LENGTH):
+        raise BadRequest("both Content-Length and Transfer-Encoding given")
+    if request.headers.get(hdrs.CONTENT_RANGE):
+        raise BadRequest("partial PUT (Content-Range) is not supported")
+    return path, overwrite
+
+
+async def put(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    path, overwrite = _check_put(request)
+    expected = checksums.expected_digests(request.headers)
+    upload = await ctx.backend.begin_upload(path, overwrite, tuple(expected))
+    try:
+        content = request.content
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            await upload.feed(chunk)
+        declared = request.content_length
+        if declared is not None and upload.received != declared:
+            raise BadRequest(
+                f"body ended after {upload.received} of {declared} bytes; nothing stored"
+            )
+        result = await upload.commit(expected)
+    except BaseException:
+        await asyncio.shield(upload.abort())
+        raise
+    headers = {hdrs.ETAG: result.stat.etag}
+    want, want_repr = _digest_headers(request)
+    for alg in want:
+        if alg in result.digests:
+            headers["Digest"] = checksums.format_digest(alg, result.digests[alg])
+    for alg in want_repr:
+        if alg in result.digests:
+            headers["Repr-Digest"] = checksums.format_repr_digest(alg, result.digests[alg])
+    return web.Response(status=201 if result.created else 204, headers=headers)
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """Answer ``Expect: 100-continue`` only once the request could succeed (RFC 9110 §10.1.1)."""
+    expect = request.headers.get(hdrs.EXPECT, "").lower()
+    if expect != "100-continue":
+        return error_response(SEError(f"unsupported Expect: {expect}"))
+    if request.method == hdrs.METH_PUT:
+        try:
+            path, overwrite = _check_put(request)
+            context(request).backend.check_upload(path, overwrite)
+        except SEError as exc:
+            return error_response(exc)
+    request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[unused-awaitable]
+    return None
+
+
+# -- MKCOL / DELETE ---------------------------------------------------------------------
+async def mkcol(request: web.Request) -> web.StreamResponse:
+    path = _path(request)
+    _authorise(request, Op.CREATE, path)
+    if _has_body(request):
+        raise UnsupportedMediaType("MKCOL with a request body is not supported")
+    await context(request).backend.mkcol(path)
+    return web.Response(status=201)
+
+
+async def delete(request: web.Request) -> web.StreamResponse:
+    path = _path(request)
+    _authorise(request, Op.DELETE, path)
+    failures = await context(request).backend.delete(path)
+    if not failures:
+        return web.Response(status=204)
+    body = propfind.render_status_list(
+        (_href(request, p, False), e.status, e.reason) for p, e in failures
+    )
+    return web.Response(status=207, body=body, content_type="application/xml", charset="utf-8")
+
+
+# -- COPY / MOVE ------------------------------------------------------------------------
+async def copy(request: web.Request) -> web.StreamResponse:
+    if "Source" in request.headers:
+        raise NotImplementedYet("third-party copy (COPY with Source) is not implemented yet")
+    return await _copy_or_move(request, move=False)
+
+
+async def move(request: web.Request) -> web.StreamResponse:
+    return await _copy_or_move(request, move=True)
+
+
+async def _copy_or_move(request: web.Request, move: bool) -> web.StreamResponse:
+    ctx = context(request)
+    src = _path(request)
+    dest = parse_destination(
+        request.headers.get("Destination"), request.host, ctx.cfg.server.local_hosts
+    )
+    if not dest.is_local:
+        if move:
+            raise BadGateway("MOVE destination is on another server")
+        raise NotImplementedYet("third-party copy (COPY to another server) is not implemented yet")
+    dst = confine(dest.raw_path)
+    overwrite = parse_overwrite(request.headers.get("Overwrite"))
+    depth = parse_depth(request.headers.get("Depth"), Depth.INFINITY)
+    if depth is Depth.ONE or (move and depth is not Depth.INFINITY):
+        raise BadRequest(f"Depth {depth.value} is not allowed for {request.method}")
+    _authorise(request, Op.DELETE if move else Op.READ, src)
+    _authorise(request, Op.MODIFY if overwrite else Op.CREATE, dst)
+    if move:
+        created = await ctx.backend.move(src, dst, overwrite)
+    else:
+        created = await ctx.backend.copy(src, dst, overwrite, depth is Depth.INFINITY)
+    return web.Response(status=201 if created else 204)
+
+
+# -- PROPFIND / PROPPATCH ---------------------------------------------------------------
+def _href(request: web.Request, path: DavPath, collection: bool) -> str:
+    base = f"{request.scheme}://{request.host}"
+    return propfind_escape(base) + path.url(collection)
+
+
+def propfind_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _resource(
+    request: web.Request, e: DirEntry, quota: tuple[int, int] | None
+) -> propfind.Resource:
+    st = e.stat
+    return propfind.Resource(
+        href=_href(request, e.path, st.is_dir),
+        name=e.path.name or "/",
+        is_dir=st.is_dir,
+        size=st.size,
+        mtime=st.mtime,
+        ctime=st.ctime_ns / 1e9,
+        etag=st.etag,
+        content_type="" if st.is_dir else _content_type(e.path.name),
+        checksums=e.checksums,
+        dead=e.dead_props,
+        quota=quota if st.is_dir else None,
+    )
+
+
+_PLAIN_LIVE = frozenset(n for n in propfind.LIVE if n != (propfind.DCACHE, "Checksums"))
+
+
+async def propfind_handler(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    path = _path(request)
+    _authorise(request, Op.READ, path)
+    req = propfind.parse_propfind(await _read_xml(request))
+    depth = parse_depth(request.headers.get("Depth"), Depth.INFINITY)
+    if depth is Depth.INFINITY and not ctx.cfg.webdav.allow_depth_infinity:
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?>\n<D:error xmlns:D="DAV:">'
+            "<D:propfind-finite-depth/></D:error>\n"
+        )
+        return web.Response(status=403, text=body, content_type="application/xml")
+    with_xattrs = req.kind != "prop" or not set(req.names) <= _PLAIN_LIVE
+    self_entry = ctx.backend.entry(path, with_xattrs)
+    if self_entry is None:
+        raise NotFound(f"{path}: not found")
+    quota = None
+    if req.kind == "prop" and {n for n in req.names if n[1].startswith("quota-")}:
+        quota = ctx.backend.quota(path)
+    if (
+        req.kind == "prop"
+        and (propfind.DCACHE, "Checksums") in req.names
+        and not self_entry.stat.is_dir
+        and depth is Depth.ZERO
+    ):
+        opened = ctx.backend.open_read(path)
+        if isinstance(opened, OpenFile):
+            try:
+                self_entry.checksums.update(await ctx.backend.checksums(opened, ("adler32",)))
+            finally:
+                opened.close()
+    entries = [self_entry]
+    if self_entry.stat.is_dir and depth is not Depth.ZERO:
+        limit = 1 if depth is Depth.ONE else 1 << 30
+        entries += await ctx.backend.list_dir(
+            path, with_xattrs, limit, ctx.cfg.webdav.depth_infinity_limit
+        )
+    body = propfind.render_multistatus((_resource(request, e, quota) for e in entries), req)
+    return web.Response(status=207, body=body, content_type="application/xml", charset="utf-8")
+
+
+async def proppatch(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    path = _path(request)
+    _authorise(request, Op.MODIFY, path)
+    ops = propfind.parse_proppatch(await _read_xml(request))
+    if ctx.backend.stat(path) is None:
+        raise NotFound(f"{path}: not found")
+    protected = [op for op in ops if op.name in propfind.LIVE]
+    results: list[tuple[tuple[str, str], int]] = []
+    if protected:
+        results = [(op.name, 403 if op in protected else 424) for op in ops]
+    else:
+        for op in ops:
+            if op.action == "set":
+                ok = ctx.backend.set_prop(path, op.key, op.element)
+                results.append((op.name, 200 if ok else 507))
+            else:
+                ctx.backend.remove_prop(path, op.key)
+                results.append((op.name, 200))
+    body = propfind.render_proppatch(_href(request, path, False), results)
+    return web.Response(status=207, body=body, content_type="application/xml", charset="utf-8")
+
+
+METHODS: dict[str, Handler] = {
+    "OPTIONS": options,
+    "GET": get,
+    "HEAD": get,
+    "PUT": put,
+    "DELETE": delete,
+    "MKCOL": mkcol,
+    "COPY": copy,
+    "MOVE": move,
+    "PROPFIND": propfind_handler,
+    "PROPPATCH": proppatch,
+}
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    handler = METHODS.get(request.method)
+    if handler is None:
+        raise MethodNotAllowed(
+            f"method {request.method} is not supported", headers={"Allow": ALLOW}
+        )
+    return await handler(request)
+
+
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[hdrs.SERVER] = SERVER

@@ -1,0 +1,316 @@
+"""PROPFIND and PROPPATCH bodies (RFC 4918 §9.1, §9.2, §14).  Pure.
+
+Request bodies are untrusted XML and are parsed with defusedxml only.  Responses are built
+as text directly (a listing of thousands of entries must stay cheap), with every value
+XML-escaped and every href percent-encoded by the caller.  Property names are handled as
+``(namespace, local name)`` pairs; dead properties travel as their serialised elements.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+from xml.etree.ElementTree import Element, tostring
+
+import defusedxml.ElementTree as DET
+from defusedxml import DefusedXmlException
+
+from se.errors import BadRequest
+from se.storage import checksums
+
+__all__ = [
+    "DAV",
+    "DCACHE",
+    "PatchOp",
+    "PropRequest",
+    "Resource",
+    "parse_propfind",
+    "parse_proppatch",
+    "render_multistatus",
+    "render_proppatch",
+    "render_status_list",
+]
+
+DAV = "DAV:"
+DCACHE = "http://www.dcache.org/2013/webdav"
+PropName = tuple[str, str]
+
+# Live properties answered for every resource (allprop) and the ones only on request.
+_ALLPROP_LIVE: tuple[PropName, ...] = (
+    (DAV, "creationdate"),
+    (DAV, "displayname"),
+    (DAV, "getcontentlength"),
+    (DAV, "getcontenttype"),
+    (DAV, "getetag"),
+    (DAV, "getlastmodified"),
+    (DAV, "resourcetype"),
+    (DCACHE, "Checksums"),
+)
+_ON_REQUEST_LIVE: tuple[PropName, ...] = (
+    (DAV, "quota-used-bytes"),
+    (DAV, "quota-available-bytes"),
+    (DAV, "iscollection"),
+    (DAV, "supportedlock"),
+    (DAV, "lockdiscovery"),
+)
+LIVE = frozenset(_ALLPROP_LIVE + _ON_REQUEST_LIVE)
+
+
+@dataclass(frozen=True, slots=True)
+class PropRequest:
+    kind: Literal["allprop", "propname", "prop"]
+    names: tuple[PropName, ...] = ()
+
+    def wants(self, name: PropName) -> bool:
+        return self.kind == "allprop" or name in self.names
+
+
+@dataclass(frozen=True, slots=True)
+class PatchOp:
+    action: Literal["set", "remove"]
+    name: PropName
+    element: bytes = b""  # the serialised property element for "set"
+
+    @property
+    def key(self) -> str:
+        return "{{{}}}{}".format(*self.name)
+
+
+@dataclass(slots=True)
+class Resource:
+    """What PROPFIND shows of one file or collection."""
+
+    href: str
+    name: str
+    is_dir: bool
+    size: int
+    mtime: float
+    ctime: float
+    etag: str
+    content_type: str = "application/octet-stream"
+    checksums: dict[str, bytes] = field(default_factory=dict)
+    dead: Sequence[bytes] = ()
+    quota: tuple[int, int] | None = None  # (used, available) bytes, collections only
+
+
+def _split(tag: str) -> PropName:
+    if tag.startswith("{"):
+        ns, _, local = tag[1:].partition("}")
+        return ns, local
+    return "", tag
+
+
+def _parse(body: bytes, root_name: str) -> Element:
+    try:
+        root = DET.fromstring(body)
+    except DefusedXmlException as exc:
+        raise BadRequest(f"forbidden XML construct in {root_name} body") from exc
+    except Exception as exc:  # ParseError and friends
+        raise BadRequest(f"malformed XML in {root_name} body: {exc}") from None
+    if root.tag != f"{{{DAV}}}{root_name}":
+        raise BadRequest(f"request body is not a DAV:{root_name} element")
+    return root
+
+
+def parse_propfind(body: bytes) -> PropRequest:
+    """An empty body means allprop (RFC 4918 §9.1)."""
+    if not body.strip():
+        return PropRequest("allprop")
+    root = _parse(body, "propfind")
+    for child in root:
+        tag = _split(child.tag)
+        if tag == (DAV, "allprop"):
+            return PropRequest("allprop")
+        if tag == (DAV, "propname"):
+            return PropRequest("propname")
+        if tag == (DAV, "prop"):
+            return PropRequest("prop", tuple(_split(p.tag) for p in child))
+    raise BadRequest("propfind body names none of allprop, propname, prop")
+
+
+def parse_proppatch(body: bytes) -> list[PatchOp]:
+    root = _parse(body, "propertyupdate")
+    ops: list[PatchOp] = []
+    for instr in root:
+        kind = _split(instr.tag)
+        if kind not in ((DAV, "set"), (DAV, "remove")):
+            continue
+        for prop in instr:
+            if _split(prop.tag) != (DAV, "prop"):
+                continue
+            for item in prop:
+                name = _split(item.tag)
+                if kind == (DAV, "set"):
+                    item.tail = None
+                    ops.append(
+                        PatchOp(
+                            "set", name, tostring(item, encoding="utf-8", xml_declaration=False)
+                        )
+                    )
+                else:
+                    ops.append(PatchOp("remove", name))
+    if not ops:
+        raise BadRequest("propertyupdate body has no property to set or remove")
+    return ops
+
+
+def dead_prop_name(element: bytes) -> PropName | None:
+    try:
+        return _split(DET.fromstring(element).tag)
+    except Exception:
+        return None
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _http_date(ts: float) -> str:
+    return email.utils.formatdate(ts, usegmt=True)
+
+
+def _iso_date(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _open(name: PropName) -> tuple[str, str]:
+    ns, local = name
+    if ns == DAV:
+        return f"<D:{local}>", f"</D:{local}>"
+    if ns == DCACHE:
+        return f"<C:{local}>", f"</C:{local}>"
+    if ns == "":
+        return f'<{local} xmlns="">', f"</{local}>"
+    return f'<X:{local} xmlns:X="{_esc(ns)}">', f"</X:{local}>"
+
+
+def _empty(name: PropName) -> str:
+    start, _end = _open(name)
+    return start[:-1] + "/>"
+
+
+def _live_value(r: Resource, name: PropName) -> str | None:
+    """The XML content of a live property, or None when the resource lacks it."""
+    local = name[1] if name[0] == DAV else None
+    if local == "resourcetype":
+        return "<D:collection/>" if r.is_dir else ""
+    if local == "getlastmodified":
+        return _http_date(r.mtime)
+    if local == "creationdate":
+        return _iso_date(r.ctime)
+    if local == "displayname":
+        return _esc(r.name)
+    if local == "getetag":
+        return _esc(r.etag)
+    if local == "iscollection":
+        return "1" if r.is_dir else "0"
+    if local == "supportedlock" or local == "lockdiscovery":
+        return ""
+    if r.is_dir:
+        if r.quota is not None and local == "quota-used-bytes":
+            return str(r.quota[0])
+        if r.quota is not None and local == "quota-available-bytes":
+            return str(r.quota[1])
+        return None
+    if local == "getcontentlength":
+        return str(r.size)
+    if local == "getcontenttype":
+        return _esc(r.content_type)
+    if name == (DCACHE, "Checksums") and r.checksums:
+        return ",".join(checksums.format_digest(a, v) for a, v in sorted(r.checksums.items()))
+    return None
+
+
+def _response(r: Resource, req: PropRequest) -> str:
+    ok: list[str] = []
+    missing: list[str] = []
+    if req.kind == "propname":
+        names = [n for n in _ALLPROP_LIVE if _live_value(r, n) is not None]
+        ok = [_empty(n) for n in names]
+        for el in r.dead:
+            dn = dead_prop_name(el)
+            if dn is not None:
+                ok.append(_empty(dn))
+    elif req.kind == "allprop":
+        for n in _ALLPROP_LIVE:
+            v = _live_value(r, n)
+            if v is not None:
+                s, e = _open(n)
+                ok.append(f"{s}{v}{e}")
+        ok.extend(el.decode("utf-8") for el in r.dead)
+    else:
+        dead = {dead_prop_name(el): el for el in r.dead} if r.dead else {}
+        for n in req.names:
+            v = _live_value(r, n) if n in LIVE else None
+            if v is not None:
+                s, e = _open(n)
+                ok.append(f"{s}{v}{e}")
+            elif n in dead:
+                ok.append(dead[n].decode("utf-8"))
+            else:
+                missing.append(_empty(n))
+    parts = [f"<D:response><D:href>{r.href}</D:href>"]
+    if ok or not missing:
+        parts.append(
+            f"<D:propstat><D:prop>{''.join(ok)}</D:prop>"
+            "<D:status>HTTP/1.1 200 OK</D:status></D:propstat>"
+        )
+    if missing:
+        parts.append(
+            f"<D:propstat><D:prop>{''.join(missing)}</D:prop>"
+            "<D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>"
+        )
+    parts.append("</D:response>")
+    return "".join(parts)
+
+
+_HEAD = f'<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:" xmlns:C="{DCACHE}">'
+_TAIL = "</D:multistatus>\n"
+
+
+def render_multistatus(resources: Iterable[Resource], req: PropRequest) -> bytes:
+    body = [_HEAD]
+    body.extend(_response(r, req) for r in resources)
+    body.append(_TAIL)
+    return "".join(body).encode("utf-8")
+
+
+_REASONS = {
+    200: "OK",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    423: "Locked",
+    424: "Failed Dependency",
+    500: "Internal Server Error",
+    507: "Insufficient Storage",
+}
+
+
+def render_proppatch(href: str, results: Sequence[tuple[PropName, int]]) -> bytes:
+    body = [_HEAD, f"<D:response><D:href>{href}</D:href>"]
+    for name, status in results:
+        body.append(
+            f"<D:propstat><D:prop>{_empty(name)}</D:prop>"
+            f"<D:status>HTTP/1.1 {status} {_REASONS.get(status, '')}</D:status>"
+            "</D:propstat>"
+        )
+    body.append("</D:response>" + _TAIL)
+    return "".join(body).encode("utf-8")
+
+
+def render_status_list(items: Iterable[tuple[str, int, str]]) -> bytes:
+    """207 body for a partly failed DELETE/COPY/MOVE: (href, status, reason) per member."""
+    body = [_HEAD]
+    for href, status, reason in items:
+        body.append(
+            f"<D:response><D:href>{href}</D:href>"
+            f"<D:status>HTTP/1.1 {status} {_REASONS.get(status, '')}</D:status>"
+            f"<D:responsedescription>{_esc(reason)}</D:responsedescription>"
+            "</D:response>"
+        )
+    body.append(_TAIL)
+    return "".join(body).encode("utf-8")

@@ -1,0 +1,49 @@
+"""The only place that turns errors into responses.
+
+:func:`error_response` renders an :class:`SEError` as ``text/plain`` with the one-line
+reason; :func:`error_middleware` applies it to everything a handler raises, and turns any
+other exception into a logged 500 so that no traceback reaches a client.  The 100-continue
+hook (which runs before middlewares in aiohttp) uses :func:`error_response` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from se.errors import SEError
+
+__all__ = ["error_middleware", "error_response"]
+
+log = logging.getLogger("se.http")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: SEError) -> web.Response:
+    resp = web.Response(
+        status=exc.status, text=exc.reason + "\n", content_type="text/plain", headers=exc.headers
+    )
+    if exc.status in (400, 413, 415, 417):
+        # The body of a refused request may still be on the wire; don't reuse the link.
+        resp.force_close()
+    return resp
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except SEError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.reason)
+        return error_response(exc)
+    except web.HTTPException:
+        raise
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(SEError("internal server error"))

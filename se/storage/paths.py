@@ -1,0 +1,104 @@
+"""URL path -> confined storage path.  Pure: no filesystem access.
+
+A request path is percent-decoded once (strict UTF-8), split on ``/``, and every segment is
+checked: ``..`` (also when it arrived as ``%2e%2e``), NUL bytes, an encoded ``/`` and the
+server's reserved temp-file names are refused; ``.`` and empty segments are dropped.  What
+remains can only name something below the root.  Symlinks are the backend's business
+(``se.storage.posix`` checks the resolved path), since seeing them needs the filesystem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, unquote_to_bytes
+
+from se.errors import BadRequest, Forbidden
+
+__all__ = ["TEMP_PREFIX", "DavPath", "confine", "is_temp_name"]
+
+# Prefix of in-flight upload files; never served, listed or addressable.
+TEMP_PREFIX = ".se-upload-"
+MAX_PATH_BYTES = 4096
+MAX_SEGMENT_BYTES = 255
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class DavPath:
+    """A normalised path below the storage root, as a tuple of segments."""
+
+    segments: tuple[str, ...]
+
+    @property
+    def is_root(self) -> bool:
+        return not self.segments
+
+    @property
+    def rel(self) -> str:
+        """Relative path ("" for the root), for joining onto the root directory."""
+        return "/".join(self.segments)
+
+    @property
+    def name(self) -> str:
+        return self.segments[-1] if self.segments else ""
+
+    @property
+    def parent(self) -> DavPath:
+        return DavPath(self.segments[:-1])
+
+    def child(self, name: str) -> DavPath:
+        return DavPath((*self.segments, name))
+
+    def url(self, collection: bool = False) -> str:
+        """Percent-encoded absolute URL path; collections end with ``/``."""
+        path = "/" + "/".join(quote(s, safe="!$&'()*+,;=:@~") for s in self.segments)
+        if collection and not path.endswith("/"):
+            path += "/"
+        return path
+
+    def is_within(self, other: DavPath) -> bool:
+        """True when self is other or lies below it."""
+        return self.segments[: len(other.segments)] == other.segments
+
+    def __str__(self) -> str:
+        return "/" + self.rel
+
+
+def confine(raw_path: str) -> DavPath:
+    """Turn a raw (percent-encoded) URL path into a :class:`DavPath` or raise.
+
+    Raises BadRequest for undecodable input and Forbidden for attempts to leave the root
+    or to touch reserved names.
+    """
+    if "?" in raw_path or "#" in raw_path:
+        raw_path = raw_path.split("?", 1)[0].split("#", 1)[0]
+    if not raw_path.startswith("/"):
+        raise BadRequest("path must be absolute")
+    segments: list[str] = []
+    for raw_seg in raw_path.split("/"):
+        if not raw_seg:
+            continue
+        data = unquote_to_bytes(raw_seg)
+        if b"\x00" in data:
+            raise BadRequest("path contains a NUL byte")
+        if b"/" in data:
+            raise BadRequest("path segment contains an encoded '/'")
+        if len(data) > MAX_SEGMENT_BYTES:
+            raise BadRequest("path segment is longer than 255 bytes")
+        try:
+            seg = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("path is not valid UTF-8") from None
+        if seg == ".":
+            continue
+        if seg == "..":
+            raise Forbidden("path contains '..'")
+        if is_temp_name(seg):
+            raise Forbidden("path uses a reserved name")
+        segments.append(seg)
+    if sum(len(s.encode()) + 1 for s in segments) > MAX_PATH_BYTES:
+        raise BadRequest("path is longer than 4096 bytes")
+    return DavPath(tuple(segments))

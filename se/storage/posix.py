@@ -1,0 +1,647 @@
+"""The POSIX backend: the only module that touches the data tree.
+
+Everything a handler needs from the filesystem goes through :class:`PosixBackend`.  Cheap
+metadata calls (open, fstat, a small read, an xattr get) run inline on the event loop,
+because on a local filesystem they cost microseconds and a thread hop would cost more (the
+small-GET benchmark decides this); bulk work (uploads, listings, checksum computation,
+recursive copy/delete, fsync) runs on the I/O thread pool.  OS errors are translated into
+``se.errors`` here, in :func:`map_oserror`, and nowhere else.
+
+Uploads are atomic: bytes go to a hidden temp file in the target directory while every
+configured checksum is updated, then fsync, checksum xattrs, and a rename (or a link when
+overwriting is forbidden).  Any failure unlinks the temp file; temp files orphaned by a
+crash are swept at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import stat as stat_mod
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from se.config import Config, checksum_algorithms
+from se.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    Conflict,
+    Forbidden,
+    InsufficientStorage,
+    MethodNotAllowed,
+    NotFound,
+    PreconditionFailed,
+    SEError,
+)
+from se.storage import checksums, xattrs
+from se.storage.paths import TEMP_PREFIX, DavPath, is_temp_name
+
+__all__ = ["DirEntry", "OpenFile", "PosixBackend", "Stat", "Upload", "UploadResult", "map_oserror"]
+
+log = logging.getLogger("se.storage")
+T = TypeVar("T")
+
+
+def map_oserror(exc: OSError, what: str) -> SEError:
+    """The one errno -> domain error table."""
+    code = exc.errno
+    if code == errno.ENOENT:
+        return NotFound(f"{what}: not found")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return Forbidden(f"{what}: permission denied")
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"{what}: insufficient storage")
+    if code in (errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.EINVAL):
+        return Conflict(f"{what}: {exc.strerror.lower() if exc.strerror else 'conflict'}")
+    if code == errno.ENAMETOOLONG:
+        return BadRequest(f"{what}: name too long")
+    return SEError(f"{what}: I/O error ({exc.strerror})")
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    is_dir: bool
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    dev: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stat:
+        return cls(
+            stat_mod.S_ISDIR(st.st_mode),
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_ino,
+            st.st_dev,
+        )
+
+    @property
+    def mtime(self) -> float:
+        return self.mtime_ns / 1e9
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.ino:x}-{self.mtime_ns:x}-{self.size:x}"'
+
+
+@dataclass(slots=True)
+class OpenFile:
+    """An open regular file; the caller must call :meth:`close`."""
+
+    fd: int
+    stat: Stat
+    path: DavPath
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    path: DavPath
+    stat: Stat
+    checksums: dict[str, bytes] = field(default_factory=dict)
+    dead_props: list[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    created: bool
+    stat: Stat
+    digests: dict[str, bytes]
+
+
+class Upload:
+    """One PUT in progress: feed bytes, then commit or abort.
+
+    Writes are batched to ``chunk_size`` and handed to the thread pool one batch at a time,
+    so the next batch is received while the previous one is hashed and written.
+    """
+
+    def __init__(
+        self,
+        backend: PosixBackend,
+        path: DavPath,
+        target: str,
+        temp: str,
+        fd: int,
+        algorithms: tuple[str, ...],
+        overwrite: bool,
+    ) -> None:
+        self._b = backend
+        self.path = path
+        self._target = target
+        self._temp = temp
+        self._fd = fd
+        self._hasher = checksums.MultiHasher(algorithms)
+        self._overwrite = overwrite
+        self._batch: list[bytes] = []
+        self._batch_len = 0
+        self._inflight: asyncio.Future[None] | None = None
+        self.received = 0
+        self._done = False
+
+    def _write_batch(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._hasher.update(chunk)
+        view_total = sum(len(c) for c in batch)
+        written = 0
+        try:
+            while written < view_total:
+                if written == 0:
+                    n = os.writev(self._fd, batch)
+                else:
+                    rest = b"".join(batch)[written:]
+                    n = os.write(self._fd, rest)
+                written += n
+        except OSError as exc:
+            raise map_oserror(exc, str(self.path)) from None
+
+    async def _flush(self) -> None:
+        if self._inflight is not None:
+            fut, self._inflight = self._inflight, None
+            await fut
+        if self._batch:
+            batch, self._batch, self._batch_len = self._batch, [], 0
+            self._inflight = asyncio.ensure_future(self._b.run(self._write_batch, batch))
+
+    async def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self.received += len(chunk)
+        self._batch.append(chunk)
+        self._batch_len += len(chunk)
+        if self._batch_len >= self._b.chunk_size or len(self._batch) >= 512:
+            await self._flush()
+
+    async def commit(self, expected: dict[str, bytes]) -> UploadResult:
+        await self._flush()
+        if self._inflight is not None:
+            fut, self._inflight = self._inflight, None
+            await fut
+        result = await self._b.run(self._commit_sync, expected)
+        self._done = True
+        return result
+
+    def _commit_sync(self, expected: dict[str, bytes]) -> UploadResult:
+        digests = self._hasher.digests()
+        for alg, want in expected.items():
+            got = digests.get(alg)
+            if got is not None and got != want:
+                raise ChecksumMismatch(checksums.describe_mismatch(alg, want, got))
+        try:
+            if self._b.fsync:
+                os.fsync(self._fd)
+            st = Stat.of(os.fstat(self._fd))
+            xattrs.write_checksums(self._fd, digests, st.size, st.mtime_ns, self._b.write_xrootd)
+            os.close(self._fd)
+            self._fd = -1
+            created = not os.path.lexists(self._target)
+            if self._overwrite:
+                if os.path.isdir(self._target):
+                    raise Conflict(f"{self.path}: is a collection")
+                os.rename(self._temp, self._target)
+            else:
+                try:
+                    os.link(self._temp, self._target)
+                except FileExistsError:
+                    raise PreconditionFailed(f"{self.path} exists and Overwrite is F") from None
+                os.unlink(self._temp)
+            self._b.fsync_dir(os.path.dirname(self._target))
+        except OSError as exc:
+            raise map_oserror(exc, str(self.path)) from None
+        return UploadResult(created, st, digests)
+
+    async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._inflight is not None:
+            with contextlib.suppress(Exception):  # the upload is being dropped anyway
+                await self._inflight
+            self._inflight = None
+        await self._b.run(self._abort_sync)
+
+    def _abort_sync(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._temp)
+
+
+class PosixBackend:
+    """File operations below one root directory."""
+
+    def __init__(self, cfg: Config, executor: Executor) -> None:
+        self.root = os.path.abspath(cfg.storage.root)
+        self.root_real = os.path.realpath(self.root)
+        self.executor = executor
+        self.chunk_size = cfg.storage.chunk_size
+        self.inline_read_max = cfg.storage.inline_read_max
+        self.fsync = cfg.storage.fsync
+        self.create_parents = cfg.storage.create_parents
+        self.write_xrootd = cfg.checksums.write_xrootd
+        self.algorithms = checksum_algorithms(cfg)
+        self._stale_age = cfg.storage.stale_upload_age
+        self._computing: dict[
+            tuple[int, int, int, int, tuple[str, ...]], asyncio.Future[dict[str, bytes]]
+        ] = {}
+
+    # -- helpers ---------------------------------------------------------------------
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, *args)
+
+    def fs_path(self, p: DavPath) -> str:
+        return os.path.join(self.root, p.rel) if p.segments else self.root
+
+    def _inside(self, real: str) -> bool:
+        return real == self.root_real or real.startswith(self.root_real + os.sep)
+
+    def _checked(self, p: DavPath) -> str:
+        """The filesystem path of p, refusing symlinks that lead out of the root."""
+        fs = self.fs_path(p)
+        if not self._inside(os.path.realpath(fs)):
+            raise Forbidden(f"{p}: leads outside the storage root")
+        return fs
+
+    def fsync_dir(self, path: str) -> None:
+        if not self.fsync:
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- reads -----------------------------------------------------------------------
+    def stat(self, p: DavPath) -> Stat | None:
+        fs = self._checked(p)
+        try:
+            return Stat.of(os.stat(fs))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise map_oserror(exc, str(p)) from None
+
+    def open_read(self, p: DavPath) -> OpenFile | Stat:
+        """Open a file for reading, or return the Stat of a collection."""
+        fs = self.fs_path(p)
+        try:
+            fd = os.open(fs, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{p}: not found") from None
+        except OSError as exc:
+            raise map_oserror(exc, str(p)) from None
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+            if not self._inside(real):
+                raise Forbidden(f"{p}: leads outside the storage root")
+            st = os.fstat(fd)
+            if stat_mod.S_ISDIR(st.st_mode):
+                os.close(fd)
+                return Stat.of(st)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise Forbidden(f"{p}: not a regular file")
+        except BaseException:
+            os.close(fd)
+            raise
+        return OpenFile(fd, Stat.of(st), p)
+
+    def read_small(self, f: OpenFile, offset: int, length: int) -> bytes:
+        return os.pread(f.fd, length, offset)
+
+    async def read_range(self, f: OpenFile, offset: int, length: int) -> bytes:
+        return await self.run(os.pread, f.fd, length, offset)
+
+    def cached_checksums(self, target: int | str, st: Stat) -> dict[str, bytes]:
+        try:
+            return xattrs.read_checksums(target, st.size, st.mtime_ns)
+        except OSError:
+            return {}
+
+    async def checksums(self, f: OpenFile, wanted: tuple[str, ...]) -> dict[str, bytes]:
+        """Checksums of an open file: the cached ones, computing (and caching) what is missing."""
+        have = self.cached_checksums(f.fd, f.stat)
+        missing = tuple(a for a in wanted if a not in have)
+        if missing:
+            st = f.stat
+            key = (st.dev, st.ino, st.mtime_ns, st.size, missing)
+            fut = self._computing.get(key)
+            if fut is None:
+                fut = asyncio.ensure_future(self.run(self._compute, f.fd, st, missing))
+                self._computing[key] = fut
+                fut.add_done_callback(lambda _f: self._computing.pop(key, None))
+            have.update(await asyncio.shield(fut))
+        return have
+
+    def _compute(self, fd: int, st: Stat, algs: tuple[str, ...]) -> dict[str, bytes]:
+        hasher = checksums.MultiHasher(algs)
+        offset = 0
+        while True:
+            data = os.pread(fd, self.chunk_size, offset)
+            if not data:
+                break
+            hasher.update(data)
+            offset += len(data)
+        digests = hasher.digests()
+        now = Stat.of(os.fstat(fd))
+        if (now.size, now.mtime_ns) == (st.size, st.mtime_ns) and offset == st.size:
+            try:
+                xattrs.write_checksums(fd, digests, st.size, st.mtime_ns, self.write_xrootd)
+            except OSError as exc:
+                log.warning("cannot cache checksum: %s", exc.strerror)
+        return digests
+
+    async def list_dir(
+        self, p: DavPath, with_xattrs: bool, depth_limit: int = 1, max_entries: int = 100000
+    ) -> list[DirEntry]:
+        return await self.run(self._list_sync, p, with_xattrs, depth_limit, max_entries)
+
+    def _entry(self, p: DavPath, fs: str, with_xattrs: bool) -> DirEntry | None:
+        try:
+            st = Stat.of(os.stat(fs))
+        except OSError:
+            return None
+        if not with_xattrs:
+            return DirEntry(p, st)
+        try:
+            names = os.listxattr(fs)
+        except OSError:
+            names = []
+        if not names:
+            return DirEntry(p, st)
+        cks = {} if st.is_dir else xattrs.read_checksums(fs, st.size, st.mtime_ns, names)
+        return DirEntry(p, st, cks, xattrs.get_dead_props(fs, names))
+
+    def _list_sync(
+        self, p: DavPath, with_xattrs: bool, depth_limit: int, max_entries: int
+    ) -> list[DirEntry]:
+        out: list[DirEntry] = []
+
+        def walk(dp: DavPath, fs: str, level: int) -> None:
+            try:
+                it = os.scandir(fs)
+            except OSError as exc:
+                raise map_oserror(exc, str(dp)) from None
+            with it:
+                children = sorted(it, key=lambda e: e.name)
+            for de in children:
+                if is_temp_name(de.name):
+                    continue
+                if de.is_symlink() and not self._inside(os.path.realpath(de.path)):
+                    continue
+                try:
+                    name = de.name
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    continue  # undecodable names cannot be addressed over HTTP
+                entry = self._entry(dp.child(name), de.path, with_xattrs)
+                if entry is None:
+                    continue
+                if len(out) >= max_entries:
+                    raise Forbidden("listing exceeds the configured entry limit")
+                out.append(entry)
+                if entry.stat.is_dir and level < depth_limit:
+                    walk(entry.path, de.path, level + 1)
+
+        fs = self._checked(p)
+        walk(p, fs, 1)
+        return out
+
+    def entry(self, p: DavPath, with_xattrs: bool) -> DirEntry | None:
+        fs = self._checked(p)
+        return self._entry(p, fs, with_xattrs)
+
+    # -- writes ----------------------------------------------------------------------
+    async def begin_upload(
+        self, p: DavPath, overwrite: bool, extra_algorithms: tuple[str, ...] = ()
+    ) -> Upload:
+        return await self.run(self._begin_upload_sync, p, overwrite, extra_algorithms)
+
+    def check_upload(self, p: DavPath, overwrite: bool) -> None:
+        """The checks a PUT can fail before any byte is read (used for 100-continue)."""
+        if p.is_root:
+            raise MethodNotAllowed("cannot PUT to the root collection")
+        fs = self._checked(p)
+        try:
+            st = os.stat(fs)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        except OSError as exc:
+            raise map_oserror(exc, str(p)) from None
+        if st is not None:
+            if stat_mod.S_ISDIR(st.st_mode):
+                raise Conflict(f"{p}: is a collection")
+            if not overwrite:
+                raise PreconditionFailed(f"{p} exists and Overwrite is F")
+            return
+        parent = os.path.dirname(fs)
+        try:
+            pst = os.stat(parent)
+        except (FileNotFoundError, NotADirectoryError):
+            if not self.create_parents:
+                raise Conflict(f"{p.parent}: parent collection does not exist") from None
+            return
+        if not stat_mod.S_ISDIR(pst.st_mode):
+            raise Conflict(f"{p.parent}: parent is not a collection")
+
+    def _begin_upload_sync(self, p: DavPath, overwrite: bool, extra: tuple[str, ...]) -> Upload:
+        self.check_upload(p, overwrite)
+        target = self.fs_path(p)
+        parent = os.path.dirname(target)
+        try:
+            if self.create_parents:
+                os.makedirs(parent, exist_ok=True)
+            temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except (FileExistsError, NotADirectoryError):
+            raise Conflict(f"{p.parent}: parent is not a collection") from None
+        except OSError as exc:
+            raise map_oserror(exc, str(p)) from None
+        algs = tuple(dict.fromkeys((*self.algorithms, *extra)))
+        return Upload(self, p, target, temp, fd, algs, overwrite)
+
+    async def mkcol(self, p: DavPath) -> None:
+        fs = self._checked(p)
+        if p.is_root or os.path.lexists(fs):
+            raise MethodNotAllowed(f"{p}: already exists")
+        parent = os.path.dirname(fs)
+        if not os.path.isdir(parent):
+            raise Conflict(f"{p.parent}: parent collection does not exist")
+        try:
+            os.mkdir(fs, 0o755)
+        except FileExistsError:
+            raise MethodNotAllowed(f"{p}: already exists") from None
+        except OSError as exc:
+            raise map_oserror(exc, str(p)) from None
+
+    async def delete(self, p: DavPath) -> list[tuple[DavPath, SEError]]:
+        """Delete a file or a whole collection; returns the members that could not go."""
+        if p.is_root:
+            raise Forbidden("the root collection cannot be deleted")
+        fs = self._checked(p)
+        if not os.path.lexists(fs):
+            raise NotFound(f"{p}: not found")
+        return await self.run(self._delete_sync, p, fs)
+
+    def _delete_sync(self, p: DavPath, fs: str) -> list[tuple[DavPath, SEError]]:
+        failures: list[tuple[DavPath, SEError]] = []
+        if os.path.islink(fs) or not os.path.isdir(fs):
+            try:
+                os.unlink(fs)
+            except OSError as exc:
+                raise map_oserror(exc, str(p)) from None
+            return failures
+
+        def onerror(exc: OSError) -> None:
+            bad = exc.filename if isinstance(exc.filename, str) else fs
+            rel = os.path.relpath(bad, self.root)
+            failures.append((DavPath(tuple(rel.split(os.sep))), map_oserror(exc, rel)))
+
+        shutil.rmtree(fs, onerror=lambda _f, _p, ei: onerror(ei[1]))
+        return failures
+
+    def _prepare_target(self, dst: DavPath, overwrite: bool) -> tuple[str, bool]:
+        """Check a MOVE/COPY destination; remove it when overwriting.  Returns (path, existed)."""
+        if dst.is_root:
+            raise Forbidden("cannot replace the root collection")
+        fs = self._checked(dst)
+        if not os.path.isdir(os.path.dirname(fs)):
+            raise Conflict(f"{dst.parent}: destination parent collection does not exist")
+        existed = os.path.lexists(fs)
+        if existed:
+            if not overwrite:
+                raise PreconditionFailed(f"{dst} exists and Overwrite is F")
+            if os.path.isdir(fs) and not os.path.islink(fs):
+                shutil.rmtree(fs)
+            else:
+                os.unlink(fs)
+        return fs, existed
+
+    async def move(self, src: DavPath, dst: DavPath, overwrite: bool) -> bool:
+        """Rename src to dst; True when dst was created (did not exist before)."""
+        return await self.run(self._move_sync, src, dst, overwrite)
+
+    def _move_sync(self, src: DavPath, dst: DavPath, overwrite: bool) -> bool:
+        src_fs = self._checked(src)
+        if src.is_root:
+            raise Forbidden("the root collection cannot be moved")
+        if not os.path.lexists(src_fs):
+            raise NotFound(f"{src}: not found")
+        if src == dst:
+            raise Forbidden("source and destination are the same")
+        if dst.is_within(src):
+            raise Conflict("cannot move a collection into itself")
+        try:
+            dst_fs, existed = self._prepare_target(dst, overwrite)
+            os.rename(src_fs, dst_fs)
+            self.fsync_dir(os.path.dirname(dst_fs))
+        except OSError as exc:
+            raise map_oserror(exc, str(dst)) from None
+        return not existed
+
+    async def copy(self, src: DavPath, dst: DavPath, overwrite: bool, recursive: bool) -> bool:
+        return await self.run(self._copy_sync, src, dst, overwrite, recursive)
+
+    def _copy_sync(self, src: DavPath, dst: DavPath, overwrite: bool, recursive: bool) -> bool:
+        src_fs = self._checked(src)
+        if not os.path.lexists(src_fs):
+            raise NotFound(f"{src}: not found")
+        if src == dst:
+            raise Forbidden("source and destination are the same")
+        if dst.is_within(src) and os.path.isdir(src_fs):
+            raise Forbidden("cannot copy a collection into itself")
+        try:
+            dst_fs, existed = self._prepare_target(dst, overwrite)
+            if os.path.isdir(src_fs):
+                self._copy_tree(src_fs, dst_fs, recursive)
+            else:
+                self._copy_file(src_fs, dst_fs)
+        except OSError as exc:
+            raise map_oserror(exc, str(dst)) from None
+        return not existed
+
+    def _copy_file(self, src_fs: str, dst_fs: str) -> None:
+        temp = os.path.join(os.path.dirname(dst_fs), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            st = Stat.of(os.stat(src_fs))
+            known = xattrs.read_checksums(src_fs, st.size, st.mtime_ns)
+            shutil.copyfile(src_fs, temp)
+            xattrs.copy_dead_props(src_fs, temp)
+            if self.fsync:
+                fd = os.open(temp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            new = Stat.of(os.stat(temp))
+            if known and new.size == st.size:
+                xattrs.write_checksums(temp, known, new.size, new.mtime_ns, self.write_xrootd)
+            os.rename(temp, dst_fs)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    def _copy_tree(self, src_fs: str, dst_fs: str, recursive: bool) -> None:
+        os.mkdir(dst_fs, 0o755)
+        xattrs.copy_dead_props(src_fs, dst_fs)
+        if not recursive:
+            return
+        with os.scandir(src_fs) as it:
+            children = list(it)
+        for de in children:
+            if is_temp_name(de.name):
+                continue
+            target = os.path.join(dst_fs, de.name)
+            if de.is_dir(follow_symlinks=False):
+                self._copy_tree(de.path, target, True)
+            elif de.is_file():
+                self._copy_file(de.path, target)
+
+    def quota(self, p: DavPath) -> tuple[int, int]:
+        """(used, available) bytes of the filesystem holding p (RFC 4331)."""
+        vfs = os.statvfs(self._checked(p))
+        return (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize, vfs.f_bavail * vfs.f_frsize
+
+    # -- dead properties -------------------------------------------------------------
+    def set_prop(self, p: DavPath, key: str, element: bytes) -> bool:
+        return xattrs.set_dead_prop(self._checked(p), key, element)
+
+    def remove_prop(self, p: DavPath, key: str) -> None:
+        xattrs.remove_dead_prop(self._checked(p), key)
+
+    # -- maintenance -----------------------------------------------------------------
+    def iter_temp_files(self) -> Iterator[str]:
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if is_temp_name(name):
+                    yield os.path.join(dirpath, name)
+
+    def sweep_temp_files(self) -> int:
+        """Remove upload temp files older than ``stale_upload_age``; returns how many."""
+        cutoff = time.time() - self._stale_age
+        removed = 0
+        for path in self.iter_temp_files():
+            try:
+                if os.lstat(path).st_mtime <= cutoff:
+                    os.unlink(path)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
