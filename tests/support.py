@@ -1,0 +1,90 @@
+"""Starting real ``se`` servers for tests: a subprocess on an ephemeral loopback port."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["SEProcess", "start_se"]
+
+_URL = re.compile(r"^se: serving .* at (\S+)$")
+
+
+@dataclass
+class SEProcess:
+    url: str
+    root: Path
+    proc: subprocess.Popen[str]
+    config: Path | None = None
+    stderr_path: Path | None = None
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (workers included)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path else ""
+
+
+def start_se(
+    workdir: Path,
+    root: Path | None = None,
+    config: str = "",
+    extra_args: list[str] | None = None,
+    timeout: float = 20.0,
+) -> SEProcess:
+    """Start ``python -m se serve`` on 127.0.0.1:0 and wait for its address line."""
+    root = root or workdir / "data"
+    args = [sys.executable, "-m", "se", "serve", "--root", str(root), "--port", "0"]
+    cfg_path = None
+    if config:
+        cfg_path = workdir / f"se-{time.monotonic_ns()}.toml"
+        cfg_path.write_text(config)
+        args += ["--config", str(cfg_path)]
+    args += extra_args or []
+    err_path = workdir / f"se-{time.monotonic_ns()}.stderr"
+    err = open(err_path, "w")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True
+    )
+    err.close()
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        m = _URL.match(line.strip())
+        if m:
+            return SEProcess(m.group(1), root, proc, cfg_path, err_path, args)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    proc.wait(10)
+    proc.stdout.close()
+    raise RuntimeError(f"se did not start: {line!r} {err_path.read_text()[-2000:]}")
