@@ -15,6 +15,7 @@ __all__ = [
     "BadRequest",
     "ChecksumMismatch",
     "Conflict",
+    "ExpectationFailed",
     "Forbidden",
     "InsufficientStorage",
     "MethodNotAllowed",
@@ -75,6 +76,10 @@ class PreconditionFailed(SEError):
 
 class UnsupportedMediaType(SEError):
     status = 415
+
+
+class ExpectationFailed(SEError):
+    status = 417
 
 
 class RangeNotSatisfiable(SEError):

@@ -31,6 +31,7 @@ from se.dav.ranges import (
 from se.errors import (
     BadGateway,
     BadRequest,
+    ExpectationFailed,
     MethodNotAllowed,
     NotFound,
     NotImplementedYet,
@@ -143,7 +144,7 @@ async def _get_collection(request: web.Request, path: DavPath) -> web.StreamResp
 async def _get_file(request: web.Request, f: OpenFile) -> web.StreamResponse:
     ctx = context(request)
     st = f.stat
-    headers = {
+    headers: dict[str, str] = {
         hdrs.ETAG: st.etag,
         hdrs.LAST_MODIFIED: _http_date(st.mtime),
         hdrs.ACCEPT_RANGES: "bytes",
@@ -267,7 +268,7 @@ async def put(request: web.Request) -> web.StreamResponse:
     except BaseException:
         await asyncio.shield(upload.abort())
         raise
-    headers = {hdrs.ETAG: result.stat.etag}
+    headers: dict[str, str] = {hdrs.ETAG: result.stat.etag}
     want, want_repr = _digest_headers(request)
     for alg in want:
         if alg in result.digests:
@@ -282,14 +283,16 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     """Answer ``Expect: 100-continue`` only once the request could succeed (RFC 9110 §10.1.1)."""
     expect = request.headers.get(hdrs.EXPECT, "").lower()
     if expect != "100-continue":
-        return error_response(SEError(f"unsupported Expect: {expect}"))
+        return error_response(ExpectationFailed(f"unsupported Expect: {expect}"))
     if request.method == hdrs.METH_PUT:
         try:
             path, overwrite = _check_put(request)
             context(request).backend.check_upload(path, overwrite)
         except SEError as exc:
             return error_response(exc)
-    request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[unused-awaitable]
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
     return None
 
 
@@ -419,8 +422,8 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
         entries += await ctx.backend.list_dir(
             path, with_xattrs, limit, ctx.cfg.webdav.depth_infinity_limit
         )
-    body = propfind.render_multistatus((_resource(request, e, quota) for e in entries), req)
-    return web.Response(status=207, body=body, content_type="application/xml", charset="utf-8")
+    xml = propfind.render_multistatus((_resource(request, e, quota) for e in entries), req)
+    return web.Response(status=207, body=xml, content_type="application/xml", charset="utf-8")
 
 
 async def proppatch(request: web.Request) -> web.StreamResponse:

@@ -105,7 +105,7 @@ def _split(tag: str) -> PropName:
 
 def _parse(body: bytes, root_name: str) -> Element:
     try:
-        root = DET.fromstring(body)
+        root: Element = DET.fromstring(body)
     except DefusedXmlException as exc:
         raise BadRequest(f"forbidden XML construct in {root_name} body") from exc
     except Exception as exc:  # ParseError and friends

@@ -508,7 +508,9 @@ class PosixBackend:
                 raise map_oserror(exc, str(p)) from None
             return failures
 
-        def onerror(exc: OSError) -> None:
+        def onerror(exc: BaseException) -> None:
+            if not isinstance(exc, OSError):
+                raise exc
             bad = exc.filename if isinstance(exc.filename, str) else fs
             rel = os.path.relpath(bad, self.root)
             failures.append((DavPath(tuple(rel.split(os.sep))), map_oserror(exc, rel)))
