@@ -13,6 +13,7 @@ from se.config import Config
 from se.dav import handlers
 from se.dav.context import CONTEXT, Context
 from se.middleware import error_middleware
+from se.storage.listcache import ListingCache
 from se.storage.posix import PosixBackend
 
 __all__ = ["create_app"]
@@ -25,7 +26,8 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
     executor = ThreadPoolExecutor(cfg.server.io_threads, thread_name_prefix="se-io")
     backend = PosixBackend(cfg, executor)
-    app[CONTEXT] = Context(cfg, backend, cfg.anonymous_access())
+    listings = ListingCache(cfg.webdav.listing_cache_dirs)
+    app[CONTEXT] = Context(cfg, backend, cfg.anonymous_access(), listings)
     app.router.add_route(
         "*", "/{tail:.*}", handlers.dispatch, expect_handler=handlers.expect_handler
     )
@@ -41,6 +43,7 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
         if task is not None and not task.done():
             task.cancel()
         executor.shutdown(wait=False, cancel_futures=True)
+        listings.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

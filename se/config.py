@@ -85,6 +85,9 @@ class WebDAVConfig:
     max_ranges: int = 1024
     # Upper bound on XML request bodies (PROPFIND, PROPPATCH), bytes.
     max_xml_body: int = 1024 * 1024
+    # Collections whose rendered PROPFIND listing is kept in memory until inotify reports
+    # a change (0 turns it off, e.g. on a network filesystem written from other hosts).
+    listing_cache_dirs: int = 256
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from se.config import Config
+from se.storage.listcache import ListingCache
 from se.storage.posix import PosixBackend
 
 __all__ = ["CONTEXT", "Context", "context"]
@@ -17,6 +18,7 @@ class Context:
     cfg: Config
     backend: PosixBackend
     anonymous: str  # the anonymous access level in force
+    listings: ListingCache
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("se_context", Context)

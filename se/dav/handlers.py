@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import mimetypes
+import os
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
@@ -59,7 +61,12 @@ def _authorise(request: web.Request, op: Op, path: DavPath) -> None:
 
 
 def _content_type(name: str) -> str:
-    ctype, _enc = mimetypes.guess_type(name, strict=False)
+    return _content_type_of_suffix(name.rpartition(".")[2].lower() if "." in name else "")
+
+
+@functools.lru_cache(maxsize=1024)
+def _content_type_of_suffix(suffix: str) -> str:
+    ctype, _enc = mimetypes.guess_type("x." + suffix, strict=False) if suffix else (None, None)
     return ctype or "application/octet-stream"
 
 
@@ -289,7 +296,9 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
             path, overwrite = _check_put(request)
             context(request).backend.check_upload(path, overwrite)
         except SEError as exc:
-            return error_response(exc)
+            resp = error_response(exc)
+            resp.force_close()  # the client may still send the body it was refused
+            return resp
     if request.version >= (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the response proper has not started
@@ -382,6 +391,8 @@ def _resource(
     )
 
 
+# Smaller listings are rendered every time; the cache is for the expensive ones.
+LISTING_CACHE_MIN_ENTRIES = 32
 _PLAIN_LIVE = frozenset(n for n in propfind.LIVE if n != (propfind.DCACHE, "Checksums"))
 
 
@@ -398,12 +409,19 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
         )
         return web.Response(status=403, text=body, content_type="application/xml")
     with_xattrs = req.kind != "prop" or not set(req.names) <= _PLAIN_LIVE
+    wants_quota = req.kind == "prop" and any(n[1].startswith("quota-") for n in req.names)
+    token = None
+    if depth is Depth.ONE and not wants_quota:
+        real = ctx.backend.real_path(path)
+        variant = (request.scheme, request.host, req)
+        cached = ctx.listings.get(real, variant)
+        if cached is not None:
+            return _multistatus(cached)
+        token = ctx.listings.begin(real)
     self_entry = ctx.backend.entry(path, with_xattrs)
     if self_entry is None:
         raise NotFound(f"{path}: not found")
-    quota = None
-    if req.kind == "prop" and {n for n in req.names if n[1].startswith("quota-")}:
-        quota = ctx.backend.quota(path)
+    quota = ctx.backend.quota(path) if wants_quota else None
     if (
         req.kind == "prop"
         and (propfind.DCACHE, "Checksums") in req.names
@@ -423,7 +441,16 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
             path, with_xattrs, limit, ctx.cfg.webdav.depth_infinity_limit
         )
     xml = propfind.render_multistatus((_resource(request, e, quota) for e in entries), req)
-    return web.Response(status=207, body=xml, content_type="application/xml", charset="utf-8")
+    if token is not None and len(entries) > LISTING_CACHE_MIN_ENTRIES:
+        subdirs = [
+            (os.path.join(real, e.path.name), e.stat.mtime_ns) for e in entries[1:] if e.stat.is_dir
+        ]
+        ctx.listings.store(real, variant, token, xml, subdirs)
+    return _multistatus(xml)
+
+
+def _multistatus(body: bytes) -> web.Response:
+    return web.Response(status=207, body=body, content_type="application/xml", charset="utf-8")
 
 
 async def proppatch(request: web.Request) -> web.StreamResponse:

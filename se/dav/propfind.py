@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -168,14 +169,25 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _http_date(ts: float) -> str:
+@functools.lru_cache(maxsize=8192)
+def _http_date_s(ts: int) -> str:
     return email.utils.formatdate(ts, usegmt=True)
 
 
-def _iso_date(ts: float) -> str:
+@functools.lru_cache(maxsize=8192)
+def _iso_date_s(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _http_date(ts: float) -> str:
+    return _http_date_s(int(ts))
+
+
+def _iso_date(ts: float) -> str:
+    return _iso_date_s(int(ts))
+
+
+@functools.lru_cache(maxsize=1024)
 def _open(name: PropName) -> tuple[str, str]:
     ns, local = name
     if ns == DAV:
@@ -224,6 +236,34 @@ def _live_value(r: Resource, name: PropName) -> str | None:
     return None
 
 
+def _allprop_response(r: Resource) -> str:
+    """The common case (empty PROPFIND body, as rclone sends), built in one go."""
+    extra = ""
+    if r.is_dir:
+        kind = "<D:resourcetype><D:collection/></D:resourcetype>"
+    else:
+        kind = (
+            f"<D:getcontentlength>{r.size}</D:getcontentlength>"
+            f"<D:getcontenttype>{_esc(r.content_type)}</D:getcontenttype><D:resourcetype/>"
+        )
+        if r.checksums:
+            extra = (
+                "<C:Checksums>"
+                + ",".join(checksums.format_digest(a, v) for a, v in sorted(r.checksums.items()))
+                + "</C:Checksums>"
+            )
+    if r.dead:
+        extra += "".join(el.decode("utf-8") for el in r.dead)
+    return (
+        f"<D:response><D:href>{r.href}</D:href><D:propstat><D:prop>"
+        f"<D:creationdate>{_iso_date_s(int(r.ctime))}</D:creationdate>"
+        f"<D:displayname>{_esc(r.name)}</D:displayname>{kind}"
+        f"<D:getetag>{_esc(r.etag)}</D:getetag>"
+        f"<D:getlastmodified>{_http_date_s(int(r.mtime))}</D:getlastmodified>{extra}"
+        "</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
+    )
+
+
 def _response(r: Resource, req: PropRequest) -> str:
     ok: list[str] = []
     missing: list[str] = []
@@ -235,12 +275,7 @@ def _response(r: Resource, req: PropRequest) -> str:
             if dn is not None:
                 ok.append(_empty(dn))
     elif req.kind == "allprop":
-        for n in _ALLPROP_LIVE:
-            v = _live_value(r, n)
-            if v is not None:
-                s, e = _open(n)
-                ok.append(f"{s}{v}{e}")
-        ok.extend(el.decode("utf-8") for el in r.dead)
+        return _allprop_response(r)
     else:
         dead = {dead_prop_name(el): el for el in r.dead} if r.dead else {}
         for n in req.names:

@@ -81,7 +81,10 @@ def confine(raw_path: str) -> DavPath:
     for raw_seg in raw_path.split("/"):
         if not raw_seg:
             continue
-        data = unquote_to_bytes(raw_seg)
+        try:
+            data = unquote_to_bytes(raw_seg)
+        except UnicodeEncodeError:  # lone surrogates (surrogateescape'd header bytes)
+            raise BadRequest("path is not valid UTF-8") from None
         if b"\x00" in data:
             raise BadRequest("path contains a NUL byte")
         if b"/" in data:

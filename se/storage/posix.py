@@ -279,6 +279,13 @@ class PosixBackend:
             raise Forbidden(f"{p}: leads outside the storage root")
         return fs
 
+    def real_path(self, p: DavPath) -> str:
+        """The resolved filesystem path of p (inside the root, or Forbidden)."""
+        real = os.path.realpath(self.fs_path(p))
+        if not self._inside(real):
+            raise Forbidden(f"{p}: leads outside the storage root")
+        return real
+
     def fsync_dir(self, path: str) -> None:
         if not self.fsync:
             return

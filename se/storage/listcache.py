@@ -1,0 +1,203 @@
+"""Rendered listings of large collections, kept until inotify says the collection changed.
+
+A PROPFIND Depth 1 over a thousand entries costs milliseconds of stat calls and XML
+rendering in Python; answering it again from memory costs microseconds.  Correctness rests
+on inotify (Linux): a cached collection is watched, and so are its subcollections (whose
+own mtime appears in the listing but changes without an event on the parent); any event
+on any of those watches drops the entry.  The kernel queue is drained before every lookup
+and before every store, so a change that happened before a request is never answered from
+the cache.  A listing is stored only if nothing changed between the start of the watch and
+the end of rendering.
+
+Changes made on another host of a network filesystem produce no inotify event; sites on
+such filesystems turn the cache off (``webdav.listing_cache_dirs = 0``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+from inotify_simple import INotify
+from inotify_simple import flags as F
+
+__all__ = ["ListingCache"]
+
+log = logging.getLogger("se.storage")
+
+_MASK = (
+    F.MODIFY
+    | F.ATTRIB
+    | F.CLOSE_WRITE
+    | F.MOVED_FROM
+    | F.MOVED_TO
+    | F.CREATE
+    | F.DELETE
+    | F.DELETE_SELF
+    | F.MOVE_SELF
+    | F.ONLYDIR
+)
+MAX_SUBDIRS = 32
+MAX_VARIANTS = 8
+
+
+@dataclass(slots=True)
+class _Slot:
+    token: int
+    wds: set[int] = field(default_factory=set)
+    bodies: dict[Hashable, bytes] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(len(b) for b in self.bodies.values())
+
+
+class ListingCache:
+    """Per-process cache of listing bodies keyed by (directory, request variant)."""
+
+    def __init__(self, max_dirs: int = 256, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self._max_dirs = max_dirs
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._owners: dict[int, set[str]] = {}
+        self._next_token = 0
+        self._ino: INotify | None = None
+        if max_dirs > 0:
+            try:
+                self._ino = INotify(nonblocking=True)
+            except OSError as exc:
+                log.warning("listing cache off: inotify unavailable (%s)", exc.strerror)
+
+    @property
+    def enabled(self) -> bool:
+        return self._ino is not None
+
+    def close(self) -> None:
+        if self._ino is not None:
+            self._ino.close()
+            self._ino = None
+
+    # -- events ----------------------------------------------------------------------
+    def _drain(self) -> None:
+        assert self._ino is not None
+        while True:
+            try:
+                events = self._ino.read(timeout=0)
+            except BlockingIOError:
+                return
+            if not events:
+                return
+            for ev in events:
+                if ev.mask & F.Q_OVERFLOW:
+                    self.clear()
+                    return
+                for owner in list(self._owners.get(ev.wd, ())):
+                    self._drop(owner)
+
+    def _drop(self, fs_dir: str) -> None:
+        slot = self._slots.pop(fs_dir, None)
+        if slot is None:
+            return
+        self._bytes -= slot.size
+        for wd in slot.wds:
+            owners = self._owners.get(wd)
+            if owners is None:
+                continue
+            owners.discard(fs_dir)
+            if not owners:
+                del self._owners[wd]
+                if self._ino is not None:
+                    with contextlib.suppress(OSError):  # already gone with its directory
+                        self._ino.rm_watch(wd)
+
+    def clear(self) -> None:
+        for fs_dir in list(self._slots):
+            self._drop(fs_dir)
+
+    def _watch(self, slot: _Slot, fs_dir: str, path: str) -> bool:
+        assert self._ino is not None
+        try:
+            wd = self._ino.add_watch(path, _MASK)
+        except OSError:
+            return False
+        slot.wds.add(wd)
+        self._owners.setdefault(wd, set()).add(fs_dir)
+        return True
+
+    # -- API -------------------------------------------------------------------------
+    def get(self, fs_dir: str, variant: Hashable) -> bytes | None:
+        if self._ino is None:
+            return None
+        self._drain()
+        slot = self._slots.get(fs_dir)
+        if slot is None:
+            return None
+        self._slots.move_to_end(fs_dir)
+        return slot.bodies.get(variant)
+
+    def begin(self, fs_dir: str) -> int | None:
+        """Start watching a collection before it is read; returns a token for :meth:`store`."""
+        if self._ino is None:
+            return None
+        self._drain()
+        slot = self._slots.get(fs_dir)
+        if slot is not None:
+            return slot.token
+        self._next_token += 1
+        slot = _Slot(self._next_token)
+        self._slots[fs_dir] = slot
+        if not self._watch(slot, fs_dir, fs_dir):
+            self._slots.pop(fs_dir)
+            return None
+        while len(self._slots) > self._max_dirs:
+            self._drop(next(iter(self._slots)))
+        return slot.token
+
+    def store(
+        self,
+        fs_dir: str,
+        variant: Hashable,
+        token: int,
+        body: bytes,
+        subdirs: Sequence[tuple[str, int]],
+    ) -> bool:
+        """Keep ``body`` if nothing changed since :meth:`begin`.
+
+        ``subdirs`` are the (path, mtime_ns) of the subcollections the body shows.
+        """
+        if self._ino is None or len(body) > self._max_bytes // 4:
+            return False
+        slot = self._slots.get(fs_dir)
+        if slot is None or slot.token != token:
+            return False
+        if len(subdirs) > MAX_SUBDIRS:
+            self._drop(fs_dir)
+            return False
+        for path, mtime_ns in subdirs:
+            if not self._watch(slot, fs_dir, path):
+                self._drop(fs_dir)
+                return False
+            try:
+                if os.stat(path).st_mtime_ns != mtime_ns:
+                    self._drop(fs_dir)
+                    return False
+            except OSError:
+                self._drop(fs_dir)
+                return False
+        self._drain()
+        if self._slots.get(fs_dir) is not slot:
+            return False
+        if len(slot.bodies) >= MAX_VARIANTS:
+            self._bytes -= slot.size
+            slot.bodies.clear()
+        old = slot.bodies.get(variant)
+        self._bytes += len(body) - (len(old) if old is not None else 0)
+        slot.bodies[variant] = body
+        while self._bytes > self._max_bytes and self._slots:
+            self._drop(next(iter(self._slots)))
+        return fs_dir in self._slots
