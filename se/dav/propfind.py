@@ -196,7 +196,8 @@ def _open(name: PropName) -> tuple[str, str]:
         return f"<C:{local}>", f"</C:{local}>"
     if ns == "":
         return f'<{local} xmlns="">', f"</{local}>"
-    return f'<X:{local} xmlns:X="{_esc(ns)}">', f"</X:{local}>"
+    ns_attr = _esc(ns).replace('"', "&quot;")  # an attribute value: quotes too
+    return f'<X:{local} xmlns:X="{ns_attr}">', f"</X:{local}>"
 
 
 def _empty(name: PropName) -> str:

@@ -9,6 +9,7 @@ remains can only name something below the root.  Symlinks are the backend's busi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes
 
@@ -19,6 +20,9 @@ __all__ = ["TEMP_PREFIX", "DavPath", "confine", "is_temp_name"]
 # Prefix of in-flight upload files; never served, listed or addressable.
 TEMP_PREFIX = ".se-upload-"
 MAX_PATH_BYTES = 4096
+# Paths made only of these characters, with no segment starting with ".", need no decoding
+# and cannot name "..", "." or a reserved temp name.
+_PLAIN = re.compile(r"(?:/(?:[A-Za-z0-9_\-~+,=:@][A-Za-z0-9_.\-~+,=:@]*)?)+")
 MAX_SEGMENT_BYTES = 255
 
 
@@ -77,6 +81,11 @@ def confine(raw_path: str) -> DavPath:
         raw_path = raw_path.split("?", 1)[0].split("#", 1)[0]
     if not raw_path.startswith("/"):
         raise BadRequest("path must be absolute")
+    if _PLAIN.fullmatch(raw_path):
+        # Fast path for the common case: nothing encoded, no dot segments, no reserved names.
+        plain = tuple(s for s in raw_path.split("/") if s)
+        if len(raw_path) <= MAX_PATH_BYTES and all(len(s) <= MAX_SEGMENT_BYTES for s in plain):
+            return DavPath(plain)
     segments: list[str] = []
     for raw_seg in raw_path.split("/"):
         if not raw_seg:
