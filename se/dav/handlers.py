@@ -15,6 +15,7 @@ import os
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from se import __version__
 from se.auth.policy import Op, require
@@ -277,7 +278,13 @@ async def put(request: web.Request) -> web.StreamResponse:
     try:
         content = request.content
         while True:
-            chunk = await content.readany()
+            try:
+                chunk = await content.readany()
+            except (ConnectionError, HttpProcessingError):
+                # The client went away or broke the framing: an expected event, not a bug.
+                raise BadRequest(
+                    f"upload interrupted after {upload.received} bytes; nothing stored"
+                ) from None
             if not chunk:
                 break
             await upload.feed(chunk)

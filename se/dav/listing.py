@@ -33,7 +33,7 @@ def preferred_format(accept: str) -> str:
                 except ValueError:
                     q = 0.0
         kind = {"application/json": "json", "text/html": "html"}.get(mtype.strip().lower())
-        if kind is not None and q > best_q:
+        if kind is not None and q > 0 and q > best_q:  # q=0: "not acceptable"
             best, best_q = kind, q
     return best
 
@@ -67,14 +67,14 @@ def render_html(path: DavPath, entries: Sequence[DirEntry]) -> str:
     rows = []
     if not path.is_root:
         rows.append(
-            f'<tr><td><a href="{path.parent.url(True)}">../</a></td>'
+            f'<tr><td><a href="{html.escape(path.parent.url(True))}">../</a></td>'
             "<td></td><td></td><td></td></tr>"
         )
     for e in entries:
         name = html.escape(e.path.name + ("/" if e.stat.is_dir else ""))
         size = "" if e.stat.is_dir else _size(e.stat.size)
         rows.append(
-            f'<tr><td><a href="{e.path.url(e.stat.is_dir)}">{name}</a></td>'
+            f'<tr><td><a href="{html.escape(e.path.url(e.stat.is_dir))}">{name}</a></td>'
             f'<td class="n">{size}</td><td>{_when(e.stat.mtime)}</td>'
             f"<td><code>{html.escape(_checksum(e))}</code></td></tr>"
         )
