@@ -89,6 +89,9 @@ def read_checksums(
 ) -> dict[str, bytes]:
     """Fresh cached checksums of a file (raw digest bytes), ours first, then XRootD's."""
     found: dict[str, bytes] = {}
+    # Algorithms with an entry of ours: when that one is stale, the XRootD entry written with
+    # it is too, though its whole-second mtime may still match (then recompute instead).
+    own: set[str] = set()
     if names is None:
         names = _list(target)
     for name in names:
@@ -96,6 +99,7 @@ def read_checksums(
             raw = _get(target, name)
             if raw is None:
                 continue
+            own.add(name[len(CKS_PREFIX) :])
             try:
                 hexval, s_size, s_mtime = raw.decode("ascii").split(";")
                 if int(s_size) == size and int(s_mtime) == mtime_ns:
@@ -105,7 +109,7 @@ def read_checksums(
     for name in names:
         if name.startswith(XRD_PREFIX):
             alg = name[len(XRD_PREFIX) :]
-            if alg in found:
+            if alg in found or alg in own:
                 continue
             raw = _get(target, name)
             if raw is None or len(raw) != _XRD_STRUCT.size:
