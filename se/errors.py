@@ -21,6 +21,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "NotImplementedYet",
+    "PayloadTooLarge",
     "PreconditionFailed",
     "RangeNotSatisfiable",
     "SEError",
@@ -72,6 +73,10 @@ class Conflict(SEError):
 
 class PreconditionFailed(SEError):
     status = 412
+
+
+class PayloadTooLarge(SEError):
+    status = 413
 
 
 class UnsupportedMediaType(SEError):

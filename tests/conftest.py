@@ -21,8 +21,9 @@ def se_factory(tmp_path: Path) -> Iterator[Callable[..., SEProcess]]:
     """Start any number of real servers; all are stopped at the end of the test."""
     started: list[SEProcess] = []
 
-    def start(config: str = BASE_CONFIG, root: Path | None = None,
-              extra_args: list[str] | None = None) -> SEProcess:
+    def start(
+        config: str = BASE_CONFIG, root: Path | None = None, extra_args: list[str] | None = None
+    ) -> SEProcess:
         srv = start_se(tmp_path, root=root, config=config, extra_args=extra_args)
         started.append(srv)
         return srv

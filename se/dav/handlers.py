@@ -38,6 +38,8 @@ from se.errors import (
     MethodNotAllowed,
     NotFound,
     NotImplementedYet,
+    PayloadTooLarge,
+    PreconditionFailed,
     SEError,
     UnsupportedMediaType,
 )
@@ -78,10 +80,10 @@ def _has_body(request: web.Request) -> bool:
 async def _read_xml(request: web.Request) -> bytes:
     limit = context(request).cfg.webdav.max_xml_body
     if request.content_length is not None and request.content_length > limit:
-        raise SEError("XML body too large")
+        raise PayloadTooLarge(f"XML body larger than {limit} bytes")
     body = await request.content.read(limit + 1)
     if len(body) > limit:
-        raise BadRequest("XML body too large")
+        raise PayloadTooLarge(f"XML body larger than {limit} bytes")
     return body
 
 
@@ -169,6 +171,8 @@ async def _get_file(request: web.Request, f: OpenFile) -> web.StreamResponse:
         hdrs.CONTENT_TYPE: _content_type(f.path.name),
     }
     status = _not_modified(request, st)
+    if status == 412:  # an error like any other: one line of text/plain
+        raise PreconditionFailed(f"{f.path}: If-Match/If-Unmodified-Since precondition failed")
     if status is not None:
         headers.pop(hdrs.CONTENT_TYPE)
         return web.Response(status=status, headers=headers)
@@ -391,7 +395,8 @@ async def _copy_or_move(request: web.Request, move: bool) -> web.StreamResponse:
 # -- PROPFIND / PROPPATCH ---------------------------------------------------------------
 def _href(request: web.Request, path: DavPath, collection: bool) -> str:
     base = f"{request.scheme}://{request.host}"
-    return propfind_escape(base) + path.url(collection)
+    # path.url() keeps '&' (RFC 3986 sub-delim): escape the whole href for XML.
+    return propfind_escape(base + path.url(collection))
 
 
 def propfind_escape(text: str) -> str:

@@ -36,8 +36,9 @@ def size_of(body: str, name: str) -> int:
 
 
 @pytest.fixture(params=[True, False], ids=["cache", "nocache"])
-def server(request: pytest.FixtureRequest, se_factory: Callable[..., SEProcess],
-           tmp_path: Path) -> SEProcess:
+def server(
+    request: pytest.FixtureRequest, se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> SEProcess:
     root = tmp_path / "data"
     d = root / "big"
     (d / "sub").mkdir(parents=True)
@@ -64,9 +65,9 @@ def test_listing_follows_every_kind_of_change(server: SEProcess) -> None:
     assert "/big/new<" in body and "/big/f0<" not in body
     # a dead property set through PROPPATCH shows up
     patch = (
-        '<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:z">'
-        "<D:set><D:prop><Z:colour>blue</Z:colour></D:prop></D:set></D:propertyupdate>"
-    ).encode()
+        b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:z">'
+        b"<D:set><D:prop><Z:colour>blue</Z:colour></D:prop></D:set></D:propertyupdate>"
+    )
     req = urllib.request.Request(url + "f5", data=patch, method="PROPPATCH")
     with urllib.request.urlopen(req) as resp:
         assert resp.status == 207
