@@ -12,7 +12,7 @@ from aiohttp import web
 from se.config import Config
 from se.dav import handlers
 from se.dav.context import CONTEXT, Context
-from se.middleware import error_middleware
+from se.middleware import handle_errors
 from se.storage.listcache import ListingCache
 from se.storage.posix import PosixBackend
 
@@ -23,13 +23,13 @@ log = logging.getLogger("se")
 
 def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
     """The application for one worker process.  ``sweep`` overrides storage.sweep_on_start."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+    app = web.Application(client_max_size=1024**2)
     executor = ThreadPoolExecutor(cfg.server.io_threads, thread_name_prefix="se-io")
     backend = PosixBackend(cfg, executor)
     listings = ListingCache(cfg.webdav.listing_cache_dirs)
     app[CONTEXT] = Context(cfg, backend, cfg.anonymous_access(), listings)
     app.router.add_route(
-        "*", "/{tail:.*}", handlers.dispatch, expect_handler=handlers.expect_handler
+        "*", "/{tail:.*}", handle_errors(handlers.dispatch), expect_handler=handlers.expect_handler
     )
     app.on_response_prepare.append(handlers.on_prepare)
     do_sweep = cfg.storage.sweep_on_start if sweep is None else sweep
