@@ -13,8 +13,8 @@ from se.config import Config
 from se.dav import handlers
 from se.dav.context import CONTEXT, Context
 from se.middleware import handle_errors
-from se.storage.listcache import ListingCache
-from se.storage.posix import PosixBackend
+from se.storage.posix import CachedFile, PosixBackend
+from se.storage.watchcache import WatchedCache
 
 __all__ = ["create_app"]
 
@@ -25,8 +25,11 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
     """The application for one worker process.  ``sweep`` overrides storage.sweep_on_start."""
     app = web.Application(client_max_size=1024**2)
     executor = ThreadPoolExecutor(cfg.server.io_threads, thread_name_prefix="se-io")
-    backend = PosixBackend(cfg, executor)
-    listings = ListingCache(cfg.webdav.listing_cache_dirs)
+    files: WatchedCache[CachedFile] | None = None
+    if cfg.storage.file_cache_bytes > 0:
+        files = WatchedCache(max_bytes=cfg.storage.file_cache_bytes, max_variants=4096)
+    backend = PosixBackend(cfg, executor, files)
+    listings: WatchedCache[bytes] = WatchedCache(cfg.webdav.listing_cache_dirs)
     app[CONTEXT] = Context(cfg, backend, cfg.anonymous_access(), listings)
     app.router.add_route(
         "*", "/{tail:.*}", handle_errors(handlers.dispatch), expect_handler=handlers.expect_handler
@@ -44,6 +47,8 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
             task.cancel()
         executor.shutdown(wait=False, cancel_futures=True)
         listings.close()
+        if files is not None:
+            files.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -61,6 +61,9 @@ class StorageConfig:
     create_parents: bool = True
     # Files up to this many bytes are read in one call instead of sendfile.
     inline_read_max: int = 65536
+    # Memory (bytes) per worker for small files (up to inline_read_max) kept after a read
+    # until inotify reports a change in their directory; 0 turns it off.
+    file_cache_bytes: int = 64 * 1024 * 1024
     # Temp files of interrupted uploads older than this (seconds) are swept at start.
     stale_upload_age: float = 3600.0
     sweep_on_start: bool = True

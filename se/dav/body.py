@@ -18,7 +18,7 @@ import time
 
 from aiohttp import web
 
-from se.storage.posix import OpenFile, PosixBackend
+from se.storage.posix import CachedFile, OpenFile, PosixBackend
 
 __all__ = ["send_file_range", "write_file_range"]
 
@@ -74,7 +74,11 @@ async def _drain_transport(transport: asyncio.Transport) -> None:
 
 
 async def write_file_range(
-    resp: web.StreamResponse, backend: PosixBackend, f: OpenFile, offset: int, count: int
+    resp: web.StreamResponse,
+    backend: PosixBackend,
+    f: OpenFile | CachedFile,
+    offset: int,
+    count: int,
 ) -> None:
     """Write ``count`` bytes from ``offset`` through aiohttp (works on any transport)."""
     while count > 0:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from se.config import Config
-from se.storage.listcache import ListingCache
 from se.storage.posix import PosixBackend
+from se.storage.watchcache import WatchedCache
 
 __all__ = ["CONTEXT", "Context", "context"]
 
@@ -18,7 +18,7 @@ class Context:
     cfg: Config
     backend: PosixBackend
     anonymous: str  # the anonymous access level in force
-    listings: ListingCache
+    listings: WatchedCache[bytes]  # rendered PROPFIND bodies
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("se_context", Context)

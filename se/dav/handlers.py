@@ -46,7 +46,7 @@ from se.errors import (
 from se.middleware import error_response
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
-from se.storage.posix import DirEntry, OpenFile, Stat
+from se.storage.posix import CachedFile, DirEntry, OpenFile, Stat
 
 __all__ = ["METHODS", "dispatch", "expect_handler"]
 
@@ -141,7 +141,10 @@ async def get(request: web.Request) -> web.StreamResponse:
     path = _path(request)
     _authorise(request, Op.READ, path)
     ctx = context(request)
-    opened = ctx.backend.open_read(path)
+    h = request.headers
+    # Digests need the file itself (xattrs, or a read to compute them).
+    wants_digest = "Want-Digest" in h or "Want-Repr-Digest" in h
+    opened = ctx.backend.open_read(path, use_cache=not wants_digest)
     if isinstance(opened, Stat):
         return await _get_collection(request, path)
     try:
@@ -161,7 +164,7 @@ async def _get_collection(request: web.Request, path: DavPath) -> web.StreamResp
     return web.Response(text=listing.render_html(path, entries), content_type="text/html")
 
 
-async def _get_file(request: web.Request, f: OpenFile) -> web.StreamResponse:
+async def _get_file(request: web.Request, f: OpenFile | CachedFile) -> web.StreamResponse:
     ctx = context(request)
     st = f.stat
     headers: dict[str, str] = {
@@ -178,6 +181,7 @@ async def _get_file(request: web.Request, f: OpenFile) -> web.StreamResponse:
         return web.Response(status=status, headers=headers)
     want, want_repr = _digest_headers(request)
     if want or want_repr:
+        assert isinstance(f, OpenFile)  # opened without the cache when digests are wanted
         digests = await ctx.backend.checksums(f, tuple(want + want_repr))
         for alg in want:
             headers["Digest"] = checksums.format_digest(alg, digests[alg])
@@ -215,7 +219,12 @@ def _http_date_s(ts: int) -> str:
 
 
 async def _send(
-    request: web.Request, f: OpenFile, status: int, headers: dict[str, str], offset: int, count: int
+    request: web.Request,
+    f: OpenFile | CachedFile,
+    status: int,
+    headers: dict[str, str],
+    offset: int,
+    count: int,
 ) -> web.StreamResponse:
     ctx = context(request)
     if request.method == hdrs.METH_HEAD:
@@ -224,7 +233,7 @@ async def _send(
         await resp.prepare(request)
         await resp.write_eof()
         return resp
-    if count <= ctx.backend.inline_read_max:
+    if count <= ctx.backend.inline_read_max or isinstance(f, CachedFile):
         body = ctx.backend.read_small(f, offset, count)
         return web.Response(status=status, headers=headers, body=body)
     resp = web.StreamResponse(status=status, headers=headers)
@@ -242,7 +251,10 @@ async def _send(
 
 
 async def _send_multipart(
-    request: web.Request, f: OpenFile, headers: dict[str, str], ranges: list[tuple[int, int]]
+    request: web.Request,
+    f: OpenFile | CachedFile,
+    headers: dict[str, str],
+    ranges: list[tuple[int, int]],
 ) -> web.StreamResponse:
     ctx = context(request)
     st = f.stat
@@ -459,7 +471,7 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
         and not self_entry.stat.is_dir
         and depth is Depth.ZERO
     ):
-        opened = ctx.backend.open_read(path)
+        opened = ctx.backend.open_read(path, use_cache=False)
         if isinstance(opened, OpenFile):
             try:
                 self_entry.checksums.update(await ctx.backend.checksums(opened, ("adler32",)))
@@ -476,7 +488,7 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
         subdirs = [
             (os.path.join(real, e.path.name), e.stat.mtime_ns) for e in entries[1:] if e.stat.is_dir
         ]
-        ctx.listings.store(real, variant, token, xml, subdirs)
+        ctx.listings.store(real, variant, token, xml, len(xml), subdirs)
     return _multistatus(xml)
 
 

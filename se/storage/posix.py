@@ -43,8 +43,18 @@ from se.errors import (
 )
 from se.storage import checksums, xattrs
 from se.storage.paths import TEMP_PREFIX, DavPath, is_temp_name
+from se.storage.watchcache import WatchedCache
 
-__all__ = ["DirEntry", "OpenFile", "PosixBackend", "Stat", "Upload", "UploadResult", "map_oserror"]
+__all__ = [
+    "CachedFile",
+    "DirEntry",
+    "OpenFile",
+    "PosixBackend",
+    "Stat",
+    "Upload",
+    "UploadResult",
+    "map_oserror",
+]
 
 log = logging.getLogger("se.storage")
 T = TypeVar("T")
@@ -107,6 +117,18 @@ class OpenFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class CachedFile:
+    """A small file's bytes as read earlier, valid until its directory changes."""
+
+    stat: Stat
+    path: DavPath
+    data: bytes
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +268,10 @@ class Upload:
 class PosixBackend:
     """File operations below one root directory."""
 
-    def __init__(self, cfg: Config, executor: Executor) -> None:
+    def __init__(
+        self, cfg: Config, executor: Executor, file_cache: WatchedCache[CachedFile] | None = None
+    ) -> None:
+        self.file_cache = file_cache if file_cache is not None and file_cache.enabled else None
         self.root = os.path.abspath(cfg.storage.root)
         self.root_real = os.path.realpath(self.root)
         self.executor = executor
@@ -305,8 +330,37 @@ class PosixBackend:
         except OSError as exc:
             raise map_oserror(exc, str(p)) from None
 
-    def open_read(self, p: DavPath) -> OpenFile | Stat:
-        """Open a file for reading, or return the Stat of a collection."""
+    def open_read(self, p: DavPath, use_cache: bool = True) -> OpenFile | CachedFile | Stat:
+        """Open a file for reading (or take it from the small-file cache), or return the
+        Stat of a collection.  Small files read here are kept until their directory changes.
+        """
+        cache = self.file_cache
+        if not use_cache or cache is None or not p.segments:
+            return self._open_read(p)
+        parent = self.fs_path(p.parent)
+        hit = cache.get(parent, p.name)
+        if hit is not None:
+            return hit
+        token = cache.begin(parent)  # watch first, so a change from now on is seen
+        opened = self._open_read(p)
+        if token is None or not isinstance(opened, OpenFile):
+            return opened
+        st = opened.stat
+        if st.size > self.inline_read_max:
+            return opened
+        try:
+            data = os.pread(opened.fd, st.size, 0)
+            now = Stat.of(os.stat(self.fs_path(p)))  # the path still names this same file
+        except OSError:
+            return opened
+        if len(data) != st.size or now != st:
+            return opened
+        opened.close()
+        cached = CachedFile(st, p, data)
+        cache.store(parent, p.name, token, cached, st.size + 256)
+        return cached
+
+    def _open_read(self, p: DavPath) -> OpenFile | Stat:
         fs = self.fs_path(p)
         try:
             fd = os.open(fs, os.O_RDONLY | os.O_CLOEXEC)
@@ -329,10 +383,14 @@ class PosixBackend:
             raise
         return OpenFile(fd, Stat.of(st), p)
 
-    def read_small(self, f: OpenFile, offset: int, length: int) -> bytes:
+    def read_small(self, f: OpenFile | CachedFile, offset: int, length: int) -> bytes:
+        if isinstance(f, CachedFile):
+            return f.data[offset : offset + length]
         return os.pread(f.fd, length, offset)
 
-    async def read_range(self, f: OpenFile, offset: int, length: int) -> bytes:
+    async def read_range(self, f: OpenFile | CachedFile, offset: int, length: int) -> bytes:
+        if isinstance(f, CachedFile):
+            return f.data[offset : offset + length]
         return await self.run(os.pread, f.fd, length, offset)
 
     def cached_checksums(self, target: int | str, st: Stat) -> dict[str, bytes]:

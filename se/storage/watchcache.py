@@ -1,16 +1,18 @@
-"""Rendered listings of large collections, kept until inotify says the collection changed.
+"""Answers kept in memory until inotify says the directory they came from changed.
 
-A PROPFIND Depth 1 over a thousand entries costs milliseconds of stat calls and XML
-rendering in Python; answering it again from memory costs microseconds.  Correctness rests
-on inotify (Linux): a cached collection is watched, and so are its subcollections (whose
-own mtime appears in the listing but changes without an event on the parent); any event
-on any of those watches drops the entry.  The kernel queue is drained before every lookup
-and before every store, so a change that happened before a request is never answered from
-the cache.  A listing is stored only if nothing changed between the start of the watch and
-the end of rendering.
+Two users: rendered PROPFIND listings of large collections (a Depth 1 over a thousand
+entries costs milliseconds of stat calls and XML rendering in Python; from memory it costs
+microseconds), and the bytes of small files (saving the open/fstat/read/close of every
+small GET).  Entries are grouped per directory; a directory is watched, and so are the
+subcollections a listing shows (whose own mtime changes without an event on the parent);
+any event on any of those watches drops everything cached for that directory.  The kernel
+queue is drained before every lookup and before every store, so a change that happened
+before a request is never answered from the cache.  A value is stored only if nothing
+changed between the start of the watch and the end of reading or rendering.
 
 Changes made on another host of a network filesystem produce no inotify event; sites on
-such filesystems turn the cache off (``webdav.listing_cache_dirs = 0``).
+such filesystems turn the caches off (``webdav.listing_cache_dirs = 0``,
+``storage.file_cache_bytes = 0``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import os
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-__all__ = ["ListingCache"]
+__all__ = ["WatchedCache"]
 
 log = logging.getLogger("se.storage")
 
@@ -42,28 +45,31 @@ _MASK = (
     | F.ONLYDIR
 )
 MAX_SUBDIRS = 32
-MAX_VARIANTS = 8
+V = TypeVar("V")
 
 
 @dataclass(slots=True)
-class _Slot:
+class _Slot(Generic[V]):
     token: int
     wds: set[int] = field(default_factory=set)
-    bodies: dict[Hashable, bytes] = field(default_factory=dict)
+    bodies: dict[Hashable, tuple[int, V]] = field(default_factory=dict)  # (size, value)
 
     @property
     def size(self) -> int:
-        return sum(len(b) for b in self.bodies.values())
+        return sum(n for n, _v in self.bodies.values())
 
 
-class ListingCache:
-    """Per-process cache of listing bodies keyed by (directory, request variant)."""
+class WatchedCache(Generic[V]):
+    """Per-process cache of values keyed by (directory, variant)."""
 
-    def __init__(self, max_dirs: int = 256, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self, max_dirs: int = 256, max_bytes: int = 64 * 1024 * 1024, max_variants: int = 8
+    ) -> None:
         self._max_dirs = max_dirs
         self._max_bytes = max_bytes
+        self._max_variants = max_variants
         self._bytes = 0
-        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._slots: OrderedDict[str, _Slot[V]] = OrderedDict()
         self._owners: dict[int, set[str]] = {}
         self._next_token = 0
         self._ino: INotify | None = None
@@ -119,7 +125,7 @@ class ListingCache:
         for fs_dir in list(self._slots):
             self._drop(fs_dir)
 
-    def _watch(self, slot: _Slot, fs_dir: str, path: str) -> bool:
+    def _watch(self, slot: _Slot[V], fs_dir: str, path: str) -> bool:
         assert self._ino is not None
         try:
             wd = self._ino.add_watch(path, _MASK)
@@ -130,7 +136,7 @@ class ListingCache:
         return True
 
     # -- API -------------------------------------------------------------------------
-    def get(self, fs_dir: str, variant: Hashable) -> bytes | None:
+    def get(self, fs_dir: str, variant: Hashable) -> V | None:
         if self._ino is None:
             return None
         self._drain()
@@ -138,18 +144,19 @@ class ListingCache:
         if slot is None:
             return None
         self._slots.move_to_end(fs_dir)
-        return slot.bodies.get(variant)
+        hit = slot.bodies.get(variant)
+        return hit[1] if hit is not None else None
 
     def begin(self, fs_dir: str) -> int | None:
         """Start watching a collection before it is read; returns a token for :meth:`store`."""
         if self._ino is None:
             return None
         self._drain()
-        slot = self._slots.get(fs_dir)
-        if slot is not None:
-            return slot.token
+        existing = self._slots.get(fs_dir)
+        if existing is not None:
+            return existing.token
         self._next_token += 1
-        slot = _Slot(self._next_token)
+        slot: _Slot[V] = _Slot(self._next_token)
         self._slots[fs_dir] = slot
         if not self._watch(slot, fs_dir, fs_dir):
             self._slots.pop(fs_dir)
@@ -163,14 +170,15 @@ class ListingCache:
         fs_dir: str,
         variant: Hashable,
         token: int,
-        body: bytes,
-        subdirs: Sequence[tuple[str, int]],
+        value: V,
+        size: int,
+        subdirs: Sequence[tuple[str, int]] = (),
     ) -> bool:
-        """Keep ``body`` if nothing changed since :meth:`begin`.
+        """Keep ``value`` (about ``size`` bytes) if nothing changed since :meth:`begin`.
 
-        ``subdirs`` are the (path, mtime_ns) of the subcollections the body shows.
+        ``subdirs`` are the (path, mtime_ns) of the subcollections the value shows.
         """
-        if self._ino is None or len(body) > self._max_bytes // 4:
+        if self._ino is None or size > self._max_bytes // 4:
             return False
         slot = self._slots.get(fs_dir)
         if slot is None or slot.token != token:
@@ -192,12 +200,12 @@ class ListingCache:
         self._drain()
         if self._slots.get(fs_dir) is not slot:
             return False
-        if len(slot.bodies) >= MAX_VARIANTS:
+        if len(slot.bodies) >= self._max_variants:
             self._bytes -= slot.size
             slot.bodies.clear()
         old = slot.bodies.get(variant)
-        self._bytes += len(body) - (len(old) if old is not None else 0)
-        slot.bodies[variant] = body
+        self._bytes += size - (old[0] if old is not None else 0)
+        slot.bodies[variant] = (size, value)
         while self._bytes > self._max_bytes and self._slots:
             self._drop(next(iter(self._slots)))
         return fs_dir in self._slots

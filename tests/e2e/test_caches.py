@@ -1,9 +1,10 @@
-"""The PROPFIND listing cache never answers with a listing older than the tree."""
+"""The listing and small-file caches never answer with anything older than the tree."""
 
 from __future__ import annotations
 
 import os
 import re
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -77,3 +78,51 @@ def test_listing_follows_every_kind_of_change(server: SEProcess) -> None:
     (d / "sub" / "inner").write_bytes(b"z")
     after = entry(propfind(url), "sub")
     assert before != after
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url) as resp:
+            return int(resp.status), bytes(resp.read())
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code), b""
+
+
+@pytest.fixture(params=[True, False], ids=["cache", "nocache"])
+def small_server(
+    request: pytest.FixtureRequest, se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> SEProcess:
+    root = tmp_path / "data"
+    (root / "d").mkdir(parents=True)
+    cfg = BASE_CONFIG + ("" if request.param else "[storage]\nfile_cache_bytes = 0\n")
+    return se_factory(config=cfg, root=root)
+
+
+def test_small_file_reads_follow_every_kind_of_change(small_server: SEProcess) -> None:
+    f = small_server.root / "d" / "f.txt"
+    url = small_server.url + "/d/f.txt"
+    f.write_bytes(b"one")
+    assert get(url) == (200, b"one")
+    assert get(url) == (200, b"one")
+    # rewritten in place, same size, behind the server's back
+    with open(f, "r+b") as fh:
+        fh.write(b"two")
+    assert get(url) == (200, b"two")
+    # replaced by rename
+    tmp = f.with_name("new")
+    tmp.write_bytes(b"three!")
+    os.replace(tmp, f)
+    assert get(url) == (200, b"three!")
+    # ranged reads of the cached bytes
+    req = urllib.request.Request(url, headers={"Range": "bytes=1-3"})
+    with urllib.request.urlopen(req) as resp:
+        assert resp.status == 206 and resp.read() == b"hre"
+    # removed
+    f.unlink()
+    assert get(url)[0] == 404
+    # a new upload through the server is seen at once
+    put = urllib.request.Request(url, data=b"four", method="PUT")
+    with urllib.request.urlopen(put) as resp:
+        assert resp.status == 201
+    assert get(url) == (200, b"four")
