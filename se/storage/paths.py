@@ -77,8 +77,11 @@ def confine(raw_path: str) -> DavPath:
     Raises BadRequest for undecodable input and Forbidden for attempts to leave the root
     or to touch reserved names.
     """
-    if "?" in raw_path or "#" in raw_path:
-        raw_path = raw_path.split("?", 1)[0].split("#", 1)[0]
+    raw_path = raw_path.split("?", 1)[0]
+    if "#" in raw_path:
+        # A fragment is never part of a request-target (RFC 9112 §3.2); acting on what is
+        # left of the path (DELETE /dir/#x deleting /dir) would be dangerous.
+        raise BadRequest("request path contains a fragment ('#'); encode it as %23")
     if not raw_path.startswith("/"):
         raise BadRequest("path must be absolute")
     if _PLAIN.fullmatch(raw_path):
