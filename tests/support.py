@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SEProcess", "start_se"]
+__all__ = ["SEProcess", "poll", "start_se"]
 
 _URL = re.compile(r"^se: serving .* at (\S+)$")
 
@@ -88,3 +89,15 @@ def start_se(
     proc.wait(10)
     proc.stdout.close()
     raise RuntimeError(f"se did not start: {line!r} {err_path.read_text()[-2000:]}")
+
+
+def poll(cond: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
+    """True as soon as cond() holds; False after timeout (bounded in time and count)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / step) + 1):
+        if cond():
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(step)
+    return cond()

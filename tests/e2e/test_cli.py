@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from se.config import AuthConfig, Config, ConfigError, ServerConfig
 from se.server import check_startup
 from tests.conftest import BASE_CONFIG
-from tests.support import SEProcess
+from tests.support import SEProcess, poll
 
 SE = [sys.executable, "-m", "se"]
 SERVING = re.compile(r"^se: serving (\S+) at (http://\S+):(\d+)$")
@@ -210,22 +209,11 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-def _poll(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 1):
-        if cond():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return cond()
-
-
 async def test_workers_serve_and_stop_on_sigterm(se_factory: Callable[..., SEProcess]) -> None:
     srv = se_factory(extra_args=["--workers", "2"])
     pgid = srv.proc.pid
     try:
-        assert _poll(lambda: len(_group_members(pgid)) >= 3), _group_members(pgid)
+        assert poll(lambda: len(_group_members(pgid)) >= 3, timeout=10), _group_members(pgid)
         (srv.root / "w.txt").write_bytes(b"worker data")
         for i in range(12):
             # A new connection each time, so the kernel may pick either worker.
@@ -245,7 +233,7 @@ async def test_workers_serve_and_stop_on_sigterm(se_factory: Callable[..., SEPro
         srv.proc.send_signal(signal.SIGTERM)
         srv.proc.wait(20)
         assert srv.proc.returncode == 0
-        assert _poll(lambda: not _group_members(pgid)), _group_members(pgid)
+        assert poll(lambda: not _group_members(pgid), timeout=10), _group_members(pgid)
     finally:
         srv.kill()
 

@@ -15,7 +15,6 @@ import os
 import socket
 import struct
 import subprocess
-import time
 import uuid
 import xml.etree.ElementTree as ET
 import zlib
@@ -30,7 +29,7 @@ import pytest
 from yarl import URL
 
 from tests.conftest import BASE_CONFIG
-from tests.support import SEProcess
+from tests.support import SEProcess, poll
 
 D = "{DAV:}"
 TIMEOUT = aiohttp.ClientTimeout(total=60)
@@ -73,18 +72,6 @@ async def expect_error(resp: aiohttp.ClientResponse, status: int) -> str:
 
 def temp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)]
-
-
-def poll(cond: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
-    """True as soon as cond() holds; False after timeout (bounded in time and count)."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 1):
-        if cond():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return cond()
 
 
 def url(path: str) -> URL:
