@@ -9,6 +9,7 @@ spreads connections evenly.  The parent forwards SIGTERM/SIGINT and waits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -162,6 +163,4 @@ def run(cfg: Config, out: TextIO = sys.stdout) -> int:
 
 
 def _with_port(cfg: Config, port: int) -> Config:
-    import dataclasses
-
     return dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, port=port))

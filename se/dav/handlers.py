@@ -404,11 +404,7 @@ async def _copy_or_move(request: web.Request, move: bool) -> web.StreamResponse:
 def _href(request: web.Request, path: DavPath, collection: bool) -> str:
     base = f"{request.scheme}://{request.host}"
     # path.url() keeps '&' (RFC 3986 sub-delim): escape the whole href for XML.
-    return propfind_escape(base + path.url(collection))
-
-
-def propfind_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return propfind.xml_escape(base + path.url(collection))
 
 
 def _resource(

@@ -165,7 +165,7 @@ def dead_prop_name(element: bytes) -> PropName | None:
         return None
 
 
-def _esc(text: str) -> str:
+def xml_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -196,7 +196,7 @@ def _open(name: PropName) -> tuple[str, str]:
         return f"<C:{local}>", f"</C:{local}>"
     if ns == "":
         return f'<{local} xmlns="">', f"</{local}>"
-    ns_attr = _esc(ns).replace('"', "&quot;")  # an attribute value: quotes too
+    ns_attr = xml_escape(ns).replace('"', "&quot;")  # an attribute value: quotes too
     return f'<X:{local} xmlns:X="{ns_attr}">', f"</X:{local}>"
 
 
@@ -215,9 +215,9 @@ def _live_value(r: Resource, name: PropName) -> str | None:
     if local == "creationdate":
         return _iso_date(r.ctime)
     if local == "displayname":
-        return _esc(r.name)
+        return xml_escape(r.name)
     if local == "getetag":
-        return _esc(r.etag)
+        return xml_escape(r.etag)
     if local == "iscollection":
         return "1" if r.is_dir else "0"
     if local == "supportedlock" or local == "lockdiscovery":
@@ -231,7 +231,7 @@ def _live_value(r: Resource, name: PropName) -> str | None:
     if local == "getcontentlength":
         return str(r.size)
     if local == "getcontenttype":
-        return _esc(r.content_type)
+        return xml_escape(r.content_type)
     if name == (DCACHE, "Checksums") and r.checksums:
         return ",".join(checksums.format_digest(a, v) for a, v in sorted(r.checksums.items()))
     return None
@@ -245,7 +245,7 @@ def _allprop_response(r: Resource) -> str:
     else:
         kind = (
             f"<D:getcontentlength>{r.size}</D:getcontentlength>"
-            f"<D:getcontenttype>{_esc(r.content_type)}</D:getcontenttype><D:resourcetype/>"
+            f"<D:getcontenttype>{xml_escape(r.content_type)}</D:getcontenttype><D:resourcetype/>"
         )
         if r.checksums:
             extra = (
@@ -258,8 +258,8 @@ def _allprop_response(r: Resource) -> str:
     return (
         f"<D:response><D:href>{r.href}</D:href><D:propstat><D:prop>"
         f"<D:creationdate>{_iso_date_s(int(r.ctime))}</D:creationdate>"
-        f"<D:displayname>{_esc(r.name)}</D:displayname>{kind}"
-        f"<D:getetag>{_esc(r.etag)}</D:getetag>"
+        f"<D:displayname>{xml_escape(r.name)}</D:displayname>{kind}"
+        f"<D:getetag>{xml_escape(r.etag)}</D:getetag>"
         f"<D:getlastmodified>{_http_date_s(int(r.mtime))}</D:getlastmodified>{extra}"
         "</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
     )
@@ -345,7 +345,7 @@ def render_status_list(items: Iterable[tuple[str, int, str]]) -> bytes:
         body.append(
             f"<D:response><D:href>{href}</D:href>"
             f"<D:status>HTTP/1.1 {status} {_REASONS.get(status, '')}</D:status>"
-            f"<D:responsedescription>{_esc(reason)}</D:responsedescription>"
+            f"<D:responsedescription>{xml_escape(reason)}</D:responsedescription>"
             "</D:response>"
         )
     body.append(_TAIL)

@@ -177,18 +177,16 @@ class Upload:
         self._done = False
 
     def _write_batch(self, batch: list[bytes]) -> None:
+        """Hash and write one batch (on the I/O pool; one batch at a time per upload)."""
         for chunk in batch:
             self._hasher.update(chunk)
-        view_total = sum(len(c) for c in batch)
-        written = 0
         try:
-            while written < view_total:
-                if written == 0:
-                    n = os.writev(self._fd, batch)
-                else:
-                    rest = b"".join(batch)[written:]
-                    n = os.write(self._fd, rest)
-                written += n
+            written = os.writev(self._fd, batch)
+            total = sum(len(c) for c in batch)
+            if written < total:  # short writes are rare on regular files; finish them
+                rest = memoryview(b"".join(batch))[written:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest) :]
         except OSError as exc:
             raise map_oserror(exc, str(self.path)) from None
 
