@@ -21,7 +21,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 __all__ = [
     "copy_dead_props",
@@ -85,7 +85,7 @@ def _set(target: int | str, name: str, value: bytes) -> bool:
 
 
 def read_checksums(
-    target: int | str, size: int, mtime_ns: int, names: Iterable[str] | None = None
+    target: int | str, size: int, mtime_ns: int, names: Sequence[str] | None = None
 ) -> dict[str, bytes]:
     """Fresh cached checksums of a file (raw digest bytes), ours first, then XRootD's."""
     found: dict[str, bytes] = {}
