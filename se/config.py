@@ -69,6 +69,10 @@ class StorageConfig:
     sweep_on_start: bool = True
     # Bytes per read/write chunk for PUT batching and checksum computation.
     chunk_size: int = 4 * 1024 * 1024
+    # Plain-HTTP PUTs with a Content-Length of at least this many bytes are read from the
+    # socket on a worker thread, bypassing aiohttp's body parser (the connection then
+    # closes after the response); 0 turns it off.
+    direct_put_min: int = 16 * 1024 * 1024
     fsync: bool = True
 
 

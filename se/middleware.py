@@ -27,7 +27,7 @@ def error_response(exc: SEError) -> web.Response:
     resp = web.Response(
         status=exc.status, text=exc.reason + "\n", content_type="text/plain", headers=exc.headers
     )
-    if exc.status in (400, 413, 415, 417):
+    if exc.status in (400, 413, 415, 417) or exc.headers.get("Connection") == "close":
         # The body of a refused request may still be on the wire; don't reuse the link.
         resp.force_close()
     return resp

@@ -15,12 +15,11 @@ import os
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from se import __version__
 from se.auth.policy import Op, require
 from se.dav import listing, propfind
-from se.dav.body import send_file_range, write_file_range
+from se.dav.body import receive_body, send_file_range, write_file_range
 from se.dav.context import context
 from se.dav.headers import Depth, parse_depth, parse_destination, parse_overwrite
 from se.dav.ranges import (
@@ -292,18 +291,7 @@ async def put(request: web.Request) -> web.StreamResponse:
     expected = checksums.expected_digests(request.headers)
     upload = await ctx.backend.begin_upload(path, overwrite, tuple(expected))
     try:
-        content = request.content
-        while True:
-            try:
-                chunk = await content.readany()
-            except (ConnectionError, HttpProcessingError):
-                # The client went away or broke the framing: an expected event, not a bug.
-                raise BadRequest(
-                    f"upload interrupted after {upload.received} bytes; nothing stored"
-                ) from None
-            if not chunk:
-                break
-            await upload.feed(chunk)
+        close = await receive_body(request, upload, ctx.cfg.storage.direct_put_min)
         declared = request.content_length
         if declared is not None and upload.received != declared:
             raise BadRequest(
@@ -321,7 +309,10 @@ async def put(request: web.Request) -> web.StreamResponse:
     for alg in want_repr:
         if alg in result.digests:
             headers["Repr-Digest"] = checksums.format_repr_digest(alg, result.digests[alg])
-    return web.Response(status=201 if result.created else 204, headers=headers)
+    resp = web.Response(status=201 if result.created else 204, headers=headers)
+    if close:
+        resp.force_close()
+    return resp
 
 
 async def expect_handler(request: web.Request) -> web.StreamResponse | None:

@@ -20,8 +20,10 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import shutil
 import stat as stat_mod
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -57,6 +59,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("se.storage")
+# A client that sends no body byte for this long has its upload dropped (direct path).
+RECEIVE_STALL_TIMEOUT = 300.0
 T = TypeVar("T")
 
 
@@ -163,7 +167,7 @@ class Upload:
         algorithms: tuple[str, ...],
         overwrite: bool,
     ) -> None:
-        self._b = backend
+        self.backend = backend
         self.path = path
         self._target = target
         self._temp = temp
@@ -175,9 +179,16 @@ class Upload:
         self._inflight: asyncio.Future[None] | None = None
         self.received = 0
         self._done = False
+        # Held by whichever pool thread is writing, so that an abort (after a cancellation
+        # whose thread is still running) never closes the file under it.
+        self._io_lock = threading.Lock()
 
     def _write_batch(self, batch: list[bytes]) -> None:
         """Hash and write one batch (on the I/O pool; one batch at a time per upload)."""
+        with self._io_lock:
+            self._write_batch_locked(batch)
+
+    def _write_batch_locked(self, batch: list[bytes]) -> None:
         for chunk in batch:
             self._hasher.update(chunk)
         try:
@@ -196,7 +207,7 @@ class Upload:
             await fut
         if self._batch:
             batch, self._batch, self._batch_len = self._batch, [], 0
-            self._inflight = asyncio.ensure_future(self._b.run(self._write_batch, batch))
+            self._inflight = asyncio.ensure_future(self.backend.run(self._write_batch, batch))
 
     async def feed(self, chunk: bytes) -> None:
         if not chunk:
@@ -204,15 +215,70 @@ class Upload:
         self.received += len(chunk)
         self._batch.append(chunk)
         self._batch_len += len(chunk)
-        if self._batch_len >= self._b.chunk_size or len(self._batch) >= 512:
+        if self._batch_len >= self.backend.chunk_size or len(self._batch) >= 512:
             await self._flush()
+
+    async def receive_from_socket(self, sock_fd: int, count: int, stop: threading.Event) -> None:
+        """Take ``count`` more body bytes straight from a (non-blocking) socket on the pool.
+
+        The thread owns and closes ``sock_fd`` (a duplicate of the connection's socket, so
+        the number can never be recycled under it).
+        """
+        await self._flush()
+        if self._inflight is not None:
+            fut, self._inflight = self._inflight, None
+            await fut
+        await self.backend.run(self._receive_sync, sock_fd, count, stop)
+
+    def _receive_sync(self, sock_fd: int, count: int, stop: threading.Event) -> None:
+        with self._io_lock:
+            self._receive_locked(sock_fd, count, stop)
+
+    def _receive_locked(self, sock_fd: int, count: int, stop: threading.Event) -> None:
+        # After a write error (a full disk) the rest of the body is still read and dropped,
+        # so that the client, still sending, gets to read the error response.
+        failed: OSError | None = None
+        try:
+            buf = bytearray(self.backend.chunk_size)
+            view = memoryview(buf)
+            poller = select.poll()
+            poller.register(sock_fd, select.POLLIN)
+            last = time.monotonic()
+            while count > 0:
+                if stop.is_set():
+                    raise ConnectionAbortedError("upload cancelled")
+                try:
+                    n = os.readv(sock_fd, [view[: min(len(buf), count)]])
+                except BlockingIOError:
+                    poller.poll(500)
+                    if time.monotonic() - last > RECEIVE_STALL_TIMEOUT:
+                        raise TimeoutError("client stopped sending") from None
+                    continue
+                if n == 0:
+                    raise ConnectionResetError("client closed the connection")
+                last = time.monotonic()
+                count -= n
+                if failed is not None:
+                    continue
+                data = view[:n]
+                self._hasher.update(data)
+                try:
+                    while data:
+                        data = data[os.write(self._fd, data) :]
+                except OSError as exc:
+                    failed = exc
+                self.received += n
+        finally:
+            os.close(sock_fd)
+        if failed is not None:
+            raise map_oserror(failed, str(self.path))
 
     async def commit(self, expected: dict[str, bytes]) -> UploadResult:
         await self._flush()
         if self._inflight is not None:
             fut, self._inflight = self._inflight, None
             await fut
-        result = await self._b.run(self._commit_sync, expected)
+        result = await self.backend.run(self._commit_sync, expected)
         self._done = True
         return result
 
@@ -223,10 +289,12 @@ class Upload:
             if got is not None and got != want:
                 raise ChecksumMismatch(checksums.describe_mismatch(alg, want, got))
         try:
-            if self._b.fsync:
+            if self.backend.fsync:
                 os.fsync(self._fd)
             st = Stat.of(os.fstat(self._fd))
-            xattrs.write_checksums(self._fd, digests, st.size, st.mtime_ns, self._b.write_xrootd)
+            xattrs.write_checksums(
+                self._fd, digests, st.size, st.mtime_ns, self.backend.write_xrootd
+            )
             os.close(self._fd)
             self._fd = -1
             created = not os.path.lexists(self._target)
@@ -240,7 +308,7 @@ class Upload:
                 except FileExistsError:
                     raise PreconditionFailed(f"{self.path} exists and Overwrite is F") from None
                 os.unlink(self._temp)
-            self._b.fsync_dir(os.path.dirname(self._target))
+            self.backend.fsync_dir(os.path.dirname(self._target))
         except OSError as exc:
             raise map_oserror(exc, str(self.path)) from None
         return UploadResult(created, st, digests)
@@ -253,9 +321,13 @@ class Upload:
             with contextlib.suppress(Exception):  # the upload is being dropped anyway
                 await self._inflight
             self._inflight = None
-        await self._b.run(self._abort_sync)
+        await self.backend.run(self._abort_sync)
 
     def _abort_sync(self) -> None:
+        with self._io_lock:
+            self._abort_locked()
+
+    def _abort_locked(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

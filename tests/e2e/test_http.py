@@ -346,11 +346,14 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30, check=False)
 
 
-@pytest.mark.parametrize("chunk_size", [4 * MiB, 65536])
+@pytest.mark.parametrize(
+    ("chunk_size", "direct_put_min"), [(4 * MiB, 0), (65536, 0), (65536, 65536)]
+)
 async def test_put_disk_full_is_507(
-    small_fs: Path, se_factory: Callable[..., SEProcess], chunk_size: int
+    small_fs: Path, se_factory: Callable[..., SEProcess], chunk_size: int, direct_put_min: int
 ) -> None:
-    srv = se_factory(config=BASE_CONFIG + f"[storage]\nchunk_size = {chunk_size}\n", root=small_fs)
+    cfg = f"[storage]\nchunk_size = {chunk_size}\ndirect_put_min = {direct_put_min}\n"
+    srv = se_factory(config=BASE_CONFIG + cfg, root=small_fs)
     try:
         async with session_for(srv) as client:
             async with client.put("/ok.bin", data=b"k" * 1000) as r:
