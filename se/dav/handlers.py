@@ -435,19 +435,13 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
         )
         return web.Response(status=403, text=body, content_type="application/xml")
     with_xattrs = req.kind != "prop" or not set(req.names) <= _PLAIN_LIVE
-    wants_quota = req.kind == "prop" and any(n[1].startswith("quota-") for n in req.names)
-    token = None
-    if depth is Depth.ONE and not wants_quota:
-        real = ctx.backend.real_path(path)
-        variant = (request.scheme, request.host, req)
-        cached = ctx.listings.get(real, variant)
-        if cached is not None:
-            return _multistatus(cached)
-        token = ctx.listings.begin(real)
     self_entry = ctx.backend.entry(path, with_xattrs)
     if self_entry is None:
         raise NotFound(f"{path}: not found")
-    quota = ctx.backend.quota(path) if wants_quota else None
+    # Quota (RFC 4331) is the filesystem's, shown on the collection asked about only: it
+    # changes with every write anywhere, and would make listings impossible to keep.
+    wants_quota = req.kind == "prop" and any(n[1].startswith("quota-") for n in req.names)
+    quota = ctx.backend.quota(path) if wants_quota and self_entry.stat.is_dir else None
     if (
         req.kind == "prop"
         and (propfind.DCACHE, "Checksums") in req.names
@@ -460,19 +454,37 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
                 self_entry.checksums.update(await ctx.backend.checksums(opened, ("adler32",)))
             finally:
                 opened.close()
-    entries = [self_entry]
-    if self_entry.stat.is_dir and depth is not Depth.ZERO:
-        limit = 1 if depth is Depth.ONE else 1 << 30
-        entries += await ctx.backend.list_dir(
-            path, with_xattrs, limit, ctx.cfg.webdav.depth_infinity_limit
-        )
-    xml = propfind.render_multistatus((_resource(request, e, quota) for e in entries), req)
-    if token is not None and len(entries) > LISTING_CACHE_MIN_ENTRIES:
+    head = propfind.render_responses([_resource(request, self_entry, quota)], req)
+    if not self_entry.stat.is_dir or depth is Depth.ZERO:
+        return _multistatus(propfind.wrap_multistatus(head))
+    return _multistatus(propfind.wrap_multistatus(head, await _children(request, path, req, depth)))
+
+
+async def _children(
+    request: web.Request, path: DavPath, req: propfind.PropRequest, depth: Depth
+) -> bytes:
+    """The rendered members of a collection, from the listing cache when unchanged."""
+    ctx = context(request)
+    token = None
+    if depth is Depth.ONE:
+        real = ctx.backend.real_path(path)
+        variant = (request.scheme, request.host, req)
+        cached = ctx.listings.get(real, variant)
+        if cached is not None:
+            return cached
+        token = ctx.listings.begin(real)  # before reading, so any change from now is seen
+    with_xattrs = req.kind != "prop" or not set(req.names) <= _PLAIN_LIVE
+    limit = 1 if depth is Depth.ONE else 1 << 30
+    entries = await ctx.backend.list_dir(
+        path, with_xattrs, limit, ctx.cfg.webdav.depth_infinity_limit
+    )
+    body = propfind.render_responses((_resource(request, e, None) for e in entries), req)
+    if token is not None and len(entries) >= LISTING_CACHE_MIN_ENTRIES:
         subdirs = [
-            (os.path.join(real, e.path.name), e.stat.mtime_ns) for e in entries[1:] if e.stat.is_dir
+            (os.path.join(real, e.path.name), e.stat.mtime_ns) for e in entries if e.stat.is_dir
         ]
-        ctx.listings.store(real, variant, token, xml, len(xml), subdirs)
-    return _multistatus(xml)
+        ctx.listings.store(real, variant, token, body, len(body), subdirs)
+    return body
 
 
 def _multistatus(body: bytes) -> web.Response:

@@ -32,7 +32,9 @@ __all__ = [
     "parse_proppatch",
     "render_multistatus",
     "render_proppatch",
+    "render_responses",
     "render_status_list",
+    "wrap_multistatus",
 ]
 
 DAV = "DAV:"
@@ -308,10 +310,20 @@ _TAIL = "</D:multistatus>\n"
 
 
 def render_multistatus(resources: Iterable[Resource], req: PropRequest) -> bytes:
-    body = [_HEAD]
-    body.extend(_response(r, req) for r in resources)
-    body.append(_TAIL)
-    return "".join(body).encode("utf-8")
+    return wrap_multistatus(render_responses(resources, req))
+
+
+def render_responses(resources: Iterable[Resource], req: PropRequest) -> bytes:
+    """The ``<D:response>`` elements alone, so that parts can be rendered (and kept) apart."""
+    return "".join(_response(r, req) for r in resources).encode("utf-8")
+
+
+_HEAD_B = _HEAD.encode("utf-8")
+_TAIL_B = _TAIL.encode("utf-8")
+
+
+def wrap_multistatus(*parts: bytes) -> bytes:
+    return b"".join((_HEAD_B, *parts, _TAIL_B))
 
 
 _REASONS = {

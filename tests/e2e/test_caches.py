@@ -17,8 +17,17 @@ from tests.support import SEProcess
 N = 60  # above the size from which listings are cached
 
 
-def propfind(url: str) -> str:
-    req = urllib.request.Request(url, method="PROPFIND", headers={"Depth": "1"})
+# What davix sends for a listing (gfal-ls, davix-ls): quota included.
+DAVIX_BODY = (
+    b'<?xml version="1.0" encoding="utf-8" ?><D:propfind xmlns:D="DAV:" xmlns:L="LCGDM:">'
+    b"<D:prop><D:displayname/><D:getlastmodified/><D:creationdate/><D:getcontentlength/>"
+    b"<D:quota-used-bytes/><D:resourcetype/><L:mode/><D:owner/><D:group/></D:prop>"
+    b"</D:propfind>"
+)
+
+
+def propfind(url: str, body: bytes = b"") -> str:
+    req = urllib.request.Request(url, data=body or None, method="PROPFIND", headers={"Depth": "1"})
     with urllib.request.urlopen(req) as resp:
         assert resp.status == 207
         return str(resp.read().decode())
@@ -49,21 +58,27 @@ def server(
     return se_factory(config=cfg, root=root)
 
 
-def test_listing_follows_every_kind_of_change(server: SEProcess) -> None:
+@pytest.mark.parametrize("asked", [b"", DAVIX_BODY], ids=["allprop", "davix"])
+def test_listing_follows_every_kind_of_change(server: SEProcess, asked: bytes) -> None:
     url = server.url + "/big/"
     d = server.root / "big"
-    first = propfind(url)
-    assert propfind(url) == first
+    first = propfind(url, asked)
+    assert propfind(url, asked) == first
     assert first.count("<D:response>") == N + 2
     # a file grows in place (no change to the directory's own mtime)
     with open(d / "f3", "ab") as fh:
         fh.write(b"more")
-    assert size_of(propfind(url), "f3") == 7
+    assert size_of(propfind(url, asked), "f3") == 7
     # a file appears and another goes, behind the server's back
     (d / "new").write_bytes(b"1")
     os.unlink(d / "f0")
-    body = propfind(url)
+    body = propfind(url, asked)
     assert "/big/new<" in body and "/big/f0<" not in body
+    if asked:
+        # quota is shown on the collection asked about, not on its members
+        assert "quota-used-bytes>" in entry(propfind(url, asked), "big")
+        assert "quota-used-bytes>" not in entry(propfind(url, asked), "sub")
+        return
     # a dead property set through PROPPATCH shows up
     patch = (
         b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:z">'
@@ -72,11 +87,11 @@ def test_listing_follows_every_kind_of_change(server: SEProcess) -> None:
     req = urllib.request.Request(url + "f5", data=patch, method="PROPPATCH")
     with urllib.request.urlopen(req) as resp:
         assert resp.status == 207
-    assert "blue" in entry(propfind(url), "f5")
+    assert "blue" in entry(propfind(url, asked), "f5")
     # a change inside a subcollection changes the subcollection's listed etag
-    before = entry(propfind(url), "sub")
+    before = entry(propfind(url, asked), "sub")
     (d / "sub" / "inner").write_bytes(b"z")
-    after = entry(propfind(url), "sub")
+    after = entry(propfind(url, asked), "sub")
     assert before != after
 
 
