@@ -25,6 +25,7 @@ from se.dav.headers import Depth, parse_depth, parse_destination, parse_overwrit
 from se.dav.ranges import (
     closing,
     content_range,
+    merge_ranges,
     multipart_length,
     new_boundary,
     parse_range,
@@ -196,7 +197,9 @@ async def _get_file(request: web.Request, f: OpenFile | CachedFile) -> web.Strea
         start, end = ranges[0]
         headers[hdrs.CONTENT_RANGE] = content_range(start, end, st.size)
         return await _send(request, f, 206, headers, start, end - start)
-    return await _send_multipart(request, f, headers, ranges)
+    # Overlapping or touching ranges are joined (RFC 9110 §14.2): the answer is never
+    # larger than the file, however the ranges repeat (`bytes=0-,0-,0-,...`).
+    return await _send_multipart(request, f, headers, merge_ranges(ranges))
 
 
 def _if_range_ok(request: web.Request, st: Stat) -> bool:

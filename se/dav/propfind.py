@@ -67,9 +67,6 @@ class PropRequest:
     kind: Literal["allprop", "propname", "prop"]
     names: tuple[PropName, ...] = ()
 
-    def wants(self, name: PropName) -> bool:
-        return self.kind == "allprop" or name in self.names
-
 
 @dataclass(frozen=True, slots=True)
 class PatchOp:

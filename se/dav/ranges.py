@@ -103,9 +103,9 @@ def parse_range(value: str, size: int, max_ranges: int = 1024) -> list[tuple[int
 def merge_ranges(ranges: Sequence[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]:
     """Sorted union of ``ranges``, also joining ranges separated by at most ``gap`` bytes.
 
-    Optional helper: RFC 9110 §14.2 lets a server coalesce overlapping or close ranges, and
-    davix accepts coalesced parts as long as they lie within the requested ranges (use
-    ``gap=0`` to guarantee that).
+    RFC 9110 §14.2 lets a server coalesce overlapping or close ranges, and davix accepts
+    coalesced parts as long as they lie within the requested ranges (``gap=0`` guarantees
+    that).
     """
     if gap < 0:
         raise BadRequest("negative range gap")

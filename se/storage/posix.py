@@ -209,6 +209,13 @@ class Upload:
             batch, self._batch, self._batch_len = self._batch, [], 0
             self._inflight = asyncio.ensure_future(self.backend.run(self._write_batch, batch))
 
+    async def _settle(self) -> None:
+        """Write out everything fed so far and wait until it is on the file."""
+        await self._flush()
+        if self._inflight is not None:
+            fut, self._inflight = self._inflight, None
+            await fut
+
     async def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
@@ -224,10 +231,7 @@ class Upload:
         The thread owns and closes ``sock_fd`` (a duplicate of the connection's socket, so
         the number can never be recycled under it).
         """
-        await self._flush()
-        if self._inflight is not None:
-            fut, self._inflight = self._inflight, None
-            await fut
+        await self._settle()
         await self.backend.run(self._receive_sync, sock_fd, count, stop)
 
     def _receive_sync(self, sock_fd: int, count: int, stop: threading.Event) -> None:
@@ -274,10 +278,7 @@ class Upload:
             raise map_oserror(failed, str(self.path))
 
     async def commit(self, expected: dict[str, bytes]) -> UploadResult:
-        await self._flush()
-        if self._inflight is not None:
-            fut, self._inflight = self._inflight, None
-            await fut
+        await self._settle()
         result = await self.backend.run(self._commit_sync, expected)
         self._done = True
         return result
