@@ -15,6 +15,7 @@ from se.dav.context import CONTEXT, Context
 from se.middleware import handle_errors
 from se.storage.posix import CachedFile, PosixBackend
 from se.storage.watchcache import WatchedCache
+from se.tpc.service import TPCService
 
 __all__ = ["create_app"]
 
@@ -30,7 +31,8 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
         files = WatchedCache(max_bytes=cfg.storage.file_cache_bytes, max_variants=4096)
     backend = PosixBackend(cfg, executor, files)
     listings: WatchedCache[bytes] = WatchedCache(cfg.webdav.listing_cache_dirs)
-    app[CONTEXT] = Context(cfg, backend, cfg.anonymous_access(), listings)
+    tpc = TPCService(cfg, backend)
+    app[CONTEXT] = Context(cfg, backend, cfg.anonymous_access(), listings, tpc)
     app.router.add_route(
         "*", "/{tail:.*}", handle_errors(handlers.dispatch), expect_handler=handlers.expect_handler
     )
@@ -43,6 +45,7 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
             task = asyncio.ensure_future(backend.run(backend.sweep_temp_files))
             task.add_done_callback(_log_sweep)
         yield
+        await tpc.close()
         if task is not None and not task.done():
             task.cancel()
         executor.shutdown(wait=False, cancel_futures=True)

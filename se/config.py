@@ -27,10 +27,12 @@ __all__ = [
     "ServerConfig",
     "StorageConfig",
     "TLSConfig",
+    "TPCConfig",
     "WebDAVConfig",
     "is_loopback",
     "load_file",
     "load_mapping",
+    "state_dir",
 ]
 
 SUPPORTED_CHECKSUMS = ("adler32", "crc32c", "md5", "sha1", "sha256", "sha512")
@@ -74,6 +76,9 @@ class StorageConfig:
     # closes after the response); 0 turns it off.
     direct_put_min: int = 16 * 1024 * 1024
     fsync: bool = True
+    # Where the server keeps its own state (token secret, databases); "" means
+    # <root>/.se-state (names starting with ".se-" are never served).
+    state_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,49 @@ class TLSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TPCConfig:
+    enabled: bool = True
+    # Seconds between performance markers on a COPY answer.
+    marker_period: float = 5.0
+    # Timeouts (seconds), each with its own failure reason: TCP/TLS connect; the source's
+    # HEAD before the 202; the first body byte (or, for a push, the PUT's answer to the
+    # 100-continue); no progress at all for this long; the whole transfer (0 = no limit).
+    connect_timeout: float = 60.0
+    head_timeout: float = 60.0
+    first_byte_timeout: float = 120.0
+    stall_timeout: float = 60.0
+    total_timeout: float = 0.0
+    # Transfers moving data at once (per worker); more wait in a queue of max_queued,
+    # still receiving markers; beyond that a COPY gets 503 with Retry-After.
+    max_active: int = 64
+    max_queued: int = 1000
+    # Streams a pull may use when asked with X-Number-Of-Streams, and their block size.
+    max_streams: int = 16
+    stream_block_size: int = 16 * 1024 * 1024
+    # Without a RequireChecksumVerification header: must a checksum be compared?
+    # (A mismatch always fails a transfer.)
+    require_checksum: bool = False
+    max_redirects: int = 10
+    # Remote addresses a transfer may connect to (CIDRs, checked after DNS resolution and
+    # at every redirect): refused when in deny_networks, else allowed when allow_networks
+    # is empty or contains them.
+    allow_networks: tuple[str, ...] = ()
+    deny_networks: tuple[str, ...] = (
+        "169.254.0.0/16",
+        "fe80::/10",
+        "fd00:ec2::254/128",
+        "100.100.100.200/32",
+    )
+    # Verify remote TLS certificates (against tls.ca_dir, or the system store).
+    verify_tls: bool = True
+    # Server-issued bearer tokens ("macaroons" for gfal2/FTS): the HMAC secret file (created
+    # with mode 0600 when missing; default <state_dir>/macaroon.secret) and lifetimes.
+    macaroon_secret_file: str = ""
+    macaroon_default_validity: float = 86400.0
+    macaroon_max_validity: float = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     # What a request without credentials may do: "none", "read" or "read-write".
     anonymous: str = "none"
@@ -128,6 +176,7 @@ class Config:
     checksums: ChecksumConfig = field(default_factory=ChecksumConfig)
     webdav: WebDAVConfig = field(default_factory=WebDAVConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    tpc: TPCConfig = field(default_factory=TPCConfig)
     # None when the file has no [auth] section: then anonymous read-write on loopback only.
     auth: AuthConfig | None = None
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -221,6 +270,27 @@ def validate(cfg: Config) -> None:
         raise ConfigError("tls: cert and key must be set together")
     if cfg.auth is not None and cfg.auth.anonymous not in ("none", "read", "read-write"):
         raise ConfigError("auth.anonymous: must be one of none, read, read-write")
+    t = cfg.tpc
+    if t.marker_period <= 0:
+        raise ConfigError("tpc.marker_period: must be positive")
+    if min(t.connect_timeout, t.head_timeout, t.first_byte_timeout, t.stall_timeout) <= 0:
+        raise ConfigError("tpc: connect, head, first-byte and stall timeouts must be positive")
+    if t.total_timeout < 0:
+        raise ConfigError("tpc.total_timeout: must be 0 (none) or positive")
+    if t.max_active < 1 or t.max_queued < 0:
+        raise ConfigError("tpc: max_active must be at least 1 and max_queued at least 0")
+    if not 1 <= t.max_streams <= 100:
+        raise ConfigError("tpc.max_streams: must be between 1 and 100")
+    if t.stream_block_size < 65536:
+        raise ConfigError("tpc.stream_block_size: must be at least 65536")
+    for name in ("allow_networks", "deny_networks"):
+        for net in getattr(t, name):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"tpc.{name}: {net!r} is not a network") from None
+    if not 0 < t.macaroon_default_validity <= t.macaroon_max_validity:
+        raise ConfigError("tpc: macaroon_default_validity must be in (0, macaroon_max_validity]")
     if cfg.logging.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("logging.level: must be one of debug, info, warning, error")
 
@@ -234,6 +304,13 @@ def load_file(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     return load_mapping(data)
+
+
+def state_dir(cfg: Config) -> Path:
+    """The server's own state directory (not created here)."""
+    if cfg.storage.state_dir:
+        return Path(cfg.storage.state_dir)
+    return Path(cfg.storage.root) / ".se-state"
 
 
 def checksum_algorithms(cfg: Config) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from aiohttp import web
 from se.config import Config
 from se.storage.posix import PosixBackend
 from se.storage.watchcache import WatchedCache
+from se.tpc.service import TPCService
 
 __all__ = ["CONTEXT", "Context", "context"]
 
@@ -19,6 +20,7 @@ class Context:
     backend: PosixBackend
     anonymous: str  # the anonymous access level in force
     listings: WatchedCache[bytes]  # rendered PROPFIND bodies
+    tpc: TPCService
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("se_context", Context)

@@ -37,7 +37,6 @@ from se.errors import (
     ExpectationFailed,
     MethodNotAllowed,
     NotFound,
-    NotImplementedYet,
     PayloadTooLarge,
     PreconditionFailed,
     SEError,
@@ -47,6 +46,8 @@ from se.middleware import error_response
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
 from se.storage.posix import CachedFile, DirEntry, OpenFile, Stat
+from se.tpc.handler import third_party_copy
+from se.tpc.request import parse_copy
 
 __all__ = ["METHODS", "dispatch", "expect_handler"]
 
@@ -361,9 +362,13 @@ async def delete(request: web.Request) -> web.StreamResponse:
 
 # -- COPY / MOVE ------------------------------------------------------------------------
 async def copy(request: web.Request) -> web.StreamResponse:
-    if "Source" in request.headers:
-        raise NotImplementedYet("third-party copy (COPY with Source) is not implemented yet")
-    return await _copy_or_move(request, move=False)
+    ctx = context(request)
+    spec = parse_copy(
+        request.headers, request.headers.items(), request.host, ctx.cfg.server.local_hosts
+    )
+    if spec is None:
+        return await _copy_or_move(request, move=False)
+    return await third_party_copy(request, spec)
 
 
 async def move(request: web.Request) -> web.StreamResponse:
@@ -376,10 +381,8 @@ async def _copy_or_move(request: web.Request, move: bool) -> web.StreamResponse:
     dest = parse_destination(
         request.headers.get("Destination"), request.host, ctx.cfg.server.local_hosts
     )
-    if not dest.is_local:
-        if move:
-            raise BadGateway("MOVE destination is on another server")
-        raise NotImplementedYet("third-party copy (COPY to another server) is not implemented yet")
+    if not dest.is_local:  # a remote COPY destination is a TPC push, handled above
+        raise BadGateway("MOVE destination is on another server")
     dst = confine(dest.raw_path)
     overwrite = parse_overwrite(request.headers.get("Overwrite"))
     depth = parse_depth(request.headers.get("Depth"), Depth.INFINITY)

@@ -2,7 +2,7 @@
 
 A request path is percent-decoded once (strict UTF-8), split on ``/``, and every segment is
 checked: ``..`` (also when it arrived as ``%2e%2e``), NUL bytes, an encoded ``/`` and the
-server's reserved temp-file names are refused; ``.`` and empty segments are dropped.  What
+server's reserved names (``.se-*``) are refused; ``.`` and empty segments are dropped.  What
 remains can only name something below the root.  Symlinks are the backend's business
 (``se.storage.posix`` checks the resolved path), since seeing them needs the filesystem.
 """
@@ -15,9 +15,12 @@ from urllib.parse import quote, unquote_to_bytes
 
 from se.errors import BadRequest, Forbidden
 
-__all__ = ["TEMP_PREFIX", "DavPath", "confine", "is_temp_name"]
+__all__ = ["RESERVED_PREFIX", "TEMP_PREFIX", "DavPath", "confine", "is_reserved", "is_temp_name"]
 
-# Prefix of in-flight upload files; never served, listed or addressable.
+# Names the server keeps for itself (upload temp files, the state directory): never served,
+# listed or addressable.
+RESERVED_PREFIX = ".se-"
+# Prefix of in-flight upload files.
 TEMP_PREFIX = ".se-upload-"
 MAX_PATH_BYTES = 4096
 # Paths made only of these characters, with no segment starting with ".", need no decoding
@@ -28,6 +31,10 @@ MAX_SEGMENT_BYTES = 255
 
 def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX)
+
+
+def is_reserved(name: str) -> bool:
+    return name.startswith(RESERVED_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +118,7 @@ def confine(raw_path: str) -> DavPath:
             continue
         if seg == "..":
             raise Forbidden("path contains '..'")
-        if is_temp_name(seg):
+        if is_reserved(seg):
             raise Forbidden("path uses a reserved name")
         segments.append(seg)
     if sum(len(s.encode()) + 1 for s in segments) > MAX_PATH_BYTES:

@@ -44,7 +44,7 @@ from se.errors import (
     SEError,
 )
 from se.storage import checksums, xattrs
-from se.storage.paths import TEMP_PREFIX, DavPath, is_temp_name
+from se.storage.paths import TEMP_PREFIX, DavPath, is_reserved, is_temp_name
 from se.storage.watchcache import WatchedCache
 
 __all__ = [
@@ -179,6 +179,7 @@ class Upload:
         self._inflight: asyncio.Future[None] | None = None
         self.received = 0
         self._done = False
+        self._positional = False  # written with write_at: checksums computed at the end
         # Held by whichever pool thread is writing, so that an abort (after a cancellation
         # whose thread is still running) never closes the file under it.
         self._io_lock = threading.Lock()
@@ -277,8 +278,53 @@ class Upload:
         if failed is not None:
             raise map_oserror(failed, str(self.path))
 
+    async def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``offset`` (multi-stream transfers fill one file out of order).
+
+        Checksums of a file written this way are computed from the assembled file at
+        :meth:`digests` / :meth:`commit`.
+        """
+        self._positional = True
+        await self.backend.run(self._pwrite_sync, offset, data)
+        self.received += len(data)
+
+    def _pwrite_sync(self, offset: int, data: bytes | memoryview) -> None:
+        with self._io_lock:
+            if self._fd < 0:
+                raise ConnectionAbortedError("upload already finished")
+            view = memoryview(data)
+            try:
+                while view:
+                    n = os.pwrite(self._fd, view, offset)
+                    view = view[n:]
+                    offset += n
+            except OSError as exc:
+                raise map_oserror(exc, str(self.path)) from None
+
+    async def digests(self) -> dict[str, bytes]:
+        """The checksums of everything written so far (before :meth:`commit`)."""
+        await self._settle()
+        if self._positional:
+            await self.backend.run(self._rehash_sync)
+        return self._hasher.digests()
+
+    def _rehash_sync(self) -> None:
+        with self._io_lock:
+            hasher = checksums.MultiHasher(self._hasher.algorithms)
+            offset = 0
+            while True:
+                data = os.pread(self._fd, self.backend.chunk_size, offset)
+                if not data:
+                    break
+                hasher.update(data)
+                offset += len(data)
+            self._hasher = hasher
+            self._positional = False
+
     async def commit(self, expected: dict[str, bytes]) -> UploadResult:
         await self._settle()
+        if self._positional:
+            await self.backend.run(self._rehash_sync)
         result = await self.backend.run(self._commit_sync, expected)
         self._done = True
         return result
@@ -537,7 +583,7 @@ class PosixBackend:
             with it:
                 children = sorted(it, key=lambda e: e.name)
             for de in children:
-                if is_temp_name(de.name):
+                if is_reserved(de.name):
                     continue
                 if de.is_symlink() and not self._inside(os.path.realpath(de.path)):
                     continue
@@ -604,7 +650,7 @@ class PosixBackend:
             if self.create_parents:
                 os.makedirs(parent, exist_ok=True)
             temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except (FileExistsError, NotADirectoryError):
             raise Conflict(f"{p.parent}: parent is not a collection") from None
         except OSError as exc:
@@ -744,7 +790,7 @@ class PosixBackend:
         with os.scandir(src_fs) as it:
             children = list(it)
         for de in children:
-            if is_temp_name(de.name):
+            if is_reserved(de.name):
                 continue
             target = os.path.join(dst_fs, de.name)
             if de.is_dir(follow_symlinks=False):

@@ -128,7 +128,7 @@ def test_config_is_frozen() -> None:
     ("data", "needle"),
     [
         ({"serverr": {}}, "serverr"),
-        ({"tpc": {"enabled": True}}, "tpc"),
+        ({"tpc": {"marker_periods": 1}}, "tpc.marker_periods"),
         ({"server": {"hots": "x"}}, "server.hots"),
         ({"storage": {"create_parent": True}}, "storage.create_parent"),
         ({"webdav": {"allow_depth_infinite": True}}, "webdav.allow_depth_infinite"),

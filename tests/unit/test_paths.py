@@ -29,7 +29,7 @@ ROOT = "/srv/se-data"
         ("/a?x=/../etc", ("a",)),
         ("/a..b/..c/c..", ("a..b", "..c", "c..")),
         ("/...", ("...",)),
-        ("/se-upload-x/.se-uploadx", ("se-upload-x", ".se-uploadx")),
+        ("/se-upload-x/.seupload/.se_x", ("se-upload-x", ".seupload", ".se_x")),
         ("/" + "x" * 255, ("x" * 255,)),
     ],
 )
@@ -71,6 +71,8 @@ def test_confine_accepts(raw: str, segments: tuple[str, ...] | None) -> None:
         (f"/{TEMP_PREFIX}x", Forbidden),
         (f"/dir/{TEMP_PREFIX}0123abcd", Forbidden),
         ("/dir/%2ese-upload-x", Forbidden),
+        ("/.se-state/macaroon.secret", Forbidden),
+        ("/a/.se-anything", Forbidden),
         ("/" + "x" * 256, BadRequest),
         ("/" + "%41" * 256, BadRequest),
         ("/" + "/".join(["d" * 200] * 21), BadRequest),  # 21 * 201 > 4096 bytes

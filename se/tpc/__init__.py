@@ -1,0 +1,1 @@
+"""HTTP third-party copy (COPY with Source or a remote Destination)."""

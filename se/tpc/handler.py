@@ -1,0 +1,250 @@
+"""COPY as a third-party copy: checks, the 202 marker stream, the watchdog.
+
+Everything that can be decided before data moves is answered with a plain status (400,
+401/403, 404, 409, 412, 503).  Then ``202 Accepted`` with a ``text/perf-marker-stream``
+body: a marker at once, one as soon as the remote's address is known, one every
+``tpc.marker_period`` seconds, a last one (with RemoteConnections) just before the result
+line.  The same loop watches the client connection (aiohttp does not cancel a handler
+whose client left) and the first-byte, stall and total timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from se.auth.policy import Op, require
+from se.dav.context import context
+from se.errors import BadRequest, Forbidden, PreconditionFailed, SEError
+from se.storage import checksums
+from se.storage.paths import DavPath, confine
+from se.storage.posix import OpenFile, Stat
+from se.tpc import markers
+from se.tpc.pull import SourceInfo, probe, pull
+from se.tpc.push import push
+from se.tpc.remote import RemoteRefused, TransferFailed, redact
+from se.tpc.request import Mode, TransferSpec
+from se.tpc.service import TPCService
+from se.tpc.state import Transfer
+
+__all__ = ["third_party_copy"]
+
+log = logging.getLogger("se.tpc")
+TICK = 0.2  # seconds between checks of the client connection and the timeouts
+
+
+async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.StreamResponse:
+    ctx = context(request)
+    svc = ctx.tpc
+    if not svc.cfg.enabled:
+        raise Forbidden("third-party copy is disabled on this server")
+    path = confine(request.raw_path)
+    if spec.mode is Mode.PULL:
+        require(Op.MODIFY if spec.overwrite else Op.CREATE, path, ctx.anonymous)
+        ctx.backend.check_upload(path, spec.overwrite)
+    else:
+        require(Op.READ, path, ctx.anonymous)
+    try:
+        svc.policy.check_url(spec.remote)
+    except RemoteRefused as exc:
+        raise Forbidden(str(exc)) from None
+    t = Transfer(spec, path)
+    svc.admit()
+    try:
+        if spec.mode is Mode.PULL:
+            return await _pull(request, svc, t)
+        return await _push(request, svc, t, path)
+    finally:
+        svc.release()
+
+
+async def _pull(request: web.Request, svc: TPCService, t: Transfer) -> web.StreamResponse:
+    info: SourceInfo | None = None
+    early: TransferFailed | None = None
+    try:
+        info = await probe(svc, t)
+    except TransferFailed as exc:  # reported after the 202, where FTS sees the text
+        early = exc
+    source = info or SourceInfo(url=t.spec.remote)
+
+    async def run() -> None:
+        if early is not None:
+            raise early
+        await pull(svc, t, source)
+
+    return await _drive(request, svc, t, run)
+
+
+async def _push(
+    request: web.Request, svc: TPCService, t: Transfer, path: DavPath
+) -> web.StreamResponse:
+    opened = svc.backend.open_read(path, use_cache=False)
+    if isinstance(opened, Stat):
+        raise BadRequest(f"{path} is a collection; only files can be pushed")
+    assert isinstance(opened, OpenFile)
+    try:
+        algs = tuple(dict.fromkeys(("adler32", *t.spec.expected)))
+        local = await svc.backend.checksums(opened, algs)
+        for alg, want in t.spec.expected.items():
+            if local.get(alg, want) != want:
+                raise PreconditionFailed(
+                    f"{alg} given in the COPY's Repr-Digest differs from the file's "
+                    f"({checksums.format_digest_value(alg, want)} != "
+                    f"{checksums.format_digest_value(alg, local[alg])})"
+                )
+        send = {a: v for a, v in local.items() if a in algs}
+
+        async def run() -> None:
+            await push(svc, t, opened, send)
+
+        return await _drive(request, svc, t, run)
+    finally:
+        opened.close()
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _timeout(svc: TPCService, t: Transfer, now: float) -> str | None:
+    """The failure reason of an expired timeout, if any."""
+    if t.active_since is None:
+        return None
+    cfg = svc.cfg
+    pull = t.spec.mode is Mode.PULL
+    direction = "received from the source" if pull else "sent to the destination"
+    if t.first_byte_at is None:
+        if now - t.active_since > cfg.first_byte_timeout:
+            return f"first-byte timeout: no data {direction} within {cfg.first_byte_timeout:g} s"
+    elif now - t.last_progress > cfg.stall_timeout:
+        size = f" of {t.size}" if t.size is not None else ""
+        return (
+            f"stall timeout: no data {direction} for {cfg.stall_timeout:g} s "
+            f"(stalled after {t.bytes}{size} bytes)"
+        )
+    if cfg.total_timeout and now - t.active_since > cfg.total_timeout:
+        return f"time limit: transfer took longer than {cfg.total_timeout:g} s"
+    return None
+
+
+async def _drive(
+    request: web.Request,
+    svc: TPCService,
+    t: Transfer,
+    run: Callable[[], Awaitable[None]],
+) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        status=202, headers={"Content-Type": "text/perf-marker-stream", "Cache-Control": "no-cache"}
+    )
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+
+    async def active() -> None:
+        await svc.acquire_slot()
+        try:
+            t.activate()
+            await run()
+        finally:
+            svc.release_slot()
+
+    task = asyncio.ensure_future(active())
+    state = _Stream(resp)
+    next_marker = 0.0
+    marked_connections = 0
+    try:
+        while not task.done():
+            now = time.monotonic()
+            if now >= next_marker or len(t.connections) > marked_connections:
+                marked_connections = len(t.connections)
+                await state.send(markers.format_marker(t.marker()))
+                next_marker = now + svc.cfg.marker_period
+            if state.broken or _client_gone(request):
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                _log(t, "aborted", "client disconnected")
+                return resp
+            reason = _timeout(svc, t, now)
+            if reason is not None:
+                t.failure = reason
+                task.cancel()
+                break
+            await asyncio.wait({task}, timeout=TICK)
+    except asyncio.CancelledError:  # the server is stopping
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1):
+                await state.send(markers.format_result("aborted", "server shutting down"))
+                await resp.write_eof()
+        raise
+    line = await _outcome(svc, t, task)
+    await state.send(markers.format_marker(t.marker()))
+    await state.send(line)
+    if not state.broken:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await resp.write_eof()
+    return resp
+
+
+async def _outcome(svc: TPCService, t: Transfer, task: asyncio.Future[None]) -> bytes:
+    try:
+        await task
+    except asyncio.CancelledError:
+        message = t.failure or "transfer cancelled"
+        svc.failed += 1
+        _log(t, "failure", message)
+        return markers.format_result("failure", message)
+    except TransferFailed as exc:
+        message = str(exc)
+    except SEError as exc:
+        message = exc.reason
+    except Exception as exc:
+        log.exception("third-party copy failed unexpectedly")
+        message = f"internal error: {exc.__class__.__name__}"
+    else:
+        svc.succeeded += 1
+        _log(t, "success", "")
+        return markers.format_result("success", "Created")
+    svc.failed += 1
+    _log(t, "failure", message)
+    remote = redact(t.spec.remote)
+    return markers.format_result("failure", f"{message}; local={t.local} remote={remote}")
+
+
+class _Stream:
+    """Writes to the marker stream, remembering (not raising) a client that went away."""
+
+    def __init__(self, resp: web.StreamResponse) -> None:
+        self.resp = resp
+        self.broken = False
+
+    async def send(self, data: bytes) -> None:
+        if self.broken:
+            return
+        try:
+            await self.resp.write(data)
+        except (ConnectionError, RuntimeError):
+            self.broken = True
+
+
+def _log(t: Transfer, outcome: str, message: str) -> None:
+    elapsed = time.monotonic() - t.created
+    rate = t.bytes / elapsed / 1e6 if elapsed > 0 else 0.0
+    log.info(
+        "tpc %s %s %s %s: %d bytes in %.2f s (%.1f MB/s)%s%s",
+        t.spec.mode.value,
+        redact(t.spec.remote),
+        "->" if t.spec.mode is Mode.PULL else "<-",
+        t.local,
+        t.bytes,
+        elapsed,
+        rate,
+        f" {outcome}",
+        f": {message}" if message else "",
+    )

@@ -1,0 +1,244 @@
+"""The pull data path: this server GETs the source into the backend's upload path.
+
+Single stream: one GET streamed through :class:`se.storage.posix.Upload` (temp file,
+checksums while streaming, fsync, atomic rename).  Several streams: ranged GETs of
+``stream_block_size`` blocks written at their offsets into the same temp file, checksums
+computed over the assembled file.  Whatever fails, the temp file is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from se.errors import NotFound, PreconditionFailed, SEError
+from se.storage import checksums
+from se.storage.posix import Upload
+from se.tpc import integrity
+from se.tpc.remote import (
+    TransferFailed,
+    describe_client_error,
+    error_text,
+    open_remote,
+    redact,
+)
+from se.tpc.service import TPCService
+from se.tpc.state import Transfer
+
+__all__ = ["SourceInfo", "probe", "pull"]
+
+WRITE_BLOCK = 1 << 20  # bytes gathered before a positional write
+
+
+@dataclass(slots=True)
+class SourceInfo:
+    url: str  # after redirects
+    size: int | None = None
+    digests: dict[str, bytes] = field(default_factory=dict)
+    ranges: bool = False
+
+
+def _request_headers(svc: TPCService, t: Transfer) -> list[tuple[str, str]]:
+    first = [*t.spec.expected, *t.spec.want_digest]
+    return [*t.spec.headers, ("Want-Digest", integrity.want_digest(first, svc.algorithms))]
+
+
+async def probe(svc: TPCService, t: Transfer) -> SourceInfo:
+    """HEAD the source before answering 202: size, checksums, range support.
+
+    A source that is definitely missing is a plain 404; a client checksum that contradicts
+    the source's is a 412.  Other HTTP errors are left for the GET to report.  Network
+    errors raise TransferFailed (reported after the 202 as a failure line).
+    """
+    spec = t.spec
+    try:
+        async with asyncio.timeout(svc.cfg.head_timeout):
+            resp, url = await open_remote(
+                svc.session,
+                "HEAD",
+                spec.remote,
+                _request_headers(svc, t),
+                svc.policy,
+                svc.cfg.max_redirects,
+                "source",
+                on_hop=t.attempting,
+            )
+    except TimeoutError:
+        raise TransferFailed(
+            f"source did not answer HEAD within {svc.cfg.head_timeout:g} s"
+        ) from None
+    try:
+        t.connected_by(resp)
+        if resp.status in (404, 410):
+            raise NotFound(f"source {redact(spec.remote)} answered HEAD with {resp.status}")
+        if resp.status >= 300:
+            return SourceInfo(url=spec.remote)
+        info = SourceInfo(
+            url=url,
+            size=resp.content_length,
+            digests=integrity.declared_digests(resp.headers, resp.status),
+            ranges="bytes" in resp.headers.get("Accept-Ranges", "").lower(),
+        )
+    finally:
+        resp.release()
+    for alg, want in spec.expected.items():
+        have = info.digests.get(alg)
+        if have is not None and have != want:
+            raise PreconditionFailed(
+                f"{alg} given in the COPY's Repr-Digest differs from the source's "
+                f"({checksums.format_digest_value(alg, want)} != "
+                f"{checksums.format_digest_value(alg, have)})"
+            )
+    return info
+
+
+def _extra_algorithms(t: Transfer, declared: dict[str, bytes]) -> tuple[str, ...]:
+    names = (*declared, *t.spec.expected, *t.spec.want_digest)
+    return tuple(dict.fromkeys(a for a in names if checksums.canonical_algorithm(a)))
+
+
+async def pull(svc: TPCService, t: Transfer, info: SourceInfo) -> None:
+    """Fetch the source into ``t.local``; raises TransferFailed (or SEError) on failure."""
+    block = svc.cfg.stream_block_size
+    streams = min(t.spec.streams, svc.cfg.max_streams)
+    if streams > 1 and info.ranges and info.size is not None and info.size > block:
+        await _pull_multi(svc, t, info, streams)
+    else:
+        await _pull_single(svc, t, info)
+
+
+async def _get(
+    svc: TPCService, t: Transfer, url: str, extra: list[tuple[str, str]]
+) -> tuple[aiohttp.ClientResponse, str]:
+    return await open_remote(
+        svc.session,
+        "GET",
+        url,
+        [*_request_headers(svc, t), *extra],
+        svc.policy,
+        svc.cfg.max_redirects,
+        "source",
+        on_hop=t.attempting,
+    )
+
+
+async def _pull_single(svc: TPCService, t: Transfer, info: SourceInfo) -> None:
+    resp, _url = await _get(svc, t, info.url, [])
+    try:
+        t.connected_by(resp)
+        if resp.status != 200:
+            status = resp.status
+            raise TransferFailed(f"source answered GET with {await error_text(resp)}", status)
+        size = resp.content_length if resp.content_length is not None else info.size
+        declared = {**info.digests, **integrity.declared_digests(resp.headers, 200)}
+        t.size = size
+        upload = await svc.backend.begin_upload(
+            t.local, t.spec.overwrite, _extra_algorithms(t, declared)
+        )
+        try:
+            async for chunk in resp.content.iter_any():
+                t.progress(len(chunk))
+                await upload.feed(chunk)
+            await _finish(svc, t, upload, size, declared)
+        except BaseException:
+            await asyncio.shield(upload.abort())
+            raise
+    except (aiohttp.ClientError, OSError) as exc:
+        raise TransferFailed(_describe(exc)) from exc
+    finally:
+        resp.release()
+
+
+def _describe(exc: BaseException) -> str:
+    return describe_client_error(exc, "source")
+
+
+async def _pull_multi(svc: TPCService, t: Transfer, info: SourceInfo, streams: int) -> None:
+    assert info.size is not None
+    size = info.size
+    t.size = size
+    block = svc.cfg.stream_block_size
+    upload = await svc.backend.begin_upload(
+        t.local, t.spec.overwrite, _extra_algorithms(t, info.digests)
+    )
+    starts = iter(range(0, size, block))
+    try:
+        workers = [
+            asyncio.ensure_future(_stream(svc, t, info.url, upload, starts, size, block))
+            for _ in range(min(streams, -(-size // block)))
+        ]
+        try:
+            done, _pending = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # the first failure, if any
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        await _finish(svc, t, upload, size, info.digests)
+    except BaseException:
+        await asyncio.shield(upload.abort())
+        raise
+
+
+async def _stream(
+    svc: TPCService,
+    t: Transfer,
+    url: str,
+    upload: Upload,
+    starts: Iterator[int],
+    size: int,
+    block: int,
+) -> None:
+    for start in starts:  # shared by all streams: each takes the next block
+        end = min(size, start + block) - 1
+        resp, _ = await _get(svc, t, url, [("Range", f"bytes={start}-{end}")])
+        try:
+            t.connected_by(resp)
+            if resp.status != 206:
+                status = resp.status
+                raise TransferFailed(
+                    f"source answered a range GET with {await error_text(resp)}", status
+                )
+            crange = resp.headers.get("Content-Range", "")
+            if not crange.startswith(f"bytes {start}-{end}/"):
+                raise TransferFailed(f"source sent the wrong range: {crange[:80]!r}")
+            offset = start
+            buf = bytearray()
+            async for chunk in resp.content.iter_any():
+                t.progress(len(chunk))
+                buf += chunk
+                if len(buf) >= WRITE_BLOCK:
+                    await upload.write_at(offset, bytes(buf))
+                    offset += len(buf)
+                    buf.clear()
+            if buf:
+                await upload.write_at(offset, bytes(buf))
+                offset += len(buf)
+            if offset != end + 1:
+                raise TransferFailed(
+                    f"source sent {offset - start} of {end + 1 - start} bytes of a range"
+                )
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransferFailed(_describe(exc)) from exc
+        finally:
+            resp.release()
+
+
+async def _finish(
+    svc: TPCService, t: Transfer, upload: Upload, size: int | None, declared: dict[str, bytes]
+) -> None:
+    if size is not None and upload.received != size:
+        raise TransferFailed(f"received {upload.received} of {size} bytes from the source")
+    local = await upload.digests()
+    required = t.spec.require_checksum
+    if required is None:
+        required = svc.cfg.require_checksum
+    integrity.verify(local, declared, t.spec.expected, required, "source")
+    try:
+        await upload.commit({})
+    except SEError as exc:
+        raise TransferFailed(f"cannot store {t.local}: {exc.reason}") from exc

@@ -1,0 +1,146 @@
+"""The push data path: this server PUTs a local file to the destination.
+
+The PUT carries ``Content-Length`` and the file's stored checksums as ``Digest`` and
+``Repr-Digest`` (a verifying destination refuses a corrupted copy), with
+``Expect: 100-continue`` so that a refusal costs no data.  Afterwards a HEAD checks the
+size and, where the destination offers one, the checksum; a copy that fails that check is
+deleted at the destination.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import aiohttp
+from aiohttp import payload
+from aiohttp.abc import AbstractStreamWriter
+
+from se.storage.posix import OpenFile, PosixBackend
+from se.tpc import integrity
+from se.tpc.remote import TransferFailed, error_text, open_remote
+from se.tpc.service import TPCService
+from se.tpc.state import Transfer
+
+__all__ = ["push"]
+
+READ_CHUNK = 4 << 20
+
+
+class FileBody(payload.Payload):
+    """A local file as a request body: read on the I/O pool, progress counted as sent."""
+
+    def __init__(self, backend: PosixBackend, f: OpenFile, t: Transfer) -> None:
+        super().__init__(f, content_type="application/octet-stream")
+        self._backend = backend
+        self._fd = f.fd
+        self._t = t
+        self._length = f.stat.size
+
+    @property
+    def size(self) -> int:
+        return self._length
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a file body is not text")
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        offset = 0
+        while offset < self._length:
+            data = await self._backend.run(
+                os.pread, self._fd, min(READ_CHUNK, self._length - offset), offset
+            )
+            if not data:
+                raise TransferFailed(f"local file shrank while sending ({offset} bytes)")
+            await writer.write(data)
+            offset += len(data)
+            self._t.progress(len(data))
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        await self.write(writer)
+
+
+async def push(svc: TPCService, t: Transfer, f: OpenFile, local: dict[str, bytes]) -> None:
+    spec = t.spec
+    t.size = f.stat.size
+    headers: list[tuple[str, str]] = [*spec.headers, *integrity.digest_headers(local)]
+
+    def body() -> Any:
+        t.bytes = 0  # a redirected PUT starts again
+        return FileBody(svc.backend, f, t)
+
+    try:
+        resp, final = await open_remote(
+            svc.session,
+            "PUT",
+            spec.remote,
+            headers,
+            svc.policy,
+            svc.cfg.max_redirects,
+            "destination",
+            body=body,
+            on_hop=t.attempting,
+        )
+    except TransferFailed as exc:
+        cause = exc.__cause__
+        if isinstance(cause, TransferFailed):  # raised by the body itself
+            raise cause from None
+        raise
+    try:
+        t.connected_by(resp)
+        if resp.status not in (200, 201, 204, 205):
+            status = resp.status
+            raise TransferFailed(f"destination refused the PUT: {await error_text(resp)}", status)
+    finally:
+        resp.release()
+    if t.bytes != t.size:
+        raise TransferFailed(f"destination answered after {t.bytes} of {t.size} bytes")
+    await _verify(svc, t, final, local)
+
+
+async def _verify(svc: TPCService, t: Transfer, url: str, local: dict[str, bytes]) -> None:
+    required = t.spec.require_checksum
+    if required is None:
+        required = svc.cfg.require_checksum
+    headers = [*t.spec.headers, ("Want-Digest", integrity.want_digest(local, ()))]
+    try:
+        resp, _ = await open_remote(
+            svc.session, "HEAD", url, headers, svc.policy, svc.cfg.max_redirects, "destination"
+        )
+    except TransferFailed:
+        if required:
+            raise
+        return
+    try:
+        if resp.status >= 300:
+            if required:
+                raise TransferFailed(
+                    f"cannot verify the copy: destination answered HEAD with {resp.status}"
+                )
+            return
+        remote = integrity.declared_digests(resp.headers, resp.status)
+        length = resp.content_length
+    finally:
+        resp.release()
+    try:
+        if length is not None and length != t.size:
+            raise TransferFailed(
+                f"verification failed: destination has {length} bytes, source {t.size}"
+            )
+        integrity.verify(remote, local, {}, required, "source", local_name="the destination's copy")
+    except TransferFailed as exc:
+        await _delete(svc, t, url)
+        raise TransferFailed(f"verification failed: {exc}") from None
+
+
+async def _delete(svc: TPCService, t: Transfer, url: str) -> None:
+    """Remove a copy that failed verification (best effort; the failure says so)."""
+    try:
+        resp, _ = await open_remote(
+            svc.session, "DELETE", url, t.spec.headers, svc.policy, 0, "destination"
+        )
+        resp.release()
+    except (TransferFailed, aiohttp.ClientError, OSError):
+        pass

@@ -1,0 +1,222 @@
+"""Talking to the passive party: address policy, the pooled client session, redirects.
+
+One :class:`aiohttp.ClientSession` per worker carries every TPC request (connections are
+reused per remote host).  Every address a transfer may connect to goes through
+:class:`NetworkPolicy`: host names when they are resolved (so a name cannot be pointed
+at a forbidden address), IP literals before each request and at every redirect hop, which
+this module follows by hand so that each hop is checked and ``Authorization`` is dropped
+when a redirect leaves the origin.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp import abc, hdrs
+from aiohttp.resolver import DefaultResolver
+
+__all__ = [
+    "NetworkPolicy",
+    "RemoteRefused",
+    "TransferFailed",
+    "make_session",
+    "open_remote",
+    "redact",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TransferFailed(Exception):
+    """The transfer cannot complete; the message becomes the ``failure:`` line."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the remote's HTTP status, when it gave one
+
+
+class RemoteRefused(TransferFailed):
+    """The remote address is outside the configured TPC network policy."""
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs and failure lines: the query (pre-signed credentials) removed."""
+    parts = urlsplit(url)
+    return parts._replace(query="", fragment="").geturl() + ("?..." if parts.query else "")
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPolicy:
+    allow: tuple[IPNetwork, ...]
+    deny: tuple[IPNetwork, ...]
+
+    @classmethod
+    def of(cls, allow: Iterable[str], deny: Iterable[str]) -> NetworkPolicy:
+        return cls(
+            tuple(ipaddress.ip_network(n, strict=False) for n in allow),
+            tuple(ipaddress.ip_network(n, strict=False) for n in deny),
+        )
+
+    def allows(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net for net in self.deny):
+            return False
+        return not self.allow or any(ip in net for net in self.allow)
+
+    def check_url(self, url: str) -> None:
+        """Refuse an IP-literal host outside the policy (names are checked on resolution)."""
+        host = (urlsplit(url).hostname or "").strip("[]")
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return
+        if not self.allows(host):
+            raise RemoteRefused(f"remote address {host} is not allowed for third-party copy")
+
+
+class GuardedResolver(abc.AbstractResolver):
+    """DNS resolution that drops addresses the policy refuses (and records the choice)."""
+
+    def __init__(self, policy: NetworkPolicy) -> None:
+        self._inner = DefaultResolver()
+        self._policy = policy
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[abc.ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        allowed = [r for r in results if self._policy.allows(r["host"])]
+        if not allowed:
+            refused = ", ".join(sorted({r["host"] for r in results}))
+            raise OSError(f"{host} resolves only to addresses not allowed for TPC: {refused}")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def ssl_context(verify: bool, ca_dir: str) -> ssl.SSLContext | bool:
+    if not verify:
+        return False
+    ctx = ssl.create_default_context(capath=ca_dir or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def make_session(
+    policy: NetworkPolicy, verify_tls: bool, ca_dir: str, connect_timeout: float
+) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=0,  # the transfer manager bounds concurrency
+        limit_per_host=0,
+        resolver=GuardedResolver(policy),
+        ssl=ssl_context(verify_tls, ca_dir),
+        ttl_dns_cache=60,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
+        skip_auto_headers=("Accept-Encoding", "User-Agent"),
+        headers={"User-Agent": "se-tpc"},
+        read_bufsize=1 << 20,
+    )
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+def describe_client_error(exc: BaseException, what: str) -> str:
+    """A one-line reason for a failure to reach or read from the remote."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate of the {what} not trusted: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        detail = os_error.strerror or str(os_error) if os_error is not None else str(exc)
+        return f"cannot connect to the {what} {exc.host}:{exc.port}: {detail}"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS error with the {what}: {exc}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return f"the {what} closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"the {what} ended the data early: {exc}"
+    if isinstance(exc, TimeoutError):
+        return f"timed out talking to the {what}"
+    return f"error talking to the {what}: {exc or exc.__class__.__name__}"
+
+
+async def open_remote(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    policy: NetworkPolicy,
+    max_redirects: int,
+    what: str,
+    body: Callable[[], Any] | None = None,
+    on_hop: Callable[[str], None] | None = None,
+) -> tuple[aiohttp.ClientResponse, str]:
+    """Send one request, following redirects by hand; returns (response, final URL).
+
+    ``body`` builds a fresh request body for each hop (a redirect re-sends it).  The caller
+    must release the response.  Raises TransferFailed on a network error, a refused
+    address, a redirect loop or a redirect without Location.
+    """
+    current = url
+    hdr_items = list(headers.items() if isinstance(headers, Mapping) else headers)
+    first_origin = _origin(url)
+    for _hop in range(max_redirects + 1):
+        policy.check_url(current)
+        if on_hop is not None:
+            on_hop(current)
+        send = hdr_items
+        if _origin(current) != first_origin:  # credentials stay with the host they belong to
+            send = [(k, v) for k, v in hdr_items if k.lower() != "authorization"]
+        kwargs: dict[str, Any] = {"headers": send, "allow_redirects": False}
+        if body is not None:
+            kwargs["data"] = body()
+            kwargs["expect100"] = True
+        try:
+            resp = await session.request(method, current, **kwargs)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise TransferFailed(describe_client_error(exc, what)) from exc
+        if resp.status in (301, 302, 303, 307, 308) and hdrs.LOCATION in resp.headers:
+            location = resp.headers[hdrs.LOCATION]
+            resp.release()
+            nxt = urljoin(current, location)
+            if urlsplit(nxt).scheme not in ("http", "https"):
+                raise TransferFailed(f"the {what} redirected to an unsupported URL")
+            if resp.status == 303 and method not in ("GET", "HEAD"):
+                raise TransferFailed(f"the {what} answered {method} with 303 See Other")
+            current = nxt
+            continue
+        return resp, current
+    raise TransferFailed(f"the {what} redirected more than {max_redirects} times")
+
+
+async def error_text(resp: aiohttp.ClientResponse, limit: int = 300) -> str:
+    """``<status> <reason>[: first line of the body]`` of a failed remote answer."""
+    text = ""
+    try:
+        raw = await resp.content.read(limit)
+        text = " ".join(raw.decode("utf-8", "replace").split())
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        pass
+    finally:
+        resp.release()
+    head = f"{resp.status} {resp.reason or ''}".strip()
+    return f"{head}: {text}" if text else head

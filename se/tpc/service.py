@@ -1,0 +1,63 @@
+"""Per-worker TPC state: the pooled client session, the network policy and the limits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from se.config import Config, checksum_algorithms
+from se.errors import ServiceUnavailable
+from se.storage.posix import PosixBackend
+from se.tpc.remote import NetworkPolicy, make_session
+
+__all__ = ["TPCService"]
+
+
+class TPCService:
+    """Admission (active + queued limits), the shared client session and settings."""
+
+    def __init__(self, cfg: Config, backend: PosixBackend) -> None:
+        self.cfg = cfg.tpc
+        self.backend = backend
+        self.algorithms = checksum_algorithms(cfg)
+        self.policy = NetworkPolicy.of(cfg.tpc.allow_networks, cfg.tpc.deny_networks)
+        self._ca_dir = cfg.tls.ca_dir
+        self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(cfg.tpc.max_active)
+        self.admitted = 0  # accepted and not finished (active + queued)
+        self.active = 0
+        self.succeeded = 0
+        self.failed = 0
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = make_session(
+                self.policy, self.cfg.verify_tls, self._ca_dir, self.cfg.connect_timeout
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def admit(self) -> None:
+        """Count a new transfer in, or refuse it with 503 when the queue is full."""
+        if self.admitted >= self.cfg.max_active + self.cfg.max_queued:
+            raise ServiceUnavailable(
+                f"too many third-party copies ({self.admitted} active or queued); retry later",
+                headers={"Retry-After": "30"},
+            )
+        self.admitted += 1
+
+    def release(self) -> None:
+        self.admitted -= 1
+
+    async def acquire_slot(self) -> None:
+        await self._slots.acquire()
+        self.active += 1
+
+    def release_slot(self) -> None:
+        self.active -= 1
+        self._slots.release()
