@@ -6,10 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from aiohttp import web
 
-from se.config import Config
+from se.auth.macaroons import SecretStore
+from se.config import Config, state_dir
 from se.dav import handlers
 from se.dav.context import CONTEXT, Context
 from se.middleware import handle_errors
@@ -32,7 +34,10 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
     backend = PosixBackend(cfg, executor, files)
     listings: WatchedCache[bytes] = WatchedCache(cfg.webdav.listing_cache_dirs)
     tpc = TPCService(cfg, backend)
-    app[CONTEXT] = Context(cfg, backend, cfg.anonymous_access(), listings, tpc)
+    secret_file = cfg.tpc.macaroon_secret_file or str(state_dir(cfg) / "macaroon.secret")
+    app[CONTEXT] = Context(
+        cfg, backend, cfg.anonymous_access(), listings, tpc, SecretStore(Path(secret_file))
+    )
     app.router.add_route(
         "*", "/{tail:.*}", handle_errors(handlers.dispatch), expect_handler=handlers.expect_handler
     )

@@ -22,6 +22,7 @@ from typing import TextIO
 import uvloop
 from aiohttp import web
 
+from se.accesslog import RedactTokens
 from se.app import create_app
 from se.config import Config, ConfigError, is_loopback
 
@@ -80,9 +81,12 @@ def serve_url(cfg: Config, port: int) -> str:
 
 async def _serve(cfg: Config, sock: socket.socket, first: bool) -> None:
     app = create_app(cfg, sweep=cfg.storage.sweep_on_start and first)
+    access = logging.getLogger("se.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
     runner = web.AppRunner(
         app,
-        access_log=logging.getLogger("se.access") if cfg.logging.access_log else None,
+        access_log=access if cfg.logging.access_log else None,
         handler_cancellation=False,
         keepalive_timeout=cfg.server.keepalive_timeout,
     )

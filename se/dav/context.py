@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from se.auth.macaroons import SecretStore
 from se.config import Config
 from se.storage.posix import PosixBackend
 from se.storage.watchcache import WatchedCache
@@ -21,6 +22,7 @@ class Context:
     anonymous: str  # the anonymous access level in force
     listings: WatchedCache[bytes]  # rendered PROPFIND bodies
     tpc: TPCService
+    secret: SecretStore  # key of server-issued tokens, read or made on first use
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("se_context", Context)

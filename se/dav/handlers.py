@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 
 from se import __version__
-from se.auth.policy import Op, require
+from se.auth.policy import Op
 from se.dav import listing, propfind
+from se.dav.access import authorise
 from se.dav.body import receive_body, send_file_range, write_file_range
 from se.dav.context import context
 from se.dav.headers import Depth, parse_depth, parse_destination, parse_overwrite
@@ -31,6 +32,7 @@ from se.dav.ranges import (
     parse_range,
     part_header,
 )
+from se.dav.tokens import post
 from se.errors import (
     BadGateway,
     BadRequest,
@@ -52,16 +54,12 @@ from se.tpc.request import parse_copy
 __all__ = ["METHODS", "dispatch", "expect_handler"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH"
+ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, POST"
 SERVER = f"se/{__version__}"
 
 
 def _path(request: web.Request) -> DavPath:
     return confine(request.raw_path)
-
-
-def _authorise(request: web.Request, op: Op, path: DavPath) -> None:
-    require(op, path, context(request).anonymous)
 
 
 def _content_type(name: str) -> str:
@@ -140,7 +138,7 @@ def _etags(value: str) -> set[str]:
 
 async def get(request: web.Request) -> web.StreamResponse:
     path = _path(request)
-    _authorise(request, Op.READ, path)
+    authorise(request, Op.STAT if request.method == hdrs.METH_HEAD else Op.READ, path)
     ctx = context(request)
     h = request.headers
     # Digests need the file itself (xattrs, or a read to compute them).
@@ -281,7 +279,7 @@ async def _send_multipart(
 def _check_put(request: web.Request) -> tuple[DavPath, bool]:
     path = _path(request)
     overwrite = parse_overwrite(request.headers.get("Overwrite"))
-    _authorise(request, Op.MODIFY if overwrite else Op.CREATE, path)
+    authorise(request, Op.MODIFY if overwrite else Op.CREATE, path)
     if request.headers.get(hdrs.TRANSFER_ENCODING) and request.headers.get(hdrs.CONTENT_LENGTH):
         raise BadRequest("both Content-Length and Transfer-Encoding given")
     if request.headers.get(hdrs.CONTENT_RANGE):
@@ -341,7 +339,7 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
 # -- MKCOL / DELETE ---------------------------------------------------------------------
 async def mkcol(request: web.Request) -> web.StreamResponse:
     path = _path(request)
-    _authorise(request, Op.CREATE, path)
+    authorise(request, Op.CREATE, path)
     if _has_body(request):
         raise UnsupportedMediaType("MKCOL with a request body is not supported")
     await context(request).backend.mkcol(path)
@@ -350,7 +348,7 @@ async def mkcol(request: web.Request) -> web.StreamResponse:
 
 async def delete(request: web.Request) -> web.StreamResponse:
     path = _path(request)
-    _authorise(request, Op.DELETE, path)
+    authorise(request, Op.DELETE, path)
     failures = await context(request).backend.delete(path)
     if not failures:
         return web.Response(status=204)
@@ -388,8 +386,8 @@ async def _copy_or_move(request: web.Request, move: bool) -> web.StreamResponse:
     depth = parse_depth(request.headers.get("Depth"), Depth.INFINITY)
     if depth is Depth.ONE or (move and depth is not Depth.INFINITY):
         raise BadRequest(f"Depth {depth.value} is not allowed for {request.method}")
-    _authorise(request, Op.DELETE if move else Op.READ, src)
-    _authorise(request, Op.MODIFY if overwrite else Op.CREATE, dst)
+    authorise(request, Op.DELETE if move else Op.READ, src)
+    authorise(request, Op.MODIFY if overwrite else Op.CREATE, dst)
     if move:
         created = await ctx.backend.move(src, dst, overwrite)
     else:
@@ -431,9 +429,9 @@ _PLAIN_LIVE = frozenset(n for n in propfind.LIVE if n != (propfind.DCACHE, "Chec
 async def propfind_handler(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     path = _path(request)
-    _authorise(request, Op.READ, path)
-    req = propfind.parse_propfind(await _read_xml(request))
     depth = parse_depth(request.headers.get("Depth"), Depth.INFINITY)
+    authorise(request, Op.STAT if depth is Depth.ZERO else Op.READ, path)
+    req = propfind.parse_propfind(await _read_xml(request))
     if depth is Depth.INFINITY and not ctx.cfg.webdav.allow_depth_infinity:
         body = (
             '<?xml version="1.0" encoding="utf-8"?>\n<D:error xmlns:D="DAV:">'
@@ -500,7 +498,7 @@ def _multistatus(body: bytes) -> web.Response:
 async def proppatch(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     path = _path(request)
-    _authorise(request, Op.MODIFY, path)
+    authorise(request, Op.MODIFY, path)
     ops = propfind.parse_proppatch(await _read_xml(request))
     if ctx.backend.stat(path) is None:
         raise NotFound(f"{path}: not found")
@@ -531,6 +529,7 @@ METHODS: dict[str, Handler] = {
     "MOVE": move,
     "PROPFIND": propfind_handler,
     "PROPPATCH": proppatch,
+    "POST": post,
 }
 
 

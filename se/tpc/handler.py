@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from se.auth.policy import Op, require
+from se.auth.policy import Op
+from se.dav.access import authorise
 from se.dav.context import context
 from se.errors import BadRequest, Forbidden, PreconditionFailed, SEError
 from se.storage import checksums
@@ -45,10 +46,10 @@ async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.Stre
         raise Forbidden("third-party copy is disabled on this server")
     path = confine(request.raw_path)
     if spec.mode is Mode.PULL:
-        require(Op.MODIFY if spec.overwrite else Op.CREATE, path, ctx.anonymous)
+        authorise(request, Op.MODIFY if spec.overwrite else Op.CREATE, path)
         ctx.backend.check_upload(path, spec.overwrite)
     else:
-        require(Op.READ, path, ctx.anonymous)
+        authorise(request, Op.READ, path)
     try:
         svc.policy.check_url(spec.remote)
     except RemoteRefused as exc:

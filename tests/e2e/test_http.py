@@ -799,14 +799,21 @@ async def test_copy(client: aiohttp.ClientSession, se: SEProcess) -> None:
     assert not temp_files(se.root)
 
 
-async def test_remote_copy_not_implemented(client: aiohttp.ClientSession, se: SEProcess) -> None:
+async def test_remote_copy_to_unknown_host_fails_in_the_marker_stream(
+    client: aiohttp.ClientSession, se: SEProcess
+) -> None:
     (se.root / "src").write_bytes(b"s")
-    hdrs = {"Destination": "https://other.example.org:2880/x"}
-    async with client.request("COPY", "/src", headers=hdrs) as r:
-        await expect_error(r, 501)
-    hdrs = {"Source": "https://other.example.org:2880/x"}
-    async with client.request("COPY", "/dst", headers=hdrs) as r:
-        await expect_error(r, 501)
+    for hdrs, path in (
+        ({"Destination": "https://nowhere.invalid:2880/x"}, "/src"),
+        ({"Source": "https://nowhere.invalid:2880/x"}, "/dst"),
+    ):
+        async with client.request("COPY", path, headers=hdrs) as r:
+            assert r.status == 202
+            assert r.headers["Content-Type"] == "text/perf-marker-stream"
+            body = await r.text()
+        last = body.rstrip("\n").rsplit("\n", 1)[-1]
+        assert last.startswith("failure: "), body
+        assert "nowhere.invalid" in last
     assert not (se.root / "dst").exists()
     assert sorted(os.listdir(se.root)) == ["src"]
 
