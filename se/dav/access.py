@@ -8,10 +8,10 @@ from aiohttp import hdrs, web
 from se.auth import macaroons
 from se.auth.policy import Grant, Op, require
 from se.dav.context import context
-from se.errors import Unauthorized
+from se.errors import Forbidden, Unauthorized
 from se.storage.paths import DavPath
 
-__all__ = ["authorise", "bearer_token", "grant_of"]
+__all__ = ["authorise", "authorise_write", "bearer_token", "grant_of"]
 
 _GRANT_KEY = "se_grant"
 
@@ -65,3 +65,17 @@ def authorise(request: web.Request, op: Op, path: DavPath) -> None:
         if grant is None:
             raise
         require(op, path, anonymous, grant)
+
+
+def authorise_write(request: web.Request, path: DavPath, overwrite: bool) -> None:
+    """A write to ``path``: modify when it replaces something, else create.
+
+    Whoever may modify may always write; a create-only caller may write where nothing
+    exists yet (the filesystem is asked only in that case).
+    """
+    try:
+        authorise(request, Op.MODIFY, path)
+    except (Unauthorized, Forbidden):
+        if overwrite and context(request).backend.stat(path) is not None:
+            raise
+        authorise(request, Op.CREATE, path)

@@ -19,7 +19,7 @@ from aiohttp import hdrs, web
 from se import __version__
 from se.auth.policy import Op
 from se.dav import listing, propfind
-from se.dav.access import authorise
+from se.dav.access import authorise, authorise_write
 from se.dav.body import receive_body, send_file_range, write_file_range
 from se.dav.context import context
 from se.dav.headers import Depth, parse_depth, parse_destination, parse_overwrite
@@ -279,7 +279,7 @@ async def _send_multipart(
 def _check_put(request: web.Request) -> tuple[DavPath, bool]:
     path = _path(request)
     overwrite = parse_overwrite(request.headers.get("Overwrite"))
-    authorise(request, Op.MODIFY if overwrite else Op.CREATE, path)
+    authorise_write(request, path, overwrite)
     if request.headers.get(hdrs.TRANSFER_ENCODING) and request.headers.get(hdrs.CONTENT_LENGTH):
         raise BadRequest("both Content-Length and Transfer-Encoding given")
     if request.headers.get(hdrs.CONTENT_RANGE):
@@ -387,7 +387,7 @@ async def _copy_or_move(request: web.Request, move: bool) -> web.StreamResponse:
     if depth is Depth.ONE or (move and depth is not Depth.INFINITY):
         raise BadRequest(f"Depth {depth.value} is not allowed for {request.method}")
     authorise(request, Op.DELETE if move else Op.READ, src)
-    authorise(request, Op.MODIFY if overwrite else Op.CREATE, dst)
+    authorise_write(request, dst, overwrite)
     if move:
         created = await ctx.backend.move(src, dst, overwrite)
     else:

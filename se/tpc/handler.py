@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from se.auth.policy import Op
-from se.dav.access import authorise
+from se.dav.access import authorise, authorise_write
 from se.dav.context import context
 from se.errors import BadRequest, Forbidden, PreconditionFailed, SEError
 from se.storage import checksums
@@ -46,7 +46,7 @@ async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.Stre
         raise Forbidden("third-party copy is disabled on this server")
     path = confine(request.raw_path)
     if spec.mode is Mode.PULL:
-        authorise(request, Op.MODIFY if spec.overwrite else Op.CREATE, path)
+        authorise_write(request, path, spec.overwrite)
         ctx.backend.check_upload(path, spec.overwrite)
     else:
         authorise(request, Op.READ, path)
