@@ -83,8 +83,8 @@ def format_result(kind: str, message: str = "") -> bytes:
         text = "Created"
     line = f"{kind}: {text}"
     data = line.encode()
-    if len(data) > MAX_LINE:
-        data = data[: MAX_LINE - 3].decode(errors="ignore").encode() + b"..."
+    if len(data) >= MAX_LINE:
+        data = data[: MAX_LINE - 4].decode(errors="ignore").encode() + b"..."
     return data + b"\n"
 
 

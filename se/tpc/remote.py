@@ -71,6 +71,8 @@ class NetworkPolicy:
             return False
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
+        if ip.is_unspecified:  # connecting to 0.0.0.0 or :: reaches this host
+            ip = ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1")
         if any(ip in net for net in self.deny):
             return False
         return not self.allow or any(ip in net for net in self.allow)

@@ -9,6 +9,7 @@ one-line reason; nothing is contacted here.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -81,7 +82,7 @@ def _streams(value: str | None) -> int:
     if value is None or not value.strip():
         return 1
     text = value.strip()
-    if not text.isdigit() or int(text) > MAX_STREAMS_HEADER:
+    if re.fullmatch(r"[0-9]{1,3}", text) is None or int(text) > MAX_STREAMS_HEADER:
         raise BadRequest(
             f"invalid X-Number-Of-Streams header: {text[:20]!r} (expected 0..{MAX_STREAMS_HEADER})"
         )
