@@ -237,8 +237,9 @@ class _Stream:
 def _log(t: Transfer, outcome: str, message: str) -> None:
     elapsed = time.monotonic() - t.created
     rate = t.bytes / elapsed / 1e6 if elapsed > 0 else 0.0
+    info = f" [{t.spec.client_info}]" if t.spec.client_info else ""
     log.info(
-        "tpc %s %s %s %s: %d bytes in %.2f s (%.1f MB/s)%s%s",
+        "tpc %s %s %s %s: %d bytes in %.2f s (%.1f MB/s)%s%s%s",
         t.spec.mode.value,
         redact(t.spec.remote),
         "->" if t.spec.mode is Mode.PULL else "<-",
@@ -248,4 +249,5 @@ def _log(t: Transfer, outcome: str, message: str) -> None:
         rate,
         f" {outcome}",
         f": {message}" if message else "",
+        info,
     )
