@@ -65,13 +65,13 @@ async def probe(svc: TPCService, t: Transfer) -> SourceInfo:
                 svc.cfg.max_redirects,
                 "source",
                 on_hop=t.attempting,
+                on_peer=t.peer,
             )
     except TimeoutError:
         raise TransferFailed(
             f"source did not answer HEAD within {svc.cfg.head_timeout:g} s"
         ) from None
     try:
-        t.connected_by(resp)
         if resp.status in (404, 410):
             raise NotFound(f"source {redact(spec.remote)} answered HEAD with {resp.status}")
         if resp.status >= 300:
@@ -122,13 +122,14 @@ async def _get(
         svc.cfg.max_redirects,
         "source",
         on_hop=t.attempting,
+        on_peer=t.peer,
+        credentials_for=t.spec.remote,
     )
 
 
 async def _pull_single(svc: TPCService, t: Transfer, info: SourceInfo) -> None:
     resp, _url = await _get(svc, t, info.url, [])
     try:
-        t.connected_by(resp)
         if resp.status != 200:
             status = resp.status
             raise TransferFailed(f"source answered GET with {await error_text(resp)}", status)
@@ -165,6 +166,7 @@ async def _pull_multi(svc: TPCService, t: Transfer, info: SourceInfo, streams: i
         t.local, t.spec.overwrite, _extra_algorithms(t, info.digests)
     )
     starts = iter(range(0, size, block))
+    t.streaming(streams)
     try:
         workers = [
             asyncio.ensure_future(_stream(svc, t, info.url, upload, starts, size, block))
@@ -197,7 +199,6 @@ async def _stream(
         end = min(size, start + block) - 1
         resp, _ = await _get(svc, t, url, [("Range", f"bytes={start}-{end}")])
         try:
-            t.connected_by(resp)
             if resp.status != 206:
                 status = resp.status
                 raise TransferFailed(

@@ -82,6 +82,7 @@ async def push(svc: TPCService, t: Transfer, f: OpenFile, local: dict[str, bytes
             "destination",
             body=body,
             on_hop=t.attempting,
+            on_peer=t.peer,
         )
     except TransferFailed as exc:
         cause = exc.__cause__
@@ -89,7 +90,6 @@ async def push(svc: TPCService, t: Transfer, f: OpenFile, local: dict[str, bytes
             raise cause from None
         raise
     try:
-        t.connected_by(resp)
         if resp.status not in (200, 201, 204, 205):
             status = resp.status
             raise TransferFailed(f"destination refused the PUT: {await error_text(resp)}", status)
@@ -107,7 +107,14 @@ async def _verify(svc: TPCService, t: Transfer, url: str, local: dict[str, bytes
     headers = [*t.spec.headers, ("Want-Digest", integrity.want_digest(local, ()))]
     try:
         resp, _ = await open_remote(
-            svc.session, "HEAD", url, headers, svc.policy, svc.cfg.max_redirects, "destination"
+            svc.session,
+            "HEAD",
+            url,
+            headers,
+            svc.policy,
+            svc.cfg.max_redirects,
+            "destination",
+            credentials_for=t.spec.remote,
         )
     except TransferFailed:
         if required:
@@ -139,7 +146,14 @@ async def _delete(svc: TPCService, t: Transfer, url: str) -> None:
     """Remove a copy that failed verification (best effort; the failure says so)."""
     try:
         resp, _ = await open_remote(
-            svc.session, "DELETE", url, t.spec.headers, svc.policy, 0, "destination"
+            svc.session,
+            "DELETE",
+            url,
+            t.spec.headers,
+            svc.policy,
+            0,
+            "destination",
+            credentials_for=t.spec.remote,
         )
         resp.release()
     except (TransferFailed, aiohttp.ClientError, OSError):

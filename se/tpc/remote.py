@@ -10,6 +10,7 @@ when a redirect leaves the origin.
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import socket
 import ssl
@@ -109,6 +110,28 @@ class GuardedResolver(abc.AbstractResolver):
         await self._inner.close()
 
 
+# Where the connector reports the peer address of each connection it hands out: set by
+# open_remote() around one request (context variables follow the request's task).
+_PEER_SINK: contextvars.ContextVar[Callable[[str, int], None] | None] = contextvars.ContextVar(
+    "se_tpc_peer_sink", default=None
+)
+
+
+class _PeerReportingConnector(aiohttp.TCPConnector):
+    """A connector that tells the current transfer which address it is connected to
+    (new and reused connections alike), while the connection is certainly open."""
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
+        conn = await super().connect(req, traces, timeout)
+        sink = _PEER_SINK.get()
+        transport = conn.transport
+        if sink is not None and transport is not None:
+            peer = transport.get_extra_info("peername")
+            if peer:
+                sink(str(peer[0]), int(peer[1]))
+        return conn
+
+
 def ssl_context(verify: bool, ca_dir: str) -> ssl.SSLContext | bool:
     if not verify:
         return False
@@ -120,7 +143,7 @@ def ssl_context(verify: bool, ca_dir: str) -> ssl.SSLContext | bool:
 def make_session(
     policy: NetworkPolicy, verify_tls: bool, ca_dir: str, connect_timeout: float
 ) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
+    connector = _PeerReportingConnector(
         limit=0,  # the transfer manager bounds concurrency
         limit_per_host=0,
         resolver=GuardedResolver(policy),
@@ -171,16 +194,21 @@ async def open_remote(
     what: str,
     body: Callable[[], Any] | None = None,
     on_hop: Callable[[str], None] | None = None,
+    on_peer: Callable[[str, int], None] | None = None,
+    credentials_for: str | None = None,
 ) -> tuple[aiohttp.ClientResponse, str]:
     """Send one request, following redirects by hand; returns (response, final URL).
 
-    ``body`` builds a fresh request body for each hop (a redirect re-sends it).  The caller
-    must release the response.  Raises TransferFailed on a network error, a refused
-    address, a redirect loop or a redirect without Location.
+    ``body`` builds a fresh request body for each hop (a redirect re-sends it).
+    ``on_hop`` is told each URL before it is requested, ``on_peer`` the address of each
+    connection used.  ``Authorization`` is sent only to the origin of ``credentials_for``
+    (default: ``url``), so a later request to a URL learned from a redirect does not carry
+    it either.  The caller must release the response.  Raises TransferFailed on a network
+    error, a refused address, a redirect loop or a redirect without Location.
     """
     current = url
     hdr_items = list(headers.items() if isinstance(headers, Mapping) else headers)
-    first_origin = _origin(url)
+    first_origin = _origin(credentials_for or url)
     for _hop in range(max_redirects + 1):
         policy.check_url(current)
         if on_hop is not None:
@@ -192,10 +220,13 @@ async def open_remote(
         if body is not None:
             kwargs["data"] = body()
             kwargs["expect100"] = True
+        token = _PEER_SINK.set(on_peer)
         try:
             resp = await session.request(method, current, **kwargs)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransferFailed(describe_client_error(exc, what)) from exc
+        finally:
+            _PEER_SINK.reset(token)
         if resp.status in (301, 302, 303, 307, 308) and hdrs.LOCATION in resp.headers:
             location = resp.headers[hdrs.LOCATION]
             resp.release()
@@ -211,11 +242,15 @@ async def open_remote(
 
 
 async def error_text(resp: aiohttp.ClientResponse, limit: int = 300) -> str:
-    """``<status> <reason>[: first line of the body]`` of a failed remote answer."""
+    """``<status> <reason>[: start of the body]`` of an unexpected remote answer.
+
+    The body is quoted only for error statuses: the body of a success is file data.
+    """
     text = ""
     try:
-        raw = await resp.content.read(limit)
-        text = " ".join(raw.decode("utf-8", "replace").split())
+        if resp.status >= 300:
+            raw = await resp.content.read(limit)
+            text = " ".join(raw.decode("utf-8", "replace").split())
     except (aiohttp.ClientError, OSError, TimeoutError):
         pass
     finally:

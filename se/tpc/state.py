@@ -6,8 +6,6 @@ import ipaddress
 import time
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from se.storage.paths import DavPath
 from se.tpc.markers import PerfMarker, format_connection
 from se.tpc.request import Mode, TransferSpec
@@ -30,6 +28,8 @@ class Transfer:
         self.last_progress = self.created
         self.failure: str | None = None  # set by the watchdog before it cancels the data path
         self._guess: str | None = None  # address taken from the URL before a connection
+        self._hops = 0
+        self._streams = 1  # several streams share the connection list
 
     @property
     def peer_name(self) -> str:
@@ -48,19 +48,20 @@ class Transfer:
     def connected(self, host: str, port: int) -> None:
         self.connections.setdefault(format_connection(host, port), None)
 
-    def connected_by(self, resp: aiohttp.ClientResponse) -> None:
-        """Record the peer address of the connection that carried ``resp``."""
-        conn = resp.connection
-        transport = conn.transport if conn is not None else None
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        if peer:
-            if self._guess is not None:  # the real address replaces the one from the URL
-                self.connections.pop(self._guess, None)
-                self._guess = None
-            self.connected(str(peer[0]), int(peer[1]))
+    def peer(self, host: str, port: int) -> None:
+        """A connection to ``host:port`` carries this transfer's next request."""
+        if self._guess is not None:  # the real address replaces the one from the URL
+            self.connections.pop(self._guess, None)
+            self._guess = None
+        self.connected(host, port)
 
     def attempting(self, url: str) -> None:
-        """Before any connection exists: note the address the URL names, if a literal."""
+        """Before each request (and redirect hop): forget the hosts that only redirected,
+        and note the address the URL names if it is a literal."""
+        self._hops += 1
+        if self._hops > 1 and self._streams <= 1:
+            self.connections.clear()
+            self._guess = None
         parts = urlsplit(url)
         host = (parts.hostname or "").strip("[]")
         try:
@@ -80,3 +81,6 @@ class Transfer:
             total_stripes=1,
             remote_connections=tuple(self.connections),
         )
+
+    def streaming(self, streams: int) -> None:
+        self._streams = streams

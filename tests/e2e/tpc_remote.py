@@ -126,7 +126,7 @@ class Remote:
     async def _startup(self) -> None:
         self._release = asyncio.Event()
         self._gate = asyncio.Event()
-        app = web.Application()
+        app = web.Application(client_max_size=64 << 20)
         app.router.add_route("*", "/redirect/{code}/{key}", self._redirect)
         app.router.add_route("PUT", "/put403/{name:.+}", self._put, expect_handler=self._refuse)
         app.router.add_route("*", "/{mode}/{name:.+}", self._dispatch)
@@ -168,9 +168,7 @@ class Remote:
     # ------------------------------------------------------------------ handlers
     def _record(self, request: web.Request) -> None:
         with self._lock:
-            self._seen.append(
-                Seen(request.method, request.path, tuple(request.headers.items()))
-            )
+            self._seen.append(Seen(request.method, request.path, tuple(request.headers.items())))
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         self._record(request)
