@@ -138,6 +138,9 @@ class TPCConfig:
     # (A mismatch always fails a transfer.)
     require_checksum: bool = False
     max_redirects: int = 10
+    # Send Expect: 100-continue on a push's PUT (a refusal then costs no data).  Off by
+    # default: XRootD's "100 Continue" carries "Connection: Close", which aiohttp rejects.
+    push_expect_continue: bool = False
     # Remote addresses a transfer may connect to (CIDRs, checked after DNS resolution and
     # at every redirect): refused when in deny_networks, else allowed when allow_networks
     # is empty or contains them.

@@ -42,8 +42,36 @@ class SourceInfo:
 
 
 def _request_headers(svc: TPCService, t: Transfer) -> list[tuple[str, str]]:
+    if not t.ask_digest:
+        return list(t.spec.headers)
     first = [*t.spec.expected, *t.spec.want_digest]
     return [*t.spec.headers, ("Want-Digest", integrity.want_digest(first, svc.algorithms))]
+
+
+async def _request(
+    svc: TPCService, t: Transfer, method: str, url: str, extra: list[tuple[str, str]]
+) -> tuple[aiohttp.ClientResponse, str]:
+    """HEAD/GET the source, asking for its checksum; once more without asking when the
+    source refuses the question itself (XRootD without a checksum configured answers 405).
+    """
+    for _attempt in range(2):
+        resp, final = await open_remote(
+            svc.session,
+            method,
+            url,
+            [*_request_headers(svc, t), *extra],
+            svc.policy,
+            svc.cfg.max_redirects,
+            "source",
+            on_hop=t.attempting,
+            on_peer=t.peer,
+            credentials_for=t.spec.remote,
+        )
+        if resp.status != 405 or not t.ask_digest:
+            return resp, final
+        resp.release()
+        t.ask_digest = False
+    return resp, final
 
 
 async def probe(svc: TPCService, t: Transfer) -> SourceInfo:
@@ -56,17 +84,7 @@ async def probe(svc: TPCService, t: Transfer) -> SourceInfo:
     spec = t.spec
     try:
         async with asyncio.timeout(svc.cfg.head_timeout):
-            resp, url = await open_remote(
-                svc.session,
-                "HEAD",
-                spec.remote,
-                _request_headers(svc, t),
-                svc.policy,
-                svc.cfg.max_redirects,
-                "source",
-                on_hop=t.attempting,
-                on_peer=t.peer,
-            )
+            resp, url = await _request(svc, t, "HEAD", spec.remote, [])
     except TimeoutError:
         raise TransferFailed(
             f"source did not answer HEAD within {svc.cfg.head_timeout:g} s"
@@ -113,18 +131,7 @@ async def pull(svc: TPCService, t: Transfer, info: SourceInfo) -> None:
 async def _get(
     svc: TPCService, t: Transfer, url: str, extra: list[tuple[str, str]]
 ) -> tuple[aiohttp.ClientResponse, str]:
-    return await open_remote(
-        svc.session,
-        "GET",
-        url,
-        [*_request_headers(svc, t), *extra],
-        svc.policy,
-        svc.cfg.max_redirects,
-        "source",
-        on_hop=t.attempting,
-        on_peer=t.peer,
-        credentials_for=t.spec.remote,
-    )
+    return await _request(svc, t, "GET", url, extra)
 
 
 async def _pull_single(svc: TPCService, t: Transfer, info: SourceInfo) -> None:

@@ -1,10 +1,11 @@
 """The push data path: this server PUTs a local file to the destination.
 
 The PUT carries ``Content-Length`` and the file's stored checksums as ``Digest`` and
-``Repr-Digest`` (a verifying destination refuses a corrupted copy), with
-``Expect: 100-continue`` so that a refusal costs no data.  Afterwards a HEAD checks the
-size and, where the destination offers one, the checksum; a copy that fails that check is
-deleted at the destination.
+``Repr-Digest`` (a verifying destination refuses a corrupted copy), and optionally
+``Expect: 100-continue`` (``tpc.push_expect_continue``: off by default, because aiohttp's
+parser rejects the ``100 Continue`` of XRootD, which carries ``Connection: Close``).
+Afterwards a HEAD checks the size and, where the destination offers one, the checksum; a
+copy that fails that check is deleted at the destination.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ async def push(svc: TPCService, t: Transfer, f: OpenFile, local: dict[str, bytes
             svc.cfg.max_redirects,
             "destination",
             body=body,
+            expect_continue=svc.cfg.push_expect_continue,
             on_hop=t.attempting,
             on_peer=t.peer,
         )

@@ -193,6 +193,7 @@ async def open_remote(
     max_redirects: int,
     what: str,
     body: Callable[[], Any] | None = None,
+    expect_continue: bool = False,
     on_hop: Callable[[str], None] | None = None,
     on_peer: Callable[[str, int], None] | None = None,
     credentials_for: str | None = None,
@@ -219,7 +220,7 @@ async def open_remote(
         kwargs: dict[str, Any] = {"headers": send, "allow_redirects": False}
         if body is not None:
             kwargs["data"] = body()
-            kwargs["expect100"] = True
+            kwargs["expect100"] = expect_continue
         token = _PEER_SINK.set(on_peer)
         try:
             resp = await session.request(method, current, **kwargs)

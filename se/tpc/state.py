@@ -28,6 +28,7 @@ class Transfer:
         self.last_progress = self.created
         self.failure: str | None = None  # set by the watchdog before it cancels the data path
         self._guess: str | None = None  # address taken from the URL before a connection
+        self.ask_digest = True  # send Want-Digest (dropped when the source refuses it)
         self._hops = 0
         self._streams = 1  # several streams share the connection list
 

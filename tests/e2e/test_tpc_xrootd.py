@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp.http_parser
 import pytest
 
 from tests.e2e.clients import TLSFiles, make_tls, random_bytes
@@ -53,9 +52,8 @@ COPY_TIMEOUT = 60.0
 
 # aiohttp's C (llhttp) response parser rejects XRootD's "100 Continue" interim response, which
 # carries "Connection: Close", as soon as the final response follows it ("Data after
-# `Connection: close`"); the pure-Python parser accepts it.  se's push sends
-# "Expect: 100-continue", so with the C parser every push to XRootD 5.5 fails.
-_C_PARSER = aiohttp.http_parser.HttpResponseParser is not aiohttp.http_parser.HttpResponseParserPy
+# `Connection: close`"): that is why se's push sends no "Expect: 100-continue" by default
+# (tpc.push_expect_continue).
 _XRD_STRUCT = struct.Struct(">16sqihbb64s")  # XRootD's user.XrdCks.<alg> xattr
 
 
@@ -183,11 +181,6 @@ def test_se_pulls_from_xrootd_over_https(site: Site) -> None:
         se.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="XRootD without xrootd.chksum answers any HEAD/GET carrying Want-Digest with "
-    "'405 Failed to determine checksum', and se always sends Want-Digest (no retry without it)",
-)
 def test_se_pulls_from_xrootd_without_checksum_config(site: Site) -> None:
     plain = start_xrootd(site.ns, site.scratch, site.scratch / "plain-data", XRD_PORT + 1)
     try:
@@ -243,12 +236,6 @@ def test_xrootd_multistream_pull_from_se(site: Site) -> None:
 # --------------------------------------------------------------------------- se pushes
 
 
-@pytest.mark.xfail(
-    _C_PARSER,
-    strict=True,
-    reason="aiohttp's C parser rejects XRootD's '100 Continue' (it carries Connection: Close) "
-    "once the final answer follows; se's push sends Expect: 100-continue",
-)
 def test_se_pushes_to_xrootd(site: Site) -> None:
     data = random_bytes(MIB, seed=30)
     (site.se.root / "push-src").write_bytes(data)
