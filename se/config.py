@@ -138,6 +138,10 @@ class TPCConfig:
     # (A mismatch always fails a transfer.)
     require_checksum: bool = False
     max_redirects: int = 10
+    # Plain-HTTP single-stream pulls of at least this many bytes read the body from the
+    # socket on a worker thread, past aiohttp's parser (that connection is then closed);
+    # 0 turns it off.
+    direct_pull_min: int = 16 * 1024 * 1024
     # Send Expect: 100-continue on a push's PUT (a refusal then costs no data).  Off by
     # default: XRootD's "100 Continue" carries "Connection: Close", which aiohttp rejects.
     push_expect_continue: bool = False

@@ -9,6 +9,8 @@ computed over the assembled file.  Whatever fails, the temp file is removed.
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -147,9 +149,13 @@ async def _pull_single(svc: TPCService, t: Transfer, info: SourceInfo) -> None:
             t.local, t.spec.overwrite, _extra_algorithms(t, declared)
         )
         try:
-            async for chunk in resp.content.iter_any():
-                t.progress(len(chunk))
-                await upload.feed(chunk)
+            direct_min = svc.cfg.direct_pull_min
+            if direct_min and size is not None and size >= direct_min and _socket_of(resp):
+                await _receive_direct(t, resp, upload, size)
+            else:
+                async for chunk in resp.content.iter_any():
+                    t.progress(len(chunk))
+                    await upload.feed(chunk)
             await _finish(svc, t, upload, size, declared)
         except BaseException:
             await asyncio.shield(upload.abort())
@@ -158,6 +164,59 @@ async def _pull_single(svc: TPCService, t: Transfer, info: SourceInfo) -> None:
         raise TransferFailed(_describe(exc)) from exc
     finally:
         resp.release()
+
+
+def _socket_of(resp: aiohttp.ClientResponse) -> int | None:
+    """The plain-TCP socket under a response, or None (TLS, or already released)."""
+    conn = resp.connection
+    transport = conn.transport if conn is not None else None
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
+    return sock.fileno() if sock is not None else None
+
+
+async def _receive_direct(
+    t: Transfer, resp: aiohttp.ClientResponse, upload: Upload, size: int
+) -> None:
+    """Take the rest of a large plain-HTTP body straight from the socket on a worker thread
+    (hashing and writing as it goes), past aiohttp's parser; the connection is closed after.
+    """
+    fd = _socket_of(resp)
+    conn = resp.connection
+    assert fd is not None and conn is not None and conn.transport is not None
+    # Drain aiohttp's buffer without yielding, then pause: reading the buffer may resume
+    # the transport (flow control), so the pause must come after it.
+    buffered = []
+    while chunk := resp.content.read_nowait():
+        buffered.append(chunk)
+    conn.transport.pause_reading()
+    stop = threading.Event()
+    receiving: asyncio.Future[None] | None = None
+    try:
+        for chunk in buffered:
+            t.progress(len(chunk))
+            await upload.feed(chunk)
+        seen = upload.received
+        receiving = asyncio.ensure_future(
+            upload.receive_from_socket(os.dup(fd), size - upload.received, stop)
+        )
+        while not receiving.done():  # progress for the markers and the stall watchdog
+            await asyncio.wait({receiving}, timeout=0.1)
+            now = upload.received
+            t.progress(now - seen)
+            seen = now
+        try:
+            receiving.result()
+        except (ConnectionError, TimeoutError) as exc:
+            raise TransferFailed(
+                f"the source ended the data early ({upload.received} of {size} bytes)"
+            ) from exc
+    finally:
+        stop.set()  # a worker thread still reading sees this within half a second
+        if receiving is not None and not receiving.done():
+            receiving.cancel()
+        resp.close()  # the connection's framing is ours now: never reuse it
 
 
 def _describe(exc: BaseException) -> str:

@@ -54,6 +54,8 @@ CONFIGS: dict[str, str] = {
     "active": DEBUG_LOGGING + _tpc(stream_block_size=MIB, stall_timeout=20.0),
     # short timeouts
     "strict": BASE_CONFIG + _tpc(stall_timeout=1.0, first_byte_timeout=1.0),
+    # large bodies read straight from the socket (tpc.direct_pull_min), short timeouts
+    "direct": BASE_CONFIG + _tpc(direct_pull_min=4096, stall_timeout=1.0, first_byte_timeout=1.0),
     # one transfer at a time, no queue
     "single": BASE_CONFIG + _tpc(max_active=1, max_queued=0),
     # one transfer at a time, a queue of five
@@ -485,6 +487,66 @@ def test_first_byte_timeout(farm: Farm, remote: Remote) -> None:
     assert r.elapsed < 6, r.elapsed
     assert all(m.stripe_bytes == 0 for m in r.markers)
     assert_nothing_kept(se.root, se.root / "nobody")
+
+
+# --------------------------------------------------------------------------- direct receive
+# Bodies of at least tpc.direct_pull_min bytes over plain HTTP are read from the socket on a
+# worker thread; the same guarantees hold there.
+
+
+def test_direct_pull_from_se(farm: Farm, passive: SEProcess) -> None:
+    se = farm["direct"]
+    data = random_bytes(3 * MIB + 17, seed=70)
+    (passive.root / "direct-src").write_bytes(data)
+    r = pull(f"{se.url}/direct/copy", f"{passive.url}/direct-src")
+    assert_success(r, passive.port, len(data))
+    out = se.root / "direct/copy"
+    assert out.read_bytes() == data
+    stored = os.getxattr(out, "user.se.checksum.adler32").decode().split(";")[0]
+    assert stored == adler32_hex(data)
+
+
+def test_direct_pull_checks_the_checksum(farm: Farm, remote: Remote) -> None:
+    se = farm["direct"]
+    data = random_bytes(200_000, seed=71)
+    remote.files["d-wrong"] = data
+    r = pull(f"{se.url}/direct/wrong", f"{remote.url}/wrongbytes/d-wrong")
+    assert_failure(r, "adler32", adler32_hex(data))
+    assert_nothing_kept(se.root, se.root / "direct/wrong")
+
+
+def test_direct_pull_stall_timeout(farm: Farm, remote: Remote) -> None:
+    se = farm["direct"]
+    remote.files["d-stall"] = random_bytes(100_000, seed=72)
+    r = pull(f"{se.url}/direct/stall", f"{remote.url}/stall/d-stall")
+    msg = assert_failure(r, "stall timeout", "stalled after 50000 of 100000 bytes")
+    assert r.elapsed < 6, r.elapsed
+    assert msg.startswith("stall timeout"), msg
+    assert_nothing_kept(se.root, se.root / "direct/stall")
+
+
+def test_direct_pull_source_closes_early(farm: Farm, remote: Remote) -> None:
+    se = farm["direct"]
+    remote.files["d-short"] = random_bytes(100_000, seed=73)
+    r = pull(f"{se.url}/direct/short", f"{remote.url}/short/d-short")
+    assert_failure(r, "50000 of 100000")
+    assert_nothing_kept(se.root, se.root / "direct/short")
+
+
+async def test_direct_pull_client_disconnect(farm: Farm, remote: Remote) -> None:
+    se = farm["direct"]
+    remote.files["d-gone"] = random_bytes(100_000, seed=74)
+    async with aiohttp.ClientSession() as session:
+        resp = await open_copy(
+            session, f"{se.url}/direct/gone", {"Source": f"{remote.url}/stall/d-gone"}
+        )
+        assert resp.status == 202
+        text = await read_until(resp, lambda t: "Stripe Bytes Transferred: 50000" in t)
+        assert "Stripe Bytes Transferred: 50000" in text, text
+        resp.close()
+    assert poll(lambda: not temp_files(se.root) and not (se.root / "direct/gone").exists(), 5.0), (
+        temp_files(se.root)
+    )
 
 
 # --------------------------------------------------------------------------- disconnect

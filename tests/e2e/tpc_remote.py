@@ -214,7 +214,7 @@ class Remote:
         if mode == "norange":
             extra = {"Accept-Ranges": "bytes", "Digest": digest_of(data)}
             return _head(data, extra) if head else _full(data, extra)
-        if mode in ("stall", "nobody", "gate"):
+        if mode in ("stall", "nobody", "gate", "short"):
             if head:
                 return _head(data, {"Digest": digest_of(data)})
             return await self._slow(request, mode, data)
@@ -228,6 +228,11 @@ class Remote:
         half = len(data) // 2
         if mode != "nobody":
             await resp.write(data[:half])
+        if mode == "short":  # half the body, then the connection is closed
+            await resp.drain()
+            if request.transport is not None:
+                request.transport.close()
+            return resp
         if mode == "gate":
             await self._gate.wait()
             await resp.write(data[half:])
