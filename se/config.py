@@ -142,6 +142,9 @@ class TPCConfig:
     # socket on a worker thread, past aiohttp's parser (that connection is then closed);
     # 0 turns it off.
     direct_pull_min: int = 16 * 1024 * 1024
+    # Plain-HTTP pushes of files at least this large send the body with sendfile(2) on a
+    # worker thread; 0 turns it off.
+    direct_push_min: int = 16 * 1024 * 1024
     # Send Expect: 100-continue on a push's PUT (a refusal then costs no data).  Off by
     # default: XRootD's "100 Continue" carries "Connection: Close", which aiohttp rejects.
     push_expect_continue: bool = False

@@ -30,26 +30,45 @@ from aiohttp.http_exceptions import HttpProcessingError
 from se.errors import BadRequest, SEError
 from se.storage.posix import CachedFile, OpenFile, PosixBackend, Upload
 
-__all__ = ["receive_body", "send_file_range", "write_file_range"]
+__all__ = [
+    "drain_transport",
+    "receive_body",
+    "send_file_range",
+    "sendfile_blocking",
+    "write_file_range",
+]
 
 # A client that takes no byte for this long is dropped.
 SEND_STALL_TIMEOUT = 300.0
 _BROKEN = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
-def _sendfile_blocking(
-    sock_fd: int, file_fd: int, offset: int, count: int, stop: threading.Event
+def sendfile_blocking(
+    sock_fd: int,
+    file_fd: int,
+    offset: int,
+    count: int,
+    stop: threading.Event,
+    progress: list[int] | None = None,
 ) -> int:
-    """Runs on a worker thread, which owns (and closes) both descriptors."""
+    """Runs on a worker thread, which owns (and closes) both descriptors.
+
+    ``progress[0]`` (when given) follows the bytes sent, for the event loop to read.
+    """
     try:
-        return _sendfile_loop(sock_fd, file_fd, offset, count, stop)
+        return _sendfile_loop(sock_fd, file_fd, offset, count, stop, progress)
     finally:
         os.close(sock_fd)
         os.close(file_fd)
 
 
 def _sendfile_loop(
-    sock_fd: int, file_fd: int, offset: int, count: int, stop: threading.Event
+    sock_fd: int,
+    file_fd: int,
+    offset: int,
+    count: int,
+    stop: threading.Event,
+    progress: list[int] | None,
 ) -> int:
     poller = select.poll()
     poller.register(sock_fd, select.POLLOUT)
@@ -68,11 +87,13 @@ def _sendfile_loop(
         if n == 0:
             break  # the file shrank under us; the client sees a short body
         sent += n
+        if progress is not None:
+            progress[0] = sent
         last_progress = time.monotonic()
     return sent
 
 
-async def _drain_transport(transport: asyncio.Transport) -> None:
+async def drain_transport(transport: asyncio.Transport) -> None:
     # Headers must be on the wire before bytes go around the transport.
     for _ in range(10000):
         if transport.get_write_buffer_size() == 0:
@@ -123,14 +144,14 @@ async def send_file_range(
     send_headers = getattr(writer, "send_headers", None)
     if callable(send_headers):
         send_headers()
-    await _drain_transport(transport)
+    await drain_transport(transport)
     stop = threading.Event()
     # Private duplicates: if the loop closes the connection (or the handler the file)
     # meanwhile, the numbers the thread uses can never be recycled for another socket/file.
     sock_fd = os.dup(sock.fileno())
     file_fd = os.dup(f.fd)
     try:
-        await backend.run(_sendfile_blocking, sock_fd, file_fd, offset, count, stop)
+        await backend.run(sendfile_blocking, sock_fd, file_fd, offset, count, stop)
     finally:
         stop.set()
 

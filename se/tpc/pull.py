@@ -197,15 +197,10 @@ async def _receive_direct(
         for chunk in buffered:
             t.progress(len(chunk))
             await upload.feed(chunk)
-        seen = upload.received
         receiving = asyncio.ensure_future(
             upload.receive_from_socket(os.dup(fd), size - upload.received, stop)
         )
-        while not receiving.done():  # progress for the markers and the stall watchdog
-            await asyncio.wait({receiving}, timeout=0.1)
-            now = upload.received
-            t.progress(now - seen)
-            seen = now
+        await t.follow(receiving, lambda: upload.received)
         try:
             receiving.result()
         except (ConnectionError, TimeoutError) as exc:

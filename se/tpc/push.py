@@ -10,13 +10,16 @@ copy that fails that check is deleted at the destination.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from typing import Any
 
 import aiohttp
 from aiohttp import payload
 from aiohttp.abc import AbstractStreamWriter
 
+from se.dav.body import drain_transport, sendfile_blocking
 from se.storage.posix import OpenFile, PosixBackend
 from se.tpc import integrity
 from se.tpc.remote import TransferFailed, error_text, open_remote
@@ -31,12 +34,13 @@ READ_CHUNK = 4 << 20
 class FileBody(payload.Payload):
     """A local file as a request body: read on the I/O pool, progress counted as sent."""
 
-    def __init__(self, backend: PosixBackend, f: OpenFile, t: Transfer) -> None:
+    def __init__(self, backend: PosixBackend, f: OpenFile, t: Transfer, direct_min: int) -> None:
         super().__init__(f, content_type="application/octet-stream")
         self._backend = backend
         self._fd = f.fd
         self._t = t
         self._length = f.stat.size
+        self._direct_min = direct_min
 
     @property
     def size(self) -> int:
@@ -46,6 +50,17 @@ class FileBody(payload.Payload):
         raise TypeError("a file body is not text")
 
     async def write(self, writer: AbstractStreamWriter) -> None:
+        transport: asyncio.Transport | None = getattr(writer, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if (
+            self._direct_min
+            and self._length >= self._direct_min
+            and transport is not None
+            and sock is not None
+            and transport.get_extra_info("sslcontext") is None
+        ):
+            await self._sendfile(writer, transport, sock.fileno())
+            return
         offset = 0
         while offset < self._length:
             data = await self._backend.run(
@@ -56,6 +71,37 @@ class FileBody(payload.Payload):
             await writer.write(data)
             offset += len(data)
             self._t.progress(len(data))
+
+    async def _sendfile(
+        self, writer: AbstractStreamWriter, transport: asyncio.Transport, sock_fd: int
+    ) -> None:
+        """The body with sendfile(2) on a worker thread, once the headers are out."""
+        send_headers = getattr(writer, "send_headers", None)
+        if callable(send_headers):
+            send_headers()
+        await drain_transport(transport)
+        stop = threading.Event()
+        progress = [0]
+        sending = asyncio.ensure_future(
+            self._backend.run(
+                sendfile_blocking,
+                os.dup(sock_fd),
+                os.dup(self._fd),
+                0,
+                self._length,
+                stop,
+                progress,
+            )
+        )
+        try:
+            await self._t.follow(sending, lambda: progress[0])
+            sent = sending.result()
+        finally:
+            stop.set()
+            if not sending.done():
+                sending.cancel()
+        if sent != self._length:
+            raise TransferFailed(f"local file shrank while sending ({sent} bytes)")
 
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
@@ -70,7 +116,7 @@ async def push(svc: TPCService, t: Transfer, f: OpenFile, local: dict[str, bytes
 
     def body() -> Any:
         t.bytes = 0  # a redirected PUT starts again
-        return FileBody(svc.backend, f, t)
+        return FileBody(svc.backend, f, t, svc.cfg.direct_push_min)
 
     try:
         resp, final = await open_remote(

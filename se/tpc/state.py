@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from se.storage.paths import DavPath
@@ -73,6 +76,16 @@ class Transfer:
             port = parts.port or (443 if parts.scheme == "https" else 80)
             self._guess = format_connection(host, port)
             self.connections[self._guess] = None
+
+    async def follow(self, work: asyncio.Future[Any], done: Callable[[], int]) -> None:
+        """Wait for ``work`` (running on a worker thread) while turning ``done()``, its byte
+        count so far, into progress for the markers and the stall watchdog."""
+        seen = done()
+        while not work.done():
+            await asyncio.wait({work}, timeout=0.1)
+            now = done()
+            self.progress(now - seen)
+            seen = now
 
     def marker(self) -> PerfMarker:
         return PerfMarker(

@@ -55,7 +55,10 @@ CONFIGS: dict[str, str] = {
     # short timeouts
     "strict": BASE_CONFIG + _tpc(stall_timeout=1.0, first_byte_timeout=1.0),
     # large bodies read straight from the socket (tpc.direct_pull_min), short timeouts
-    "direct": BASE_CONFIG + _tpc(direct_pull_min=4096, stall_timeout=1.0, first_byte_timeout=1.0),
+    "direct": BASE_CONFIG
+    + _tpc(direct_pull_min=4096, direct_push_min=4096, stall_timeout=1.0, first_byte_timeout=1.0),
+    # pushes announce themselves with Expect: 100-continue
+    "expect": BASE_CONFIG + _tpc(push_expect_continue="true"),
     # one transfer at a time, no queue
     "single": BASE_CONFIG + _tpc(max_active=1, max_queued=0),
     # one transfer at a time, a queue of five
@@ -916,3 +919,51 @@ def test_push_to_a_correct_remote(active: SEProcess, remote: Remote) -> None:
     assert put.method == "PUT" and head.method == "HEAD"
     assert put.header("Expect") is None, put.headers  # tpc.push_expect_continue is off
     assert (head.header("Want-Digest") or "").lower().startswith("adler32"), head.headers
+
+
+# --------------------------------------------------------------------------- direct push
+
+
+def test_direct_push_between_two_se(farm: Farm, passive: SEProcess) -> None:
+    se = farm["direct"]
+    data = random_bytes(3 * MIB + 5, seed=93)
+    write(se.root, "dpush/src", data)
+    r = push(f"{se.url}/dpush/src", f"{passive.url}/dpush/dst", "RequireChecksumVerification: true")
+    assert_success(r, passive.port, len(data))
+    assert (passive.root / "dpush/dst").read_bytes() == data
+    assert r.markers[-1].stripe_bytes == len(data)
+
+
+def test_direct_push_to_a_refusing_destination(farm: Farm, remote: Remote) -> None:
+    se = farm["direct"]
+    data = random_bytes(3 * MIB, seed=94)
+    write(se.root, "dpush/refused", data)
+    r = push(f"{se.url}/dpush/refused", f"{remote.url}/put403/drefused")
+    assert r.result is not None and r.result.kind == "failure", r.body[-500:]
+    assert "drefused" not in remote.stored
+
+
+def test_direct_push_verification_failure_deletes_the_copy(farm: Farm, remote: Remote) -> None:
+    se = farm["direct"]
+    data = random_bytes(2 * MIB, seed=95)
+    write(se.root, "dpush/badsum", data)
+    r = push(f"{se.url}/dpush/badsum", f"{remote.url}/badsum/dbadsum")
+    assert_failure(r, "verification failed", adler32_hex(data))
+    assert [s.method for s in remote.seen(path="/badsum/dbadsum")] == ["PUT", "HEAD", "DELETE"]
+
+
+def test_push_with_expect_continue(farm: Farm, remote: Remote, passive: SEProcess) -> None:
+    se = farm["expect"]
+    data = random_bytes(200_000, seed=96)
+    write(se.root, "exp/src", data)
+    r = push(f"{se.url}/exp/src", f"{remote.url}/ok/exp-good")
+    assert_success(r, remote.port, len(data))
+    put = remote.seen(path="/ok/exp-good")[0]
+    assert put.header("Expect") == "100-continue", put.headers
+    # A refusal before the body: the 403 comes instead of 100 Continue.
+    r = push(f"{se.url}/exp/src", f"{remote.url}/put403/exp-refused")
+    assert_failure(r, "403")
+    # And se itself as the destination.
+    r = push(f"{se.url}/exp/src", f"{passive.url}/exp/dst")
+    assert_success(r, passive.port, len(data))
+    assert (passive.root / "exp/dst").read_bytes() == data
