@@ -11,6 +11,7 @@ copy that fails that check is deleted at the destination.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from typing import Any
@@ -41,6 +42,7 @@ class FileBody(payload.Payload):
         self._t = t
         self._length = f.stat.size
         self._direct_min = direct_min
+        self.finished = asyncio.Event()  # set when write() has returned or failed
 
     @property
     def size(self) -> int:
@@ -50,6 +52,12 @@ class FileBody(payload.Payload):
         raise TypeError("a file body is not text")
 
     async def write(self, writer: AbstractStreamWriter) -> None:
+        try:
+            await self._write(writer)
+        finally:
+            self.finished.set()
+
+    async def _write(self, writer: AbstractStreamWriter) -> None:
         transport: asyncio.Transport | None = getattr(writer, "transport", None)
         sock = transport.get_extra_info("socket") if transport is not None else None
         if (
@@ -114,9 +122,12 @@ async def push(svc: TPCService, t: Transfer, f: OpenFile, local: dict[str, bytes
     t.size = f.stat.size
     headers: list[tuple[str, str]] = [*spec.headers, *integrity.digest_headers(local)]
 
+    bodies: list[FileBody] = []
+
     def body() -> Any:
         t.bytes = 0  # a redirected PUT starts again
-        return FileBody(svc.backend, f, t, svc.cfg.direct_push_min)
+        bodies.append(FileBody(svc.backend, f, t, svc.cfg.direct_push_min))
+        return bodies[-1]
 
     try:
         resp, final = await open_remote(
@@ -141,6 +152,12 @@ async def push(svc: TPCService, t: Transfer, f: OpenFile, local: dict[str, bytes
         if resp.status not in (200, 201, 204, 205):
             status = resp.status
             raise TransferFailed(f"destination refused the PUT: {await error_text(resp)}", status)
+        # The answer may come while the last bytes are still being counted as sent; the
+        # body's writer must finish before the response is released (that cancels it).
+        if bodies:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(svc.cfg.stall_timeout):
+                    await bodies[-1].finished.wait()
     finally:
         resp.release()
     if t.bytes != t.size:

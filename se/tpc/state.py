@@ -81,11 +81,14 @@ class Transfer:
         """Wait for ``work`` (running on a worker thread) while turning ``done()``, its byte
         count so far, into progress for the markers and the stall watchdog."""
         seen = done()
-        while not work.done():
-            await asyncio.wait({work}, timeout=0.1)
-            now = done()
-            self.progress(now - seen)
-            seen = now
+        try:
+            while not work.done():
+                await asyncio.wait({work}, timeout=0.1)
+                now = done()
+                self.progress(now - seen)
+                seen = now
+        finally:
+            self.progress(done() - seen)
 
     def marker(self) -> PerfMarker:
         return PerfMarker(
