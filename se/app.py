@@ -58,6 +58,10 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
         if files is not None:
             files.close()
 
+    async def stop_transfers(_app: web.Application) -> None:
+        tpc.stopping = True  # running COPYs end with "aborted:" instead of being cut
+
+    app.on_shutdown.append(stop_transfers)
     app.cleanup_ctx.append(lifecycle)
     return app
 

@@ -165,6 +165,17 @@ async def _drive(
                 marked_connections = len(t.connections)
                 await state.send(markers.format_marker(t.marker()))
                 next_marker = now + svc.cfg.marker_period
+            if svc.stopping:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                svc.failed += 1
+                _log(t, "aborted", "server shutting down")
+                await state.send(markers.format_marker(t.marker()))
+                await state.send(markers.format_result("aborted", "server shutting down"))
+                if not state.broken:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await resp.write_eof()
+                return resp
             if state.broken or _client_gone(request):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -29,6 +29,7 @@ class TPCService:
         self.active = 0
         self.succeeded = 0
         self.failed = 0
+        self.stopping = False  # the server is shutting down: running transfers abort
 
     @property
     def session(self) -> aiohttp.ClientSession:

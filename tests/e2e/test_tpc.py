@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -967,3 +968,29 @@ def test_push_with_expect_continue(farm: Farm, remote: Remote, passive: SEProces
     r = push(f"{se.url}/exp/src", f"{passive.url}/exp/dst")
     assert_success(r, passive.port, len(data))
     assert (passive.root / "exp/dst").read_bytes() == data
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+async def test_server_shutdown_aborts_running_transfers(tmp_path: Path, remote: Remote) -> None:
+    """SIGTERM: a running COPY ends with "aborted:" (ECANCELED for gfal2: no retry in
+    another mode against a server that is going away) and leaves nothing behind."""
+    se = start_se(tmp_path, root=tmp_path / "stopping", config=BASE_CONFIG + _tpc())
+    remote.files["shutdown"] = random_bytes(100_000, seed=97)
+    try:
+        async with aiohttp.ClientSession() as session:
+            resp = await open_copy(
+                session, f"{se.url}/sd/file", {"Source": f"{remote.url}/stall/shutdown"}
+            )
+            assert resp.status == 202
+            text = await read_until(resp, lambda t: "Stripe Bytes Transferred: 50000" in t)
+            se.proc.send_signal(signal.SIGTERM)
+            rest = await asyncio.wait_for(resp.text(), 20)
+        _markers, result = parse_stream(text + rest)
+        assert result is not None and result.kind == "aborted", (text + rest)[-300:]
+        assert "shutting down" in result.message
+        assert se.proc.wait(20) == 0
+    finally:
+        se.stop()
+    assert not temp_files(se.root) and not (se.root / "sd/file").exists()
