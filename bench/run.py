@@ -625,8 +625,8 @@ def table_rows(results: Results) -> list[list[str]]:
 HEADER = ["test", "se", "nginx", "ratio se/nginx", "target", "met"]
 
 
-def format_text(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+def format_text(rows: list[list[str]], header: list[str] = HEADER) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def fmt(r: list[str]) -> str:
         cells = [r[0].ljust(widths[0])] + [
@@ -634,13 +634,13 @@ def format_text(rows: list[list[str]]) -> str:
         ]
         return "  ".join(cells)
 
-    return "\n".join([fmt(HEADER), "  ".join("-" * w for w in widths), *map(fmt, rows)])
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
 
 
-def format_markdown(rows: list[list[str]]) -> str:
+def format_markdown(rows: list[list[str]], header: list[str] = HEADER) -> str:
     lines = [
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)

@@ -44,7 +44,14 @@ if str(REPO_ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 
-from bench.run import log, same_samples, tool_version, warm_page_cache  # noqa: E402
+from bench.run import (  # noqa: E402
+    format_markdown,
+    format_text,
+    log,
+    same_samples,
+    tool_version,
+    warm_page_cache,
+)
 from tests.support import SEProcess  # noqa: E402
 from tests.xrootd import (  # noqa: E402
     Netns,
@@ -488,26 +495,6 @@ def table(results: Results, rows: list[Row]) -> list[list[str]]:
     return out
 
 
-def format_text(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
-
-    def fmt(r: list[str]) -> str:
-        return "  ".join(
-            [r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))]
-        )
-
-    return "\n".join([fmt(HEADER), "  ".join("-" * w for w in widths), *map(fmt, rows)])
-
-
-def format_markdown(rows: list[list[str]]) -> str:
-    lines = [
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def log_findings(peers: list[Peer]) -> list[str]:
     pattern = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b")
     found = []
@@ -526,7 +513,7 @@ def log_findings(peers: list[Peer]) -> list[str]:
 def report(results: Results, peers: list[Peer], args: argparse.Namespace, se_config: str) -> None:
     rows = table(results, rows_for(args))
     log("")
-    log(format_text(rows))
+    log(format_text(rows, HEADER))
     findings = log_findings(peers)
     if results.errors or findings:
         log(f"\n{len(results.errors)} error(s):")
@@ -545,7 +532,7 @@ def report(results: Results, peers: list[Peer], args: argparse.Namespace, se_con
         f"RSS summed over each server's process tree, sampled every "
         f"{SAMPLE_PERIOD * 1000:.0f} ms.\n"
     )
-    log(format_markdown(rows))
+    log(format_markdown(rows, HEADER))
 
 
 # --------------------------------------------------------------------------- main
