@@ -994,3 +994,30 @@ async def test_server_shutdown_aborts_running_transfers(tmp_path: Path, remote: 
     finally:
         se.stop()
     assert not temp_files(se.root) and not (se.root / "sd/file").exists()
+
+
+# --------------------------------------------------------------------------- IPv6
+
+
+def test_remote_connections_over_ipv6(tmp_path: Path, active: SEProcess) -> None:
+    """FTS tells IPv4 from IPv6 by RemoteConnections: over ::1 it must say tcp:[::1]:port."""
+    try:
+        v6 = start_se(
+            tmp_path, root=tmp_path / "v6", config=BASE_CONFIG, extra_args=["--host", "::1"]
+        )
+    except RuntimeError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        assert v6.url.startswith("http://[::1]:")
+        data = random_bytes(70_000, seed=98)
+        write(v6.root, "six", data)
+        r = pull(f"{active.url}/v6/pulled", f"{v6.url}/six")
+        assert_success(r, None, len(data))
+        assert r.markers[-1].remote_connections == (f"tcp:[::1]:{v6.port}",)
+        assert (active.root / "v6/pulled").read_bytes() == data
+        r = push(f"{active.url}/v6/pulled", f"{v6.url}/back")
+        assert_success(r, None, len(data))
+        assert r.markers[-1].remote_connections == (f"tcp:[::1]:{v6.port}",)
+        assert (v6.root / "back").read_bytes() == data
+    finally:
+        v6.stop()
