@@ -655,11 +655,11 @@ def tool_version(cmd: Sequence[str]) -> str:
     return text[0] if text else "?"
 
 
-def log_findings(server: Server) -> list[str]:
-    """Lines from the server's own logs that look like errors."""
+def error_lines(logs: list[Path]) -> list[str]:
+    """Lines from server logs that look like errors, one summary per log file."""
     found = []
     pattern = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b|\[(?:error|crit|alert|emerg)\]")
-    for path in server.logs:
+    for path in logs:
         try:
             text = path.read_text(errors="replace")
         except OSError:
@@ -668,6 +668,11 @@ def log_findings(server: Server) -> list[str]:
         if hits:
             found.append(f"{path}: {len(hits)} error-looking lines, e.g. {hits[0][:200]!r}")
     return found
+
+
+def log_findings(server: Server) -> list[str]:
+    """Lines from the server's own logs that look like errors."""
+    return error_lines(server.logs)
 
 
 def report(results: Results, servers: list[Server], reps: int, args: argparse.Namespace) -> None:

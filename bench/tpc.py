@@ -45,6 +45,7 @@ if str(REPO_ROOT) not in sys.path:
 import aiohttp  # noqa: E402
 
 from bench.run import (  # noqa: E402
+    error_lines,
     format_markdown,
     format_text,
     log,
@@ -496,18 +497,7 @@ def table(results: Results, rows: list[Row]) -> list[list[str]]:
 
 
 def log_findings(peers: list[Peer]) -> list[str]:
-    pattern = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b")
-    found = []
-    for peer in peers:
-        for path in peer.logs:
-            try:
-                text = path.read_text(errors="replace")
-            except OSError:
-                continue
-            hits = [line for line in text.splitlines() if pattern.search(line)]
-            if hits:
-                found.append(f"{peer.name} {path.name}: {len(hits)} lines, e.g. {hits[0][:200]!r}")
-    return found
+    return [f"{peer.name} {line}" for peer in peers for line in error_lines(peer.logs)]
 
 
 def report(results: Results, peers: list[Peer], args: argparse.Namespace, se_config: str) -> None:
