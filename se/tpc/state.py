@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from se.storage.paths import DavPath
 from se.tpc.markers import PerfMarker, format_connection
-from se.tpc.request import Mode, TransferSpec
+from se.tpc.request import TransferSpec
 
 __all__ = ["Transfer"]
 
@@ -35,10 +35,6 @@ class Transfer:
         self._hops = 0
         self._streams = 1  # several streams share the connection list
 
-    @property
-    def peer_name(self) -> str:
-        return "source" if self.spec.mode is Mode.PULL else "destination"
-
     def activate(self) -> None:
         self.active_since = self.last_progress = time.monotonic()
 
@@ -49,15 +45,12 @@ class Transfer:
             if self.first_byte_at is None:
                 self.first_byte_at = self.last_progress
 
-    def connected(self, host: str, port: int) -> None:
-        self.connections.setdefault(format_connection(host, port), None)
-
     def peer(self, host: str, port: int) -> None:
         """A connection to ``host:port`` carries this transfer's next request."""
         if self._guess is not None:  # the real address replaces the one from the URL
             self.connections.pop(self._guess, None)
             self._guess = None
-        self.connected(host, port)
+        self.connections.setdefault(format_connection(host, port), None)
 
     def attempting(self, url: str) -> None:
         """Before each request (and redirect hop): forget the hosts that only redirected,
