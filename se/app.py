@@ -11,10 +11,13 @@ from pathlib import Path
 from aiohttp import web
 
 from se.auth.macaroons import SecretStore
+from se.auth.policy import Grant, Rule, ops_named
+from se.auth.wlcg import TokenVerifier
 from se.config import Config, state_dir
 from se.dav import handlers
 from se.dav.context import CONTEXT, Context
 from se.middleware import handle_errors
+from se.storage.paths import confine
 from se.storage.posix import CachedFile, PosixBackend
 from se.storage.watchcache import WatchedCache
 from se.tpc.service import TPCService
@@ -35,8 +38,20 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
     listings: WatchedCache[bytes] = WatchedCache(cfg.webdav.listing_cache_dirs)
     tpc = TPCService(cfg, backend)
     secret_file = cfg.tpc.macaroon_secret_file or str(state_dir(cfg) / "macaroon.secret")
+    auth = cfg.auth
+    tokens = TokenVerifier(auth, cfg.tls.ca_dir) if auth is not None and auth.issuers else None
+    public = None
+    if auth is not None and auth.public:
+        public = Grant.of(Rule(confine(p.path), ops_named(p.allow)) for p in auth.public)
     app[CONTEXT] = Context(
-        cfg, backend, cfg.anonymous_access(), listings, tpc, SecretStore(Path(secret_file))
+        cfg,
+        backend,
+        cfg.anonymous_access(),
+        listings,
+        tpc,
+        SecretStore(Path(secret_file)),
+        tokens,
+        public,
     )
     app.router.add_route(
         "*", "/{tail:.*}", handle_errors(handlers.dispatch), expect_handler=handlers.expect_handler
@@ -51,6 +66,8 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
             task.add_done_callback(_log_sweep)
         yield
         await tpc.close()
+        if tokens is not None:
+            await tokens.close()
         if task is not None and not task.done():
             task.cancel()
         executor.shutdown(wait=False, cancel_futures=True)

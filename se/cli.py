@@ -1,4 +1,4 @@
-"""The ``se`` command: ``se serve`` and ``se check-config``.
+"""The ``se`` command: ``se serve``, ``se check-config`` and ``se token``.
 
 Precedence: built-in defaults < ``--config`` file < flags given on the command line
 (a flag left out never overrides the file).
@@ -35,7 +35,51 @@ def _parser() -> argparse.ArgumentParser:
     )
     c = sub.add_parser("check-config", help="validate a configuration file and exit")
     c.add_argument("file")
+    t = sub.add_parser("token", help="a test WLCG token issuer: make keys, mint tokens")
+    tsub = t.add_subparsers(dest="token_command", required=True)
+    k = tsub.add_parser("keygen", help="write signing-key.pem and jwks.json into a directory")
+    k.add_argument("--out", default=".", help="directory (default: the current one)")
+    k.add_argument("--alg", choices=("ES256", "RS256"), default="ES256")
+    i = tsub.add_parser("issue", help="print a WLCG-profile token signed with a key")
+    i.add_argument("--key", required=True, help="signing-key.pem written by keygen")
+    i.add_argument("--issuer", required=True, help="iss (as configured in [[auth.issuers]])")
+    i.add_argument("--scope", default="", help='e.g. "storage.read:/ storage.create:/data"')
+    i.add_argument(
+        "--aud",
+        action="append",
+        default=None,
+        help="audience (repeatable; default https://wlcg.cern.ch/jwt/v1/any)",
+    )
+    i.add_argument("--groups", default="", help="wlcg.groups, comma-separated")
+    i.add_argument("--lifetime", default="1h", help="e.g. 3600, 20m, 1h (default 1h)")
+    i.add_argument("--sub", default="se-token-user", help="subject")
     return p
+
+
+def _token(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from se.auth import issuer
+
+    try:
+        if args.token_command == "keygen":
+            key_path, jwks_path = issuer.keygen(Path(args.out), args.alg)
+            print(f"se: wrote {key_path} and {jwks_path}")
+            return 0
+        token = issuer.issue(
+            issuer.load_key(Path(args.key)),
+            args.issuer,
+            args.scope,
+            args.aud or ["https://wlcg.cern.ch/jwt/v1/any"],
+            issuer.parse_lifetime(args.lifetime),
+            args.sub,
+            [g for g in args.groups.split(",") if g] or None,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"se: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -56,6 +100,8 @@ def build_config(args: argparse.Namespace) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "token":
+            return _token(args)
         if args.command == "check-config":
             load_file(args.file)
             print(f"se: {args.file} is valid")

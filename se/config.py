@@ -23,7 +23,10 @@ __all__ = [
     "ChecksumConfig",
     "Config",
     "ConfigError",
+    "GroupRule",
+    "IssuerConfig",
     "LoggingConfig",
+    "PublicRule",
     "ServerConfig",
     "StorageConfig",
     "TLSConfig",
@@ -167,10 +170,53 @@ class TPCConfig:
     macaroon_max_validity: float = 7 * 86400.0
 
 
+OPERATION_NAMES = ("read", "create", "modify", "stage", "poll")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRule:
+    """Members of ``group`` (a ``wlcg.groups`` entry) may do ``allow`` below ``path``."""
+
+    group: str
+    path: str = "/"  # relative to the issuer's base_path
+    allow: tuple[str, ...] = ("read",)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    issuer: str  # compared exactly with the token's iss (a trailing "/" matters)
+    base_path: str = "/"  # the namespace path that the token's scope "/" stands for
+    audiences: tuple[str, ...] = ()  # accepted in addition to [auth] audiences
+    jwks_file: str = ""  # a local JWKS; "" = OIDC discovery over HTTPS
+    ca_file: str = ""  # extra CA (PEM) trusted when fetching discovery and JWKS
+    groups: tuple[GroupRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PublicRule:
+    """What requests without credentials may do below ``path``."""
+
+    path: str
+    allow: tuple[str, ...] = ("read",)
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     # What a request without credentials may do: "none", "read" or "read-write".
     anonymous: str = "none"
+    issuers: tuple[IssuerConfig, ...] = ()
+    public: tuple[PublicRule, ...] = ()
+    # Audiences accepted besides the URL the client used and, if allowed, the "any" one.
+    audiences: tuple[str, ...] = ()
+    accept_any_audience: bool = True
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    leeway: float = 60.0
+    stage_implies_read: bool = False  # profile < 1.3 semantics
+    max_token_bytes: int = 16384
+    token_cache_entries: int = 10000
+    jwks_refresh: float = 3600.0  # seconds before a JWKS is fetched again
+    jwks_retry: float = 60.0  # at most one fetch per issuer this often (unknown kid, failures)
+    fetch_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +253,11 @@ def is_loopback(host: str) -> bool:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of tables")
+        item_type = typing.get_args(tp)[0]
+        return tuple(_section(item_type, v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected a list of strings")
@@ -240,6 +291,15 @@ def _section(cls: type[Any], data: Any, name: str) -> Any:
         if key not in known:
             raise ConfigError(f"unknown config key: {name}.{key}")
         values[key] = _coerce(value, hints[key], f"{name}.{key}")
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{name}: missing key {missing[0]}")
     return cls(**values)
 
 
@@ -278,8 +338,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("storage.chunk_size: must be at least 4096")
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         raise ConfigError("tls: cert and key must be set together")
-    if cfg.auth is not None and cfg.auth.anonymous not in ("none", "read", "read-write"):
-        raise ConfigError("auth.anonymous: must be one of none, read, read-write")
+    if cfg.auth is not None:
+        _validate_auth(cfg.auth)
     t = cfg.tpc
     if t.marker_period <= 0:
         raise ConfigError("tpc.marker_period: must be positive")
@@ -303,6 +363,40 @@ def validate(cfg: Config) -> None:
         raise ConfigError("tpc: macaroon_default_validity must be in (0, macaroon_max_validity]")
     if cfg.logging.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("logging.level: must be one of debug, info, warning, error")
+
+
+def _validate_auth(a: AuthConfig) -> None:
+    if a.anonymous not in ("none", "read", "read-write"):
+        raise ConfigError("auth.anonymous: must be one of none, read, read-write")
+    for alg in a.algorithms:
+        if alg not in ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256"):
+            raise ConfigError(f"auth.algorithms: {alg!r} is not allowed (no none or HS*)")
+    if not 0 <= a.leeway <= 300:
+        raise ConfigError("auth.leeway: must be between 0 and 300 seconds")
+    seen: set[str] = set()
+    for i, iss in enumerate(a.issuers):
+        where = f"auth.issuers[{i}]"
+        if not iss.issuer.startswith("https://") and not iss.jwks_file:
+            raise ConfigError(f"{where}.issuer: discovery needs an https issuer (or a jwks_file)")
+        if iss.issuer in seen:
+            raise ConfigError(f"{where}.issuer: {iss.issuer} is configured twice")
+        seen.add(iss.issuer)
+        if not iss.base_path.startswith("/"):
+            raise ConfigError(f"{where}.base_path: must be an absolute path")
+        for j, rule in enumerate(iss.groups):
+            _check_allow(rule.allow, f"{where}.groups[{j}].allow")
+            if not rule.group.startswith("/") or not rule.path.startswith("/"):
+                raise ConfigError(f"{where}.groups[{j}]: group and path must start with /")
+    for i, pub in enumerate(a.public):
+        _check_allow(pub.allow, f"auth.public[{i}].allow")
+        if not pub.path.startswith("/"):
+            raise ConfigError(f"auth.public[{i}].path: must be an absolute path")
+
+
+def _check_allow(allow: tuple[str, ...], where: str) -> None:
+    for op in allow:
+        if op not in OPERATION_NAMES:
+            raise ConfigError(f"{where}: unknown operation {op!r} ({', '.join(OPERATION_NAMES)})")
 
 
 def load_file(path: str | Path) -> Config:

@@ -71,6 +71,9 @@ def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+MAX_HEADER_FIELD = 65536
+
+
 def serve_url(cfg: Config, port: int) -> str:
     host = cfg.server.host
     if ":" in host:
@@ -88,6 +91,10 @@ async def _serve(cfg: Config, sock: socket.socket, first: bool) -> None:
         app,
         access_log=access if cfg.logging.access_log else None,
         handler_cancellation=False,
+        # WLCG tokens with many groups exceed aiohttp's 8 KiB header default; the token
+        # size limit proper (auth.max_token_bytes) answers 401 with a reason.
+        max_field_size=MAX_HEADER_FIELD,
+        max_line_size=MAX_HEADER_FIELD,
         keepalive_timeout=cfg.server.keepalive_timeout,
     )
     await runner.setup()

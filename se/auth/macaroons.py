@@ -24,7 +24,7 @@ from pathlib import Path
 
 import jwt
 
-from se.auth.policy import Grant, Op
+from se.auth.policy import Grant, Op, Rule
 from se.errors import BadRequest, SEError, Unauthorized
 from se.storage.paths import DavPath, confine
 
@@ -45,8 +45,8 @@ ACTIVITIES: dict[str, frozenset[Op]] = {
     "READ_METADATA": frozenset({Op.STAT}),
     "LIST": frozenset({Op.STAT, Op.READ}),
     "DOWNLOAD": frozenset({Op.STAT, Op.READ}),
-    "UPLOAD": frozenset({Op.STAT, Op.CREATE}),
-    "MANAGE": frozenset({Op.STAT, Op.CREATE, Op.MODIFY}),
+    "UPLOAD": frozenset({Op.STAT, Op.MKDIR, Op.CREATE}),
+    "MANAGE": frozenset({Op.STAT, Op.MKDIR, Op.CREATE, Op.MODIFY}),
     "DELETE": frozenset({Op.STAT, Op.DELETE}),
     "UPDATE_METADATA": frozenset({Op.STAT, Op.MODIFY}),
 }
@@ -169,7 +169,8 @@ def verify(secret: bytes, token: str, now: float | None = None) -> Grant:
         raise _invalid("the token has expired") from None
     except (jwt.PyJWTError, BadRequest, KeyError):
         raise _invalid("the token is not valid for this server") from None
-    return Grant(path, frozenset(ops), str(claims.get("sub", "")), float(claims["exp"]))
+    rule = Rule(path, frozenset(ops))
+    return Grant((rule,), str(claims.get("sub", "")), float(claims["exp"]))
 
 
 def _invalid(description: str) -> Unauthorized:

@@ -1,5 +1,11 @@
 """Who is asking: the request's bearer token (if any) turned into a grant, and the call
-into the one policy function that every handler (WebDAV, TPC, tokens) goes through."""
+into the one policy function that every handler (WebDAV, TPC, tokens) goes through.
+
+:func:`authenticate` runs once per request, before its handler (and before a
+100-continue is answered): a token that is present is always checked, and an invalid one
+is a 401 even where anonymous access would do (RFC 6750; no silent fallback).  Handlers
+then call the synchronous :func:`authorise`.
+"""
 
 from __future__ import annotations
 
@@ -8,63 +14,82 @@ from aiohttp import hdrs, web
 from se.auth import macaroons
 from se.auth.policy import Grant, Op, require
 from se.dav.context import context
-from se.errors import Forbidden, Unauthorized
+from se.errors import BadRequest, Forbidden, Unauthorized
 from se.storage.paths import DavPath
 
-__all__ = ["authorise", "authorise_write", "bearer_token", "grant_of"]
+__all__ = ["authenticate", "authorise", "authorise_write", "bearer_token", "grant_of"]
 
 _GRANT_KEY = "se_grant"
 
 
 def bearer_token(request: web.Request) -> str | None:
     """The token of ``Authorization: Bearer`` or of the ``authz`` query parameter."""
-    auth = request.headers.get(hdrs.AUTHORIZATION)
-    if auth is not None:
-        scheme, _, value = auth.strip().partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-        return None
-    authz = request.query.get("authz")
-    if authz:
-        return authz.removeprefix("Bearer ").removeprefix("Bearer%20").strip() or None
-    return None
+    auth = request.headers.getall(hdrs.AUTHORIZATION, [])
+    authz = request.query.getall("authz", [])
+    bearer = []
+    for value in auth:
+        scheme, _, rest = value.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            bearer.append(rest.strip())
+    for value in authz:
+        bearer.append(value.removeprefix("Bearer ").removeprefix("Bearer%20").strip())
+    if len(bearer) > 1:
+        raise BadRequest(
+            "more than one bearer token in the request",
+            headers={"WWW-Authenticate": 'Bearer realm="se", error="invalid_request"'},
+        )
+    if bearer and not bearer[0]:
+        raise BadRequest(
+            "empty bearer token",
+            headers={"WWW-Authenticate": 'Bearer realm="se", error="invalid_request"'},
+        )
+    return bearer[0] if bearer else None
+
+
+async def authenticate(request: web.Request) -> None:
+    """Check the request's token, once; keep its grant on the request."""
+    if _GRANT_KEY in request:
+        return
+    request[_GRANT_KEY] = None
+    token = bearer_token(request)
+    if token is None:
+        return
+    ctx = context(request)
+    if macaroons.is_ours(token):
+        grant = macaroons.verify(ctx.secret.get(), token)
+    elif ctx.tokens is not None:
+        grant = await ctx.tokens.verify(token, _own_audiences(request))
+    else:
+        raise Unauthorized(
+            "bearer token not issued by this server",
+            headers={
+                "WWW-Authenticate": 'Bearer realm="se", error="invalid_token", '
+                'error_description="token not issued by this server"'
+            },
+        )
+    request[_GRANT_KEY] = grant
+
+
+def _own_audiences(request: web.Request) -> tuple[str, ...]:
+    """The URL the client used, as an audience (with and without a default port)."""
+    host = request.host
+    scheme = request.scheme
+    own = [f"{scheme}://{host}"]
+    default = ":443" if scheme == "https" else ":80"
+    if host.endswith(default):
+        own.append(f"{scheme}://{host.removesuffix(default)}")
+    return tuple(own)
 
 
 def grant_of(request: web.Request) -> Grant | None:
-    """The grant of the request's token (checked once per request); 401 if it is invalid."""
-    if _GRANT_KEY in request:
-        grant: Grant | None = request[_GRANT_KEY]
-        return grant
-    token = bearer_token(request)
-    grant = None
-    if token is not None:
-        if not macaroons.is_ours(token):
-            raise Unauthorized(
-                "bearer token not issued by this server",
-                headers={
-                    "WWW-Authenticate": 'Bearer error="invalid_token", '
-                    'error_description="token not issued by this server"'
-                },
-            )
-        grant = macaroons.verify(context(request).secret.get(), token)
-    request[_GRANT_KEY] = grant
+    grant: Grant | None = request.get(_GRANT_KEY)
     return grant
 
 
 def authorise(request: web.Request, op: Op, path: DavPath) -> None:
-    """Raise unless this request may do ``op`` on ``path``.
-
-    The anonymous level is tried first, so that a token is only read (and only able to
-    fail) when it is needed.
-    """
-    anonymous = context(request).anonymous
-    try:
-        require(op, path, anonymous)
-    except Unauthorized:
-        grant = grant_of(request)
-        if grant is None:
-            raise
-        require(op, path, anonymous, grant)
+    """Raise unless this request may do ``op`` on ``path``."""
+    ctx = context(request)
+    require(op, path, ctx.anonymous, grant_of(request), ctx.public)
 
 
 def authorise_write(request: web.Request, path: DavPath, overwrite: bool) -> None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from se.auth.macaroons import SecretStore
+from se.auth.policy import Grant
+from se.auth.wlcg import TokenVerifier
 from se.config import Config
 from se.storage.posix import PosixBackend
 from se.storage.watchcache import WatchedCache
@@ -23,6 +25,8 @@ class Context:
     listings: WatchedCache[bytes]  # rendered PROPFIND bodies
     tpc: TPCService
     secret: SecretStore  # key of server-issued tokens, read or made on first use
+    tokens: TokenVerifier | None  # WLCG JWTs, when issuers are configured
+    public: Grant | None  # explicit anonymous rules ([[auth.public]])
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("se_context", Context)

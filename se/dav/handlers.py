@@ -19,7 +19,7 @@ from aiohttp import hdrs, web
 from se import __version__
 from se.auth.policy import Op
 from se.dav import listing, propfind
-from se.dav.access import authorise, authorise_write
+from se.dav.access import authenticate, authorise, authorise_write
 from se.dav.body import receive_body, send_file_range, write_file_range
 from se.dav.context import context
 from se.dav.headers import Depth, parse_depth, parse_destination, parse_overwrite
@@ -324,6 +324,7 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
         return error_response(ExpectationFailed(f"unsupported Expect: {expect}"))
     if request.method == hdrs.METH_PUT:
         try:
+            await authenticate(request)
             path, overwrite = _check_put(request)
             context(request).backend.check_upload(path, overwrite)
         except SEError as exc:
@@ -339,7 +340,7 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
 # -- MKCOL / DELETE ---------------------------------------------------------------------
 async def mkcol(request: web.Request) -> web.StreamResponse:
     path = _path(request)
-    authorise(request, Op.CREATE, path)
+    authorise(request, Op.MKDIR, path)
     if _has_body(request):
         raise UnsupportedMediaType("MKCOL with a request body is not supported")
     await context(request).backend.mkcol(path)
@@ -539,6 +540,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise MethodNotAllowed(
             f"method {request.method} is not supported", headers={"Allow": ALLOW}
         )
+    await authenticate(request)
     return await handler(request)
 
 

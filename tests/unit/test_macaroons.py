@@ -81,8 +81,9 @@ def test_issue_and_verify() -> None:
     token = macaroons.issue(SECRET, PATH, ("DOWNLOAD", "UPLOAD"), 600, "alice")
     assert macaroons.is_ours(token)
     grant = macaroons.verify(SECRET, token)
-    assert grant.path == PATH
-    assert grant.ops == {Op.STAT, Op.READ, Op.CREATE}
+    (rule,) = grant.rules
+    assert rule.path == PATH
+    assert rule.ops == {Op.STAT, Op.READ, Op.MKDIR, Op.CREATE}
     assert grant.subject == "alice"
     assert time.time() + 590 < grant.expires <= time.time() + 600
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from se.auth.policy import Grant, Op, require
+from se.auth.policy import OPS_OF, Grant, Op, Rule, ops_named, require
 from se.errors import Forbidden, SEError, Unauthorized
 from se.storage.paths import DavPath
 
@@ -13,7 +13,7 @@ PATH = DavPath(("atlas", "file.root"))
 ALLOWED = {
     "none": set(),
     "read": {Op.STAT, Op.READ},
-    "read-write": {Op.STAT, Op.READ, Op.CREATE, Op.MODIFY, Op.DELETE},
+    "read-write": set(Op),
 }
 
 
@@ -45,10 +45,21 @@ def test_decision_does_not_depend_on_path(path: DavPath) -> None:
 
 
 def test_every_op_is_covered() -> None:
-    assert {op.value for op in Op} == {"stat", "read", "create", "modify", "delete"}
+    assert {op.value for op in Op} == {
+        "stat",
+        "read",
+        "mkdir",
+        "create",
+        "modify",
+        "delete",
+        "stage",
+        "poll",
+    }
 
 
-GRANT = Grant(DavPath(("data", "run1")), frozenset({Op.READ, Op.CREATE}), "alice")
+GRANT = Grant.of(
+    [Rule(DavPath(("data", "run1")), frozenset({Op.STAT, Op.READ, Op.MKDIR, Op.CREATE}))], "alice"
+)
 
 
 @pytest.mark.parametrize(
@@ -64,9 +75,10 @@ GRANT = Grant(DavPath(("data", "run1")), frozenset({Op.READ, Op.CREATE}), "alice
         (Op.READ, ("data",), False),  # no listing of ancestors
         (Op.STAT, ("data",), True),  # but stat of them
         (Op.STAT, (), True),
-        (Op.CREATE, ("data",), True),  # and mkdir -p towards the granted path
+        (Op.MKDIR, ("data",), True),  # and mkdir -p towards the granted path
+        (Op.CREATE, ("data",), False),  # but no file there
         (Op.STAT, ("other",), False),
-        (Op.CREATE, ("other",), False),
+        (Op.MKDIR, ("other",), False),
     ],
 )
 def test_grant(op: Op, segments: tuple[str, ...], allowed: bool) -> None:
@@ -80,9 +92,46 @@ def test_grant(op: Op, segments: tuple[str, ...], allowed: bool) -> None:
 
 
 def test_grant_without_create_cannot_mkdir_ancestors() -> None:
-    grant = Grant(DavPath(("data", "f")), frozenset({Op.READ}))
+    grant = Grant.of([Rule(DavPath(("data", "f")), OPS_OF["read"])])
     with pytest.raises(Forbidden):
-        require(Op.CREATE, DavPath(("data",)), "none", grant)
+        require(Op.MKDIR, DavPath(("data",)), "none", grant)
+
+
+def test_dir_only_rule_refuses_a_file_at_its_path() -> None:
+    grant = Grant.of([Rule(DavPath(("d",)), OPS_OF["create"], dir_only=True)])
+    require(Op.MKDIR, DavPath(("d",)), "none", grant)
+    require(Op.CREATE, DavPath(("d", "f")), "none", grant)
+    with pytest.raises(Forbidden):
+        require(Op.CREATE, DavPath(("d",)), "none", grant)
+
+
+def test_public_rules_apply_without_credentials() -> None:
+    public = Grant.of([Rule(DavPath(("pub",)), OPS_OF["read"])])
+    require(Op.READ, DavPath(("pub", "f")), "none", None, public)
+    with pytest.raises(Unauthorized):
+        require(Op.READ, DavPath(("private",)), "none", None, public)
+    with pytest.raises(Unauthorized):
+        require(Op.CREATE, DavPath(("pub", "f")), "none", None, public)
+
+
+@pytest.mark.parametrize(
+    ("name", "allowed", "denied"),
+    [
+        ("read", {Op.STAT, Op.READ}, {Op.CREATE, Op.MODIFY, Op.DELETE, Op.STAGE}),
+        ("create", {Op.STAT, Op.MKDIR, Op.CREATE}, {Op.READ, Op.MODIFY, Op.DELETE}),
+        ("modify", {Op.CREATE, Op.MODIFY, Op.DELETE}, {Op.READ, Op.STAGE}),
+        ("stage", {Op.STAT, Op.STAGE, Op.POLL}, {Op.READ, Op.CREATE}),
+        ("poll", {Op.POLL}, {Op.STAT, Op.READ, Op.STAGE}),
+    ],
+)
+def test_profile_1_3_permissions(name: str, allowed: set[Op], denied: set[Op]) -> None:
+    assert allowed <= OPS_OF[name]
+    assert not denied & OPS_OF[name]
+
+
+def test_stage_implies_read_switch() -> None:
+    assert Op.READ not in ops_named(["stage"])
+    assert Op.READ in ops_named(["stage"], stage_implies_read=True)
 
 
 def test_anonymous_level_still_applies_with_a_grant() -> None:
