@@ -14,6 +14,7 @@ issuer's group rules apply to the token's ``wlcg.groups``.
 from __future__ import annotations
 
 import collections
+import logging
 import re
 import time
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ from se.storage.paths import DavPath, confine
 
 __all__ = ["ANY_AUDIENCE", "TokenVerifier", "grant_from_claims", "invalid_token"]
 
+log = logging.getLogger("se.auth")
 ANY_AUDIENCE = "https://wlcg.cern.ch/jwt/v1/any"
 CACHE_SECONDS = 300.0
 _VERSION = re.compile(r"1\.[0-9]+")
@@ -154,6 +156,13 @@ class TokenVerifier:
         if not self._audience_ok(auds, (*own_audiences, *issuer.audiences)):
             raise invalid_token("audience not accepted")
         grant = grant_from_claims(claims, issuer, auth.stage_implies_read)
+        log.info(
+            "token accepted: iss=%s sub=%s jti=%s rules=%d",
+            issuer.issuer,
+            str(claims.get("sub"))[:255],
+            str(claims.get("jti"))[:64],
+            len(grant.rules),
+        )
         until = min(float(claims["exp"]) + auth.leeway, now + CACHE_SECONDS)
         self._cache[token] = (grant, until, auds)
         while len(self._cache) > auth.token_cache_entries:
