@@ -37,11 +37,13 @@ from se.errors import (
     BadGateway,
     BadRequest,
     ExpectationFailed,
+    Forbidden,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     PreconditionFailed,
     SEError,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from se.middleware import error_response
@@ -387,13 +389,28 @@ async def _copy_or_move(request: web.Request, move: bool) -> web.StreamResponse:
     depth = parse_depth(request.headers.get("Depth"), Depth.INFINITY)
     if depth is Depth.ONE or (move and depth is not Depth.INFINITY):
         raise BadRequest(f"Depth {depth.value} is not allowed for {request.method}")
-    authorise(request, Op.DELETE if move else Op.READ, src)
+    if move:
+        _authorise_rename(request, src, dst)
+    else:
+        authorise(request, Op.READ, src)
     authorise_write(request, dst, overwrite)
     if move:
         created = await ctx.backend.move(src, dst, overwrite)
     else:
         created = await ctx.backend.copy(src, dst, overwrite, depth is Depth.INFINITY)
     return web.Response(status=201 if created else 204)
+
+
+def _authorise_rename(request: web.Request, src: DavPath, dst: DavPath) -> None:
+    """Moving away needs delete on the source; since WLCG profile 1.3 a create-only
+    caller may also rename, within what it may create, onto a name that is free."""
+    try:
+        authorise(request, Op.DELETE, src)
+    except (Unauthorized, Forbidden):
+        authorise(request, Op.CREATE, src)
+        if context(request).backend.stat(dst) is not None:
+            raise
+        authorise(request, Op.CREATE, dst)
 
 
 # -- PROPFIND / PROPPATCH ---------------------------------------------------------------
