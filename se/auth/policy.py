@@ -114,4 +114,7 @@ def require(
             headers={"WWW-Authenticate": 'Bearer realm="se"'},
         )
     if not grant.allows(op, path):
-        raise Forbidden(f"the token does not allow {op.value} access to {path}")
+        raise Forbidden(
+            f"the token does not allow {op.value} access to {path}",
+            headers={"WWW-Authenticate": 'Bearer realm="se", error="insufficient_scope"'},
+        )
