@@ -501,10 +501,11 @@ def run_wrk(
     threads: int,
     conns: int,
     seconds: int,
+    headers: Sequence[str] = (),
 ) -> WrkResult | None:
     cmd = [
         "wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s",
-        "-s", str(script), f"{server.url}{path}",
+        "-s", str(script), *(a for h in headers for a in ("-H", h)), f"{server.url}{path}",
     ]  # fmt: skip
     try:
         proc = subprocess.run(

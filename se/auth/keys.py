@@ -100,11 +100,10 @@ class KeyStore:
     async def key(self, issuer: str, kid: str | None) -> jwt.PyJWK:
         cfg = self._issuers[issuer]
         entry = self._entries.setdefault(issuer, _Entry())
-        now = time.monotonic()
-        stale = now - entry.fetched > self._refresh
-        if (stale or kid not in entry.keys) and now - entry.attempted >= self._retry:
+        if self._wanted(entry, kid):
+            # One fetch at a time per issuer; whoever waited for it re-checks its result.
             async with entry.lock:
-                if time.monotonic() - entry.attempted >= self._retry:
+                if self._wanted(entry, kid) and time.monotonic() - entry.attempted >= self._retry:
                     entry.attempted = time.monotonic()
                     try:
                         entry.keys = await self._load(cfg)
@@ -119,6 +118,10 @@ class KeyStore:
         if found is None:
             raise NoKey(f"unknown key id {kid[:40]!r} for this issuer")
         return found
+
+    def _wanted(self, entry: _Entry, kid: str | None) -> bool:
+        stale = time.monotonic() - entry.fetched > self._refresh
+        return stale or (kid is not None and kid not in entry.keys) or not entry.keys
 
     async def _load(self, cfg: IssuerConfig) -> dict[str, jwt.PyJWK]:
         if cfg.jwks_file:

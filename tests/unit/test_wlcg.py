@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -163,3 +164,13 @@ def test_parse_jwks_skips_unusable_keys(keys: tuple[Path, Path]) -> None:
     assert parse_jwks({"keys": [good]}, ("RS256",)) == {}
     with pytest.raises(ValueError):
         parse_jwks({"nokeys": []}, ("ES256",))
+
+
+async def test_concurrent_first_requests_wait_for_the_key_fetch(keys: tuple[Path, Path]) -> None:
+    """Requests arriving while the issuer's keys are being loaded wait for that load
+    instead of failing with "unknown key id" (seen under load before the fix)."""
+    v = verifier(keys[1])
+    tokens = [token(keys[0], jti=f"j{i}") for i in range(20)]
+    grants = await asyncio.gather(*(v.verify(t, OWN) for t in tokens))
+    assert all(g.allows(Op.READ, DavPath(("vo", "f"))) for g in grants)
+    await v.close()
