@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from se.auth.policy import OPS_OF, Grant, Op, Rule, ops_named, require
 from se.errors import Forbidden, SEError, Unauthorized
@@ -136,3 +138,27 @@ def test_stage_implies_read_switch() -> None:
 
 def test_anonymous_level_still_applies_with_a_grant() -> None:
     require(Op.DELETE, DavPath(("x",)), "read-write", GRANT)
+
+
+_SEG = st.sampled_from(["a", "b", "ab", "foo", "foobar", "x.y", "-"])
+_PATHS = st.lists(_SEG, max_size=5).map(lambda s: DavPath(tuple(s)))
+
+
+@given(_PATHS, _PATHS, st.sampled_from(sorted(OPS_OF)), st.sampled_from(list(Op)), st.booleans())
+def test_rule_never_grants_outside_its_path(
+    scope: DavPath, path: DavPath, name: str, op: Op, dir_only: bool
+) -> None:
+    """Below the scope path: exactly its operations (dir-only: no file at the path itself).
+    Ancestors: at most stat and mkdir.  Anywhere else (siblings such as /foobar for /foo):
+    nothing."""
+    rule = Rule(scope, OPS_OF[name], dir_only)
+    allowed = rule.allows(op, path)
+    inside = path.segments[: len(scope.segments)] == scope.segments
+    ancestor = scope.segments[: len(path.segments)] == path.segments
+    if inside:
+        file_at_dir = dir_only and path == scope and op in (Op.CREATE, Op.MODIFY)
+        assert allowed == (op in OPS_OF[name] and not file_at_dir)
+    elif ancestor:
+        assert allowed == (op is Op.STAT or (op is Op.MKDIR and Op.MKDIR in OPS_OF[name]))
+    else:
+        assert not allowed
