@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from se.auth.cache import GrantCache
 from se.auth.macaroons import SecretStore
 from se.auth.policy import Grant, Rule, ops_named
 from se.auth.wlcg import TokenVerifier
@@ -52,6 +53,7 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
         SecretStore(Path(secret_file)),
         tokens,
         public,
+        GrantCache(auth.token_cache_entries if auth is not None else 10000),
     )
     app.router.add_route(
         "*", "/{tail:.*}", handle_errors(handlers.dispatch), expect_handler=handlers.expect_handler

@@ -6,17 +6,14 @@ or ``HS*``); the key by ``kid`` (see :mod:`se.auth.keys`), its algorithm pinned;
 ``exp``/``nbf``/``iat`` with leeway, required ``sub``/``jti``; ``aud`` (one of ours, or
 the "any" audience); ``wlcg.ver`` 1.x; scopes (a malformed scope path rejects the token).
 Every failure is a 401 ``invalid_token`` with a short description.  Verified tokens are
-kept (keyed by the raw token, bounded) until their expiry or five minutes, whichever comes
-first.  Capabilities (``storage.*``/``compute.*``) decide alone when present; otherwise the
-issuer's group rules apply to the token's ``wlcg.groups``.
+kept by the caller (:mod:`se.auth.cache`).  Capabilities (``storage.*``/``compute.*``)
+decide alone when present; otherwise the issuer's group rules apply to ``wlcg.groups``.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import re
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,7 +30,6 @@ __all__ = ["ANY_AUDIENCE", "TokenVerifier", "grant_from_claims", "invalid_token"
 
 log = logging.getLogger("se.auth")
 ANY_AUDIENCE = "https://wlcg.cern.ch/jwt/v1/any"
-CACHE_SECONDS = 300.0
 _VERSION = re.compile(r"1\.[0-9]+")
 
 
@@ -91,9 +87,6 @@ class TokenVerifier:
             auth.fetch_timeout,
             ca_dir,
         )
-        self._cache: collections.OrderedDict[str, tuple[Grant, float, frozenset[str]]] = (
-            collections.OrderedDict()
-        )
 
     async def close(self) -> None:
         await self.keys.close()
@@ -102,14 +95,6 @@ class TokenVerifier:
         auth = self._auth
         if len(token) > auth.max_token_bytes:
             raise invalid_token(f"token larger than {auth.max_token_bytes} bytes")
-        now = time.time()
-        hit = self._cache.get(token)
-        if hit is not None:
-            grant, until, auds = hit
-            if now < until and self._audience_ok(auds, own_audiences):
-                self._cache.move_to_end(token)
-                return grant
-            del self._cache[token]
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -163,10 +148,6 @@ class TokenVerifier:
             str(claims.get("jti"))[:64],
             len(grant.rules),
         )
-        until = min(float(claims["exp"]) + auth.leeway, now + CACHE_SECONDS)
-        self._cache[token] = (grant, until, auds)
-        while len(self._cache) > auth.token_cache_entries:
-            self._cache.popitem(last=False)
         return grant
 
     def _audience_ok(self, auds: frozenset[str], own: Iterable[str]) -> bool:

@@ -55,6 +55,11 @@ async def authenticate(request: web.Request) -> None:
     if token is None:
         return
     ctx = context(request)
+    where = f"{request.scheme}://{request.host}"  # the audience check depends on it
+    grant = ctx.grants.get(token, where)
+    if grant is not None:
+        request[_GRANT_KEY] = grant
+        return
     if macaroons.is_ours(token):
         grant = macaroons.verify(ctx.secret.get(), token)
     elif ctx.tokens is not None:
@@ -67,6 +72,7 @@ async def authenticate(request: web.Request) -> None:
                 'error_description="token not issued by this server"'
             },
         )
+    ctx.grants.put(token, where, grant)
     request[_GRANT_KEY] = grant
 
 

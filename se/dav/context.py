@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from se.auth.cache import GrantCache
 from se.auth.macaroons import SecretStore
 from se.auth.policy import Grant
 from se.auth.wlcg import TokenVerifier
@@ -27,6 +28,7 @@ class Context:
     secret: SecretStore  # key of server-issued tokens, read or made on first use
     tokens: TokenVerifier | None  # WLCG JWTs, when issuers are configured
     public: Grant | None  # explicit anonymous rules ([[auth.public]])
+    grants: GrantCache  # verified tokens
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("se_context", Context)
