@@ -24,8 +24,16 @@ _GRANT_KEY = "se_grant"
 
 def bearer_token(request: web.Request) -> str | None:
     """The token of ``Authorization: Bearer`` or of the ``authz`` query parameter."""
-    auth = request.headers.getall(hdrs.AUTHORIZATION, [])
-    authz = request.query.getall("authz", [])
+    auth = request.headers.getall(hdrs.AUTHORIZATION, ())
+    # Parsing the query string is skipped unless it can hold a token (the common case).
+    authz = request.query.getall("authz", ()) if "authz" in request.query_string else ()
+    if len(auth) == 1 and not authz:
+        scheme, _, rest = auth[0].strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        if not rest.strip():
+            raise _invalid_request("empty bearer token")
+        return rest.strip()
     bearer = []
     for value in auth:
         scheme, _, rest = value.strip().partition(" ")
@@ -34,16 +42,16 @@ def bearer_token(request: web.Request) -> str | None:
     for value in authz:
         bearer.append(value.removeprefix("Bearer ").removeprefix("Bearer%20").strip())
     if len(bearer) > 1:
-        raise BadRequest(
-            "more than one bearer token in the request",
-            headers={"WWW-Authenticate": 'Bearer realm="se", error="invalid_request"'},
-        )
+        raise _invalid_request("more than one bearer token in the request")
     if bearer and not bearer[0]:
-        raise BadRequest(
-            "empty bearer token",
-            headers={"WWW-Authenticate": 'Bearer realm="se", error="invalid_request"'},
-        )
+        raise _invalid_request("empty bearer token")
     return bearer[0] if bearer else None
+
+
+def _invalid_request(reason: str) -> BadRequest:
+    return BadRequest(
+        reason, headers={"WWW-Authenticate": 'Bearer realm="se", error="invalid_request"'}
+    )
 
 
 async def authenticate(request: web.Request) -> None:
