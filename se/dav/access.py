@@ -63,7 +63,8 @@ async def authenticate(request: web.Request) -> None:
     if token is None:
         return
     ctx = context(request)
-    where = f"{request.scheme}://{request.host}"  # the audience check depends on it
+    own = _own_audiences(request, ctx.cfg.server.local_hosts)
+    where = own[0]  # the audience check depends on the listener the token was sent to
     grant = ctx.grants.get(token, where)
     if grant is not None:
         request[_GRANT_KEY] = grant
@@ -71,7 +72,7 @@ async def authenticate(request: web.Request) -> None:
     if macaroons.is_ours(token):
         grant = macaroons.verify(ctx.secret.get(), token)
     elif ctx.tokens is not None:
-        grant = await ctx.tokens.verify(token, _own_audiences(request))
+        grant = await ctx.tokens.verify(token, own)
     else:
         raise Unauthorized(
             "bearer token not issued by this server",
@@ -84,14 +85,27 @@ async def authenticate(request: web.Request) -> None:
     request[_GRANT_KEY] = grant
 
 
-def _own_audiences(request: web.Request) -> tuple[str, ...]:
-    """The URL the client used, as an audience (with and without a default port)."""
-    host = request.host
+def _own_audiences(request: web.Request, local_hosts: tuple[str, ...]) -> tuple[str, ...]:
+    """This server's own URLs as token audiences, the listener first: the address and port
+    the request arrived on, and each ``server.local_hosts`` name (on that port unless the
+    entry names one; without the port too when it is the scheme's default).  Never the
+    request's Host header, which the client chooses.
+    """
     scheme = request.scheme
-    own = [f"{scheme}://{host}"]
-    default = ":443" if scheme == "https" else ":80"
-    if host.endswith(default):
-        own.append(f"{scheme}://{host.removesuffix(default)}")
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if not sockname or not isinstance(sockname, tuple):
+        return (f"{scheme}://localhost",)
+    addr, port = str(sockname[0]), int(sockname[1])
+    default = 443 if scheme == "https" else 80
+    own: list[str] = []
+    for host in (f"[{addr}]" if ":" in addr else addr, *local_hosts):
+        if host.rpartition(":")[2].isdigit() and not host.endswith("]"):
+            own.append(f"{scheme}://{host}")  # a local_hosts entry with its own port
+            continue
+        own.append(f"{scheme}://{host}:{port}")
+        if port == default:
+            own.append(f"{scheme}://{host}")
     return tuple(own)
 
 
