@@ -18,6 +18,7 @@ from se.config import Config, state_dir
 from se.dav import handlers
 from se.dav.context import CONTEXT, Context
 from se.middleware import handle_errors
+from se.scitags.service import SciTagService
 from se.storage.paths import confine
 from se.storage.posix import CachedFile, PosixBackend
 from se.storage.watchcache import WatchedCache
@@ -37,7 +38,8 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
         files = WatchedCache(max_bytes=cfg.storage.file_cache_bytes, max_variants=4096)
     backend = PosixBackend(cfg, executor, files)
     listings: WatchedCache[bytes] = WatchedCache(cfg.webdav.listing_cache_dirs)
-    tpc = TPCService(cfg, backend)
+    scitags = SciTagService(cfg.scitags) if cfg.scitags.enabled else None
+    tpc = TPCService(cfg, backend, scitags)
     secret_file = cfg.tpc.macaroon_secret_file or str(state_dir(cfg) / "macaroon.secret")
     auth = cfg.auth
     tokens = TokenVerifier(auth, cfg.tls.ca_dir) if auth is not None and auth.issuers else None
@@ -54,6 +56,7 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
         tokens,
         public,
         GrantCache(auth.token_cache_entries if auth is not None else 10000),
+        scitags,
     )
     app.router.add_route(
         "*", "/{tail:.*}", handle_errors(handlers.dispatch), expect_handler=handlers.expect_handler
@@ -68,6 +71,8 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
             task.add_done_callback(_log_sweep)
         yield
         await tpc.close()
+        if scitags is not None:
+            scitags.close()
         if tokens is not None:
             await tokens.close()
         if task is not None and not task.done():

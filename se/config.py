@@ -27,6 +27,7 @@ __all__ = [
     "IssuerConfig",
     "LoggingConfig",
     "PublicRule",
+    "SciTagsConfig",
     "ServerConfig",
     "StorageConfig",
     "TLSConfig",
@@ -170,6 +171,31 @@ class TPCConfig:
     macaroon_max_validity: float = 7 * 86400.0
 
 
+@dataclass(frozen=True, slots=True)
+class SciTagsConfig:
+    enabled: bool = True
+    # UDP fireflies at the start and end of every tagged transfer.
+    fireflies: bool = True
+    send_to_peer: bool = True  # to the flow's peer, on firefly_port
+    firefly_port: int = 10514
+    collectors: tuple[str, ...] = ()  # "host:port" (or "[v6]:port"), resolved at start
+    exclude: tuple[str, ...] = ()  # CIDRs whose flows are not reported
+    report_local: bool = False  # also report loopback and link-local flows (tests)
+    # IPv6 flow labels on the connections se opens (TPC).
+    flow_labels: bool = True
+    # The registry of experiments and activities (api.json format); "" = the shipped copy.
+    registry_file: str = ""
+    # Without a tag: "path-prefix=experiment", "issuer=experiment", "METHOD=activity"
+    # (names from the registry, or numbers).  A flow gets a tag only if an experiment is found.
+    experiment_by_path: tuple[str, ...] = ()
+    experiment_by_issuer: tuple[str, ...] = ()
+    activity_by_method: tuple[str, ...] = ()
+    # flowd's named pipe (e.g. /var/run/flowd): "start|end tcp src sport dst dport exp act"
+    # lines for flows se accepts, so flowd's eBPF can mark them; "" = off.
+    flowd_pipe: str = ""
+    application: str = "se"
+
+
 OPERATION_NAMES = ("read", "create", "modify", "stage", "poll")
 
 
@@ -233,6 +259,7 @@ class Config:
     webdav: WebDAVConfig = field(default_factory=WebDAVConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     tpc: TPCConfig = field(default_factory=TPCConfig)
+    scitags: SciTagsConfig = field(default_factory=SciTagsConfig)
     # None when the file has no [auth] section: then anonymous read-write on loopback only.
     auth: AuthConfig | None = None
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -361,6 +388,18 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"tpc.{name}: {net!r} is not a network") from None
     if not 0 < t.macaroon_default_validity <= t.macaroon_max_validity:
         raise ConfigError("tpc: macaroon_default_validity must be in (0, macaroon_max_validity]")
+    sc = cfg.scitags
+    if not 1 <= sc.firefly_port <= 65535:
+        raise ConfigError("scitags.firefly_port: not a UDP port")
+    for net in sc.exclude:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"scitags.exclude: {net!r} is not a network") from None
+    for name in ("experiment_by_path", "experiment_by_issuer", "activity_by_method"):
+        for item in getattr(sc, name):
+            if "=" not in item:
+                raise ConfigError(f"scitags.{name}: {item!r} is not key=value")
     if cfg.logging.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("logging.level: must be one of debug, info, warning, error")
 

@@ -11,6 +11,7 @@ from se.auth.macaroons import SecretStore
 from se.auth.policy import Grant
 from se.auth.wlcg import TokenVerifier
 from se.config import Config
+from se.scitags.service import SciTagService
 from se.storage.posix import PosixBackend
 from se.storage.watchcache import WatchedCache
 from se.tpc.service import TPCService
@@ -29,6 +30,7 @@ class Context:
     tokens: TokenVerifier | None  # WLCG JWTs, when issuers are configured
     public: Grant | None  # explicit anonymous rules ([[auth.public]])
     grants: GrantCache  # verified tokens
+    scitags: SciTagService | None  # fireflies and flow labels, when enabled
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("se_context", Context)

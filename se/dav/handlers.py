@@ -19,7 +19,7 @@ from aiohttp import hdrs, web
 from se import __version__
 from se.auth.policy import Op
 from se.dav import listing, propfind
-from se.dav.access import authenticate, authorise, authorise_write
+from se.dav.access import authenticate, authorise, authorise_write, grant_of
 from se.dav.body import receive_body, send_file_range, write_file_range
 from se.dav.context import context
 from se.dav.headers import Depth, parse_depth, parse_destination, parse_overwrite
@@ -47,6 +47,7 @@ from se.errors import (
     UnsupportedMediaType,
 )
 from se.middleware import error_response
+from se.scitags import http as scitags_http
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
 from se.storage.posix import CachedFile, DirEntry, OpenFile, Stat
@@ -236,21 +237,34 @@ async def _send(
         await resp.prepare(request)
         await resp.write_eof()
         return resp
+    flow = scitags_http.begin(request, ctx.scitags, sending=True, subject=_subject(request))
     if count <= ctx.backend.inline_read_max or isinstance(f, CachedFile):
         body = ctx.backend.read_small(f, offset, count)
+        if flow is not None:
+            flow.end(len(body))
         return web.Response(status=status, headers=headers, body=body)
     resp = web.StreamResponse(status=status, headers=headers)
     resp.content_length = count
-    await resp.prepare(request)
+    sent = 0
     try:
+        await resp.prepare(request)
         await send_file_range(request, resp, ctx.backend, f, offset, count)
+        sent = count
     except (OSError, TimeoutError) as exc:
         # Headers are gone already: the only honest signal left is closing the connection.
         if request.transport is not None:
             request.transport.close()
         raise ConnectionResetError(str(exc)) from exc
+    finally:
+        if flow is not None:
+            flow.end(sent or resp.body_length)
     await resp.write_eof()
     return resp
+
+
+def _subject(request: web.Request) -> str:
+    grant = grant_of(request)
+    return grant.subject if grant is not None else ""
 
 
 async def _send_multipart(
@@ -294,6 +308,7 @@ async def put(request: web.Request) -> web.StreamResponse:
     path, overwrite = _check_put(request)
     expected = checksums.expected_digests(request.headers)
     upload = await ctx.backend.begin_upload(path, overwrite, tuple(expected))
+    flow = scitags_http.begin(request, ctx.scitags, sending=False, subject=_subject(request))
     try:
         close = await receive_body(request, upload, ctx.cfg.storage.direct_put_min)
         declared = request.content_length
@@ -305,6 +320,9 @@ async def put(request: web.Request) -> web.StreamResponse:
     except BaseException:
         await asyncio.shield(upload.abort())
         raise
+    finally:
+        if flow is not None:
+            flow.end(upload.received)
     headers: dict[str, str] = {hdrs.ETAG: result.stat.etag}
     want, want_repr = _digest_headers(request)
     for alg in want:

@@ -118,7 +118,7 @@ def tcp_info(sock: socket.socket | None) -> tuple[float | None, int | None, int 
         return None, None, None
     try:
         buf = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
-    except OSError:
+    except (OSError, ValueError):  # closed (uvloop's pseudo-socket raises ValueError)
         return None, None, None
     if len(buf) < 136:
         return None, None, None

@@ -54,7 +54,7 @@ async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.Stre
         svc.policy.check_url(spec.remote)
     except RemoteRefused as exc:
         raise Forbidden(str(exc)) from None
-    t = Transfer(spec, path)
+    t = Transfer(spec, path, svc.scitags)
     svc.admit()
     try:
         if spec.mode is Mode.PULL:
@@ -168,6 +168,7 @@ async def _drive(
             if svc.stopping:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+                t.end_flows()
                 svc.failed += 1
                 _log(t, "aborted", "server shutting down")
                 await state.send(markers.format_marker(t.marker()))
@@ -179,6 +180,7 @@ async def _drive(
             if state.broken or _client_gone(request):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+                t.end_flows()
                 _log(t, "aborted", "client disconnected")
                 return resp
             reason = _timeout(svc, t, now)
@@ -196,6 +198,7 @@ async def _drive(
                 await resp.write_eof()
         raise
     line = await _outcome(svc, t, task)
+    t.end_flows()
     await state.send(markers.format_marker(t.marker()))
     await state.send(line)
     if not state.broken:

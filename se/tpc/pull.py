@@ -28,7 +28,7 @@ from se.tpc.remote import (
     redact,
 )
 from se.tpc.service import TPCService
-from se.tpc.state import Transfer
+from se.tpc.state import Transfer, conn_key
 
 __all__ = ["SourceInfo", "probe", "pull"]
 
@@ -68,6 +68,7 @@ async def _request(
             on_hop=t.attempting,
             on_peer=t.peer,
             credentials_for=t.spec.remote,
+            flow_label=t.flow_label(),
         )
         if resp.status != 405 or not t.ask_digest:
             return resp, final
@@ -148,13 +149,14 @@ async def _pull_single(svc: TPCService, t: Transfer, info: SourceInfo) -> None:
         upload = await svc.backend.begin_upload(
             t.local, t.spec.overwrite, _extra_algorithms(t, declared)
         )
+        key = conn_key(resp)
         try:
             direct_min = svc.cfg.direct_pull_min
             if direct_min and size is not None and size >= direct_min and _socket_of(resp):
                 await _receive_direct(t, resp, upload, size)
             else:
                 async for chunk in resp.content.iter_any():
-                    t.progress(len(chunk))
+                    t.progress(len(chunk), key)
                     await upload.feed(chunk)
             await _finish(svc, t, upload, size, declared)
         except BaseException:
@@ -183,6 +185,7 @@ async def _receive_direct(
     (hashing and writing as it goes), past aiohttp's parser; the connection is closed after.
     """
     fd = _socket_of(resp)
+    key = conn_key(resp)
     conn = resp.connection
     assert fd is not None and conn is not None and conn.transport is not None
     # Drain aiohttp's buffer without yielding, then pause: reading the buffer may resume
@@ -195,12 +198,12 @@ async def _receive_direct(
     receiving: asyncio.Future[None] | None = None
     try:
         for chunk in buffered:
-            t.progress(len(chunk))
+            t.progress(len(chunk), key)
             await upload.feed(chunk)
         receiving = asyncio.ensure_future(
             upload.receive_from_socket(os.dup(fd), size - upload.received, stop)
         )
-        await t.follow(receiving, lambda: upload.received)
+        await t.follow(receiving, lambda: upload.received, key)
         try:
             receiving.result()
         except (ConnectionError, TimeoutError) as exc:
@@ -270,8 +273,9 @@ async def _stream(
                 raise TransferFailed(f"source sent the wrong range: {crange[:80]!r}")
             offset = start
             buf = bytearray()
+            key = conn_key(resp)
             async for chunk in resp.content.iter_any():
-                t.progress(len(chunk))
+                t.progress(len(chunk), key)
                 buf += chunk
                 if len(buf) >= WRITE_BLOCK:
                     await upload.write_at(offset, bytes(buf))

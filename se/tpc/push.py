@@ -25,7 +25,7 @@ from se.storage.posix import OpenFile, PosixBackend
 from se.tpc import integrity
 from se.tpc.remote import TransferFailed, error_text, open_remote
 from se.tpc.service import TPCService
-from se.tpc.state import Transfer
+from se.tpc.state import Transfer, conn_key
 
 __all__ = ["push"]
 
@@ -69,6 +69,7 @@ class FileBody(payload.Payload):
         ):
             await self._sendfile(writer, transport, sock.fileno())
             return
+        key = conn_key(writer)
         offset = 0
         while offset < self._length:
             data = await self._backend.run(
@@ -78,7 +79,7 @@ class FileBody(payload.Payload):
                 raise TransferFailed(f"local file shrank while sending ({offset} bytes)")
             await writer.write(data)
             offset += len(data)
-            self._t.progress(len(data))
+            self._t.progress(len(data), key)
 
     async def _sendfile(
         self, writer: AbstractStreamWriter, transport: asyncio.Transport, sock_fd: int
@@ -102,7 +103,7 @@ class FileBody(payload.Payload):
             )
         )
         try:
-            await self._t.follow(sending, lambda: progress[0])
+            await self._t.follow(sending, lambda: progress[0], conn_key(writer))
             sent = sending.result()
         finally:
             stop.set()
@@ -142,6 +143,7 @@ async def push(svc: TPCService, t: Transfer, f: OpenFile, local: dict[str, bytes
             expect_continue=svc.cfg.push_expect_continue,
             on_hop=t.attempting,
             on_peer=t.peer,
+            flow_label=t.flow_label(),
         )
     except TransferFailed as exc:
         cause = exc.__cause__

@@ -23,6 +23,8 @@ import aiohttp
 from aiohttp import abc, hdrs
 from aiohttp.resolver import DefaultResolver
 
+from se.scitags.flowlabel import Labeller
+
 __all__ = [
     "NetworkPolicy",
     "RemoteRefused",
@@ -112,8 +114,13 @@ class GuardedResolver(abc.AbstractResolver):
 
 # Where the connector reports the peer address of each connection it hands out: set by
 # open_remote() around one request (context variables follow the request's task).
-_PEER_SINK: contextvars.ContextVar[Callable[[str, int], None] | None] = contextvars.ContextVar(
+_PEER_SINK: contextvars.ContextVar[Callable[[str, int, Any], None] | None] = contextvars.ContextVar(
     "se_tpc_peer_sink", default=None
+)
+# A maker of IPv6 flow labels for the connections opened by the current request (the
+# transfer's SciTag, fresh entropy per connection); None: unlabelled.
+_FLOW_LABEL: contextvars.ContextVar[Callable[[], int] | None] = contextvars.ContextVar(
+    "se_tpc_flow_label", default=None
 )
 
 
@@ -128,8 +135,21 @@ class _PeerReportingConnector(aiohttp.TCPConnector):
         if sink is not None and transport is not None:
             peer = transport.get_extra_info("peername")
             if peer:
-                sink(str(peer[0]), int(peer[1]))
+                sink(str(peer[0]), int(peer[1]), transport)
         return conn
+
+    async def _wrap_create_connection(self, *args: Any, addr_infos: Any, **kwargs: Any) -> Any:
+        # The flow label travels in the IPv6 sockaddr's flowinfo to connect(); the socket
+        # factory registers it with the kernel first (se.scitags.flowlabel).
+        make = _FLOW_LABEL.get()
+        if make is not None:
+            addr_infos = [
+                (*ai[:4], (ai[4][0], ai[4][1], make(), ai[4][3]))
+                if ai[0] == socket.AF_INET6
+                else ai
+                for ai in addr_infos
+            ]
+        return await super()._wrap_create_connection(*args, addr_infos=addr_infos, **kwargs)
 
 
 def ssl_context(verify: bool, ca_dir: str) -> ssl.SSLContext | bool:
@@ -141,9 +161,14 @@ def ssl_context(verify: bool, ca_dir: str) -> ssl.SSLContext | bool:
 
 
 def make_session(
-    policy: NetworkPolicy, verify_tls: bool, ca_dir: str, connect_timeout: float
+    policy: NetworkPolicy,
+    verify_tls: bool,
+    ca_dir: str,
+    connect_timeout: float,
+    labeller: Labeller | None = None,
 ) -> aiohttp.ClientSession:
     connector = _PeerReportingConnector(
+        socket_factory=labeller.socket if labeller is not None else None,
         limit=0,  # the transfer manager bounds concurrency
         limit_per_host=0,
         resolver=GuardedResolver(policy),
@@ -195,8 +220,9 @@ async def open_remote(
     body: Callable[[], Any] | None = None,
     expect_continue: bool = False,
     on_hop: Callable[[str], None] | None = None,
-    on_peer: Callable[[str, int], None] | None = None,
+    on_peer: Callable[[str, int, Any], None] | None = None,
     credentials_for: str | None = None,
+    flow_label: Callable[[], int] | None = None,
 ) -> tuple[aiohttp.ClientResponse, str]:
     """Send one request, following redirects by hand; returns (response, final URL).
 
@@ -221,12 +247,16 @@ async def open_remote(
         if body is not None:
             kwargs["data"] = body()
             kwargs["expect100"] = expect_continue
+        if flow_label is not None:  # a labelled connection is never reused by another flow
+            kwargs["headers"] = [*send, ("Connection", "close")]
         token = _PEER_SINK.set(on_peer)
+        label_token = _FLOW_LABEL.set(flow_label)
         try:
             resp = await session.request(method, current, **kwargs)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransferFailed(describe_client_error(exc, what)) from exc
         finally:
+            _FLOW_LABEL.reset(label_token)
             _PEER_SINK.reset(token)
         if resp.status in (301, 302, 303, 307, 308) and hdrs.LOCATION in resp.headers:
             location = resp.headers[hdrs.LOCATION]

@@ -72,9 +72,7 @@ def forwarded_headers(items: Iterable[tuple[str, str]]) -> tuple[tuple[str, str]
         name = key[len(PREFIX) :].strip()
         if not name or name.lower() in FORBIDDEN_FORWARD:
             continue
-        if name.lower() == "scitag":
-            continue  # handled as the tag of the transfer, sent by the active side itself
-        out.append((name, value))
+        out.append((name, value))  # TransferHeaderSciTag reaches the passive side as SciTag
     return tuple(out)
 
 

@@ -8,6 +8,7 @@ import aiohttp
 
 from se.config import Config, checksum_algorithms
 from se.errors import ServiceUnavailable
+from se.scitags.service import SciTagService
 from se.storage.posix import PosixBackend
 from se.tpc.remote import NetworkPolicy, make_session
 
@@ -17,8 +18,11 @@ __all__ = ["TPCService"]
 class TPCService:
     """Admission (active + queued limits), the shared client session and settings."""
 
-    def __init__(self, cfg: Config, backend: PosixBackend) -> None:
+    def __init__(
+        self, cfg: Config, backend: PosixBackend, scitags: SciTagService | None = None
+    ) -> None:
         self.cfg = cfg.tpc
+        self.scitags = scitags
         self.backend = backend
         self.algorithms = checksum_algorithms(cfg)
         self.policy = NetworkPolicy.of(cfg.tpc.allow_networks, cfg.tpc.deny_networks)
@@ -34,8 +38,9 @@ class TPCService:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            labeller = self.scitags.labeller if self.scitags is not None else None
             self._session = make_session(
-                self.policy, self.cfg.verify_tls, self._ca_dir, self.cfg.connect_timeout
+                self.policy, self.cfg.verify_tls, self._ca_dir, self.cfg.connect_timeout, labeller
             )
         return self._session
 

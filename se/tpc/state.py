@@ -9,19 +9,40 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from se.scitags.firefly import Flow
+from se.scitags.service import SciTagService
+from se.scitags.tags import Tag
 from se.storage.paths import DavPath
 from se.tpc.markers import PerfMarker, format_connection
 from se.tpc.request import TransferSpec
 
-__all__ = ["Transfer"]
+__all__ = ["Transfer", "conn_key"]
+
+
+def conn_key(obj: Any) -> int | None:
+    """The local port of the connection under a client response or a stream writer."""
+    connection = getattr(obj, "connection", None)
+    transport = connection.transport if connection is not None else getattr(obj, "transport", None)
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    return int(local[1]) if local else None
 
 
 class Transfer:
     """Progress of one TPC.  Only the event loop touches it (no locking needed)."""
 
-    def __init__(self, spec: TransferSpec, local: DavPath) -> None:
+    def __init__(
+        self, spec: TransferSpec, local: DavPath, scitags: SciTagService | None = None
+    ) -> None:
         self.spec = spec
         self.local = local
+        self._scitags = scitags
+        self.tag: Tag | None = None
+        if scitags is not None:
+            self.tag = scitags.tag_for({"SciTag": spec.scitag or ""}, {}, str(local), "COPY")
+        # Connections seen (local port -> peer, transport) and the flows reported for the
+        # ones that carried data (local port -> flow, its bytes).
+        self._conns: dict[int, tuple[str, int, Any]] = {}
+        self._flows: dict[int, tuple[Flow, Any]] = {}
         self.bytes = 0
         self.size: int | None = None
         self.connections: dict[str, None] = {}  # ordered set of "tcp:ip:port"
@@ -38,15 +59,56 @@ class Transfer:
     def activate(self) -> None:
         self.active_since = self.last_progress = time.monotonic()
 
-    def progress(self, n: int) -> None:
+    def progress(self, n: int, conn: int | None = None) -> None:
+        if n and conn is not None and self.tag is not None:
+            self._flow_bytes(conn, n)
         if n:
             self.bytes += n
             self.last_progress = time.monotonic()
             if self.first_byte_at is None:
                 self.first_byte_at = self.last_progress
 
-    def peer(self, host: str, port: int) -> None:
+    def flow_label(self) -> Callable[[], int] | None:
+        """A maker of flow labels for this transfer's connections (None: unlabelled)."""
+        svc = self._scitags
+        if svc is None or svc.labeller is None or self.tag is None:
+            return None
+        labeller, tag = svc.labeller, self.tag
+        return lambda: labeller.new_label(tag)
+
+    def _flow_bytes(self, conn: int, n: int) -> None:
+        entry = self._flows.get(conn)
+        if entry is None:
+            known = self._conns.get(conn)
+            if known is None or self._scitags is None or self.tag is None:
+                return
+            host, port, transport = known
+            local = transport.get_extra_info("sockname")
+            if not local:
+                return
+            here, there = (str(local[0]), int(local[1])), (host, port)
+            pull = self.spec.mode.value == "pull"
+            src, dst = (there, here) if pull else (here, there)
+            app = f"{self._scitags.cfg.application} http-tpc"
+            flow = Flow(src, dst, self.tag, app, peer=host)
+            entry = self._flows[conn] = (flow, transport)
+            self._scitags.start(flow, accepted=False)
+        entry[0].sent += n
+
+    def end_flows(self) -> None:
+        """The end fireflies of every flow that carried data (once)."""
+        if self._scitags is None:
+            return
+        for flow, transport in self._flows.values():
+            self._scitags.end(flow, transport.get_extra_info("socket"), accepted=False)
+        self._flows.clear()
+
+    def peer(self, host: str, port: int, transport: Any = None) -> None:
         """A connection to ``host:port`` carries this transfer's next request."""
+        if transport is not None:
+            local = transport.get_extra_info("sockname")
+            if local:
+                self._conns[int(local[1])] = (host, port, transport)
         if self._guess is not None:  # the real address replaces the one from the URL
             self.connections.pop(self._guess, None)
             self._guess = None
@@ -70,7 +132,9 @@ class Transfer:
             self._guess = format_connection(host, port)
             self.connections[self._guess] = None
 
-    async def follow(self, work: asyncio.Future[Any], done: Callable[[], int]) -> None:
+    async def follow(
+        self, work: asyncio.Future[Any], done: Callable[[], int], conn: int | None = None
+    ) -> None:
         """Wait for ``work`` (running on a worker thread) while turning ``done()``, its byte
         count so far, into progress for the markers and the stall watchdog."""
         seen = done()
@@ -78,10 +142,10 @@ class Transfer:
             while not work.done():
                 await asyncio.wait({work}, timeout=0.1)
                 now = done()
-                self.progress(now - seen)
+                self.progress(now - seen, conn)
                 seen = now
         finally:
-            self.progress(done() - seen)
+            self.progress(done() - seen, conn)
 
     def marker(self) -> PerfMarker:
         return PerfMarker(

@@ -733,7 +733,8 @@ def test_transfer_headers_forwarded_and_never_logged(active: SEProcess, remote: 
     for s in pulled + pushed:
         assert s.header("Authorization") == "Bearer secret-xyz", s
         assert s.header("X-Extra") == "value-1", s
-        assert not s.has("SciTag"), s.headers
+        # TransferHeaderSciTag is for the passive party; the COPY's own SciTag is not.
+        assert s.header("SciTag") == "322", s.headers
         assert not s.has("ClientInfo"), s.headers
     put = pushed[0]
     assert put.header("Content-Length") == str(len(data)), put.headers

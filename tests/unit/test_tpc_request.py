@@ -269,6 +269,7 @@ def test_forwarded_headers() -> None:
         ("Authorization", "Bearer remote-token"),
         ("X-Custom", "1"),
         ("Cookie", "c=1"),
+        ("SciTag", "77"),  # the passive party marks its side with it
         ("X-Custom", "2"),
     )
 
@@ -302,7 +303,6 @@ def test_forwarded_headers_property(items: list[tuple[str, str]]) -> None:
     for name, _ in out:
         assert name and name == name.strip()
         assert name.lower() not in FORBIDDEN_FORWARD
-        assert name.lower() != "scitag"
     assert len(out) <= sum(1 for k, _ in items if k.lower().startswith("transferheader"))
 
 
@@ -313,8 +313,9 @@ def test_scitag_header() -> None:
     assert _pull(("TransferHeaderSciTag", "77")).scitag == "77"
     assert _pull(("transferheaderscitag", "78")).scitag == "78"
     assert _pull().scitag is None
-    # never forwarded as a header: the active side tags its own connection
-    assert _pull(("TransferHeaderSciTag", "77")).headers == ()
+    # forwarded to the passive party as SciTag; the COPY's own SciTag is not
+    assert _pull(("TransferHeaderSciTag", "77")).headers == (("SciTag", "77"),)
+    assert _pull(("SciTag", "65")).headers == ()
 
 
 # --------------------------------------------------------------------------- digests

@@ -1,0 +1,150 @@
+"""Per-worker SciTags state: the registry, where tags come from, fireflies, flow labels and
+the flowd hand-off, with counters."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from importlib import resources
+
+from se.config import SciTagsConfig
+from se.scitags.firefly import FireflySender, Flow, plain_ip, tcp_info
+from se.scitags.flowlabel import Labeller
+from se.scitags.tags import INVALID, Registry, Tag, select_tag
+
+__all__ = ["SciTagService", "parse_hostport"]
+
+log = logging.getLogger("se.scitags")
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{text!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _pairs(items: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(k.strip(), v.strip()) for k, _, v in (i.partition("=") for i in items)]
+
+
+class SciTagService:
+    def __init__(self, cfg: SciTagsConfig) -> None:
+        self.cfg = cfg
+        text = (
+            open(cfg.registry_file, encoding="utf-8").read()  # noqa: SIM115 - startup only
+            if cfg.registry_file
+            else resources.files("se.scitags").joinpath("api.json").read_text(encoding="utf-8")
+        )
+        self.registry = Registry.parse(text)
+        collectors = []
+        for item in cfg.collectors:
+            host, port = parse_hostport(item)
+            # Resolved once, here: a firefly never waits for DNS.
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+            collectors.append((str(info[4][0]), port))
+        self.sender = FireflySender(
+            socket.gethostname(),
+            cfg.firefly_port,
+            cfg.send_to_peer,
+            collectors,
+            cfg.exclude,
+            cfg.report_local,
+        )
+        self.labeller = Labeller() if cfg.flow_labels else None
+        self._by_path = [
+            (p.rstrip("/") or "/", self._exp(e)) for p, e in _pairs(cfg.experiment_by_path)
+        ]
+        self._by_issuer = [(i, self._exp(e)) for i, e in _pairs(cfg.experiment_by_issuer)]
+        self._by_method = {m.upper(): a for m, a in _pairs(cfg.activity_by_method)}
+        self._warned_invalid = False
+        self.flowd_lines = 0
+        self.flowd_dropped = 0
+
+    def _exp(self, name: str) -> int:
+        if name.isdigit():
+            return int(name)
+        found = self.registry.experiment_id(name)
+        if found is None:
+            raise ValueError(f"scitags: unknown experiment {name!r}")
+        return found
+
+    def close(self) -> None:
+        self.sender.close()
+
+    def tag_for(
+        self,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+        path: str = "",
+        method: str = "",
+        subject: str = "",
+    ) -> Tag | None:
+        """The tag of a request: given by the client, else from the configured fallbacks."""
+        tag, source = select_tag(headers, query)
+        if tag is INVALID and not self._warned_invalid:
+            self._warned_invalid = True
+            log.info("invalid %s value; such flows are marked 0/0", source)
+        if tag is not None:
+            return tag
+        experiment = next(
+            (e for p, e in self._by_path if p == "/" or path == p or path.startswith(p + "/")),
+            None,
+        )
+        if experiment is None and subject:
+            issuer = subject.rpartition("@")[2]
+            experiment = next((e for i, e in self._by_issuer if i == issuer), None)
+        if experiment is None:
+            return None
+        activity = 1
+        name = self._by_method.get(method.upper())
+        if name is not None:
+            found = int(name) if name.isdigit() else self.registry.activity_id(experiment, name)
+            activity = found or 1
+        return Tag(experiment, activity)
+
+    # -- flows -----------------------------------------------------------------------
+    def start(self, flow: Flow, accepted: bool) -> None:
+        self._report("start", flow, None, accepted)
+
+    def end(self, flow: Flow, sock: socket.socket | None, accepted: bool) -> None:
+        self._report("end", flow, sock, accepted)
+
+    def _report(self, state: str, flow: Flow, sock: socket.socket | None, accepted: bool) -> None:
+        """Never lets a reporting problem reach the data path: logged and counted."""
+        try:
+            if self.cfg.fireflies:
+                rtt = tcp_info(sock)[0] if state == "end" else None
+                self.sender.emit(flow, state, rtt_ms=rtt)
+            if accepted:
+                self._flowd(state, flow)
+        except Exception:
+            self.sender.dropped += 1
+            log.exception("could not report a %s flow event", state)
+
+    def _flowd(self, state: str, flow: Flow) -> None:
+        """One line to flowd's named pipe, never blocking: no reader, no line."""
+        path = self.cfg.flowd_pipe
+        if not path:
+            return
+        line = (
+            f"{state} tcp {plain_ip(flow.src[0])} {flow.src[1]} {plain_ip(flow.dst[0])} "
+            f"{flow.dst[1]} {flow.tag.experiment} {flow.tag.activity}\n"
+        ).encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            self.flowd_dropped += 1
+            if exc.errno not in (errno.ENXIO, errno.ENOENT):
+                log.debug("flowd pipe %s: %s", path, exc)
+            return
+        try:
+            os.write(fd, line)  # < PIPE_BUF: atomic
+            self.flowd_lines += 1
+        except OSError:
+            self.flowd_dropped += 1
+        finally:
+            os.close(fd)
