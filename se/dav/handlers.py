@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from se import __version__
+from se import __version__, metrics
 from se.auth.policy import Op
 from se.dav import listing, propfind
 from se.dav.access import authenticate, authorise, authorise_write, grant_of
@@ -46,6 +46,7 @@ from se.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from se.metrics import METRICS_PATH
 from se.middleware import error_response
 from se.scitags import http as scitags_http
 from se.storage import checksums
@@ -576,6 +577,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             f"method {request.method} is not supported", headers={"Allow": ALLOW}
         )
     await authenticate(request)
+    if request.path == METRICS_PATH and request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
+        authorise(request, Op.STAT, DavPath(()))
+        return metrics.response(context(request))
     return await handler(request)
 
 

@@ -149,7 +149,7 @@ async def _pull_single(svc: TPCService, t: Transfer, info: SourceInfo) -> None:
         upload = await svc.backend.begin_upload(
             t.local, t.spec.overwrite, _extra_algorithms(t, declared)
         )
-        key = conn_key(resp)
+        key = conn_key(resp) or t.last_conn
         try:
             direct_min = svc.cfg.direct_pull_min
             if direct_min and size is not None and size >= direct_min and _socket_of(resp):
@@ -273,7 +273,7 @@ async def _stream(
                 raise TransferFailed(f"source sent the wrong range: {crange[:80]!r}")
             offset = start
             buf = bytearray()
-            key = conn_key(resp)
+            key = conn_key(resp) or t.last_conn
             async for chunk in resp.content.iter_any():
                 t.progress(len(chunk), key)
                 buf += chunk

@@ -69,7 +69,7 @@ class FileBody(payload.Payload):
         ):
             await self._sendfile(writer, transport, sock.fileno())
             return
-        key = conn_key(writer)
+        key = conn_key(writer) or self._t.last_conn
         offset = 0
         while offset < self._length:
             data = await self._backend.run(

@@ -43,6 +43,9 @@ class Transfer:
         # ones that carried data (local port -> flow, its bytes).
         self._conns: dict[int, tuple[str, int, Any]] = {}
         self._flows: dict[int, tuple[Flow, Any]] = {}
+        # The local port of the connection that carried the latest request (a response
+        # whose body was read at once no longer knows its connection).
+        self.last_conn: int | None = None
         self.bytes = 0
         self.size: int | None = None
         self.connections: dict[str, None] = {}  # ordered set of "tcp:ip:port"
@@ -109,6 +112,7 @@ class Transfer:
             local = transport.get_extra_info("sockname")
             if local:
                 self._conns[int(local[1])] = (host, port, transport)
+                self.last_conn = int(local[1])
         if self._guess is not None:  # the real address replaces the one from the URL
             self.connections.pop(self._guess, None)
             self._guess = None
