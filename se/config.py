@@ -178,6 +178,7 @@ class SciTagsConfig:
     fireflies: bool = True
     send_to_peer: bool = True  # to the flow's peer, on firefly_port
     firefly_port: int = 10514
+    ongoing_interval: float = 0.0  # seconds between "ongoing" fireflies of a flow; 0 = none
     collectors: tuple[str, ...] = ()  # "host:port" (or "[v6]:port"), resolved at start
     exclude: tuple[str, ...] = ()  # CIDRs whose flows are not reported
     report_local: bool = False  # also report loopback and link-local flows (tests)

@@ -49,5 +49,6 @@ def begin(
     there = (str(remote[0]), int(remote[1]))
     src, dst, app = (here, there, "http-get") if sending else (there, here, "http-put")
     flow = Flow(src, dst, tag, f"{svc.cfg.application} {app}", peer=there[0])
-    svc.start(flow, accepted=True)
-    return AcceptedFlow(svc, flow, transport.get_extra_info("socket"))
+    sock = transport.get_extra_info("socket")
+    svc.start(flow, accepted=True, sock=sock)
+    return AcceptedFlow(svc, flow, sock)

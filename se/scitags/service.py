@@ -3,6 +3,7 @@ the flowd hand-off, with counters."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -61,6 +62,7 @@ class SciTagService:
         self._by_issuer = [(i, self._exp(e)) for i, e in _pairs(cfg.experiment_by_issuer)]
         self._by_method = {m.upper(): a for m, a in _pairs(cfg.activity_by_method)}
         self._warned_invalid = False
+        self._ongoing: dict[int, asyncio.TimerHandle] = {}
         self.flowd_lines = 0
         self.flowd_dropped = 0
 
@@ -107,17 +109,33 @@ class SciTagService:
         return Tag(experiment, activity)
 
     # -- flows -----------------------------------------------------------------------
-    def start(self, flow: Flow, accepted: bool) -> None:
+    def start(self, flow: Flow, accepted: bool, sock: socket.socket | None = None) -> None:
         self._report("start", flow, None, accepted)
+        interval = self.cfg.ongoing_interval
+        if interval > 0 and self.cfg.fireflies:
+            self._ongoing[id(flow)] = asyncio.get_running_loop().call_later(
+                interval, self._tick, flow, sock
+            )
+
+    def _tick(self, flow: Flow, sock: socket.socket | None) -> None:
+        if id(flow) not in self._ongoing:
+            return
+        self._report("ongoing", flow, sock, accepted=False)
+        self._ongoing[id(flow)] = asyncio.get_running_loop().call_later(
+            self.cfg.ongoing_interval, self._tick, flow, sock
+        )
 
     def end(self, flow: Flow, sock: socket.socket | None, accepted: bool) -> None:
+        handle = self._ongoing.pop(id(flow), None)
+        if handle is not None:
+            handle.cancel()
         self._report("end", flow, sock, accepted)
 
     def _report(self, state: str, flow: Flow, sock: socket.socket | None, accepted: bool) -> None:
         """Never lets a reporting problem reach the data path: logged and counted."""
         try:
             if self.cfg.fireflies:
-                rtt = tcp_info(sock)[0] if state == "end" else None
+                rtt = tcp_info(sock)[0] if state != "start" else None
                 self.sender.emit(flow, state, rtt_ms=rtt)
             if accepted:
                 self._flowd(state, flow)

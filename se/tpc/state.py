@@ -95,7 +95,7 @@ class Transfer:
             app = f"{self._scitags.cfg.application} http-tpc"
             flow = Flow(src, dst, self.tag, app, peer=host)
             entry = self._flows[conn] = (flow, transport)
-            self._scitags.start(flow, accepted=False)
+            self._scitags.start(flow, accepted=False, sock=transport.get_extra_info("socket"))
         entry[0].sent += n
 
     def end_flows(self) -> None:
