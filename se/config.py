@@ -397,6 +397,10 @@ def validate(cfg: Config) -> None:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise ConfigError(f"scitags.exclude: {net!r} is not a network") from None
+    for item in sc.collectors:
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"scitags.collectors: {item!r} is not host:port")
     for name in ("experiment_by_path", "experiment_by_issuer", "activity_by_method"):
         for item in getattr(sc, name):
             if "=" not in item:

@@ -106,7 +106,14 @@ def datagram(
     if rtt_ms is not None:
         body["netlink"] = {"rtt": round(rtt_ms, 3)}
     header = f"<134>1 {_iso(now)} {hostname or '-'} {app_name} - firefly-json - "
-    return (header + json.dumps(body, separators=(",", ":"))).encode()[:MAX_DATAGRAM]
+    data = (header + json.dumps(body, separators=(",", ":"))).encode()
+    if len(data) > MAX_DATAGRAM:  # the optional parts go first; the JSON stays whole
+        context = body["context"]
+        assert isinstance(context, dict)
+        context.pop("application", None)
+        body.pop("netlink", None)
+        data = (header[:200] + json.dumps(body, separators=(",", ":"))).encode()
+    return data
 
 
 _TCP_INFO_LEN = 232
@@ -187,6 +194,6 @@ class FireflySender:
                 self._socks[family] = sock
             sock.sendto(data, (host, port))
             self.sent += 1
-        except OSError as exc:
+        except (OSError, OverflowError, ValueError) as exc:
             self.dropped += 1
             log.debug("firefly to %s:%d dropped: %s", host, port, exc)

@@ -23,7 +23,7 @@ log = logging.getLogger("se.scitags")
 
 def parse_hostport(text: str) -> tuple[str, int]:
     host, _, port = text.strip().rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{text!r} is not host:port")
     return host.strip("[]"), int(port)
 

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = [
     "INVALID",
@@ -102,6 +102,10 @@ def decode_label(label: int) -> Tag:
     return Tag(rev9((label >> 9) & 0x1FF), (label >> 2) & 0x3F)
 
 
+def _is_id(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True, slots=True)
 class Registry:
     """Experiment and activity names (the SciTags ``api.json``), for lookups both ways."""
@@ -120,11 +124,12 @@ class Registry:
             if not isinstance(exp, dict):
                 continue
             exp_id, name = exp.get("expId"), exp.get("expName")
-            if not isinstance(exp_id, int) or not isinstance(name, str):
+            if not _is_id(exp_id) or not isinstance(name, str):
                 continue
             experiments[exp_id] = name
-            for act in exp.get("activities") or []:
-                if isinstance(act, dict) and isinstance(act.get("activityId"), int):
+            acts = exp.get("activities")
+            for act in acts if isinstance(acts, list) else []:
+                if isinstance(act, dict) and _is_id(act.get("activityId")):
                     activities[(exp_id, act["activityId"])] = str(act.get("activityName", ""))
         return cls(experiments, activities)
 
