@@ -10,11 +10,15 @@ logged once.  Accepted connections cannot be labelled this way (see the flowd ha
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
+import os
 import secrets
 import socket
 import struct
 from pathlib import Path
+from typing import Any
 
 from se.scitags.tags import Tag, flow_label
 
@@ -51,28 +55,51 @@ class Labeller:
     def new_label(self, tag: Tag) -> int:
         return flow_label(tag, secrets.randbits(20), self._bit19) or 0
 
-    def socket(self, addr_info: tuple[object, ...]) -> socket.socket:
-        """A socket for ``addr_info`` (aiohttp's socket factory), labelled when the address
-        is IPv6 and carries a flowinfo (the label, set by the connector)."""
-        family, type_, proto, _name, sockaddr = addr_info
-        sock = socket.socket(family, type_, proto)  # type: ignore[arg-type]
-        if family != socket.AF_INET6 or not isinstance(sockaddr, tuple) or len(sockaddr) < 3:
-            return sock
-        label = int(sockaddr[2])
-        if not label:
-            return sock
+    def register(self, sock: socket.socket, peer: str, label: int) -> bool:
+        """Lease ``label`` for ``sock`` towards ``peer`` and have connect() send it."""
         try:
-            peer = socket.inet_pton(socket.AF_INET6, str(sockaddr[0]).split("%", 1)[0])
+            dst = socket.inet_pton(socket.AF_INET6, peer.split("%", 1)[0])
             req = _REQ.pack(
-                peer, struct.pack("!I", label), IPV6_FL_A_GET, IPV6_FL_S_USER, IPV6_FL_F_CREATE,
+                dst, struct.pack("!I", label), IPV6_FL_A_GET, IPV6_FL_S_USER, IPV6_FL_F_CREATE,
                 0, 0, 0,
             )  # fmt: skip
             sock.setsockopt(SOL_IPV6, IPV6_FLOWLABEL_MGR, req)
             sock.setsockopt(SOL_IPV6, IPV6_FLOWINFO_SEND, 1)
-            self.labelled += 1
         except OSError as exc:
             self.refused += 1
             if not self._warned:
                 self._warned = True
                 log.warning("IPv6 flow labels refused by the kernel (%s); not labelling", exc)
+            return False
+        self.labelled += 1
+        return True
+
+    async def connect(self, sockaddr: tuple[Any, ...], label: int) -> socket.socket:
+        """A non-blocking TCP connection to an IPv6 ``sockaddr`` carrying ``label``.
+
+        Done here rather than by the event loop: uvloop resolves the address again and
+        drops the flowinfo, so the label would never reach connect().
+        """
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            host, port = str(sockaddr[0]), int(sockaddr[1])
+            scope = int(sockaddr[3]) if len(sockaddr) > 3 else 0
+            if not self.register(sock, host, label):
+                label = 0
+            err = sock.connect_ex((host, port, label, scope))
+            if err == errno.EINPROGRESS:
+                ready: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(sock.fileno(), ready.set_result, None)
+                try:
+                    await ready
+                finally:
+                    loop.remove_writer(sock.fileno())
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, f"connect to [{host}]:{port}: {os.strerror(err)}")
+        except BaseException:
+            sock.close()
+            raise
         return sock

@@ -10,6 +10,7 @@ when a redirect leaves the origin.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import ipaddress
 import socket
@@ -138,18 +139,37 @@ class _PeerReportingConnector(aiohttp.TCPConnector):
                 sink(str(peer[0]), int(peer[1]), transport)
         return conn
 
-    async def _wrap_create_connection(self, *args: Any, addr_infos: Any, **kwargs: Any) -> Any:
-        # The flow label travels in the IPv6 sockaddr's flowinfo to connect(); the socket
-        # factory registers it with the kernel first (se.scitags.flowlabel).
+    def __init__(self, *args: Any, labeller: Labeller | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._labeller = labeller
+
+    async def _wrap_create_connection(
+        self,
+        *args: Any,
+        addr_infos: Any,
+        req: Any,
+        timeout: Any,
+        **kwargs: Any,  # noqa: ASYNC109
+    ) -> Any:
         make = _FLOW_LABEL.get()
-        if make is not None:
-            addr_infos = [
-                (*ai[:4], (ai[4][0], ai[4][1], make(), ai[4][3]))
-                if ai[0] == socket.AF_INET6
-                else ai
-                for ai in addr_infos
-            ]
-        return await super()._wrap_create_connection(*args, addr_infos=addr_infos, **kwargs)
+        v6 = [ai for ai in addr_infos if ai[0] == socket.AF_INET6]
+        if make is None or self._labeller is None or not v6:
+            return await super()._wrap_create_connection(
+                *args, addr_infos=addr_infos, req=req, timeout=timeout, **kwargs
+            )
+        # An IPv6 connection carrying the transfer's flow label (se.scitags.flowlabel).
+        kwargs.pop("client_error", None)
+        label = make()
+        error: OSError = OSError("no IPv6 address to connect to")
+        for ai in v6:
+            try:
+                async with asyncio.timeout(timeout.sock_connect):
+                    sock = await self._labeller.connect(ai[4], label)
+            except (OSError, TimeoutError) as exc:
+                error = exc if isinstance(exc, OSError) else OSError(str(exc) or "timed out")
+                continue
+            return await self._loop.create_connection(*args, **kwargs, sock=sock)
+        raise aiohttp.ClientConnectorError(req.connection_key, error)
 
 
 def ssl_context(verify: bool, ca_dir: str) -> ssl.SSLContext | bool:
@@ -168,7 +188,7 @@ def make_session(
     labeller: Labeller | None = None,
 ) -> aiohttp.ClientSession:
     connector = _PeerReportingConnector(
-        socket_factory=labeller.socket if labeller is not None else None,
+        labeller=labeller,
         limit=0,  # the transfer manager bounds concurrency
         limit_per_host=0,
         resolver=GuardedResolver(policy),
