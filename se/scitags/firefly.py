@@ -65,10 +65,48 @@ class Flow:
     started: dt.datetime = field(default_factory=_now)
     sent: int = 0  # bytes the source sent
     received: int = 0  # bytes the source received
+    # The parts of every datagram that never change, made once (the hot path is GETs).
+    _static: str = field(default="", init=False, repr=False)
+    _start_iso: str = field(default="", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.src = (plain_ip(self.src[0]), self.src[1])
+        self.dst = (plain_ip(self.dst[0]), self.dst[1])
 
     @property
     def afi(self) -> str:
-        return "ipv6" if ":" in plain_ip(self.src[0]) else "ipv4"
+        return "ipv6" if ":" in self.src[0] else "ipv4"
+
+    def static_json(self, with_application: bool = True) -> str:
+        if self._static and with_application:
+            return self._static
+        context: dict[str, object] = {
+            "experiment-id": self.tag.experiment,
+            "activity-id": self.tag.activity,
+        }
+        if with_application:
+            context["application"] = self.application
+        flow_id = {
+            "afi": self.afi,
+            "src-ip": self.src[0],
+            "dst-ip": self.dst[0],
+            "protocol": "tcp",
+            "src-port": self.src[1],
+            "dst-port": self.dst[1],
+        }
+        text = (
+            f'"context":{json.dumps(context, separators=(",", ":"))},'
+            f'"flow-id":{json.dumps(flow_id, separators=(",", ":"))}'
+        )
+        if with_application:
+            self._static = text
+        return text
+
+    @property
+    def start_iso(self) -> str:
+        if not self._start_iso:
+            self._start_iso = _iso(self.started)
+        return self._start_iso
 
 
 def datagram(
@@ -80,39 +118,21 @@ def datagram(
     now: dt.datetime | None = None,
 ) -> bytes:
     """The firefly for ``flow`` in ``state`` (start, ongoing or end)."""
-    now = now or _now()
-    lifecycle = {"state": state, "current-time": _iso(now), "start-time": _iso(flow.started)}
-    if state == "end":
-        lifecycle["end-time"] = _iso(now)
-    body: dict[str, object] = {
-        "version": 1,
-        "flow-lifecycle": lifecycle,
-        "context": {
-            "experiment-id": flow.tag.experiment,
-            "activity-id": flow.tag.activity,
-            "application": flow.application,
-        },
-        "flow-id": {
-            "afi": flow.afi,
-            "src-ip": plain_ip(flow.src[0]),
-            "dst-ip": plain_ip(flow.dst[0]),
-            "protocol": "tcp",
-            "src-port": flow.src[1],
-            "dst-port": flow.dst[1],
-        },
-    }
+    now_iso = _iso(now or _now())
+    end = f',"end-time":"{now_iso}"' if state == "end" else ""
+    lifecycle = (
+        f'{{"state":"{state}","current-time":"{now_iso}","start-time":"{flow.start_iso}"{end}}}'
+    )
+    tail = ""
     if state != "start":
-        body["usage"] = {"received": flow.received, "sent": flow.sent}
-    if rtt_ms is not None:
-        body["netlink"] = {"rtt": round(rtt_ms, 3)}
-    header = f"<134>1 {_iso(now)} {hostname or '-'} {app_name} - firefly-json - "
-    data = (header + json.dumps(body, separators=(",", ":"))).encode()
+        tail = f',"usage":{{"received":{int(flow.received)},"sent":{int(flow.sent)}}}'
+    netlink = f',"netlink":{{"rtt":{rtt_ms:.3f}}}' if rtt_ms is not None else ""
+    header = f"<134>1 {now_iso} {hostname or '-'} {app_name} - firefly-json - "
+    body = f'{{"version":1,"flow-lifecycle":{lifecycle},{flow.static_json()}{tail}{netlink}}}'
+    data = (header + body).encode()
     if len(data) > MAX_DATAGRAM:  # the optional parts go first; the JSON stays whole
-        context = body["context"]
-        assert isinstance(context, dict)
-        context.pop("application", None)
-        body.pop("netlink", None)
-        data = (header[:200] + json.dumps(body, separators=(",", ":"))).encode()
+        body = f'{{"version":1,"flow-lifecycle":{lifecycle},{flow.static_json(False)}{tail}}}'
+        data = (header[:200] + body).encode()
     return data
 
 
@@ -154,6 +174,7 @@ class FireflySender:
         self._exclude = [ipaddress.ip_network(n, strict=False) for n in exclude]
         self._report_local = report_local
         self._socks: dict[int, socket.socket] = {}
+        self._decisions: dict[str, bool] = {}
         self.sent = 0
         self.dropped = 0
         self.skipped = 0  # flows not reported (filtered)
@@ -164,7 +185,17 @@ class FireflySender:
         self._socks.clear()
 
     def reports(self, peer: str) -> bool:
-        """Is a flow with this peer reported (scope filter)?"""
+        """Is a flow with this peer reported (scope filter)?  Remembered per address."""
+        known = self._decisions.get(peer)
+        if known is not None:
+            return known
+        if len(self._decisions) >= 4096:
+            self._decisions.clear()
+        decision = self._decide(peer)
+        self._decisions[peer] = decision
+        return decision
+
+    def _decide(self, peer: str) -> bool:
         try:
             ip = ipaddress.ip_address(plain_ip(peer))
         except ValueError:

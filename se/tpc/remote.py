@@ -148,8 +148,8 @@ class _PeerReportingConnector(aiohttp.TCPConnector):
         *args: Any,
         addr_infos: Any,
         req: Any,
-        timeout: Any,
-        **kwargs: Any,  # noqa: ASYNC109
+        timeout: Any,  # noqa: ASYNC109 - aiohttp's signature
+        **kwargs: Any,
     ) -> Any:
         make = _FLOW_LABEL.get()
         v6 = [ai for ai in addr_infos if ai[0] == socket.AF_INET6]
