@@ -11,6 +11,7 @@ a TPC push: source = this server.  ``usage`` is from the source's point of view.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import json
 import logging
@@ -33,6 +34,7 @@ log = logging.getLogger("se.scitags")
 MAX_DATAGRAM = 1400
 
 
+@functools.lru_cache(maxsize=4096)
 def plain_ip(address: str) -> str:
     """An address as fireflies want it: no zone id, v4-mapped IPv6 as plain IPv4."""
     address = address.split("%", 1)[0]
