@@ -1,0 +1,1 @@
+"""The WLCG Tape REST API and the simulated tape tier behind it."""
