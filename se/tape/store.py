@@ -1,0 +1,838 @@
+"""The persistent state of the tape layer: stage requests, their files, pins and the catalogue.
+
+One interface, :class:`TapeStore`, and its embedded implementation, :class:`SQLiteStore`.  Every
+method is one transaction, committed before it returns: a process killed right after a method
+returned has lost nothing that method did.
+
+Layout of the code, so that a PostgreSQL store can share it:
+
+* :class:`_SQLCore` holds the behaviour.  Its methods run synchronously on a DB-API cursor inside
+  a transaction someone else opened, and use only portable SQL (``INSERT ... ON CONFLICT``, partial
+  indexes, ``COALESCE``, ``LIMIT``) with ``?`` placeholders.  Nothing in it is SQLite-specific.
+* :class:`SQLiteStore` adds what is: the DDL, the pragmas, ``BEGIN IMMEDIATE`` and the thread that
+  owns the connection.
+
+Timestamps are integer seconds since the Unix epoch, as on the wire.  Paths are opaque strings; the
+caller passes the same spelling for a request's files, its pins and the catalogue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+from se.tape.model import FileState, Locality, StageFile, StageRequest
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CatalogueEntry",
+    "DuplicateRequestError",
+    "FileSpec",
+    "InitialState",
+    "SQLiteStore",
+    "SchemaError",
+    "TapeStore",
+    "open_store",
+]
+
+SCHEMA_VERSION = 1
+
+# (path, disk_lifetime in seconds or None, our sitename's targetedMetadata entry or None)
+FileSpec = tuple[str, int | None, dict[str, Any] | None]
+# (state, error) of one file when its request is created
+InitialState = tuple[FileState, str | None]
+# (locality, size, cartridge, position on the cartridge) of one file of the tape tier
+CatalogueEntry = tuple[Locality, int, str | None, int | None]
+
+_T = TypeVar("_T")
+
+# The non-terminal states, as an SQL list; the partial indexes below are declared on this very
+# term so that both SQLite and PostgreSQL use them.
+_PENDING = "(" + ", ".join(f"'{s.value}'" for s in FileState if not s.terminal) + ")"
+
+
+class SchemaError(RuntimeError):
+    """The database was written by a newer version of ``se`` (or is not ours)."""
+
+
+class DuplicateRequestError(ValueError):
+    """A request with this id already exists."""
+
+
+class TapeStore(Protocol):
+    """What the tape REST API and the simulator keep across restarts.
+
+    Requests: a request is *visible* until DELETE or garbage collection; methods given the id of an
+    invisible request behave as for an unknown id.  A file's state only ever leaves SUBMITTED and
+    STARTED: once terminal (CANCELLED, FAILED, COMPLETED) it never changes again.  The request's
+    ``started_at`` is the first time one of its files left SUBMITTED, ``completed_at`` the time the
+    last one became terminal.  A file that becomes terminal without having started gets
+    ``started_at = finished_at``.
+
+    Pins: one per (request id, path), with an expiry time; a pin with ``expires_at <= now`` is dead.
+
+    Catalogue: the tape tier's view of each file: locality, size and, once written to tape, the
+    cartridge and the position on it; plus the last access time that drives LRU eviction.
+    """
+
+    async def close(self) -> None:
+        """Finish the calls under way and release the database."""
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def create_request(
+        self,
+        request_id: str,
+        owner: str,
+        created_at: int,
+        files: Sequence[FileSpec],
+        states: Sequence[InitialState],
+    ) -> None:
+        """Record a request, its files and their initial states (``states[i]`` for ``files[i]``).
+
+        Files given a terminal state get ``started_at = finished_at = created_at``; a STARTED one
+        ``started_at = created_at``.  Raises ValueError for an empty or mismatched list, a
+        duplicate path or an ``error`` on a state other than FAILED/CANCELLED, and
+        DuplicateRequestError if the id exists.  Pins for files created COMPLETED are added
+        separately (:meth:`add_pin`).
+        """
+
+    async def get_request(self, request_id: str) -> StageRequest | None:
+        """The request with its files in submission order; None if unknown or invisible."""
+
+    async def count_active(self, owner: str) -> int:
+        """How many visible requests of ``owner`` still have a non-terminal file."""
+
+    async def delete_request(self, request_id: str, at: int | None = None) -> bool:
+        """Cancel the non-terminal files, drop the request's pins and hide it; False if unknown."""
+
+    async def cancel(self, request_id: str, paths: Sequence[str], at: int | None = None) -> bool:
+        """Cancel ``paths`` of a request: all or nothing.
+
+        False, and nothing changed, if the request is unknown or any path is not one of its files.
+        Otherwise non-terminal files become CANCELLED (``finished_at = at``), terminal ones keep
+        their state, and the request's pins on all those paths are dropped.
+        """
+
+    async def set_file_state(
+        self,
+        request_id: str,
+        path: str,
+        state: FileState,
+        at: int,
+        error: str | None = None,
+        *,
+        pin_until: int | None = None,
+    ) -> bool:
+        """Move a non-terminal file to ``state`` at time ``at``.
+
+        False, and nothing changed, if the file is unknown or already terminal (for example
+        cancelled while it was being read).  With ``state`` COMPLETED and ``pin_until``, the pin
+        (request, path) is taken in the same transaction, so a concurrent cancel cannot leave a pin
+        behind.  ``error`` is only allowed with FAILED and CANCELLED.
+        """
+
+    async def pending_files(self) -> list[tuple[str, str]]:
+        """(request id, path) of every non-terminal file, oldest request first, then file order."""
+
+    async def gc(self, older_than: int) -> int:
+        """Forget requests completed before ``older_than`` (with their files and pins); how many."""
+
+    # -- pins -------------------------------------------------------------------------------
+
+    async def add_pin(self, request_id: str, path: str, expires_at: int) -> bool:
+        """Pin ``path`` for a request until ``expires_at`` (replacing that pin's expiry).
+
+        Only a COMPLETED file of a visible request can be pinned; False otherwise.
+        """
+
+    async def release(self, request_id: str, paths: Sequence[str]) -> int:
+        """Drop the request's pins on ``paths`` (other paths are ignored); how many were dropped."""
+
+    async def release_owner(self, owner: str, paths: Sequence[str]) -> int:
+        """Drop the pins that any request of ``owner`` holds on ``paths``; how many.
+
+        For a RELEASE without a request id (gfal2's ``gfal2-placeholder-id``).
+        """
+
+    async def pinned(self, path: str, now: int) -> bool:
+        """Whether some request holds a live pin on ``path``."""
+
+    async def expire_pins(self, now: int) -> int:
+        """Drop the dead pins; how many."""
+
+    # -- catalogue --------------------------------------------------------------------------
+
+    async def set_locality(
+        self,
+        path: str,
+        locality: Locality,
+        size: int,
+        cartridge: str | None = None,
+        position: int | None = None,
+    ) -> None:
+        """Record a file of the tape tier; replaces everything but the last access time.
+
+        ``cartridge`` and ``position`` go together (both None: no tape copy).  Pass the tape copy
+        again when only the locality changes (eviction: DISK_AND_TAPE -> TAPE).
+        """
+
+    async def get_file(self, path: str) -> CatalogueEntry | None:
+        """(locality, size, cartridge, position) of a file, None if the tier does not know it."""
+
+    async def forget_file(self, path: str) -> bool:
+        """Drop a file from the catalogue (the user deleted it); False if it was not there."""
+
+    async def files_on(self, cartridge: str) -> list[tuple[str, int, int]]:
+        """(path, position, size) of the files on a cartridge, in tape order."""
+
+    async def next_position(self, cartridge: str) -> int:
+        """Where the next file written to ``cartridge`` starts: the end of its last file, or 0."""
+
+    async def touch(self, path: str, at: int) -> bool:
+        """Set the last access time of a file; False if the catalogue does not know it."""
+
+    async def lru_evictable(self, now: int, limit: int) -> list[tuple[str, int]]:
+        """(path, size) of DISK_AND_TAPE files without a live pin, least recently used first.
+
+        A file never touched counts as accessed at time 0.
+        """
+
+    async def disk_usage(self) -> int:
+        """Bytes the catalogue holds on disk: the sizes of DISK and DISK_AND_TAPE files."""
+
+
+class _Cursor(Protocol):
+    """The part of a DB-API 2.0 cursor the portable core uses (qmark placeholders)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+def _dump(metadata: dict[str, Any] | None) -> str | None:
+    return None if metadata is None else json.dumps(metadata, separators=(",", ":"))
+
+
+def _load(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    value = json.loads(text)
+    assert isinstance(value, dict)
+    return value
+
+
+def _check_error(state: FileState, error: str | None) -> None:
+    if error is not None and state not in (FileState.FAILED, FileState.CANCELLED):
+        raise ValueError(f"an error only goes with FAILED or CANCELLED, not {state}")
+
+
+class _SQLCore:
+    """The store's behaviour on a cursor inside an open transaction.  Portable SQL only."""
+
+    @staticmethod
+    def _visible(cur: _Cursor, request_id: str) -> bool:
+        cur.execute("SELECT 1 FROM request WHERE id = ? AND deleted = 0", (request_id,))
+        return cur.fetchone() is not None
+
+    @staticmethod
+    def _settle(cur: _Cursor, request_id: str, at: int, started: bool, finished: bool) -> None:
+        """Maintain the request's started_at and completed_at after some of its files moved."""
+        if started:
+            cur.execute(
+                "UPDATE request SET started_at = ? WHERE id = ? AND started_at IS NULL",
+                (at, request_id),
+            )
+        if finished:
+            cur.execute(
+                f"SELECT 1 FROM file WHERE request_id = ? AND state IN {_PENDING} LIMIT 1",
+                (request_id,),
+            )
+            if cur.fetchone() is None:
+                cur.execute(
+                    "UPDATE request SET completed_at = ? WHERE id = ? AND completed_at IS NULL",
+                    (at, request_id),
+                )
+
+    @staticmethod
+    def _create_request(
+        cur: _Cursor,
+        request_id: str,
+        owner: str,
+        created_at: int,
+        files: Sequence[FileSpec],
+        states: Sequence[InitialState],
+    ) -> None:
+        if not files:
+            raise ValueError("a request has at least one file")
+        if len(files) != len(states):
+            raise ValueError(f"{len(files)} files but {len(states)} states")
+        if len({path for path, _, _ in files}) != len(files):
+            raise ValueError("duplicate paths in a request")
+        rows: list[tuple[Any, ...]] = []
+        started = False
+        finished = True
+        for idx, ((path, lifetime, meta), (given, error)) in enumerate(
+            zip(files, states, strict=True)
+        ):
+            state = FileState(given)
+            _check_error(state, error)
+            start = None if state is FileState.SUBMITTED else created_at
+            finish = created_at if state.terminal else None
+            started = started or start is not None
+            finished = finished and state.terminal
+            rows.append(
+                (
+                    request_id,
+                    idx,
+                    path,
+                    state.value,
+                    start,
+                    finish,
+                    error,
+                    lifetime,
+                    _dump(meta),
+                )
+            )
+        cur.execute("SELECT 1 FROM request WHERE id = ?", (request_id,))
+        if cur.fetchone() is not None:
+            raise DuplicateRequestError(request_id)
+        cur.execute(
+            "INSERT INTO request (id, owner, created_at, started_at, completed_at, deleted)"
+            " VALUES (?, ?, ?, ?, ?, 0)",
+            (
+                request_id,
+                owner,
+                created_at,
+                created_at if started else None,
+                created_at if finished else None,
+            ),
+        )
+        cur.executemany(
+            "INSERT INTO file (request_id, idx, path, state, started_at, finished_at, error,"
+            " disk_lifetime, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    @staticmethod
+    def _get_request(cur: _Cursor, request_id: str) -> StageRequest | None:
+        cur.execute(
+            "SELECT owner, created_at, started_at, completed_at FROM request"
+            " WHERE id = ? AND deleted = 0",
+            (request_id,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        cur.execute(
+            "SELECT path, state, started_at, finished_at, error, disk_lifetime, metadata"
+            " FROM file WHERE request_id = ? ORDER BY idx",
+            (request_id,),
+        )
+        files = tuple(
+            StageFile(p, FileState(s), st, fi, e, lt, _load(m))
+            for p, s, st, fi, e, lt, m in cur.fetchall()
+        )
+        return StageRequest(request_id, row[0], row[1], row[2], row[3], files)
+
+    @staticmethod
+    def _count_active(cur: _Cursor, owner: str) -> int:
+        cur.execute(
+            "SELECT COUNT(*) FROM request WHERE owner = ? AND completed_at IS NULL AND deleted = 0",
+            (owner,),
+        )
+        return int(cur.fetchone()[0])
+
+    @classmethod
+    def _delete_request(cls, cur: _Cursor, request_id: str, at: int) -> bool:
+        if not cls._visible(cur, request_id):
+            return False
+        cur.execute(
+            "UPDATE file SET state = ?, started_at = COALESCE(started_at, ?), finished_at = ?"
+            f" WHERE request_id = ? AND state IN {_PENDING}",
+            (FileState.CANCELLED.value, at, at, request_id),
+        )
+        if cur.rowcount > 0:
+            cls._settle(cur, request_id, at, started=True, finished=True)
+        cur.execute("DELETE FROM pin WHERE request_id = ?", (request_id,))
+        cur.execute("UPDATE request SET deleted = 1 WHERE id = ?", (request_id,))
+        return True
+
+    @classmethod
+    def _cancel(cls, cur: _Cursor, request_id: str, paths: Sequence[str], at: int) -> bool:
+        if not cls._visible(cur, request_id):
+            return False
+        wanted = set(paths)
+        cur.execute("SELECT path FROM file WHERE request_id = ?", (request_id,))
+        if not wanted <= {row[0] for row in cur.fetchall()}:
+            return False
+        cur.executemany(
+            "UPDATE file SET state = ?, started_at = COALESCE(started_at, ?), finished_at = ?"
+            f" WHERE request_id = ? AND path = ? AND state IN {_PENDING}",
+            [(FileState.CANCELLED.value, at, at, request_id, p) for p in wanted],
+        )
+        if cur.rowcount > 0:
+            cls._settle(cur, request_id, at, started=True, finished=True)
+        cur.executemany(
+            "DELETE FROM pin WHERE request_id = ? AND path = ?", [(request_id, p) for p in wanted]
+        )
+        return True
+
+    @classmethod
+    def _set_file_state(
+        cls,
+        cur: _Cursor,
+        request_id: str,
+        path: str,
+        state: FileState,
+        at: int,
+        error: str | None,
+        pin_until: int | None,
+    ) -> bool:
+        state = FileState(state)
+        _check_error(state, error)
+        if pin_until is not None and state is not FileState.COMPLETED:
+            raise ValueError("only a COMPLETED file is pinned")
+        sets = "state = ?, error = ?"
+        args: tuple[Any, ...] = (state.value, error)
+        if state is not FileState.SUBMITTED:  # back to SUBMITTED (requeued) keeps started_at
+            sets += ", started_at = COALESCE(started_at, ?)"
+            args += (at,)
+        if state.terminal:
+            sets += ", finished_at = ?"
+            args += (at,)
+        cur.execute(
+            f"UPDATE file SET {sets} WHERE request_id = ? AND path = ? AND state IN {_PENDING}",
+            (*args, request_id, path),
+        )
+        if cur.rowcount == 0:
+            return False
+        cls._settle(
+            cur,
+            request_id,
+            at,
+            started=state is not FileState.SUBMITTED,
+            finished=state.terminal,
+        )
+        if pin_until is not None:
+            cls._upsert_pin(cur, request_id, path, pin_until)
+        return True
+
+    @staticmethod
+    def _pending_files(cur: _Cursor) -> list[tuple[str, str]]:
+        cur.execute(
+            "SELECT f.request_id, f.path FROM file f JOIN request r ON r.id = f.request_id"
+            f" WHERE f.state IN {_PENDING} ORDER BY r.seq, f.idx"
+        )
+        return [(row[0], row[1]) for row in cur.fetchall()]
+
+    @staticmethod
+    def _gc(cur: _Cursor, older_than: int) -> int:
+        # Files and pins go with their request (ON DELETE CASCADE).
+        cur.execute(
+            "DELETE FROM request WHERE completed_at IS NOT NULL AND completed_at < ?",
+            (older_than,),
+        )
+        return cur.rowcount
+
+    @staticmethod
+    def _upsert_pin(cur: _Cursor, request_id: str, path: str, expires_at: int) -> None:
+        cur.execute(
+            "INSERT INTO pin (request_id, path, expires_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (request_id, path) DO UPDATE SET expires_at = excluded.expires_at",
+            (request_id, path, expires_at),
+        )
+
+    @classmethod
+    def _add_pin(cls, cur: _Cursor, request_id: str, path: str, expires_at: int) -> bool:
+        cur.execute(
+            "SELECT 1 FROM file f JOIN request r ON r.id = f.request_id"
+            " WHERE f.request_id = ? AND f.path = ? AND f.state = ? AND r.deleted = 0",
+            (request_id, path, FileState.COMPLETED.value),
+        )
+        if cur.fetchone() is None:
+            return False
+        cls._upsert_pin(cur, request_id, path, expires_at)
+        return True
+
+    @staticmethod
+    def _release(cur: _Cursor, request_id: str, paths: Sequence[str]) -> int:
+        cur.executemany(
+            "DELETE FROM pin WHERE request_id = ? AND path = ?",
+            [(request_id, p) for p in set(paths)],
+        )
+        return cur.rowcount
+
+    @staticmethod
+    def _release_owner(cur: _Cursor, owner: str, paths: Sequence[str]) -> int:
+        cur.executemany(
+            "DELETE FROM pin WHERE path = ? AND EXISTS"
+            " (SELECT 1 FROM request r WHERE r.id = pin.request_id AND r.owner = ?)",
+            [(p, owner) for p in set(paths)],
+        )
+        return cur.rowcount
+
+    @staticmethod
+    def _pinned(cur: _Cursor, path: str, now: int) -> bool:
+        cur.execute("SELECT 1 FROM pin WHERE path = ? AND expires_at > ? LIMIT 1", (path, now))
+        return cur.fetchone() is not None
+
+    @staticmethod
+    def _expire_pins(cur: _Cursor, now: int) -> int:
+        cur.execute("DELETE FROM pin WHERE expires_at <= ?", (now,))
+        return cur.rowcount
+
+    @staticmethod
+    def _set_locality(
+        cur: _Cursor,
+        path: str,
+        locality: Locality,
+        size: int,
+        cartridge: str | None,
+        position: int | None,
+    ) -> None:
+        if (cartridge is None) != (position is None):
+            raise ValueError("a cartridge and a position go together")
+        if size < 0 or (position is not None and position < 0):
+            raise ValueError("negative size or position")
+        cur.execute(
+            "INSERT INTO catalogue (path, locality, size, cartridge, tape_position, last_access)"
+            " VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT (path) DO UPDATE SET"
+            " locality = excluded.locality, size = excluded.size,"
+            " cartridge = excluded.cartridge, tape_position = excluded.tape_position",
+            (path, Locality(locality).value, size, cartridge, position),
+        )
+
+    @staticmethod
+    def _get_file(cur: _Cursor, path: str) -> CatalogueEntry | None:
+        cur.execute(
+            "SELECT locality, size, cartridge, tape_position FROM catalogue WHERE path = ?",
+            (path,),
+        )
+        row = cur.fetchone()
+        return None if row is None else (Locality(row[0]), row[1], row[2], row[3])
+
+    @staticmethod
+    def _forget_file(cur: _Cursor, path: str) -> bool:
+        cur.execute("DELETE FROM catalogue WHERE path = ?", (path,))
+        return cur.rowcount > 0
+
+    @staticmethod
+    def _files_on(cur: _Cursor, cartridge: str) -> list[tuple[str, int, int]]:
+        cur.execute(
+            "SELECT path, tape_position, size FROM catalogue WHERE cartridge = ?"
+            " ORDER BY tape_position",
+            (cartridge,),
+        )
+        return [(row[0], row[1], row[2]) for row in cur.fetchall()]
+
+    @staticmethod
+    def _next_position(cur: _Cursor, cartridge: str) -> int:
+        cur.execute(
+            "SELECT COALESCE(MAX(tape_position + size), 0) FROM catalogue WHERE cartridge = ?",
+            (cartridge,),
+        )
+        return int(cur.fetchone()[0])
+
+    @staticmethod
+    def _touch(cur: _Cursor, path: str, at: int) -> bool:
+        cur.execute("UPDATE catalogue SET last_access = ? WHERE path = ?", (at, path))
+        return cur.rowcount > 0
+
+    @staticmethod
+    def _lru_evictable(cur: _Cursor, now: int, limit: int) -> list[tuple[str, int]]:
+        cur.execute(
+            "SELECT c.path, c.size FROM catalogue c WHERE c.locality = ? AND NOT EXISTS"
+            " (SELECT 1 FROM pin p WHERE p.path = c.path AND p.expires_at > ?)"
+            " ORDER BY c.last_access, c.path LIMIT ?",
+            (Locality.DISK_AND_TAPE.value, now, limit),
+        )
+        return [(row[0], row[1]) for row in cur.fetchall()]
+
+    @staticmethod
+    def _disk_usage(cur: _Cursor) -> int:
+        cur.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM catalogue WHERE locality IN (?, ?)",
+            (Locality.DISK.value, Locality.DISK_AND_TAPE.value),
+        )
+        return int(cur.fetchone()[0])
+
+
+# SQLite DDL.  Types are the portable spellings (SQLite maps BIGINT to INTEGER affinity); only
+# ``seq INTEGER PRIMARY KEY`` (the rowid: creation order) is SQLite's way of saying what PostgreSQL
+# says with ``seq BIGINT GENERATED ALWAYS AS IDENTITY``.  No WITHOUT ROWID / STRICT on purpose.
+# (With that one substitution this DDL, and every statement of _SQLCore, prepare on PostgreSQL 15.)
+_SQLITE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS request (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        started_at BIGINT,
+        completed_at BIGINT,
+        deleted INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS request_active ON request (owner) WHERE completed_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS request_completed ON request (completed_at)",
+    """CREATE TABLE IF NOT EXISTS file (
+        request_id TEXT NOT NULL REFERENCES request (id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        state TEXT NOT NULL,
+        started_at BIGINT,
+        finished_at BIGINT,
+        error TEXT,
+        disk_lifetime BIGINT,
+        metadata TEXT,
+        PRIMARY KEY (request_id, idx),
+        UNIQUE (request_id, path)
+    )""",
+    f"CREATE INDEX IF NOT EXISTS file_pending ON file (request_id) WHERE state IN {_PENDING}",
+    """CREATE TABLE IF NOT EXISTS pin (
+        request_id TEXT NOT NULL REFERENCES request (id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (request_id, path)
+    )""",
+    "CREATE INDEX IF NOT EXISTS pin_path ON pin (path, expires_at)",
+    "CREATE INDEX IF NOT EXISTS pin_expiry ON pin (expires_at)",
+    """CREATE TABLE IF NOT EXISTS catalogue (
+        path TEXT PRIMARY KEY,
+        locality TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        cartridge TEXT,
+        tape_position BIGINT,
+        last_access BIGINT NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS catalogue_tape ON catalogue (cartridge, tape_position)",
+    "CREATE INDEX IF NOT EXISTS catalogue_lru ON catalogue (locality, last_access, path)",
+)
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+
+class SQLiteStore(_SQLCore):
+    """:class:`TapeStore` in one SQLite file, in WAL mode.
+
+    All sqlite3 calls, from connecting to closing, run on one dedicated thread that owns the
+    connection; calls from any number of tasks are queued there, each one transaction.
+
+    ``synchronous`` defaults to FULL: in WAL mode NORMAL already survives a killed process (a
+    commit is in the WAL, which the OS writes out), but can lose the last commits on power loss or
+    an OS crash, and a stage request answered 201 is a promise the client will not repeat.  FULL
+    costs one fsync of the WAL per commit, small beside tape timings; NORMAL is offered for tests
+    and benchmarks that do not need that guarantee.
+    """
+
+    def __init__(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
+        self._executor = executor
+        self._conn = conn
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, path: str | Path, *, synchronous: Synchronous = "FULL", busy_timeout: float = 10.0
+    ) -> SQLiteStore:
+        """Open (creating if missing) the database file ``path``."""
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape-store")
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(
+                executor, cls._connect, Path(path), synchronous, busy_timeout
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, conn)
+
+    @staticmethod
+    def _connect(path: Path, synchronous: Synchronous, busy_timeout: float) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; every method opens its own.
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise SchemaError(f"{path}: cannot use WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for ddl in _SQLITE_SCHEMA:
+                    cur.execute(ddl)
+                SQLiteStore._check_version(cur, path)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _check_version(cur: _Cursor, path: Path) -> None:
+        cur.execute("SELECT version FROM schema_version")
+        rows = cur.fetchall()
+        if not rows:
+            cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif len(rows) != 1 or rows[0][0] != SCHEMA_VERSION:
+            # Future versions migrate older schemas here; a newer one is refused.
+            found = ", ".join(str(r[0]) for r in rows)
+            raise SchemaError(f"{path}: schema version {found}, this se knows {SCHEMA_VERSION}")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._conn.close)
+        finally:
+            await asyncio.to_thread(self._executor.shutdown, True)
+
+    def _transaction(self, write: bool, fn: Callable[[sqlite3.Cursor], _T]) -> _T:
+        """On the store's thread: run ``fn`` in one transaction, committed before returning."""
+        cur = self._conn.cursor()
+        # IMMEDIATE takes the write lock up front, so a writer never fails half-way on BUSY.
+        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            result = fn(cur)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+        return result
+
+    async def _run(self, write: bool, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._closed:
+            raise RuntimeError("the tape store is closed")
+
+        def call(cur: sqlite3.Cursor) -> _T:
+            return fn(cur, *args)
+
+        job = functools.partial(self._transaction, write, call)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def create_request(
+        self,
+        request_id: str,
+        owner: str,
+        created_at: int,
+        files: Sequence[FileSpec],
+        states: Sequence[InitialState],
+    ) -> None:
+        await self._run(True, self._create_request, request_id, owner, created_at, files, states)
+
+    async def get_request(self, request_id: str) -> StageRequest | None:
+        return await self._run(False, self._get_request, request_id)
+
+    async def count_active(self, owner: str) -> int:
+        return await self._run(False, self._count_active, owner)
+
+    async def delete_request(self, request_id: str, at: int | None = None) -> bool:
+        return await self._run(True, self._delete_request, request_id, _now(at))
+
+    async def cancel(self, request_id: str, paths: Sequence[str], at: int | None = None) -> bool:
+        return await self._run(True, self._cancel, request_id, list(paths), _now(at))
+
+    async def set_file_state(
+        self,
+        request_id: str,
+        path: str,
+        state: FileState,
+        at: int,
+        error: str | None = None,
+        *,
+        pin_until: int | None = None,
+    ) -> bool:
+        return await self._run(
+            True, self._set_file_state, request_id, path, state, at, error, pin_until
+        )
+
+    async def pending_files(self) -> list[tuple[str, str]]:
+        return await self._run(False, self._pending_files)
+
+    async def gc(self, older_than: int) -> int:
+        return await self._run(True, self._gc, older_than)
+
+    # -- pins -------------------------------------------------------------------------------
+
+    async def add_pin(self, request_id: str, path: str, expires_at: int) -> bool:
+        return await self._run(True, self._add_pin, request_id, path, expires_at)
+
+    async def release(self, request_id: str, paths: Sequence[str]) -> int:
+        return await self._run(True, self._release, request_id, list(paths))
+
+    async def release_owner(self, owner: str, paths: Sequence[str]) -> int:
+        return await self._run(True, self._release_owner, owner, list(paths))
+
+    async def pinned(self, path: str, now: int) -> bool:
+        return await self._run(False, self._pinned, path, now)
+
+    async def expire_pins(self, now: int) -> int:
+        return await self._run(True, self._expire_pins, now)
+
+    # -- catalogue --------------------------------------------------------------------------
+
+    async def set_locality(
+        self,
+        path: str,
+        locality: Locality,
+        size: int,
+        cartridge: str | None = None,
+        position: int | None = None,
+    ) -> None:
+        await self._run(True, self._set_locality, path, locality, size, cartridge, position)
+
+    async def get_file(self, path: str) -> CatalogueEntry | None:
+        return await self._run(False, self._get_file, path)
+
+    async def forget_file(self, path: str) -> bool:
+        return await self._run(True, self._forget_file, path)
+
+    async def files_on(self, cartridge: str) -> list[tuple[str, int, int]]:
+        return await self._run(False, self._files_on, cartridge)
+
+    async def next_position(self, cartridge: str) -> int:
+        return await self._run(False, self._next_position, cartridge)
+
+    async def touch(self, path: str, at: int) -> bool:
+        return await self._run(True, self._touch, path, at)
+
+    async def lru_evictable(self, now: int, limit: int) -> list[tuple[str, int]]:
+        return await self._run(False, self._lru_evictable, now, limit)
+
+    async def disk_usage(self) -> int:
+        return await self._run(False, self._disk_usage)
+
+
+def _now(at: int | None) -> int:
+    return int(time.time()) if at is None else at
+
+
+async def open_store(location: str | Path) -> TapeStore:
+    """Open the store named by ``location``: a PostgreSQL URL, or else an SQLite file path."""
+    if str(location).startswith(("postgresql://", "postgres://")):
+        raise NotImplementedError("the PostgreSQL tape store is not written yet")
+    return await SQLiteStore.open(location)
