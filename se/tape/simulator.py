@@ -1,0 +1,634 @@
+"""The simulated tape tier: a library of drives and cartridges that archives and recalls files.
+
+:class:`TapeLibrary` is an asyncio component on top of a :class:`~se.tape.store.TapeStore`.  The
+store is the only persistent state (requests, file states, pins, the cartridge catalogue); the
+library's queues, drives and counters live in memory and are rebuilt by :meth:`TapeLibrary.resume`
+after a restart.
+
+Model (spec section 7, CTA-like):
+
+* Archive: :meth:`TapeLibrary.archive` flushes a file *immediately* (no archive queue, no write
+  mounts, no ``archive_delay``): it gets the next (cartridge, position) of its pool, in write
+  order, and becomes DISK_AND_TAPE (or TAPE with ``keep_on_disk=False``).  A zero-length file is
+  never written to tape: NONE.  Each pool fills one cartridge at a time, taking the first unused
+  cartridge of the library when the current one is full.  Which pool owns which cartridge is kept
+  in memory only: after a restart a pool starts on a fresh (empty) cartridge.
+* Recall: one queue per cartridge.  A queue is mountable when it holds ``mount_min_files`` files or
+  ``mount_min_bytes`` bytes, or its oldest job is ``min_request_age`` (simulated) seconds old.  A
+  free drive takes the mountable queue with the oldest job.  A file is STARTED when its queue has a
+  drive (at mount, or on arrival for a tape already mounted: it joins the session).  The session
+  reads batches (``batch_max_files`` / ``batch_max_bytes``) ordered by position (linear RAO), and
+  each read file becomes COMPLETED with a pin, DISK_AND_TAPE in the catalogue.  A tape whose queue
+  is empty stays mounted for ``idle_dismount``, but gives its drive up as soon as another queue is
+  mountable and no drive is free.  The same path recalled by two requests is read twice (no
+  coalescing of jobs across requests).
+* Timings (:class:`TapeTiming`) are simulated seconds, slept as ``seconds / time_scale``.
+* Failures: a bad read (probability ``bad_file_probability`` per attempt, deterministic from the
+  seed and the path) is retried ``read_retries`` times in the session, then the file is FAILED and
+  LOST.  A drive failure (``drive_failure_probability`` per file read) aborts the session: the
+  unread jobs go back to their queue (still STARTED) and the tape is remounted later.
+* Files the catalogue does not know, zero-length (NONE), LOST or UNAVAILABLE files, and files on a
+  cartridge the library does not have, are FAILED with an error at once; files with a disk copy
+  (DISK, DISK_AND_TAPE) are COMPLETED at once with a pin.
+
+Tape pools: a pool listed in ``LibraryConfig.pools`` writes to its own cartridges, in the order
+given (this survives restarts); any other pool takes the first empty unlisted cartridge when it
+needs one, and that ownership is kept in memory only (after a restart such a pool starts a fresh
+cartridge, and its cartridges are outside any ``max_drives`` cap).  ``max_drives`` caps the drives
+reading a pool's cartridges at once (CTA's per-VO ``readMaxDrives``; a pool stands for the VO).
+
+Not modelled (yet): the disk buffer (capacity, watermarks, eviction, waiting for space),
+mount-policy priorities, round-robin fairness between requests, several robots (the
+robot exchange never queues), cartridge states (DISABLED/BROKEN), mount timeouts, an unreachable
+backend, write mounts and the archive flush criteria.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from se.tape.model import FileState, Locality
+from se.tape.store import CatalogueEntry, TapeStore
+
+__all__ = [
+    "LibraryConfig",
+    "LibraryStats",
+    "TapeFullError",
+    "TapeLibrary",
+    "TapeTiming",
+]
+
+GB = 10**9
+TB = 10**12
+
+# Errors reported to the API for files that cannot be recalled.
+ERR_UNKNOWN = "file is not in the tape tier (missing or not tape-backed)"
+ERR_EMPTY = "zero-length file: never written to tape"
+ERR_LOST = "file is lost on tape"
+ERR_UNAVAILABLE = "tape unavailable"
+
+
+@dataclass(frozen=True)
+class TapeTiming:
+    """Durations of the drive operations, in simulated seconds (LTO-9 defaults, spec 7.2)."""
+
+    robot_exchange: float = 12.0
+    load: float = 16.0
+    locate_base: float = 5.0  # locate = base + full * |delta position| / tape length
+    locate_full: float = 130.0
+    read_rate: float = 400e6  # bytes per second
+    file_overhead: float = 2.0  # per file: filemark, disk open/close, checksum
+    rewind: float = 62.0
+    unload: float = 56.0
+    idle_dismount: float = 60.0
+    time_scale: float = 1.0  # 1000: a 100 s operation takes 0.1 s
+
+    def __post_init__(self) -> None:
+        for name in (
+            "robot_exchange",
+            "load",
+            "locate_base",
+            "locate_full",
+            "file_overhead",
+            "rewind",
+            "unload",
+            "idle_dismount",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.read_rate <= 0 or self.time_scale <= 0:
+            raise ValueError("read_rate and time_scale must be positive")
+
+    def mount(self) -> float:
+        return self.robot_exchange + self.load
+
+    def locate(self, distance: int, tape_length: int) -> float:
+        """From one position to another; none when the next file follows the last one read."""
+        if distance == 0:
+            return 0.0
+        return self.locate_base + self.locate_full * min(1.0, abs(distance) / tape_length)
+
+    def read(self, size: int) -> float:
+        return self.file_overhead + size / self.read_rate
+
+    def dismount(self) -> float:
+        return self.rewind + self.unload
+
+    def real(self, seconds: float) -> float:
+        """Wall-clock seconds for ``seconds`` of simulated time."""
+        return seconds / self.time_scale
+
+
+@dataclass(frozen=True)
+class LibraryConfig:
+    """The library: drives, cartridges, CTA's mount and batch criteria, failure injection.
+
+    Durations (``min_request_age``) are simulated seconds; ``pin_lifetime`` (used when a request
+    gives no ``diskLifetime``) is real seconds, as the API reports it.
+    """
+
+    drives: int = 4
+    cartridges: tuple[str, ...] | int = 10  # vids, or how many (named V00000, V00001, ...)
+    cartridge_capacity: int = 18 * TB
+    mount_min_bytes: int = 500 * GB
+    mount_min_files: int = 10_000
+    min_request_age: float = 60.0
+    batch_max_files: int = 4000
+    batch_max_bytes: int = 80 * GB
+    pin_lifetime: int = 86_400
+    seed: int = 0
+    bad_file_probability: float = 0.0  # per read attempt
+    read_retries: int = 2  # further attempts after a bad read
+    drive_failure_probability: float = 0.0  # per file read
+    timing: TapeTiming = field(default_factory=TapeTiming)
+    # Tape pools with their own cartridges, filled in this order (other pools share the rest).
+    pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Most drives reading the cartridges of a pool at once (CTA's per-VO readMaxDrives).
+    max_drives: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.drives < 1:
+            raise ValueError("a library has at least one drive")
+        if not self.vids or len(set(self.vids)) != len(self.vids):
+            raise ValueError("cartridges: at least one, no duplicate vids")
+        if self.cartridge_capacity <= 0 or self.batch_max_files < 1 or self.batch_max_bytes < 1:
+            raise ValueError("capacity and batch limits must be positive")
+        if self.read_retries < 0 or self.min_request_age < 0:
+            raise ValueError("read_retries and min_request_age must not be negative")
+        owned = [v for vids in self.pools.values() for v in vids]
+        if len(set(owned)) != len(owned) or not set(owned) <= set(self.vids):
+            raise ValueError("pools: cartridges of the library, each in one pool at most")
+        if any(n < 1 for n in self.max_drives.values()):
+            raise ValueError("max_drives: at least one drive per pool")
+        for p in (self.bad_file_probability, self.drive_failure_probability):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError("probabilities are between 0 and 1")
+
+    @property
+    def vids(self) -> tuple[str, ...]:
+        if isinstance(self.cartridges, int):
+            return tuple(f"V{i:05d}" for i in range(self.cartridges))
+        return tuple(self.cartridges)
+
+
+@dataclass(frozen=True)
+class LibraryStats:
+    """Counters since :meth:`TapeLibrary.start`; times in simulated seconds."""
+
+    mounts: dict[str, int]
+    files_recalled: int
+    bytes_recalled: int
+    files_failed: int  # read failures (FAILED and LOST), not the ones failed at submission
+    read_errors: int
+    drive_failures: int
+    drive_busy: float  # mounting, locating, reading, dismounting; not idle-mounted time
+    elapsed: float
+    drives: int
+    queued_files: int
+    mounted: tuple[str, ...]  # cartridges in a drive and taking jobs
+    in_drives: tuple[str, ...]  # cartridges in a drive: also the ones being dismounted
+
+    @property
+    def utilisation(self) -> float:
+        """Fraction of the drives' time spent on operations."""
+        return self.drive_busy / (self.drives * self.elapsed) if self.elapsed > 0 else 0.0
+
+
+class TapeFullError(RuntimeError):
+    """No cartridge has room for a file to archive."""
+
+
+_Key = tuple[str, str]  # (request id, path)
+
+
+@dataclass(eq=False)
+class _Job:
+    request_id: str
+    path: str
+    vid: str
+    position: int
+    size: int
+    pin_lifetime: int
+    enqueued: float  # loop time
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class _Session:
+    vid: str
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    accepting: bool = True  # False once dismounting: new jobs wait for the next mount
+    task: asyncio.Task[None] | None = None
+
+
+OnRead = Callable[[str, str, int], None]
+
+
+class TapeLibrary:
+    """The recall/archive engine.  Create, :meth:`start`, then :meth:`resume` after a restart.
+
+    The HTTP layer calls :meth:`recall` after ``store.create_request`` (with the request's files
+    that are SUBMITTED), :meth:`cancel` / :meth:`delete` instead of the store's methods of the same
+    purpose, and :meth:`archive` when a file is written under a tape-backed prefix.
+    ``on_read(vid, path, position)`` is called after each successful read (for tests and tracing).
+    """
+
+    def __init__(
+        self, store: TapeStore, config: LibraryConfig, *, on_read: OnRead | None = None
+    ) -> None:
+        self.store = store
+        self.config = config
+        self._t = config.timing
+        self._on_read = on_read
+        self._queues: dict[str, dict[_Key, _Job]] = {v: {} for v in config.vids}
+        self._jobs: dict[_Key, _Job] = {}  # queued or in a session's batch
+        self._sessions: dict[str, _Session] = {}
+        self._wake = asyncio.Event()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._started_at = 0.0
+        self._stopped_at: float | None = None
+        self._archive_lock = asyncio.Lock()
+        self._pool_tape: dict[str, tuple[str, int]] = {}  # pool -> (vid, next position)
+        self._claimed: set[str] | None = None  # shared cartridges holding files
+        # The pool of each cartridge: configured, or taken by archive() (in memory only).
+        self._pool_of: dict[str, str] = {
+            v: pool for pool, vids in config.pools.items() for v in vids
+        }
+        self._mounts: dict[str, int] = dict.fromkeys(config.vids, 0)
+        self._files_recalled = 0
+        self._bytes_recalled = 0
+        self._files_failed = 0
+        self._read_errors = 0
+        self._drive_failures = 0
+        self._busy = 0.0
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._scheduler is not None:
+            raise RuntimeError("the tape library is already started")
+        self._started_at = asyncio.get_running_loop().time()
+        self._stopped_at = None
+        self._scheduler = asyncio.create_task(self._schedule(), name="tape-scheduler")
+
+    async def stop(self) -> None:
+        """Stop the scheduler and abandon the sessions; queued work stays pending in the store."""
+        tasks = [s.task for s in self._sessions.values() if s.task is not None]
+        if self._scheduler is not None:
+            tasks.append(self._scheduler)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._scheduler is not None:
+            self._stopped_at = asyncio.get_running_loop().time()
+        self._scheduler = None
+        self._sessions.clear()
+        self._jobs.clear()
+        for queue in self._queues.values():
+            queue.clear()
+
+    async def resume(self) -> int:
+        """Queue again every non-terminal file of the store (after a restart); how many."""
+        by_request: dict[str, list[str]] = {}
+        for request_id, path in await self.store.pending_files():
+            by_request.setdefault(request_id, []).append(path)
+        queued = 0
+        for request_id, paths in by_request.items():
+            queued += await self.recall(request_id, paths)
+        return queued
+
+    # -- the API layer's calls --------------------------------------------------------------
+
+    async def recall(self, request_id: str, paths: Sequence[str] | None = None) -> int:
+        """Stage ``paths`` (default: every non-terminal file) of a request; how many were queued.
+
+        Files that need no tape (on disk already) or cannot be read are settled in the store at
+        once; the others join their cartridge's queue.  Files already queued are left alone.
+        """
+        req = await self.store.get_request(request_id)
+        if req is None:
+            return 0
+        lifetimes = {f.path: f.disk_lifetime for f in req.files if not f.state.terminal}
+        wanted = list(lifetimes) if paths is None else [p for p in paths if p in lifetimes]
+        settle: list[tuple[str, FileState, str | None, int]] = []
+        jobs: list[_Job] = []
+        now = asyncio.get_running_loop().time()
+        for path in wanted:
+            if (request_id, path) in self._jobs:
+                continue
+            lifetime = lifetimes[path]
+            pin = self.config.pin_lifetime if lifetime is None else lifetime
+            entry = await self.store.get_file(path)
+            outcome = self._classify(entry)
+            if outcome is None:
+                assert entry is not None and entry[2] is not None and entry[3] is not None
+                jobs.append(_Job(request_id, path, entry[2], entry[3], entry[1], pin, now))
+            else:
+                settle.append((path, *outcome, pin))
+        # Enqueue all at once, without awaiting in between: a queue is judged on the whole request.
+        joined: list[_Job] = []
+        for job in jobs:
+            if (job.request_id, job.path) in self._jobs:
+                continue
+            self._jobs[job.request_id, job.path] = job
+            self._queues[job.vid][job.request_id, job.path] = job
+            session = self._sessions.get(job.vid)
+            if session is not None and session.accepting:
+                joined.append(job)
+                session.wake.set()
+        self._wake.set()
+        at = _now()
+        for path, state, error, pin in settle:
+            if state is FileState.COMPLETED:
+                await self.store.set_file_state(request_id, path, state, at, pin_until=at + pin)
+                await self.store.touch(path, at)
+            else:
+                await self.store.set_file_state(request_id, path, state, at, error)
+        await self._mark_started(joined)
+        return len(jobs)
+
+    async def cancel(self, request_id: str, paths: Sequence[str], at: int | None = None) -> bool:
+        """``store.cancel`` (all or nothing), then drop the queued jobs of those files."""
+        if not await self.store.cancel(request_id, paths, at):
+            return False
+        self._drop(request_id, set(paths))
+        return True
+
+    async def delete(self, request_id: str, at: int | None = None) -> bool:
+        """``store.delete_request``, then drop every queued job of the request."""
+        if not await self.store.delete_request(request_id, at):
+            return False
+        self._drop(request_id, None)
+        return True
+
+    async def archive(
+        self, path: str, size: int, pool: str, *, keep_on_disk: bool = True
+    ) -> CatalogueEntry:
+        """Write a file to tape now: its (cartridge, position) comes next in its pool's order.
+
+        Returns the catalogue entry.  Raises :class:`TapeFullError` when no cartridge has room.
+        """
+        if size < 0:
+            raise ValueError("negative size")
+        if size == 0:
+            await self.store.set_locality(path, Locality.NONE, 0)
+            return (Locality.NONE, 0, None, None)
+        locality = Locality.DISK_AND_TAPE if keep_on_disk else Locality.TAPE
+        async with self._archive_lock:
+            vid, position = await self._allocate(pool, size)
+            await self.store.set_locality(path, locality, size, vid, position)
+            self._pool_tape[pool] = (vid, position + size)
+        return (locality, size, vid, position)
+
+    async def evict(self, path: str) -> bool:
+        """Drop the disk copy of a file that is on tape (DISK_AND_TAPE -> TAPE); False otherwise."""
+        entry = await self.store.get_file(path)
+        if entry is None or entry[0] is not Locality.DISK_AND_TAPE:
+            return False
+        await self.store.set_locality(path, Locality.TAPE, entry[1], entry[2], entry[3])
+        return True
+
+    def stats(self) -> LibraryStats:
+        elapsed = 0.0
+        if self._scheduler is not None or self._stopped_at is not None:
+            end = self._stopped_at or asyncio.get_running_loop().time()
+            elapsed = (end - self._started_at) * self._t.time_scale
+        return LibraryStats(
+            mounts=dict(self._mounts),
+            files_recalled=self._files_recalled,
+            bytes_recalled=self._bytes_recalled,
+            files_failed=self._files_failed,
+            read_errors=self._read_errors,
+            drive_failures=self._drive_failures,
+            drive_busy=self._busy,
+            elapsed=elapsed,
+            drives=self.config.drives,
+            queued_files=sum(len(q) for q in self._queues.values()),
+            mounted=tuple(v for v, s in self._sessions.items() if s.accepting),
+            in_drives=tuple(self._sessions),
+        )
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _classify(self, entry: CatalogueEntry | None) -> tuple[FileState, str | None] | None:
+        """None when the file must come from tape, else its final state and error."""
+        if entry is None:
+            return (FileState.FAILED, ERR_UNKNOWN)
+        locality, size, vid, position = entry
+        if locality in (Locality.DISK, Locality.DISK_AND_TAPE):
+            return (FileState.COMPLETED, None)
+        if locality is Locality.NONE or size == 0:
+            return (FileState.FAILED, ERR_EMPTY)
+        if locality is Locality.LOST:
+            return (FileState.FAILED, ERR_LOST)
+        if locality is Locality.UNAVAILABLE or vid not in self._queues or position is None:
+            return (FileState.FAILED, ERR_UNAVAILABLE)
+        return None
+
+    def _drop(self, request_id: str, paths: set[str] | None) -> None:
+        for key, job in list(self._jobs.items()):
+            if key[0] == request_id and (paths is None or key[1] in paths):
+                job.cancelled = True
+                del self._jobs[key]
+                self._queues[job.vid].pop(key, None)
+
+    async def _mark_started(self, jobs: Iterable[_Job]) -> None:
+        at = _now()
+        for job in jobs:
+            if not job.cancelled:
+                await self.store.set_file_state(job.request_id, job.path, FileState.STARTED, at)
+
+    async def _allocate(self, pool: str, size: int) -> tuple[str, int]:
+        cap = self.config.cartridge_capacity
+        current = self._pool_tape.get(pool)
+        if current is not None and current[1] + size <= cap:
+            return current
+        if size > cap:
+            raise TapeFullError(f"a file of {size} bytes does not fit on a cartridge")
+        own = self.config.pools.get(pool)
+        if own is not None:
+            # Continue on the first of the pool's cartridges with room (after a full one).
+            start = 0 if current is None else own.index(current[0]) + 1
+            for vid in own[start:]:
+                position = await self.store.next_position(vid)
+                if position + size <= cap:
+                    return (vid, position)
+            raise TapeFullError(f"no room left on the cartridges of pool {pool}")
+        if self._claimed is None:
+            shared = [v for v in self.config.vids if v not in self._pool_of]
+            self._claimed = {v for v in shared if await self.store.next_position(v) > 0}
+        for vid in self.config.vids:
+            if vid not in self._claimed and vid not in self._pool_of:
+                self._claimed.add(vid)
+                self._pool_of[vid] = pool
+                return (vid, 0)
+        raise TapeFullError("no empty cartridge left in the library")
+
+    def _mountable_at(self, queue: dict[_Key, _Job]) -> float:
+        """Loop time from which a non-empty queue is mountable (now or earlier: it is)."""
+        oldest = min(j.enqueued for j in queue.values())
+        size = sum(j.size for j in queue.values())
+        if len(queue) >= self.config.mount_min_files or size >= self.config.mount_min_bytes:
+            return oldest
+        return oldest + self._t.real(self.config.min_request_age)
+
+    def _waiting(self, now: float) -> list[tuple[float, str]]:
+        """(oldest job, vid) of the mountable queues without a drive, oldest first."""
+        found = []
+        for vid, queue in self._queues.items():
+            if queue and vid not in self._sessions and self._mountable_at(queue) <= now:
+                found.append((min(j.enqueued for j in queue.values()), vid))
+        return sorted(found)
+
+    def _pool_allows(self, vid: str, leaving: str | None = None) -> bool:
+        """Whether the pool of ``vid`` is under its drive cap (once ``leaving`` gave its up)."""
+        pool = self._pool_of.get(vid)
+        cap = None if pool is None else self.config.max_drives.get(pool)
+        if cap is None:
+            return True
+        used = sum(1 for v in self._sessions if v != leaving and self._pool_of.get(v) == pool)
+        return used < cap
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            now = loop.time()
+            blocked = False
+            for _, vid in self._waiting(now):
+                if not self._pool_allows(vid) or len(self._sessions) >= self.config.drives:
+                    blocked = True
+                else:
+                    session = _Session(vid)
+                    self._sessions[vid] = session
+                    session.task = asyncio.create_task(self._session(session), name=f"tape-{vid}")
+            if blocked:
+                # Queues wait for a drive: an idle-mounted tape may give its drive up now.
+                for session in self._sessions.values():
+                    session.wake.set()
+            # Sleep until woken (new jobs, a drive freed) or until a queue comes of age.
+            later = [
+                self._mountable_at(q)
+                for v, q in self._queues.items()
+                if q and v not in self._sessions
+            ]
+            due = [t for t in later if t > now]
+            timeout = min(due) - now if due else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _spend(self, seconds: float) -> None:
+        self._busy += seconds
+        await asyncio.sleep(self._t.real(seconds))
+
+    def _take_batch(self, vid: str) -> list[_Job]:
+        queue = self._queues[vid]
+        batch: list[_Job] = []
+        size = 0
+        for job in sorted(queue.values(), key=lambda j: j.position):
+            if batch and (
+                len(batch) >= self.config.batch_max_files
+                or size + job.size > self.config.batch_max_bytes
+            ):
+                break
+            batch.append(job)
+            size += job.size
+        for job in batch:
+            del queue[job.request_id, job.path]
+        return batch
+
+    async def _session(self, session: _Session) -> None:
+        vid = session.vid
+        loop = asyncio.get_running_loop()
+        self._mounts[vid] += 1
+        try:
+            await self._mark_started(list(self._queues[vid].values()))
+            await self._spend(self._t.mount())
+            head = 0
+            failed = False
+            while not failed:
+                batch = self._take_batch(vid)
+                if not batch:
+                    if any(self._pool_allows(w, vid) for _, w in self._waiting(loop.time())):
+                        break  # another tape can use this drive
+                    session.wake.clear()
+                    try:
+                        await asyncio.wait_for(
+                            session.wake.wait(), self._t.real(self._t.idle_dismount)
+                        )
+                    except TimeoutError:
+                        break
+                    continue
+                for i, job in enumerate(batch):
+                    if job.cancelled:
+                        continue
+                    distance = job.position - head
+                    await self._spend(self._t.locate(distance, self.config.cartridge_capacity))
+                    head = job.position
+                    if self._draw("drive", vid, self._mounts[vid], job.path) < (
+                        self.config.drive_failure_probability
+                    ):
+                        self._drive_failures += 1
+                        for rest in batch[i:]:
+                            if not rest.cancelled:
+                                self._queues[vid][rest.request_id, rest.path] = rest
+                        failed = True
+                        break
+                    head = await self._read(vid, job)
+            session.accepting = False
+            await self._spend(self._t.unload if failed else self._t.dismount())
+        finally:
+            del self._sessions[vid]
+            self._wake.set()
+
+    def _draw(self, *what: object) -> float:
+        """A deterministic draw in [0, 1) from the seed and ``what``, whatever the task order."""
+        return random.Random(":".join(map(str, (self.config.seed, *what)))).random()
+
+    async def _read(self, vid: str, job: _Job) -> int:
+        """Read one file (with retries); settle it in the store; the head position after it."""
+        attempts = 1 + self.config.read_retries
+        for attempt in range(attempts):
+            if attempt:
+                await self._spend(self._t.locate_base)  # back to the start of the file
+            await self._spend(self._t.read(job.size))
+            if self._draw("read", job.path, attempt) >= self.config.bad_file_probability:
+                break
+            self._read_errors += 1
+        else:
+            self._jobs.pop((job.request_id, job.path), None)
+            self._files_failed += 1
+            at = _now()
+            error = f"read error on tape {vid} after {attempts} attempts"
+            await self.store.set_file_state(job.request_id, job.path, FileState.FAILED, at, error)
+            await self.store.set_locality(job.path, Locality.LOST, job.size, vid, job.position)
+            return job.position + job.size
+        self._jobs.pop((job.request_id, job.path), None)
+        self._files_recalled += 1
+        self._bytes_recalled += job.size
+        at = _now()
+        # The file is on disk now, even if its request was cancelled meanwhile (then no pin).
+        await self.store.set_locality(job.path, Locality.DISK_AND_TAPE, job.size, vid, job.position)
+        await self.store.touch(job.path, at)
+        if not job.cancelled:
+            await self.store.set_file_state(
+                job.request_id,
+                job.path,
+                FileState.COMPLETED,
+                at,
+                pin_until=at + job.pin_lifetime,
+            )
+        if self._on_read is not None:
+            self._on_read(vid, job.path, job.position)
+        return job.position + job.size
+
+
+def _now() -> int:
+    return int(time.time())
