@@ -165,24 +165,17 @@ async def _drive(
                 marked_connections = len(t.connections)
                 await state.send(markers.format_marker(t.marker()))
                 next_marker = now + svc.cfg.marker_period
-            if svc.stopping:
+            if svc.stopping or state.broken or _client_gone(request):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 t.end_flows()
                 svc.failed += 1
+                if not svc.stopping:  # nobody is listening any more
+                    _log(t, "aborted", "client disconnected")
+                    return resp
                 _log(t, "aborted", "server shutting down")
-                await state.send(markers.format_marker(t.marker()))
-                await state.send(markers.format_result("aborted", "server shutting down"))
-                if not state.broken:
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        await resp.write_eof()
-                return resp
-            if state.broken or _client_gone(request):
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                t.end_flows()
-                _log(t, "aborted", "client disconnected")
-                return resp
+                line = markers.format_result("aborted", "server shutting down")
+                return await _close(resp, state, t, line)
             reason = _timeout(svc, t, now)
             if reason is not None:
                 t.failure = reason
@@ -199,6 +192,13 @@ async def _drive(
         raise
     line = await _outcome(svc, t, task)
     t.end_flows()
+    return await _close(resp, state, t, line)
+
+
+async def _close(
+    resp: web.StreamResponse, state: _Stream, t: Transfer, line: bytes
+) -> web.StreamResponse:
+    """The last marker (with RemoteConnections), the result line, the end of the body."""
     await state.send(markers.format_marker(t.marker()))
     await state.send(line)
     if not state.broken:
