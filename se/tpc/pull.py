@@ -9,6 +9,7 @@ computed over the assembled file.  Whatever fails, the temp file is removed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from se.tpc.service import TPCService
 from se.tpc.state import Transfer, conn_key
 
 __all__ = ["SourceInfo", "probe", "pull"]
+
+log = logging.getLogger("se.tpc")
 
 WRITE_BLOCK = 1 << 20  # bytes gathered before a positional write
 
@@ -126,9 +129,17 @@ async def pull(svc: TPCService, t: Transfer, info: SourceInfo) -> None:
     block = svc.cfg.stream_block_size
     streams = min(t.spec.streams, svc.cfg.max_streams)
     if streams > 1 and info.ranges and info.size is not None and info.size > block:
-        await _pull_multi(svc, t, info, streams)
-    else:
-        await _pull_single(svc, t, info)
+        try:
+            await _pull_multi(svc, t, info, streams)
+            return
+        except _RangesIgnored:
+            # The source announced ranges but sends whole files: one stream will do.
+            log.info("source %s ignores Range; pulling with one stream", redact(info.url))
+    await _pull_single(svc, t, info)
+
+
+class _RangesIgnored(Exception):
+    """A source answered a range GET with the whole file (200)."""
 
 
 async def _get(
@@ -263,6 +274,8 @@ async def _stream(
         end = min(size, start + block) - 1
         resp, _ = await _get(svc, t, url, [("Range", f"bytes={start}-{end}")])
         try:
+            if resp.status == 200:
+                raise _RangesIgnored()
             if resp.status != 206:
                 status = resp.status
                 raise TransferFailed(
