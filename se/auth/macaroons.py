@@ -12,6 +12,7 @@ it is accepted afterwards as ``Authorization: Bearer`` (or ``?authz=``) and beco
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -183,15 +184,18 @@ def _invalid(description: str) -> Unauthorized:
 
 
 class SecretStore:
-    """The token key, loaded (or created) the first time a token is issued or checked."""
+    """The token key, loaded (or created) off the event loop the first time it is needed."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._value: bytes | None = None
+        self._lock = asyncio.Lock()
 
-    def get(self) -> bytes:
+    async def get(self) -> bytes:
         if self._value is None:
-            self._value = load_secret(self.path)
+            async with self._lock:
+                if self._value is None:
+                    self._value = await asyncio.to_thread(load_secret, self.path)
         return self._value
 
 

@@ -70,7 +70,7 @@ async def authenticate(request: web.Request) -> None:
         request[_GRANT_KEY] = grant
         return
     if macaroons.is_ours(token):
-        grant = macaroons.verify(ctx.secret.get(), token)
+        grant = macaroons.verify(await ctx.secret.get(), token)
     elif ctx.tokens is not None:
         grant = await ctx.tokens.verify(token, own)
     else:

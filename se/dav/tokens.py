@@ -71,7 +71,7 @@ async def post(request: web.Request) -> web.StreamResponse:
     if grant is not None and grant.expires:  # never outlive the presenting token
         lifetime = min(lifetime, max(0.0, grant.expires - time.time()))
     subject = grant.subject if grant is not None else "anonymous"
-    token = macaroons.issue(ctx.secret.get(), scope, tuple(granted), lifetime, subject)
+    token = macaroons.issue(await ctx.secret.get(), scope, tuple(granted), lifetime, subject)
     base = f"{request.scheme}://{request.host}{scope.url()}"
     payload = {
         "macaroon": token,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import stat
@@ -131,7 +132,7 @@ def test_secret_file_created_private_and_stable(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
     assert macaroons.load_secret(path) == first
-    assert macaroons.SecretStore(path).get() == first
+    assert asyncio.run(macaroons.SecretStore(path).get()) == first
     assert sorted(os.listdir(path.parent)) == ["macaroon.secret"]  # no temp file left
 
 
