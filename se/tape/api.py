@@ -271,7 +271,7 @@ def format_request(req: StageRequest) -> dict[str, Any]:
     """
     files: list[dict[str, Any]] = []
     for f in req.files:
-        item: dict[str, Any] = {"path": f.path, "state": f.state.value}
+        item: dict[str, Any] = {"path": f.shown, "state": f.state.value}
         if f.started_at is not None:
             item["startedAt"] = f.started_at
         if f.finished_at is not None:

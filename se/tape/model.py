@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FileState", "Locality", "StageFile", "StageRequest"]
+__all__ = ["CartridgeState", "FileState", "Locality", "StageFile", "StageRequest"]
 
 
 class FileState(enum.StrEnum):
@@ -42,15 +42,30 @@ class Locality(enum.StrEnum):
     UNAVAILABLE = "UNAVAILABLE"  # temporarily unreachable (cartridge disabled, ...)
 
 
+class CartridgeState(enum.StrEnum):
+    """Whether a cartridge can be mounted (spec section 7.1)."""
+
+    ACTIVE = "ACTIVE"
+    DISABLED = "DISABLED"
+    BROKEN = "BROKEN"
+    REPACKING = "REPACKING"
+
+
 @dataclass(frozen=True, slots=True)
 class StageFile:
-    path: str  # sanitised, exactly as responses echo it
+    path: str  # the canonical namespace path (decoded), the key of pins and the catalogue
     state: FileState
     started_at: int | None = None
     finished_at: int | None = None
     error: str | None = None
     disk_lifetime: int | None = None  # seconds; None: the server's default
     metadata: dict[str, Any] | None = None  # only our sitename's targetedMetadata entry
+    spelling: str | None = None  # the client's spelling of ``path`` when it differs
+
+    @property
+    def shown(self) -> str:
+        """The path as responses echo it: exactly as the client sent it (sanitised)."""
+        return self.path if self.spelling is None else self.spelling
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,15 +32,21 @@ Model (spec section 7, CTA-like):
   (DISK, DISK_AND_TAPE) are COMPLETED at once with a pin.
 
 Tape pools: a pool listed in ``LibraryConfig.pools`` writes to its own cartridges, in the order
-given (this survives restarts); any other pool takes the first empty unlisted cartridge when it
-needs one, and that ownership is kept in memory only (after a restart such a pool starts a fresh
-cartridge, and its cartridges are outside any ``max_drives`` cap).  ``max_drives`` caps the drives
-reading a pool's cartridges at once (CTA's per-VO ``readMaxDrives``; a pool stands for the VO).
+given; any other pool takes the first empty unlisted cartridge when it needs one and records
+that in the store's cartridge table, so after a restart it carries on with the same cartridge.
+``max_drives`` caps the drives reading a pool's cartridges at once (CTA's per-VO
+``readMaxDrives``; a pool stands for the VO).
 
-Not modelled (yet): the disk buffer (capacity, watermarks, eviction, waiting for space),
-mount-policy priorities, round-robin fairness between requests, several robots (the
-robot exchange never queues), cartridge states (DISABLED/BROKEN), mount timeouts, an unreachable
-backend, write mounts and the archive flush criteria.
+Cartridge states (DISABLED, BROKEN, REPACKING: its files fail with "tape unavailable", its queue
+is failed and never mounted) and the switches ``unreachable``, ``bad_file_probability`` and
+``drive_failure_probability`` live in the store and are re-read by :meth:`TapeLibrary.sync`, so
+an admin can change them while the server runs.  With a :class:`~se.tape.buffer.DiskBuffer`,
+each read first waits for room in the buffer (``buffer_wait`` simulated seconds, then FAILED
+"no space in disk buffer").
+
+Not modelled: mount-policy priorities, round-robin fairness between requests (batches follow
+tape position only), several robots (the robot exchange never queues), mount timeouts, write
+mounts (archiving is immediate; the archive criteria are applied by the caller).
 """
 
 from __future__ import annotations
@@ -52,8 +58,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from se.tape.model import FileState, Locality
-from se.tape.store import CatalogueEntry, TapeStore
+from se.tape.buffer import DiskBuffer
+from se.tape.model import CartridgeState, FileState, Locality
+from se.tape.store import CatalogueEntry, FileUpdate, TapeStore
 
 __all__ = [
     "LibraryConfig",
@@ -71,6 +78,11 @@ ERR_UNKNOWN = "file is not in the tape tier (missing or not tape-backed)"
 ERR_EMPTY = "zero-length file: never written to tape"
 ERR_LOST = "file is lost on tape"
 ERR_UNAVAILABLE = "tape unavailable"
+ERR_UNREACHABLE = "Tape backend is unreachable"
+ERR_NO_SPACE = "no space in disk buffer"
+
+# Run-time switches read from the store's settings (see TapeLibrary.sync).
+SETTINGS = ("unreachable", "bad_file_probability", "drive_failure_probability")
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,8 @@ class LibraryConfig:
     bad_file_probability: float = 0.0  # per read attempt
     read_retries: int = 2  # further attempts after a bad read
     drive_failure_probability: float = 0.0  # per file read
+    # Simulated seconds a recall waits for room in the disk buffer before it fails.
+    buffer_wait: float = 86_400.0
     timing: TapeTiming = field(default_factory=TapeTiming)
     # Tape pools with their own cartridges, filled in this order (other pools share the rest).
     pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -239,10 +253,23 @@ class TapeLibrary:
     """
 
     def __init__(
-        self, store: TapeStore, config: LibraryConfig, *, on_read: OnRead | None = None
+        self,
+        store: TapeStore,
+        config: LibraryConfig,
+        *,
+        on_read: OnRead | None = None,
+        buffer: DiskBuffer | None = None,
     ) -> None:
         self.store = store
         self.config = config
+        self.buffer = buffer
+        # Run-time switches (failure injection); :meth:`sync` reads them from the store.
+        self.unreachable = False
+        self.bad_file_probability = config.bad_file_probability
+        self.drive_failure_probability = config.drive_failure_probability
+        self._cartridge_state: dict[str, CartridgeState] = dict.fromkeys(
+            config.vids, CartridgeState.ACTIVE
+        )
         self._t = config.timing
         self._on_read = on_read
         self._queues: dict[str, dict[_Key, _Job]] = {v: {} for v in config.vids}
@@ -272,6 +299,7 @@ class TapeLibrary:
     async def start(self) -> None:
         if self._scheduler is not None:
             raise RuntimeError("the tape library is already started")
+        await self._load_cartridges()
         self._started_at = asyncio.get_running_loop().time()
         self._stopped_at = None
         self._scheduler = asyncio.create_task(self._schedule(), name="tape-scheduler")
@@ -293,6 +321,83 @@ class TapeLibrary:
         self._jobs.clear()
         for queue in self._queues.values():
             queue.clear()
+
+    async def _load_cartridges(self) -> None:
+        """Cartridge states and pool ownership from the store (they survive restarts)."""
+        known = await self.store.cartridges()
+        for vid, (pool, state) in known.items():
+            if vid in self._cartridge_state:
+                self._cartridge_state[vid] = state
+                if pool is not None and vid not in self._pool_of:
+                    self._pool_of[vid] = pool
+
+    def cartridge_state(self, vid: str) -> CartridgeState | None:
+        return self._cartridge_state.get(vid)
+
+    async def sync(self) -> int:
+        """Catch up with the store: run-time switches, cartridge states, and stage work.
+
+        Several frontends (worker processes, or ``se`` instances sharing a PostgreSQL store)
+        record requests; only the one running the library reads tape.  It calls this
+        periodically: files that became pending elsewhere are queued, queued files that were
+        cancelled elsewhere are dropped, and queued files that can no longer be read
+        (backend unreachable, cartridge not ACTIVE) fail.  Returns how many were queued.
+        """
+        self.apply_settings(await self.store.settings())
+        await self._load_cartridges()
+        pending = await self.store.pending_files()
+        pending_keys = set(pending)
+        gone = [key for key in self._jobs if key not in pending_keys]
+        for request_id, path in gone:
+            self._drop(request_id, {path})
+        await self._fail_unreadable()
+        by_request: dict[str, list[str]] = {}
+        for request_id, path in pending:
+            if (request_id, path) not in self._jobs:
+                by_request.setdefault(request_id, []).append(path)
+        queued = 0
+        for request_id, paths in by_request.items():
+            queued += await self.recall(request_id, paths)
+        return queued
+
+    def apply_settings(self, settings: Mapping[str, object]) -> None:
+        """Set the run-time switches; a missing key falls back to the configured value."""
+        self.unreachable = bool(settings.get("unreachable", False))
+        for name in ("bad_file_probability", "drive_failure_probability"):
+            value = settings.get(name)
+            if isinstance(value, int | float) and 0.0 <= value <= 1.0:
+                setattr(self, name, float(value))
+            else:
+                setattr(self, name, getattr(self.config, name))
+
+    async def _fail_unreadable(self) -> None:
+        """Fail the queued jobs that cannot be read now (not the ones a drive is reading)."""
+        for vid, queue in self._queues.items():
+            error = self._unreadable(vid)
+            if error is None or not queue:
+                continue
+            jobs = list(queue.values())
+            for job in jobs:
+                self._drop(job.request_id, {job.path})
+            await self._fail(jobs, error)
+
+    def _unreadable(self, vid: str) -> str | None:
+        if self.unreachable:
+            return ERR_UNREACHABLE
+        if self._cartridge_state.get(vid) is not CartridgeState.ACTIVE:
+            return ERR_UNAVAILABLE
+        return None
+
+    async def _fail(self, jobs: Sequence[_Job], error: str) -> None:
+        by_request: dict[str, list[FileUpdate]] = {}
+        for job in jobs:
+            if not job.cancelled:
+                by_request.setdefault(job.request_id, []).append(
+                    (job.path, FileState.FAILED, error, None)
+                )
+        at = _now()
+        for request_id, updates in by_request.items():
+            await self.store.set_file_states(request_id, updates, at)
 
     async def resume(self) -> int:
         """Queue again every non-terminal file of the store (after a restart); how many."""
@@ -320,12 +425,12 @@ class TapeLibrary:
         settle: list[tuple[str, FileState, str | None, int]] = []
         jobs: list[_Job] = []
         now = asyncio.get_running_loop().time()
+        wanted = [p for p in wanted if (request_id, p) not in self._jobs]
+        entries = await self.store.get_files(wanted)
         for path in wanted:
-            if (request_id, path) in self._jobs:
-                continue
             lifetime = lifetimes[path]
             pin = self.config.pin_lifetime if lifetime is None else lifetime
-            entry = await self.store.get_file(path)
+            entry = entries.get(path)
             outcome = self._classify(entry)
             if outcome is None:
                 assert entry is not None and entry[2] is not None and entry[3] is not None
@@ -345,12 +450,12 @@ class TapeLibrary:
                 session.wake.set()
         self._wake.set()
         at = _now()
-        for path, state, error, pin in settle:
-            if state is FileState.COMPLETED:
-                await self.store.set_file_state(request_id, path, state, at, pin_until=at + pin)
-                await self.store.touch(path, at)
-            else:
-                await self.store.set_file_state(request_id, path, state, at, error)
+        if settle:
+            updates: list[FileUpdate] = [
+                (path, state, error, at + pin if state is FileState.COMPLETED else None)
+                for path, state, error, pin in settle
+            ]
+            await self.store.set_file_states(request_id, updates, at)
         await self._mark_started(joined)
         return len(jobs)
 
@@ -424,11 +529,15 @@ class TapeLibrary:
         locality, size, vid, position = entry
         if locality in (Locality.DISK, Locality.DISK_AND_TAPE):
             return (FileState.COMPLETED, None)
+        if self.unreachable:
+            return (FileState.FAILED, ERR_UNREACHABLE)
         if locality is Locality.NONE or size == 0:
             return (FileState.FAILED, ERR_EMPTY)
         if locality is Locality.LOST:
             return (FileState.FAILED, ERR_LOST)
         if locality is Locality.UNAVAILABLE or vid not in self._queues or position is None:
+            return (FileState.FAILED, ERR_UNAVAILABLE)
+        if self._cartridge_state.get(vid) is not CartridgeState.ACTIVE:
             return (FileState.FAILED, ERR_UNAVAILABLE)
         return None
 
@@ -440,10 +549,15 @@ class TapeLibrary:
                 self._queues[job.vid].pop(key, None)
 
     async def _mark_started(self, jobs: Iterable[_Job]) -> None:
-        at = _now()
+        by_request: dict[str, list[FileUpdate]] = {}
         for job in jobs:
             if not job.cancelled:
-                await self.store.set_file_state(job.request_id, job.path, FileState.STARTED, at)
+                by_request.setdefault(job.request_id, []).append(
+                    (job.path, FileState.STARTED, None, None)
+                )
+        at = _now()
+        for request_id, updates in by_request.items():
+            await self.store.set_file_states(request_id, updates, at)
 
     async def _allocate(self, pool: str, size: int) -> tuple[str, int]:
         cap = self.config.cartridge_capacity
@@ -464,9 +578,18 @@ class TapeLibrary:
         if self._claimed is None:
             shared = [v for v in self.config.vids if v not in self._pool_of]
             self._claimed = {v for v in shared if await self.store.next_position(v) > 0}
+        if current is None:
+            # After a restart: carry on with a cartridge the pool claimed before (in the store).
+            for vid in self.config.vids:
+                if self._pool_of.get(vid) == pool:
+                    position = await self.store.next_position(vid)
+                    if position + size <= cap:
+                        return (vid, position)
         for vid in self.config.vids:
             if vid not in self._claimed and vid not in self._pool_of:
                 self._claimed.add(vid)
+                if not await self.store.claim_cartridge(vid, pool):
+                    continue  # another frontend's pool got it first
                 self._pool_of[vid] = pool
                 return (vid, 0)
         raise TapeFullError("no empty cartridge left in the library")
@@ -483,7 +606,12 @@ class TapeLibrary:
         """(oldest job, vid) of the mountable queues without a drive, oldest first."""
         found = []
         for vid, queue in self._queues.items():
-            if queue and vid not in self._sessions and self._mountable_at(queue) <= now:
+            if (
+                queue
+                and vid not in self._sessions
+                and self._unreadable(vid) is None
+                and self._mountable_at(queue) <= now
+            ):
                 found.append((min(j.enqueued for j in queue.values()), vid))
         return sorted(found)
 
@@ -517,7 +645,7 @@ class TapeLibrary:
             later = [
                 self._mountable_at(q)
                 for v, q in self._queues.items()
-                if q and v not in self._sessions
+                if q and v not in self._sessions and self._unreadable(v) is None
             ]
             due = [t for t in later if t > now]
             timeout = min(due) - now if due else None
@@ -569,11 +697,24 @@ class TapeLibrary:
                 for i, job in enumerate(batch):
                     if job.cancelled:
                         continue
+                    error = self._unreadable(vid)
+                    if error is None and not await self._room_for(job):
+                        error = ERR_NO_SPACE
+                        await self._fail([job], error)
+                        self._jobs.pop((job.request_id, job.path), None)
+                        continue
+                    if error is not None:
+                        left = [j for j in batch[i:] if not j.cancelled]
+                        await self._fail(left, error)
+                        for j in left:
+                            self._jobs.pop((j.request_id, j.path), None)
+                        failed = True
+                        break
                     distance = job.position - head
                     await self._spend(self._t.locate(distance, self.config.cartridge_capacity))
                     head = job.position
                     if self._draw("drive", vid, self._mounts[vid], job.path) < (
-                        self.config.drive_failure_probability
+                        self.drive_failure_probability
                     ):
                         self._drive_failures += 1
                         for rest in batch[i:]:
@@ -588,6 +729,12 @@ class TapeLibrary:
             del self._sessions[vid]
             self._wake.set()
 
+    async def _room_for(self, job: _Job) -> bool:
+        """Wait for room in the disk buffer for one file (False: waited too long)."""
+        if self.buffer is None:
+            return True
+        return await self.buffer.make_room(job.size, self._t.real(self.config.buffer_wait))
+
     def _draw(self, *what: object) -> float:
         """A deterministic draw in [0, 1) from the seed and ``what``, whatever the task order."""
         return random.Random(":".join(map(str, (self.config.seed, *what)))).random()
@@ -599,18 +746,17 @@ class TapeLibrary:
             if attempt:
                 await self._spend(self._t.locate_base)  # back to the start of the file
             await self._spend(self._t.read(job.size))
-            if self._draw("read", job.path, attempt) >= self.config.bad_file_probability:
+            if self._draw("read", job.path, attempt) >= self.bad_file_probability:
                 break
             self._read_errors += 1
         else:
-            self._jobs.pop((job.request_id, job.path), None)
             self._files_failed += 1
             at = _now()
             error = f"read error on tape {vid} after {attempts} attempts"
             await self.store.set_file_state(job.request_id, job.path, FileState.FAILED, at, error)
             await self.store.set_locality(job.path, Locality.LOST, job.size, vid, job.position)
+            self._jobs.pop((job.request_id, job.path), None)
             return job.position + job.size
-        self._jobs.pop((job.request_id, job.path), None)
         self._files_recalled += 1
         self._bytes_recalled += job.size
         at = _now()
@@ -625,6 +771,8 @@ class TapeLibrary:
                 at,
                 pin_until=at + job.pin_lifetime,
             )
+        # Only now: a sync() meanwhile still sees the job and does not queue the file again.
+        self._jobs.pop((job.request_id, job.path), None)
         if self._on_read is not None:
             self._on_read(vid, job.path, job.position)
         return job.position + job.size

@@ -28,14 +28,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from se.tape.model import FileState, Locality, StageFile, StageRequest
+from se.tape.model import CartridgeState, FileState, Locality, StageFile, StageRequest
 
 __all__ = [
     "SCHEMA_VERSION",
     "CatalogueEntry",
     "DuplicateRequestError",
     "FileSpec",
+    "FileUpdate",
     "InitialState",
+    "RequestSummary",
     "SQLiteStore",
     "SchemaError",
     "TapeStore",
@@ -50,8 +52,14 @@ FileSpec = tuple[str, int | None, dict[str, Any] | None]
 InitialState = tuple[FileState, str | None]
 # (locality, size, cartridge, position on the cartridge) of one file of the tape tier
 CatalogueEntry = tuple[Locality, int, str | None, int | None]
+# (path, new state, error, pin expiry or None) of one file: see TapeStore.set_file_states
+FileUpdate = tuple[str, FileState, str | None, int | None]
+# (id, owner, created_at, completed_at, files per state) of one request: see request_summaries
+RequestSummary = tuple[str, str, int, int | None, dict[FileState, int]]
 
 _T = TypeVar("_T")
+# Most parameters in one ``IN (...)`` list (SQLite allows 32766, PostgreSQL 65535).
+_CHUNK = 500
 
 # The non-terminal states, as an SQL list; the partial indexes below are declared on this very
 # term so that both SQLite and PostgreSQL use them.
@@ -94,14 +102,20 @@ class TapeStore(Protocol):
         created_at: int,
         files: Sequence[FileSpec],
         states: Sequence[InitialState],
+        *,
+        spellings: Sequence[str | None] | None = None,
+        pins: Sequence[int | None] | None = None,
     ) -> None:
         """Record a request, its files and their initial states (``states[i]`` for ``files[i]``).
+
+        ``spellings[i]``: how the client wrote ``files[i]``'s path, when not as the canonical
+        path (responses echo it).  ``pins[i]``: for a file created COMPLETED, the expiry of the
+        pin the request takes on it, in the same transaction.
 
         Files given a terminal state get ``started_at = finished_at = created_at``; a STARTED one
         ``started_at = created_at``.  Raises ValueError for an empty or mismatched list, a
         duplicate path or an ``error`` on a state other than FAILED/CANCELLED, and
-        DuplicateRequestError if the id exists.  Pins for files created COMPLETED are added
-        separately (:meth:`add_pin`).
+        DuplicateRequestError if the id exists.
         """
 
     async def get_request(self, request_id: str) -> StageRequest | None:
@@ -208,6 +222,46 @@ class TapeStore(Protocol):
     async def disk_usage(self) -> int:
         """Bytes the catalogue holds on disk: the sizes of DISK and DISK_AND_TAPE files."""
 
+    # -- bulk, cartridges, settings, summaries ----------------------------------------------
+
+    async def get_files(self, paths: Sequence[str]) -> dict[str, CatalogueEntry]:
+        """:meth:`get_file` for many paths in one transaction; unknown paths are left out."""
+
+    async def set_file_states(self, request_id: str, updates: Sequence[FileUpdate], at: int) -> int:
+        """:meth:`set_file_state` for many files of one request in one transaction; how many
+        moved (files unknown or already terminal are skipped)."""
+
+    async def unarchived(self, limit: int) -> list[tuple[str, int, int]]:
+        """(path, size, written at) of DISK files not yet on tape, oldest write first."""
+
+    async def rename(self, src: str, dst: str) -> int:
+        """A file or a directory tree was renamed: move its catalogue entries (the tape copy
+        stays valid) and drop any entries under ``dst`` they replace; how many moved."""
+
+    async def forget_tree(self, path: str) -> int:
+        """Drop ``path`` and every entry below it from the catalogue; how many."""
+
+    async def cartridges(self) -> dict[str, tuple[str | None, CartridgeState]]:
+        """Every cartridge the store knows: vid -> (owning tape pool or None, state)."""
+
+    async def claim_cartridge(self, vid: str, pool: str) -> bool:
+        """Give an unowned cartridge to a pool; False if another pool owns it already."""
+
+    async def set_cartridge_state(self, vid: str, state: CartridgeState) -> None:
+        """Set a cartridge's state (recording the cartridge if new)."""
+
+    async def settings(self) -> dict[str, Any]:
+        """Run-time switches (failure injection): key -> JSON value."""
+
+    async def set_setting(self, key: str, value: Any) -> None:
+        """Set a run-time switch; ``None`` removes it."""
+
+    async def request_summaries(self, limit: int) -> list[RequestSummary]:
+        """The newest visible requests with their file counts per state, newest first."""
+
+    async def locality_counts(self) -> dict[Locality, tuple[int, int]]:
+        """Catalogue totals: locality -> (files, bytes)."""
+
 
 class _Cursor(Protocol):
     """The part of a DB-API 2.0 cursor the portable core uses (qmark placeholders)."""
@@ -276,11 +330,17 @@ class _SQLCore:
         created_at: int,
         files: Sequence[FileSpec],
         states: Sequence[InitialState],
+        spellings: Sequence[str | None] | None = None,
+        pins: Sequence[int | None] | None = None,
     ) -> None:
         if not files:
             raise ValueError("a request has at least one file")
         if len(files) != len(states):
             raise ValueError(f"{len(files)} files but {len(states)} states")
+        if spellings is not None and len(spellings) != len(files):
+            raise ValueError(f"{len(files)} files but {len(spellings)} spellings")
+        if pins is not None and len(pins) != len(files):
+            raise ValueError(f"{len(files)} files but {len(pins)} pins")
         if len({path for path, _, _ in files}) != len(files):
             raise ValueError("duplicate paths in a request")
         rows: list[tuple[Any, ...]] = []
@@ -306,8 +366,11 @@ class _SQLCore:
                     error,
                     lifetime,
                     _dump(meta),
+                    None if spellings is None or spellings[idx] == path else spellings[idx],
                 )
             )
+            if pins is not None and pins[idx] is not None and state is not FileState.COMPLETED:
+                raise ValueError("only a COMPLETED file is pinned")
         cur.execute("SELECT 1 FROM request WHERE id = ?", (request_id,))
         if cur.fetchone() is not None:
             raise DuplicateRequestError(request_id)
@@ -324,9 +387,14 @@ class _SQLCore:
         )
         cur.executemany(
             "INSERT INTO file (request_id, idx, path, state, started_at, finished_at, error,"
-            " disk_lifetime, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " disk_lifetime, metadata, spelling) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
+        if pins is not None:
+            cur.executemany(
+                "INSERT INTO pin (request_id, path, expires_at) VALUES (?, ?, ?)",
+                [(request_id, f[0], until) for f, until in zip(files, pins, strict=True) if until],
+            )
 
     @staticmethod
     def _get_request(cur: _Cursor, request_id: str) -> StageRequest | None:
@@ -339,13 +407,13 @@ class _SQLCore:
         if row is None:
             return None
         cur.execute(
-            "SELECT path, state, started_at, finished_at, error, disk_lifetime, metadata"
-            " FROM file WHERE request_id = ? ORDER BY idx",
+            "SELECT path, state, started_at, finished_at, error, disk_lifetime, metadata,"
+            " spelling FROM file WHERE request_id = ? ORDER BY idx",
             (request_id,),
         )
         files = tuple(
-            StageFile(p, FileState(s), st, fi, e, lt, _load(m))
-            for p, s, st, fi, e, lt, m in cur.fetchall()
+            StageFile(p, FileState(s), st, fi, e, lt, _load(m), sp)
+            for p, s, st, fi, e, lt, m, sp in cur.fetchall()
         )
         return StageRequest(request_id, row[0], row[1], row[2], row[3], files)
 
@@ -571,6 +639,133 @@ class _SQLCore:
         )
         return int(cur.fetchone()[0])
 
+    # -- bulk, cartridges, settings, summaries ----------------------------------------------
+
+    @staticmethod
+    def _get_files(cur: _Cursor, paths: Sequence[str]) -> dict[str, CatalogueEntry]:
+        out: dict[str, CatalogueEntry] = {}
+        unique = list(dict.fromkeys(paths))
+        for i in range(0, len(unique), _CHUNK):
+            chunk = unique[i : i + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            cur.execute(
+                "SELECT path, locality, size, cartridge, tape_position FROM catalogue"
+                f" WHERE path IN ({marks})",
+                chunk,
+            )
+            for path, loc, size, vid, pos in cur.fetchall():
+                out[path] = (Locality(loc), size, vid, pos)
+        return out
+
+    @classmethod
+    def _set_file_states(
+        cls, cur: _Cursor, request_id: str, updates: Sequence[FileUpdate], at: int
+    ) -> int:
+        moved = 0
+        for path, state, error, pin_until in updates:
+            if cls._set_file_state(cur, request_id, path, state, at, error, pin_until):
+                moved += 1
+        return moved
+
+    @staticmethod
+    def _unarchived(cur: _Cursor, limit: int) -> list[tuple[str, int, int]]:
+        cur.execute(
+            "SELECT path, size, last_access FROM catalogue WHERE locality = ?"
+            " AND cartridge IS NULL ORDER BY last_access, path LIMIT ?",
+            (Locality.DISK.value, limit),
+        )
+        return [(row[0], row[1], row[2]) for row in cur.fetchall()]
+
+    @staticmethod
+    def _below(path: str) -> tuple[str, int]:
+        prefix = path.rstrip("/") + "/"
+        return prefix, len(prefix)
+
+    @classmethod
+    def _forget_tree(cls, cur: _Cursor, path: str) -> int:
+        prefix, n = cls._below(path)
+        cur.execute(
+            "DELETE FROM catalogue WHERE path = ? OR substr(path, 1, ?) = ?", (path, n, prefix)
+        )
+        return cur.rowcount
+
+    @classmethod
+    def _rename(cls, cur: _Cursor, src: str, dst: str) -> int:
+        if src == dst:
+            return 0
+        cls._forget_tree(cur, dst)
+        cur.execute("UPDATE catalogue SET path = ? WHERE path = ?", (dst, src))
+        moved = cur.rowcount
+        prefix, n = cls._below(src)
+        cur.execute(
+            "UPDATE catalogue SET path = ? || substr(path, ?) WHERE substr(path, 1, ?) = ?",
+            (dst.rstrip("/") + "/", n + 1, n, prefix),
+        )
+        return moved + cur.rowcount
+
+    @staticmethod
+    def _cartridges(cur: _Cursor) -> dict[str, tuple[str | None, CartridgeState]]:
+        cur.execute("SELECT vid, pool, state FROM cartridge ORDER BY vid")
+        return {row[0]: (row[1], CartridgeState(row[2])) for row in cur.fetchall()}
+
+    @staticmethod
+    def _claim_cartridge(cur: _Cursor, vid: str, pool: str) -> bool:
+        cur.execute(
+            "INSERT INTO cartridge (vid, pool, state) VALUES (?, ?, ?)"
+            " ON CONFLICT (vid) DO UPDATE SET pool = excluded.pool WHERE cartridge.pool IS NULL",
+            (vid, pool, CartridgeState.ACTIVE.value),
+        )
+        cur.execute("SELECT pool FROM cartridge WHERE vid = ?", (vid,))
+        return bool(cur.fetchone()[0] == pool)
+
+    @staticmethod
+    def _set_cartridge_state(cur: _Cursor, vid: str, state: CartridgeState) -> None:
+        cur.execute(
+            "INSERT INTO cartridge (vid, pool, state) VALUES (?, NULL, ?)"
+            " ON CONFLICT (vid) DO UPDATE SET state = excluded.state",
+            (vid, CartridgeState(state).value),
+        )
+
+    @staticmethod
+    def _settings(cur: _Cursor) -> dict[str, Any]:
+        cur.execute("SELECT name, value FROM setting ORDER BY name")
+        return {row[0]: json.loads(row[1]) for row in cur.fetchall()}
+
+    @staticmethod
+    def _set_setting(cur: _Cursor, key: str, value: Any) -> None:
+        if value is None:
+            cur.execute("DELETE FROM setting WHERE name = ?", (key,))
+            return
+        cur.execute(
+            "INSERT INTO setting (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    @staticmethod
+    def _request_summaries(cur: _Cursor, limit: int) -> list[RequestSummary]:
+        cur.execute(
+            "SELECT id, owner, created_at, completed_at FROM request WHERE deleted = 0"
+            " ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        )
+        rows = cur.fetchall()
+        out: list[RequestSummary] = []
+        for rid, owner, created, completed in rows:
+            cur.execute(
+                "SELECT state, COUNT(*) FROM file WHERE request_id = ? GROUP BY state", (rid,)
+            )
+            counts = {FileState(st): int(n) for st, n in cur.fetchall()}
+            out.append((rid, owner, created, completed, counts))
+        return out
+
+    @staticmethod
+    def _locality_counts(cur: _Cursor) -> dict[Locality, tuple[int, int]]:
+        cur.execute(
+            "SELECT locality, COUNT(*), COALESCE(SUM(size), 0) FROM catalogue GROUP BY locality"
+        )
+        return {Locality(row[0]): (int(row[1]), int(row[2])) for row in cur.fetchall()}
+
 
 # SQLite DDL.  Types are the portable spellings (SQLite maps BIGINT to INTEGER affinity); only
 # ``seq INTEGER PRIMARY KEY`` (the rowid: creation order) is SQLite's way of saying what PostgreSQL
@@ -599,6 +794,7 @@ _SQLITE_SCHEMA = (
         error TEXT,
         disk_lifetime BIGINT,
         metadata TEXT,
+        spelling TEXT,
         PRIMARY KEY (request_id, idx),
         UNIQUE (request_id, path)
     )""",
@@ -621,6 +817,15 @@ _SQLITE_SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS catalogue_tape ON catalogue (cartridge, tape_position)",
     "CREATE INDEX IF NOT EXISTS catalogue_lru ON catalogue (locality, last_access, path)",
+    """CREATE TABLE IF NOT EXISTS cartridge (
+        vid TEXT PRIMARY KEY,
+        pool TEXT,
+        state TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS setting (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
 )
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -741,8 +946,21 @@ class SQLiteStore(_SQLCore):
         created_at: int,
         files: Sequence[FileSpec],
         states: Sequence[InitialState],
+        *,
+        spellings: Sequence[str | None] | None = None,
+        pins: Sequence[int | None] | None = None,
     ) -> None:
-        await self._run(True, self._create_request, request_id, owner, created_at, files, states)
+        await self._run(
+            True,
+            self._create_request,
+            request_id,
+            owner,
+            created_at,
+            files,
+            states,
+            spellings,
+            pins,
+        )
 
     async def get_request(self, request_id: str) -> StageRequest | None:
         return await self._run(False, self._get_request, request_id)
@@ -825,6 +1043,42 @@ class SQLiteStore(_SQLCore):
 
     async def disk_usage(self) -> int:
         return await self._run(False, self._disk_usage)
+
+    async def get_files(self, paths: Sequence[str]) -> dict[str, CatalogueEntry]:
+        return await self._run(False, self._get_files, list(paths))
+
+    async def set_file_states(self, request_id: str, updates: Sequence[FileUpdate], at: int) -> int:
+        return await self._run(True, self._set_file_states, request_id, list(updates), at)
+
+    async def unarchived(self, limit: int) -> list[tuple[str, int, int]]:
+        return await self._run(False, self._unarchived, limit)
+
+    async def rename(self, src: str, dst: str) -> int:
+        return await self._run(True, self._rename, src, dst)
+
+    async def forget_tree(self, path: str) -> int:
+        return await self._run(True, self._forget_tree, path)
+
+    async def cartridges(self) -> dict[str, tuple[str | None, CartridgeState]]:
+        return await self._run(False, self._cartridges)
+
+    async def claim_cartridge(self, vid: str, pool: str) -> bool:
+        return await self._run(True, self._claim_cartridge, vid, pool)
+
+    async def set_cartridge_state(self, vid: str, state: CartridgeState) -> None:
+        await self._run(True, self._set_cartridge_state, vid, state)
+
+    async def settings(self) -> dict[str, Any]:
+        return await self._run(False, self._settings)
+
+    async def set_setting(self, key: str, value: Any) -> None:
+        await self._run(True, self._set_setting, key, value)
+
+    async def request_summaries(self, limit: int) -> list[RequestSummary]:
+        return await self._run(False, self._request_summaries, limit)
+
+    async def locality_counts(self) -> dict[Locality, tuple[int, int]]:
+        return await self._run(False, self._locality_counts)
 
 
 def _now(at: int | None) -> int:
