@@ -22,6 +22,7 @@ from se.scitags.service import SciTagService
 from se.storage.paths import confine
 from se.storage.posix import CachedFile, PosixBackend
 from se.storage.watchcache import WatchedCache
+from se.tape.service import TapeService
 from se.tpc.service import TPCService
 
 __all__ = ["create_app"]
@@ -29,8 +30,9 @@ __all__ = ["create_app"]
 log = logging.getLogger("se")
 
 
-def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
-    """The application for one worker process.  ``sweep`` overrides storage.sweep_on_start."""
+def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) -> web.Application:
+    """The application for one worker process.  ``sweep`` overrides storage.sweep_on_start;
+    ``primary``: the first worker, the one that runs the simulated tape library."""
     app = web.Application(client_max_size=1024**2)
     executor = ThreadPoolExecutor(cfg.server.io_threads, thread_name_prefix="se-io")
     files: WatchedCache[CachedFile] | None = None
@@ -40,6 +42,9 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
     listings: WatchedCache[bytes] = WatchedCache(cfg.webdav.listing_cache_dirs)
     scitags = SciTagService(cfg.scitags) if cfg.scitags.enabled else None
     tpc = TPCService(cfg, backend, scitags)
+    tape = TapeService(cfg, run_library=primary) if cfg.tape.enabled else None
+    if tape is not None:
+        backend.observer = tape
     secret_file = cfg.tpc.macaroon_secret_file or str(state_dir(cfg) / "macaroon.secret")
     auth = cfg.auth
     tokens = TokenVerifier(auth, cfg.tls.ca_dir) if auth is not None and auth.issuers else None
@@ -57,6 +62,7 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
         public,
         GrantCache(auth.token_cache_entries if auth is not None else 10000),
         scitags,
+        tape,
     )
     app.router.add_route(
         "*", "/{tail:.*}", handle_errors(handlers.dispatch), expect_handler=handlers.expect_handler
@@ -69,8 +75,12 @@ def create_app(cfg: Config, *, sweep: bool | None = None) -> web.Application:
         if do_sweep:
             task = asyncio.ensure_future(backend.run(backend.sweep_temp_files))
             task.add_done_callback(_log_sweep)
+        if tape is not None:
+            await tape.start()
         yield
         await tpc.close()
+        if tape is not None:
+            await tape.close()
         if scitags is not None:
             scitags.close()
         if tokens is not None:

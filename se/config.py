@@ -32,6 +32,8 @@ __all__ = [
     "StorageConfig",
     "TLSConfig",
     "TPCConfig",
+    "TapeConfig",
+    "TapePoolConfig",
     "WebDAVConfig",
     "is_loopback",
     "load_file",
@@ -247,6 +249,86 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TapePoolConfig:
+    """Files below ``path`` are tape-backed and written to tape pool ``pool``."""
+
+    path: str
+    pool: str = ""  # "" = the path itself names the pool
+    max_drives: int = 0  # most drives reading this pool's cartridges at once; 0 = no cap
+
+
+@dataclass(frozen=True, slots=True)
+class TapeConfig:
+    """The WLCG Tape REST API and the simulated tape tier behind it (off by default)."""
+
+    enabled: bool = False
+    sitename: str = "se"  # the key clients use in targetedMetadata; unique per tape endpoint
+    description: str = "se simulated tape tier"
+    # Base path of the API on every listener; the discovery document points there.
+    api_path: str = "/api/v1"
+    # Base URL published in discovery; "" = this listener's scheme, Host and api_path.
+    endpoint: str = ""
+    # SQLite file, or a postgresql:// URL shared by several se frontends; "" =
+    # <state_dir>/tape.sqlite.
+    database: str = ""
+    # Whether this se runs the simulated library (exactly one per shared database); the
+    # others only record requests.  With several workers, the first one runs it.
+    library: bool = True
+    pools: tuple[TapePoolConfig, ...] = ()
+    # Limits: files per STAGE request (413 beyond), active requests per principal (429),
+    # paths answered per ARCHIVEINFO (the rest is left out), request body bytes.
+    max_files_per_request: int = 10000
+    max_active_requests: int = 1000
+    max_archiveinfo_paths: int = 10000
+    max_body_bytes: int = 16 * 1024 * 1024
+    # Finished requests are forgotten (GET answers 404) this many seconds after completion.
+    request_retention: float = 7 * 86400.0
+    # Pin lifetime (s) when a request gives no diskLifetime; longer diskLifetimes are cut.
+    pin_lifetime: int = 86400
+    max_pin_lifetime: int = 30 * 86400
+    # A GET of a file only on tape is answered 503 with this Retry-After (seconds).
+    retry_after: int = 600
+    # Disk buffer: bytes it holds (DISK + DISK_AND_TAPE files; 0 = unlimited), watermarks
+    # as fractions, simulated seconds a recall waits for room before it fails.
+    buffer_capacity: int = 10**12
+    high_watermark: float = 0.9
+    low_watermark: float = 0.8
+    buffer_wait: float = 86400.0
+    # Archive: a pool's new files are flushed to tape when it has archive_min_files files
+    # or archive_min_bytes bytes waiting, or the oldest waited archive_min_age simulated s.
+    archive_min_files: int = 200
+    archive_min_bytes: int = 32 * 10**9
+    archive_min_age: float = 600.0
+    # Library (spec 7.1-7.3, CTA defaults): drives, cartridges, mount and batch criteria.
+    drives: int = 4
+    cartridges: int = 20
+    cartridge_capacity: int = 18 * 10**12
+    mount_min_files: int = 10000
+    mount_min_bytes: int = 500 * 10**9
+    min_request_age: float = 60.0
+    batch_max_files: int = 4000
+    batch_max_bytes: int = 80 * 10**9
+    # Drive timings, simulated seconds (LTO-9), and the factor that speeds them all up.
+    robot_exchange: float = 12.0
+    load: float = 16.0
+    locate_base: float = 5.0
+    locate_full: float = 130.0
+    read_rate: float = 400e6
+    file_overhead: float = 2.0
+    rewind: float = 62.0
+    unload: float = 56.0
+    idle_dismount: float = 60.0
+    time_scale: float = 1.0
+    # Failure injection (also switchable at run time: se tape set, or the admin endpoint).
+    seed: int = 0
+    bad_file_probability: float = 0.0
+    read_retries: int = 2
+    drive_failure_probability: float = 0.0
+    # Real seconds between two looks at the database (other frontends' requests, switches).
+    sync_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "info"
     access_log: bool = True
@@ -263,6 +345,7 @@ class Config:
     scitags: SciTagsConfig = field(default_factory=SciTagsConfig)
     # None when the file has no [auth] section: then anonymous read-write on loopback only.
     auth: AuthConfig | None = None
+    tape: TapeConfig = field(default_factory=TapeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def anonymous_access(self) -> str:
@@ -368,6 +451,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("tls: cert and key must be set together")
     if cfg.auth is not None:
         _validate_auth(cfg.auth)
+    if cfg.tape.enabled:
+        _validate_tape(cfg.tape)
     t = cfg.tpc
     if t.marker_period <= 0:
         raise ConfigError("tpc.marker_period: must be positive")
@@ -407,6 +492,38 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"scitags.{name}: {item!r} is not key=value")
     if cfg.logging.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("logging.level: must be one of debug, info, warning, error")
+
+
+def _validate_tape(t: TapeConfig) -> None:
+    if not t.api_path.startswith("/") or t.api_path.endswith("/") or "//" in t.api_path:
+        raise ConfigError("tape.api_path: an absolute path without a trailing '/'")
+    if not t.sitename.strip():
+        raise ConfigError("tape.sitename: must not be empty")
+    if t.endpoint and not t.endpoint.startswith(("http://", "https://")):
+        raise ConfigError("tape.endpoint: must be an http(s) URL or empty")
+    seen: set[str] = set()
+    for i, pool in enumerate(t.pools):
+        norm = "/" + "/".join(seg for seg in pool.path.split("/") if seg)
+        if not pool.path.startswith("/") or norm in seen:
+            raise ConfigError(f"tape.pools[{i}].path: absolute, each prefix once")
+        if pool.max_drives < 0:
+            raise ConfigError(f"tape.pools[{i}].max_drives: must not be negative")
+        seen.add(norm)
+    for name in ("max_files_per_request", "max_active_requests", "max_archiveinfo_paths"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"tape.{name}: must be at least 1")
+    if t.max_body_bytes < 1024 or t.pin_lifetime < 1 or t.max_pin_lifetime < t.pin_lifetime:
+        raise ConfigError("tape: max_body_bytes >= 1024, 1 <= pin_lifetime <= max_pin_lifetime")
+    if t.sync_interval <= 0 or t.retry_after < 1:
+        raise ConfigError("tape: sync_interval must be positive and retry_after at least 1")
+    if t.archive_min_files < 1 or t.archive_min_bytes < 1 or t.archive_min_age < 0:
+        raise ConfigError("tape: archive_min_files/bytes at least 1, archive_min_age >= 0")
+    from se.tape.service import library_config  # the library checks its own settings
+
+    try:
+        library_config(t)
+    except ValueError as exc:
+        raise ConfigError(f"tape: {exc}") from None
 
 
 def _validate_auth(a: AuthConfig) -> None:

@@ -83,7 +83,7 @@ def serve_url(cfg: Config, port: int) -> str:
 
 
 async def _serve(cfg: Config, sock: socket.socket, first: bool) -> None:
-    app = create_app(cfg, sweep=cfg.storage.sweep_on_start and first)
+    app = create_app(cfg, sweep=cfg.storage.sweep_on_start and first, primary=first)
     access = logging.getLogger("se.access")
     if not any(isinstance(f, RedactTokens) for f in access.filters):
         access.addFilter(RedactTokens())

@@ -14,6 +14,7 @@ from se.config import Config
 from se.scitags.service import SciTagService
 from se.storage.posix import PosixBackend
 from se.storage.watchcache import WatchedCache
+from se.tape.service import TapeService
 from se.tpc.service import TPCService
 
 __all__ = ["CONTEXT", "Context", "context"]
@@ -31,6 +32,7 @@ class Context:
     public: Grant | None  # explicit anonymous rules ([[auth.public]])
     grants: GrantCache  # verified tokens
     scitags: SciTagService | None  # fireflies and flow labels, when enabled
+    tape: TapeService | None = None  # the tape REST API and the simulated tier, when enabled
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("se_context", Context)

@@ -52,6 +52,7 @@ from se.scitags import http as scitags_http
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
 from se.storage.posix import CachedFile, DirEntry, OpenFile, Stat
+from se.tape import http as tape_http
 from se.tpc.handler import third_party_copy
 from se.tpc.request import parse_copy
 
@@ -170,6 +171,8 @@ async def _get_collection(request: web.Request, path: DavPath) -> web.StreamResp
 async def _get_file(request: web.Request, f: OpenFile | CachedFile) -> web.StreamResponse:
     ctx = context(request)
     st = f.stat
+    if ctx.tape is not None and request.method == hdrs.METH_GET:
+        await ctx.tape.check_readable(f.path, st.size)
     headers: dict[str, str] = {
         hdrs.ETAG: st.etag,
         hdrs.LAST_MODIFIED: _http_date(st.mtime),
@@ -577,6 +580,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             f"method {request.method} is not supported", headers={"Allow": ALLOW}
         )
     await authenticate(request)
+    tape = tape_http.route(request)
+    if tape is not None:
+        return await tape()
     if request.path == METRICS_PATH and request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
         authorise(request, Op.STAT, DavPath(()))
         return metrics.response(context(request))

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from se.config import Config, checksum_algorithms
 from se.errors import (
@@ -327,6 +327,7 @@ class Upload:
             await self.backend.run(self._rehash_sync)
         result = await self.backend.run(self._commit_sync, expected)
         self._done = True
+        await self.backend.notify("written", self.path, result.stat.size)
         return result
 
     def _commit_sync(self, expected: dict[str, bytes]) -> UploadResult:
@@ -382,8 +383,22 @@ class Upload:
             os.unlink(self._temp)
 
 
+class StorageObserver(Protocol):
+    """Told about every change a backend made (after it is done): the tape catalogue."""
+
+    async def written(self, path: DavPath, size: int) -> None: ...
+
+    async def removed(self, path: DavPath) -> None: ...
+
+    async def renamed(self, src: DavPath, dst: DavPath) -> None: ...
+
+    async def copied(self, dst: DavPath, size: int | None) -> None: ...
+
+
 class PosixBackend:
     """File operations below one root directory."""
+
+    observer: StorageObserver | None = None
 
     def __init__(
         self, cfg: Config, executor: Executor, file_cache: WatchedCache[CachedFile] | None = None
@@ -679,7 +694,10 @@ class PosixBackend:
         fs = self._checked(p)
         if not os.path.lexists(fs):
             raise NotFound(f"{p}: not found")
-        return await self.run(self._delete_sync, p, fs)
+        try:
+            return await self.run(self._delete_sync, p, fs)
+        finally:
+            await self.notify("removed", p)
 
     def _delete_sync(self, p: DavPath, fs: str) -> list[tuple[DavPath, SEError]]:
         failures: list[tuple[DavPath, SEError]] = []
@@ -719,7 +737,9 @@ class PosixBackend:
 
     async def move(self, src: DavPath, dst: DavPath, overwrite: bool) -> bool:
         """Rename src to dst; True when dst was created (did not exist before)."""
-        return await self.run(self._move_sync, src, dst, overwrite)
+        created = await self.run(self._move_sync, src, dst, overwrite)
+        await self.notify("renamed", src, dst)
+        return created
 
     def _move_sync(self, src: DavPath, dst: DavPath, overwrite: bool) -> bool:
         src_fs = self._checked(src)
@@ -740,7 +760,20 @@ class PosixBackend:
         return not existed
 
     async def copy(self, src: DavPath, dst: DavPath, overwrite: bool, recursive: bool) -> bool:
-        return await self.run(self._copy_sync, src, dst, overwrite, recursive)
+        created = await self.run(self._copy_sync, src, dst, overwrite, recursive)
+        if self.observer is not None:
+            st = self.stat(dst)
+            await self.notify("copied", dst, None if st is None or st.is_dir else st.size)
+        return created
+
+    async def notify(self, event: str, *args: Any) -> None:
+        """Tell the observer about a change that is done; its failure does not undo it."""
+        if self.observer is None:
+            return
+        try:
+            await getattr(self.observer, event)(*args)
+        except Exception:
+            log.exception("storage observer failed on %s%s", event, args)
 
     def _copy_sync(self, src: DavPath, dst: DavPath, overwrite: bool, recursive: bool) -> bool:
         src_fs = self._checked(src)

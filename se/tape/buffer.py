@@ -84,6 +84,12 @@ class DiskBuffer:
                 return False
             await asyncio.sleep(min(self.config.poll, left))
 
+    async def evict_unpinned(self) -> int:
+        """Evict every on-tape file without a live pin now (an admin's "drop the cache")."""
+        now = int(time.time())
+        await self.store.expire_pins(now)
+        return await self._evict(1 << 62, now)
+
     async def _evict(self, wanted: int, now: int) -> int:
         """Evict unpinned on-tape files, LRU first, until ``wanted`` bytes are freed; freed."""
         freed = 0

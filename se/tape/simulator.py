@@ -500,6 +500,10 @@ class TapeLibrary:
         await self.store.set_locality(path, Locality.TAPE, entry[1], entry[2], entry[3])
         return True
 
+    def queue_depths(self) -> dict[str, int]:
+        """Files waiting per cartridge (non-empty queues only)."""
+        return {vid: len(q) for vid, q in self._queues.items() if q}
+
     def stats(self) -> LibraryStats:
         elapsed = 0.0
         if self._scheduler is not None or self._stopped_at is not None:
