@@ -1,4 +1,4 @@
-"""The ``se`` command: ``se serve``, ``se check-config`` and ``se token``.
+"""The ``se`` command: ``se serve``, ``se check-config``, ``se token`` and ``se tape``.
 
 Precedence: built-in defaults < ``--config`` file < flags given on the command line
 (a flag left out never overrides the file).
@@ -53,7 +53,42 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--groups", default="", help="wlcg.groups, comma-separated")
     i.add_argument("--lifetime", default="1h", help="e.g. 3600, 20m, 1h (default 1h)")
     i.add_argument("--sub", default="se-token-user", help="subject")
+    tp = sub.add_parser("tape", help="the simulated tape tier: status, requests, switches")
+    tpsub = tp.add_subparsers(dest="tape_command", required=True)
+    st = tpsub.add_parser("status", help="drives, mounts, queues, disk buffer (asks the server)")
+    st.add_argument("--url", help="server URL (default: from the configuration)")
+    st.add_argument("--token", help="bearer token allowing modify on / (when [auth] is set)")
+    ls = tpsub.add_parser("ls", help="the newest stage requests and their progress")
+    ls.add_argument("--limit", type=int, default=20)
+    sw = tpsub.add_parser("set", help="run-time switches: unreachable=true, cartridge.V00001=...")
+    sw.add_argument("switches", nargs="+", metavar="KEY=VALUE")
+    for sp in (st, ls, sw):
+        sp.add_argument("--config", "-c", help="TOML configuration file of the server")
+        sp.add_argument("--root", help="data directory (default ./data)")
     return p
+
+
+def _tape(args: argparse.Namespace) -> int:
+    import urllib.error
+
+    from se.server import serve_url
+    from se.tape import cli as tape_cli
+
+    cfg = load_file(args.config) if args.config else Config()
+    if args.root is not None:
+        cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=args.root))
+    try:
+        if args.tape_command == "status":
+            print(tape_cli.status(args.url or serve_url(cfg, cfg.server.port), args.token))
+        elif args.tape_command == "ls":
+            print(tape_cli.ls(cfg, args.limit))
+        else:
+            tape_cli.set_switches(cfg, args.switches)
+            print(f"se: set {' '.join(args.switches)} (applied within tape.sync_interval)")
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        print(f"se: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -102,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "token":
             return _token(args)
+        if args.command == "tape":
+            return _tape(args)
         if args.command == "check-config":
             load_file(args.file)
             print(f"se: {args.file} is valid")

@@ -64,6 +64,56 @@ def render(ctx: Context) -> str:
             _line("se_scitags_flowd_lines_total", tags.flowd_lines, {"outcome": "written"}),
             _line("se_scitags_flowd_lines_total", tags.flowd_dropped, {"outcome": "dropped"}),
         ]
+    tape = ctx.tape
+    if tape is not None:
+        lines += [
+            "# HELP se_tape_requests_total Stage requests accepted by this worker.",
+            "# TYPE se_tape_requests_total counter",
+            _line("se_tape_requests_total", tape.requests_created),
+            "# HELP se_tape_files_requested_total Files named by accepted stage requests.",
+            "# TYPE se_tape_files_requested_total counter",
+            _line("se_tape_files_requested_total", tape.files_requested),
+            "# HELP se_tape_reads_refused_total GETs refused because the file is on tape only.",
+            "# TYPE se_tape_reads_refused_total counter",
+            _line("se_tape_reads_refused_total", tape.reads_refused),
+        ]
+        lib = tape.library
+        if lib is not None:
+            st = lib.stats()
+            lines += [
+                "# HELP se_tape_mounts_total Cartridge mounts, by cartridge.",
+                "# TYPE se_tape_mounts_total counter",
+                *(
+                    _line("se_tape_mounts_total", n, {"cartridge": vid})
+                    for vid, n in st.mounts.items()
+                    if n
+                ),
+                "# HELP se_tape_recalled_files_total Files read back from tape, by outcome.",
+                "# TYPE se_tape_recalled_files_total counter",
+                _line("se_tape_recalled_files_total", st.files_recalled, {"outcome": "ok"}),
+                _line("se_tape_recalled_files_total", st.files_failed, {"outcome": "failed"}),
+                "# HELP se_tape_recalled_bytes_total Bytes read back from tape.",
+                "# TYPE se_tape_recalled_bytes_total counter",
+                _line("se_tape_recalled_bytes_total", st.bytes_recalled),
+                "# HELP se_tape_archived_files_total Files written to tape.",
+                "# TYPE se_tape_archived_files_total counter",
+                _line("se_tape_archived_files_total", tape.files_archived),
+                "# HELP se_tape_drive_failures_total Sessions aborted by a drive failure.",
+                "# TYPE se_tape_drive_failures_total counter",
+                _line("se_tape_drive_failures_total", st.drive_failures),
+                "# HELP se_tape_queued_files Files waiting for a drive.",
+                "# TYPE se_tape_queued_files gauge",
+                _line("se_tape_queued_files", st.queued_files),
+                "# HELP se_tape_drives_in_use Drives holding a cartridge.",
+                "# TYPE se_tape_drives_in_use gauge",
+                _line("se_tape_drives_in_use", len(st.in_drives)),
+            ]
+        if tape.buffer is not None:
+            lines += [
+                "# HELP se_tape_evicted_files_total Files evicted from the disk buffer.",
+                "# TYPE se_tape_evicted_files_total counter",
+                _line("se_tape_evicted_files_total", tape.buffer.evicted_files),
+            ]
     return "\n".join(lines) + "\n"
 
 

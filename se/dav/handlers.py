@@ -52,7 +52,9 @@ from se.scitags import http as scitags_http
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
 from se.storage.posix import CachedFile, DirEntry, OpenFile, Stat
+from se.tape import api as tape_api
 from se.tape import http as tape_http
+from se.tape.model import Locality
 from se.tpc.handler import third_party_copy
 from se.tpc.request import parse_copy
 
@@ -443,7 +445,10 @@ def _href(request: web.Request, path: DavPath, collection: bool) -> str:
 
 
 def _resource(
-    request: web.Request, e: DirEntry, quota: tuple[int, int] | None
+    request: web.Request,
+    e: DirEntry,
+    quota: tuple[int, int] | None,
+    localities: dict[str, str] | None = None,
 ) -> propfind.Resource:
     st = e.stat
     return propfind.Resource(
@@ -458,7 +463,16 @@ def _resource(
         checksums=e.checksums,
         dead=e.dead_props,
         quota=quota if st.is_dir else None,
+        locality=None if localities is None or st.is_dir else localities.get(str(e.path)),
     )
+
+
+async def _localities(request: web.Request, entries: list[DirEntry]) -> dict[str, str]:
+    """SRM FileLocality of files: from the tape catalogue under tape prefixes, else ONLINE."""
+    files = [(e.path, e.stat.size) for e in entries if not e.stat.is_dir]
+    tape = context(request).tape
+    found = await tape.localities(files) if tape is not None else {}
+    return {str(p): tape_api.user_status(found.get(str(p), Locality.DISK)) for p, _ in files}
 
 
 # Smaller listings are rendered every time; the cache is for the expensive ones.
@@ -498,7 +512,9 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
                 self_entry.checksums.update(await ctx.backend.checksums(opened, ("adler32",)))
             finally:
                 opened.close()
-    head = propfind.render_responses([_resource(request, self_entry, quota)], req)
+    wants_locality = req.kind == "prop" and propfind.FILE_LOCALITY in req.names
+    localities = await _localities(request, [self_entry]) if wants_locality else None
+    head = propfind.render_responses([_resource(request, self_entry, quota, localities)], req)
     if not self_entry.stat.is_dir or depth is Depth.ZERO:
         return _multistatus(propfind.wrap_multistatus(head))
     return _multistatus(propfind.wrap_multistatus(head, await _children(request, path, req, depth)))
@@ -510,7 +526,8 @@ async def _children(
     """The rendered members of a collection, from the listing cache when unchanged."""
     ctx = context(request)
     token = None
-    if depth is Depth.ONE:
+    wants_locality = req.kind == "prop" and propfind.FILE_LOCALITY in req.names
+    if depth is Depth.ONE and not wants_locality:  # localities change without the directory
         real = ctx.backend.real_path(path)
         variant = (request.scheme, request.host, req)
         cached = ctx.listings.get(real, variant)
@@ -522,7 +539,10 @@ async def _children(
     entries = await ctx.backend.list_dir(
         path, with_xattrs, limit, ctx.cfg.webdav.depth_infinity_limit
     )
-    body = propfind.render_responses((_resource(request, e, None) for e in entries), req)
+    localities = await _localities(request, entries) if wants_locality else None
+    body = propfind.render_responses(
+        (_resource(request, e, None, localities) for e in entries), req
+    )
     if token is not None and len(entries) >= LISTING_CACHE_MIN_ENTRIES:
         subdirs = [
             (os.path.join(real, e.path.name), e.stat.mtime_ns) for e in entries if e.stat.is_dir

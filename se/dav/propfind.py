@@ -25,6 +25,7 @@ from se.storage import checksums
 __all__ = [
     "DAV",
     "DCACHE",
+    "FILE_LOCALITY",
     "PatchOp",
     "PropRequest",
     "Resource",
@@ -39,6 +40,10 @@ __all__ = [
 
 DAV = "DAV:"
 DCACHE = "http://www.dcache.org/2013/webdav"
+SRM = "http://srm.lbl.gov/StorageResourceManager"
+# The SRM-style locality of a file (ONLINE, NEARLINE, ONLINE_AND_NEARLINE...), as dCache
+# answers it; only on request, since it needs the tape catalogue.
+FILE_LOCALITY: tuple[str, str] = (SRM, "FileLocality")
 PropName = tuple[str, str]
 
 # Live properties answered for every resource (allprop) and the ones only on request.
@@ -58,6 +63,7 @@ _ON_REQUEST_LIVE: tuple[PropName, ...] = (
     (DAV, "iscollection"),
     (DAV, "supportedlock"),
     (DAV, "lockdiscovery"),
+    FILE_LOCALITY,
 )
 LIVE = frozenset(_ALLPROP_LIVE + _ON_REQUEST_LIVE)
 
@@ -94,6 +100,7 @@ class Resource:
     checksums: dict[str, bytes] = field(default_factory=dict)
     dead: Sequence[bytes] = ()
     quota: tuple[int, int] | None = None  # (used, available) bytes, collections only
+    locality: str | None = None  # SRM FileLocality, files only, when asked for
 
 
 def _split(tag: str) -> PropName:
@@ -233,6 +240,8 @@ def _live_value(r: Resource, name: PropName) -> str | None:
         return xml_escape(r.content_type)
     if name == (DCACHE, "Checksums") and r.checksums:
         return ",".join(checksums.format_digest(a, v) for a, v in sorted(r.checksums.items()))
+    if name == FILE_LOCALITY:
+        return r.locality
     return None
 
 
