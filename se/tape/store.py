@@ -1,6 +1,7 @@
 """The persistent state of the tape layer: stage requests, their files, pins and the catalogue.
 
-One interface, :class:`TapeStore`, and its embedded implementation, :class:`SQLiteStore`.  Every
+One interface, :class:`TapeStore`; its embedded implementation, :class:`SQLiteStore`, and
+:class:`~se.tape.pgstore.PostgresStore` for several frontends sharing one database.  Every
 method is one transaction, committed before it returns: a process killed right after a method
 returned has lost nothing that method did.
 
@@ -1088,5 +1089,8 @@ def _now(at: int | None) -> int:
 async def open_store(location: str | Path) -> TapeStore:
     """Open the store named by ``location``: a PostgreSQL URL, or else an SQLite file path."""
     if str(location).startswith(("postgresql://", "postgres://")):
-        raise NotImplementedError("the PostgreSQL tape store is not written yet")
+        # Imported here: psycopg is an optional dependency (the ``postgres`` extra).
+        from se.tape.pgstore import PostgresStore
+
+        return await PostgresStore.open(str(location))
     return await SQLiteStore.open(location)

@@ -1,9 +1,10 @@
 """The tape store: one suite for every implementation of :class:`se.tape.store.TapeStore`.
 
-Each test takes the ``backend`` fixture, parametrized over the implementations; adding PostgreSQL
-is one more parameter that yields a fresh ``postgresql://`` location (or skips with the reason).
-A location reopened gives the same state; ``open_store`` turns it into a store, also in the
-subprocess of the crash test.  Tests on SQLite internals are at the end, outside the suite.
+Each test takes the ``backend`` fixture, parametrized over the implementations: ``sqlite`` (a
+fresh file) and ``postgres`` (a fresh database on a real PostgreSQL server started once per
+session by :mod:`tests.pg`, or a skip naming what is missing).  A location reopened gives the same
+state; ``open_store`` turns it into a store, also in the subprocess of the crash test.  Tests on
+the internals of one implementation are at the end, outside the suite.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from se.tape.model import FileState, Locality, StageRequest
+from se.tape.model import CartridgeState, FileState, Locality, StageRequest
 from se.tape.store import (
     DuplicateRequestError,
     FileSpec,
@@ -30,6 +31,17 @@ from se.tape.store import (
     TapeStore,
     open_store,
 )
+from tests.pg import PGServer, postgres_or_skip
+
+try:
+    import psycopg
+    import psycopg.errors
+
+    from se.tape.pgstore import PostgresStore
+except ImportError:  # pragma: no cover - the postgres tests skip then
+    DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
+else:
+    DB_ERRORS = (sqlite3.Error, psycopg.Error)
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000
@@ -51,12 +63,25 @@ class Backend:
         return await open_store(self.location)
 
 
-@pytest.fixture(params=["sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PGServer]:
+    """One real PostgreSQL server for the session (started on first use)."""
+    with postgres_or_skip() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     name: str = request.param
     if name == "sqlite":
-        return Backend(name, str(tmp_path / "state" / "tape.sqlite"))
-    raise AssertionError(name)  # pragma: no cover
+        yield Backend(name, str(tmp_path / "state" / "tape.sqlite"))
+    elif name == "postgres":
+        server: PGServer = request.getfixturevalue("postgres")
+        url = server.create_database("tape")
+        yield Backend(name, url)
+        server.drop_database(url)
+    else:  # pragma: no cover
+        raise AssertionError(name)
 
 
 @pytest.fixture
@@ -160,7 +185,7 @@ async def test_create_is_one_transaction(store: TapeStore) -> None:
     """A failure on the sixth file leaves neither the request nor its first five files."""
     specs: list[Any] = [(f"/f{i}", None, None) for i in range(10)]
     specs[5] = (object(), None, None)  # cannot be stored: fails in the middle of the inserts
-    with pytest.raises((sqlite3.Error, TypeError, ValueError)):
+    with pytest.raises((*DB_ERRORS, TypeError, ValueError)):
         await store.create_request("half", "alice", T0, specs, states(10))
     assert await store.get_request("half") is None
     assert await store.pending_files() == []
@@ -467,6 +492,256 @@ async def test_disk_usage(store: TapeStore) -> None:
     assert await store.disk_usage() == 0
 
 
+# -- spellings, bulk calls, cartridges, settings, summaries ----------------------------------
+
+
+async def test_create_with_spellings_and_pins(store: TapeStore) -> None:
+    await store.create_request(
+        "r",
+        "alice",
+        T0,
+        files("/t/a", "/t/b", "/t/c"),
+        [(C, None), (C, None), (S, None)],
+        spellings=["/t//a", "/t/b", None],
+        pins=[T0 + 100, None, None],
+    )
+    a, b, c = (await get(store, "r")).files
+    assert (a.path, a.spelling, a.shown) == ("/t/a", "/t//a", "/t//a")
+    assert (b.spelling, b.shown) == (None, "/t/b")  # spelled as the path: nothing kept
+    assert (c.spelling, c.shown) == (None, "/t/c")
+    assert await store.pinned("/t/a", T0 + 99)
+    assert not await store.pinned("/t/a", T0 + 100)
+    assert not await store.pinned("/t/b", T0)
+    assert await store.release("r", ["/t/a", "/t/b"]) == 1  # the pin is the request's
+
+    # A pin only for a COMPLETED file; a refused request writes nothing.
+    for init in ([(S, None)], [(ST, None)], [(F, "gone")], [(X, None)]):
+        with pytest.raises(ValueError, match="pinned"):
+            await store.create_request("p", "alice", T0, files("/x"), init, pins=[T0 + 5])
+    assert await store.get_request("p") is None
+    assert not await store.pinned("/x", T0)
+    # No pin (None) is fine for any state.
+    await store.create_request("q", "alice", T0, files("/x"), states(1), pins=[None])
+    assert not await store.pinned("/x", T0)
+
+    with pytest.raises(ValueError, match="spellings"):
+        await store.create_request("m", "alice", T0, files("/x"), states(1), spellings=["/x", "/y"])
+    with pytest.raises(ValueError, match="pins"):
+        await store.create_request("m", "alice", T0, files("/x", "/y"), states(2, C), pins=[T0])
+    with pytest.raises(ValueError, match="spellings"):
+        await store.create_request("m", "alice", T0, files("/x"), states(1), spellings=[])
+    assert await store.get_request("m") is None
+
+
+async def test_get_files_in_bulk(store: TapeStore) -> None:
+    assert await store.get_files([]) == {}
+    known = {
+        "/g/0": (Locality.DISK, 1, None, None),
+        "/g/499": (Locality.DISK_AND_TAPE, 2, "V1", 0),
+        "/g/500": (Locality.TAPE, 3, "V1", 2),  # in the second chunk of 500
+        "/g/1199": (Locality.LOST, 4, "V2", 7),
+    }
+    for path, (loc, size, vid, pos) in known.items():
+        await store.set_locality(path, loc, size, vid, pos)
+    asked = [f"/g/{i}" for i in range(1200)] + ["/g/500", "/elsewhere"]  # a duplicate, unknowns
+    got = await store.get_files(asked)
+    assert got == known
+    assert all(isinstance(entry[0], Locality) for entry in got.values())
+    assert await store.get_files(["/nope"]) == {}
+
+
+async def test_set_file_states_in_bulk(store: TapeStore) -> None:
+    await make(store, "r", ["/a", "/b", "/c", "/d", "/e"])
+    assert await store.set_file_state("r", "/d", C, T0 + 1)
+    moved = await store.set_file_states(
+        "r",
+        [
+            ("/a", ST, None, None),
+            ("/b", C, None, T0 + 100),
+            ("/d", F, "too late", None),  # already terminal: skipped
+            ("/zz", C, None, None),  # not a file of the request: skipped
+        ],
+        T0 + 5,
+    )
+    assert moved == 2
+    req = await get(store, "r")
+    a, b, c, d, _ = req.files
+    assert (a.state, a.started_at, a.finished_at) == (ST, T0 + 5, None)
+    assert (b.state, b.started_at, b.finished_at) == (C, T0 + 5, T0 + 5)
+    assert (c.state, d.state, d.finished_at, d.error) == (S, C, T0 + 1, None)
+    assert (req.started_at, req.completed_at) == (T0 + 1, None)
+    assert await store.pinned("/b", T0 + 99)
+    assert not await store.pinned("/d", T0)
+
+    # One transaction: a bad update refuses the whole batch.
+    before = await get(store, "r")
+    with pytest.raises(ValueError, match="pinned"):
+        await store.set_file_states("r", [("/c", ST, None, None), ("/e", F, "x", T0 + 9)], T0 + 6)
+    with pytest.raises(ValueError, match="error"):
+        await store.set_file_states("r", [("/c", ST, None, None), ("/e", C, "x", None)], T0 + 6)
+    assert await get(store, "r") == before
+
+    assert await store.set_file_states("nope", [("/a", C, None, None)], T0 + 7) == 0
+    assert await store.set_file_states("r", [], T0 + 7) == 0
+    assert (
+        await store.set_file_states(
+            "r", [("/a", C, None, None), ("/c", F, "media", None), ("/e", X, None, None)], T0 + 8
+        )
+        == 3
+    )
+    req = await get(store, "r")
+    assert req.completed_at == T0 + 8
+    assert req.files[2].error == "media"
+    assert await store.pending_files() == []
+
+
+async def test_unarchived_files(store: TapeStore) -> None:
+    assert await store.unarchived(10) == []
+    await store.set_locality("/u1", Locality.DISK, 10)
+    await store.set_locality("/u2", Locality.DISK, 20)
+    await store.set_locality("/u3", Locality.DISK, 30)  # never touched: counts as time 0
+    await store.set_locality("/dt", Locality.DISK_AND_TAPE, 40, "V1", 0)
+    await store.set_locality("/t", Locality.TAPE, 50, "V1", 40)
+    await store.set_locality("/n", Locality.NONE, 0)
+    assert await store.touch("/u1", T0 + 30)
+    assert await store.touch("/u2", T0 + 10)
+    assert await store.touch("/dt", T0 + 1)
+    assert await store.unarchived(10) == [
+        ("/u3", 30, 0),
+        ("/u2", 20, T0 + 10),
+        ("/u1", 10, T0 + 30),
+    ]
+    assert await store.unarchived(2) == [("/u3", 30, 0), ("/u2", 20, T0 + 10)]
+    await store.set_locality("/u3", Locality.DISK_AND_TAPE, 30, "V1", 90)  # archived
+    assert [p for p, _, _ in await store.unarchived(10)] == ["/u2", "/u1"]
+
+
+async def test_rename_a_file(store: TapeStore) -> None:
+    await store.set_locality("/f", Locality.DISK_AND_TAPE, 5, "V1", 0)
+    await store.set_locality("/f2", Locality.DISK, 6)
+    assert await store.touch("/f2", T0 + 3)
+    await store.set_locality("/g", Locality.DISK, 99)  # replaced by the rename
+    assert await store.rename("/f", "/g") == 1
+    assert await store.get_file("/f") is None
+    assert await store.get_file("/g") == (Locality.DISK_AND_TAPE, 5, "V1", 0)
+    assert await store.files_on("V1") == [("/g", 0, 5)]  # the tape copy stays valid
+    assert await store.rename("/f2", "/h") == 1
+    assert await store.unarchived(10) == [("/h", 6, T0 + 3)]  # keeps its last access
+    assert await store.rename("/nope", "/x") == 0
+    assert await store.rename("/g", "/g") == 0
+    assert await store.get_file("/g") == (Locality.DISK_AND_TAPE, 5, "V1", 0)
+
+
+async def test_rename_a_tree(store: TapeStore) -> None:
+    sizes = {"/a/b/x": 1, "/a/b/y/z": 2, "/a/bc": 3, "/a/b%": 4, "/c/old": 5, "/c/y/z": 6}
+    sizes |= {"/cc": 7, "/a": 8}
+    for path, size in sizes.items():
+        await store.set_locality(path, Locality.DISK, size)
+    assert await store.rename("/a/b", "/c") == 2
+    got = await store.get_files(
+        ["/a/b/x", "/a/b/y/z", "/c/x", "/c/y/z", "/c/old", "/a/bc", "/a/b%", "/cc", "/a"]
+    )
+    assert {p: e[1] for p, e in got.items()} == {
+        "/c/x": 1,
+        "/c/y/z": 2,  # moved over the entry that was there
+        "/a/bc": 3,  # a sibling with the same prefix is not below /a/b
+        "/a/b%": 4,
+        "/cc": 7,
+        "/a": 8,
+    }
+    # The directory's own entry moves with the tree, into a deeper destination.
+    await store.set_locality("/c", Locality.DISK, 9)
+    assert await store.rename("/c", "/d/e") == 3
+    got = await store.get_files(["/c", "/c/x", "/d/e", "/d/e/x", "/d/e/y/z"])
+    assert {p: e[1] for p, e in got.items()} == {"/d/e": 9, "/d/e/x": 1, "/d/e/y/z": 2}
+
+
+async def test_forget_tree(store: TapeStore) -> None:
+    for path in ["/a", "/a/b", "/a/b/x", "/a/b/y/z", "/a/bc", "/a/b_"]:
+        await store.set_locality(path, Locality.DISK, 1)
+    assert await store.forget_tree("/a/b") == 3
+    got = await store.get_files(["/a", "/a/b", "/a/b/x", "/a/b/y/z", "/a/bc", "/a/b_"])
+    assert sorted(got) == ["/a", "/a/b_", "/a/bc"]
+    assert await store.forget_tree("/nothing") == 0
+    assert await store.forget_tree("/a") == 3
+    assert await store.locality_counts() == {}
+
+
+async def test_cartridges(store: TapeStore) -> None:
+    assert await store.cartridges() == {}
+    assert await store.claim_cartridge("V1", "poolA")
+    assert await store.claim_cartridge("V1", "poolA")  # already ours
+    assert not await store.claim_cartridge("V1", "poolB")
+    assert await store.cartridges() == {"V1": ("poolA", CartridgeState.ACTIVE)}
+    await store.set_cartridge_state("V2", CartridgeState.DISABLED)  # a new, unowned cartridge
+    assert (await store.cartridges())["V2"] == (None, CartridgeState.DISABLED)
+    assert await store.claim_cartridge("V2", "poolB")
+    assert not await store.claim_cartridge("V2", "poolA")
+    await store.set_cartridge_state("V1", CartridgeState.BROKEN)  # keeps its owner
+    carts = await store.cartridges()
+    assert carts == {
+        "V1": ("poolA", CartridgeState.BROKEN),
+        "V2": ("poolB", CartridgeState.DISABLED),
+    }
+    assert all(isinstance(state, CartridgeState) for _, state in carts.values())
+
+
+async def test_settings(store: TapeStore) -> None:
+    assert await store.settings() == {}
+    await store.set_setting("read_failure_rate", 0.25)
+    await store.set_setting("broken", ["V1", "V2"])
+    await store.set_setting("nested", {"a": {"b": [1, None, True]}, "s": "x"})
+    await store.set_setting("off", False)  # a false value is a value
+    await store.set_setting("read_failure_rate", 0.5)  # replaced
+    assert await store.settings() == {
+        "broken": ["V1", "V2"],
+        "nested": {"a": {"b": [1, None, True]}, "s": "x"},
+        "off": False,
+        "read_failure_rate": 0.5,
+    }
+    await store.set_setting("broken", None)
+    await store.set_setting("never-set", None)
+    assert sorted(await store.settings()) == ["nested", "off", "read_failure_rate"]
+
+
+async def test_request_summaries(store: TapeStore) -> None:
+    assert await store.request_summaries(10) == []
+    await make(store, "r1", ["/a", "/b", "/c"], owner="alice", at=T0)
+    await make(store, "r2", ["/a"], owner="bob", at=T0 + 1)
+    await make(store, "r3", ["/x", "/y"], owner="carol", at=T0 + 2, init=[(C, None), (F, "e")])
+    await make(store, "r4", ["/z"], owner="dave", at=T0 - 5)  # created last, clock aside
+    assert await store.set_file_state("r1", "/a", C, T0 + 5)
+    assert await store.set_file_state("r1", "/b", ST, T0 + 5)
+    assert await store.delete_request("r2", at=T0 + 6)
+    assert await store.request_summaries(10) == [
+        ("r4", "dave", T0 - 5, None, {S: 1}),
+        ("r3", "carol", T0 + 2, T0 + 2, {C: 1, F: 1}),
+        ("r1", "alice", T0, None, {C: 1, ST: 1, S: 1}),
+    ]
+    assert [s[0] for s in await store.request_summaries(2)] == ["r4", "r3"]
+    summary = (await store.request_summaries(1))[0]
+    assert all(isinstance(state, FileState) for state in summary[4])
+
+
+async def test_locality_counts(store: TapeStore) -> None:
+    assert await store.locality_counts() == {}
+    await store.set_locality("/d1", Locality.DISK, 10)
+    await store.set_locality("/d2", Locality.DISK, 20)
+    await store.set_locality("/dt", Locality.DISK_AND_TAPE, 300, "V1", 0)
+    await store.set_locality("/t", Locality.TAPE, 4000, "V1", 300)
+    await store.set_locality("/n", Locality.NONE, 0)
+    big = 5 * 2**40  # sums beyond 32 bits
+    await store.set_locality("/big", Locality.TAPE, big, "V2", 0)
+    counts = await store.locality_counts()
+    assert counts == {
+        Locality.DISK: (2, 30),
+        Locality.DISK_AND_TAPE: (1, 300),
+        Locality.TAPE: (2, 4000 + big),
+        Locality.NONE: (1, 0),
+    }
+    assert all(type(n) is int and type(b) is int for n, b in counts.values())
+
+
 # -- restart, size, concurrency, crash -------------------------------------------------------
 
 
@@ -646,11 +921,6 @@ async def test_sqlite_synchronous_choice(tmp_path: Path) -> None:
         await SQLiteStore.open(tmp_path / "x.sqlite", synchronous="OFF")  # type: ignore[arg-type]
 
 
-async def test_open_store_names_postgresql_as_not_yet_available() -> None:
-    with pytest.raises(NotImplementedError):
-        await open_store("postgresql://localhost/se")
-
-
 async def test_sqlite_calls_run_on_one_thread_off_the_loop(tmp_path: Path) -> None:
     store = await SQLiteStore.open(tmp_path / "t.sqlite")
     try:
@@ -661,3 +931,185 @@ async def test_sqlite_calls_run_on_one_thread_off_the_loop(tmp_path: Path) -> No
         assert idents[0] != threading.get_ident()
     finally:
         await store.close()
+
+
+# -- PostgreSQL specifics --------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_backend(postgres: PGServer) -> Iterator[Backend]:
+    url = postgres.create_database("pg")
+    yield Backend("postgres", url)
+    postgres.drop_database(url)
+
+
+async def open_pg(location: str) -> PostgresStore:
+    store = await open_store(location)
+    assert isinstance(store, PostgresStore)
+    return store
+
+
+async def backend_pid(store: PostgresStore) -> int:
+    def pid(cur: Any) -> int:
+        cur.execute("SELECT pg_backend_pid()")
+        return int(cur.fetchone()[0])
+
+    return await store._run(False, pid)
+
+
+def connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    return psycopg.connect(url, autocommit=True, connect_timeout=10)
+
+
+def admin(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with connect(url) as conn:
+        cur = conn.execute(sql.replace("?", "%s"), args)
+        return cur.fetchall() if cur.description else []
+
+
+async def test_open_store_takes_both_url_schemes(pg_backend: Backend) -> None:
+    url = pg_backend.location
+    assert url.startswith("postgresql://")
+    for location in (url, "postgres://" + url.removeprefix("postgresql://")):
+        store = await open_pg(location)
+        try:
+            await make(store, location.split(":")[0], ["/a"])
+        finally:
+            await store.close()
+    store = await open_pg(url)
+    try:
+        assert [s[0] for s in await store.request_summaries(5)] == ["postgres", "postgresql"]
+    finally:
+        await store.close()
+
+
+async def test_postgres_schema_version(pg_backend: Backend) -> None:
+    url = pg_backend.location
+    # Frontends starting together: one creates the schema, the others find it.
+    stores = await asyncio.gather(*(open_pg(url) for _ in range(4)))
+    for store in stores:
+        await store.close()
+    assert await asyncio.to_thread(admin, url, "SELECT version FROM schema_version") == [(1,)]
+    await asyncio.to_thread(admin, url, "UPDATE schema_version SET version = 99")
+    with pytest.raises(SchemaError, match="99"):
+        await open_pg(url)
+
+
+async def test_postgres_calls_run_on_one_thread_off_the_loop(pg_backend: Backend) -> None:
+    store = await open_pg(pg_backend.location)
+    try:
+        idents = await asyncio.gather(
+            *(store._run(False, lambda _cur: threading.get_ident()) for _ in range(20))
+        )
+        assert len(set(idents)) == 1
+        assert idents[0] != threading.get_ident()
+    finally:
+        await store.close()
+
+
+async def test_postgres_reconnects_when_the_connection_broke(pg_backend: Backend) -> None:
+    store = await open_pg(pg_backend.location)
+    try:
+        await make(store, "r", ["/a"])
+        before = await backend_pid(store)
+        killed = await asyncio.to_thread(
+            admin, pg_backend.location, "SELECT pg_terminate_backend(?)", before
+        )
+        assert killed == [(True,)]
+        assert (await get(store, "r")).files[0].path == "/a"  # a read: reconnected once
+        assert await backend_pid(store) != before
+        killed = await asyncio.to_thread(
+            admin, pg_backend.location, "SELECT pg_terminate_backend(?)", await backend_pid(store)
+        )
+        assert await store.set_file_state("r", "/a", C, T0 + 1)  # a write, likewise
+    finally:
+        await store.close()
+
+
+async def test_two_frontends_race_on_a_request_id(pg_backend: Backend) -> None:
+    one, two = await open_pg(pg_backend.location), await open_pg(pg_backend.location)
+    try:
+        async with asyncio.timeout(60):
+            for k in range(20):
+                rid = f"dup-{k}"
+                results = await asyncio.gather(
+                    make(one, rid, ["/a", "/b"], owner="one"),
+                    make(two, rid, ["/c"], owner="two"),
+                    return_exceptions=True,
+                )
+                errors = [r for r in results if isinstance(r, BaseException)]
+                assert len(errors) == 1 and isinstance(errors[0], DuplicateRequestError), results
+                req = await get(two, rid)
+                winner = "two" if results[0] is errors[0] else "one"
+                assert req.owner == winner
+                assert [f.path for f in req.files] == (["/c"] if winner == "two" else ["/a", "/b"])
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_unique_violation_is_a_duplicate_request(pg_backend: Backend) -> None:
+    """A writer that does not take the store's lock (here: plain SQL) inserts the same id while
+    create_request runs: the unique index decides, and the answer is DuplicateRequestError."""
+    url = pg_backend.location
+    store = await open_pg(url)
+    raw = await asyncio.to_thread(connect, url)
+    try:
+        await asyncio.to_thread(raw.execute, "BEGIN")
+        await asyncio.to_thread(
+            raw.execute,
+            "INSERT INTO request (id, owner, created_at) VALUES ('x', 'raw', %s)",
+            (T0,),
+        )
+        task = asyncio.create_task(make(store, "x", ["/a"]))
+        waiting: list[tuple[Any, ...]] = []
+        for _ in range(200):  # until the store's INSERT waits on the uncommitted row
+            await asyncio.sleep(0.05)
+            waiting = await asyncio.to_thread(
+                admin,
+                url,
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'INSERT INTO request%%'",
+            )
+            if waiting or task.done():
+                break
+        assert waiting, "create_request did not wait for the other writer"
+        await asyncio.to_thread(raw.execute, "COMMIT")
+        with pytest.raises(DuplicateRequestError) as info:
+            await asyncio.wait_for(task, 30)
+        assert isinstance(info.value.__cause__, psycopg.errors.UniqueViolation)
+        assert (await get(store, "x")).owner == "raw"
+    finally:
+        await asyncio.to_thread(raw.close)
+        await store.close()
+
+
+async def test_two_frontends_race_cancel_against_completion(pg_backend: Backend) -> None:
+    """A file cancelled by one frontend while another completes it with a pin: whichever
+    wins, a cancelled file holds no pin."""
+    reader, canceller = await open_pg(pg_backend.location), await open_pg(pg_backend.location)
+    n = 40
+    paths = [f"/race/{i}" for i in range(n)]
+    try:
+        await make(reader, "r", paths)
+        for p in paths:
+            assert await reader.set_file_state("r", p, ST, T0 + 1)
+        async with asyncio.timeout(60):
+            for p in paths:
+                await asyncio.gather(
+                    reader.set_file_state("r", p, C, T0 + 2, pin_until=T0 + 1000),
+                    canceller.cancel("r", [p], at=T0 + 2),
+                )
+        req = await get(canceller, "r")
+        outcome = {FileState.COMPLETED: 0, FileState.CANCELLED: 0}
+        for f in req.files:
+            outcome[f.state] += 1
+            if f.state is X:
+                assert not await reader.pinned(f.path, T0 + 3), f.path
+        assert sum(outcome.values()) == n
+        assert req.completed_at == T0 + 2
+        # The request's pins were all dropped by the cancel that ran after each completion.
+        assert await reader.release("r", paths) == 0
+    finally:
+        await reader.close()
+        await canceller.close()
