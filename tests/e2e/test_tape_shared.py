@@ -115,3 +115,45 @@ async def test_one_library_serves_two_frontends(
         req2 = await _json(s, "GET", f"{a.url}/api/v1/stage/{rid2}")
         assert req2["files"][0]["state"] in ("CANCELLED", "COMPLETED")
     postgres.drop_database(url)
+
+
+async def test_two_workers_share_the_sqlite_database(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    """With --workers 2 only the first worker runs the library; requests accepted by
+    either worker complete, and both see one catalogue."""
+    cfg = _config("", True).replace('database = ""\n', "")
+    srv = se_factory(cfg, extra_args=["--workers", "2"])
+    paths = [f"/tape/g{i}" for i in range(8)]
+    connector = aiohttp.TCPConnector(force_close=True)  # spread requests over both workers
+    async with aiohttp.ClientSession(connector=connector) as s:
+        async with s.request("MKCOL", f"{srv.url}/tape") as resp:
+            assert resp.status == 201
+        for p in paths:
+            async with s.put(f"{srv.url}{p}", data=b"data") as resp:
+                assert resp.status == 201
+        libraries = set()
+        for _ in range(20):
+            status = await _json(s, "POST", f"{srv.url}/.well-known/se/tape", {"flush": True})
+            libraries.add(status["library"])
+        assert libraries == {True, False}  # both workers answered; one runs the library
+        info = await _json(s, "POST", f"{srv.url}/api/v1/archiveinfo", {"paths": paths})
+        assert {i.get("locality") for i in info} == {"DISK_AND_TAPE"}
+        for _ in range(20):
+            status = await _json(s, "POST", f"{srv.url}/.well-known/se/tape", {"evict": True})
+            if status["library"]:
+                break
+        info = await _json(s, "POST", f"{srv.url}/api/v1/archiveinfo", {"paths": paths})
+        assert {i.get("locality") for i in info} == {"TAPE"}
+        ids = []
+        for p in paths:
+            created = await _json(s, "POST", f"{srv.url}/api/v1/stage", {"files": [{"path": p}]})
+            ids.append(created["requestId"])
+        for rid in ids:
+
+            async def done(rid: str = rid) -> Any:
+                req = await _json(s, "GET", f"{srv.url}/api/v1/stage/{rid}")
+                return req if "completedAt" in req else None
+
+            req = await _until(done)
+            assert req["files"][0]["state"] == "COMPLETED", req
