@@ -221,8 +221,8 @@ async def _stage(request: web.Request, tape: TapeService, _rid: str) -> web.Stre
         raise api.TapeProblem(500, "Internal error", "request id collision; retry") from None
     tape.requests_created += 1
     tape.files_requested += len(files)
-    if tape.library is not None and any(s is FileState.SUBMITTED for s, _ in states):
-        await tape.library.recall(request_id)
+    if any(s is FileState.SUBMITTED for s, _ in states):
+        tape.queue(request_id)  # in the background: the 201 does not wait for the queues
     location = f"{_base_uri(request, tape)}/stage/{request_id}"
     return _json({"requestId": request_id}, 201, {hdrs.LOCATION: location})
 

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from se.config import Config, TapeConfig, state_dir
 from se.errors import ServiceUnavailable
@@ -93,7 +94,7 @@ class TapeService:
         self.cartridge_states: dict[str, CartridgeState] = {}
         self.settings: dict[str, object] = {}
         self._task: asyncio.Task[None] | None = None
-        self._touching: set[asyncio.Future[bool]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
         self._last_gc = 0.0
         # Counters for /.well-known/se/metrics (this process).
         self.requests_created = 0
@@ -125,7 +126,7 @@ class TapeService:
         self._task = asyncio.create_task(self._run(), name="tape-service")
 
     async def close(self) -> None:
-        tasks = [t for t in (self._task, *self._touching) if t is not None]
+        tasks = [t for t in (self._task, *self._background) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -163,6 +164,15 @@ class TapeService:
     async def _refresh(self) -> None:
         self.settings = await self.store.settings()
         self.cartridge_states = {v: s for v, (_p, s) in (await self.store.cartridges()).items()}
+
+    def queue(self, request_id: str) -> None:
+        """Hand a new request to the library now (else the next sync picks it up)."""
+        library = self.library
+        if library is None:
+            return
+        task = asyncio.ensure_future(library.recall(request_id))
+        self._background.add(task)
+        task.add_done_callback(self._finished)
 
     # -- archive ----------------------------------------------------------------------------
 
@@ -292,10 +302,10 @@ class TapeService:
             )
         if locality is Locality.DISK_AND_TAPE:
             task = asyncio.ensure_future(self.store.touch(str(path), int(time.time())))
-            self._touching.add(task)
-            task.add_done_callback(self._touched)
+            self._background.add(task)
+            task.add_done_callback(self._finished)
 
-    def _touched(self, task: asyncio.Future[bool]) -> None:
-        self._touching.discard(task)
+    def _finished(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("tape: access time not recorded: %s", task.exception())
+            log.warning("tape: background call failed: %s", task.exception())

@@ -44,9 +44,12 @@ an admin can change them while the server runs.  With a :class:`~se.tape.buffer.
 each read first waits for room in the buffer (``buffer_wait`` simulated seconds, then FAILED
 "no space in disk buffer").
 
-Not modelled: mount-policy priorities, round-robin fairness between requests (batches follow
-tape position only), several robots (the robot exchange never queues), mount timeouts, write
-mounts (archiving is immediate; the archive criteria are applied by the caller).
+Fairness: when a mounted cartridge's queue holds more than one batch, requests take turns in
+filling it (round robin), and each batch is read in tape order.
+
+Not modelled: mount-policy priorities, several robots (the robot exchange never queues), mount
+timeouts, write mounts (archiving is immediate; the archive criteria are applied by the
+caller).
 """
 
 from __future__ import annotations
@@ -661,20 +664,39 @@ class TapeLibrary:
         await asyncio.sleep(self._t.real(seconds))
 
     def _take_batch(self, vid: str) -> list[_Job]:
+        """The next batch of a mounted cartridge, read in tape order.
+
+        When the queue holds more than one batch, its requests take turns (round robin, one
+        job each, each request's jobs in tape order) so that a huge request does not starve
+        a small one that arrived later; the chosen jobs are then read in tape order.
+        """
         queue = self._queues[vid]
+        limit_files = self.config.batch_max_files
+        limit_bytes = self.config.batch_max_bytes
+        ordered = sorted(queue.values(), key=lambda j: j.position)
+        if len(ordered) > limit_files or sum(j.size for j in ordered) > limit_bytes:
+            per_request: dict[str, list[_Job]] = {}
+            for job in ordered:
+                per_request.setdefault(job.request_id, []).append(job)
+            lanes = [iter(jobs) for jobs in per_request.values()]
+            ordered = []
+            while lanes:
+                for lane in list(lanes):
+                    turn = next(lane, None)
+                    if turn is None:
+                        lanes.remove(lane)
+                    else:
+                        ordered.append(turn)
         batch: list[_Job] = []
         size = 0
-        for job in sorted(queue.values(), key=lambda j: j.position):
-            if batch and (
-                len(batch) >= self.config.batch_max_files
-                or size + job.size > self.config.batch_max_bytes
-            ):
+        for job in ordered:
+            if batch and (len(batch) >= limit_files or size + job.size > limit_bytes):
                 break
             batch.append(job)
             size += job.size
         for job in batch:
             del queue[job.request_id, job.path]
-        return batch
+        return sorted(batch, key=lambda j: j.position)
 
     async def _session(self, session: _Session) -> None:
         vid = session.vid
