@@ -417,6 +417,8 @@ async def _copy_or_move(request: web.Request, move: bool) -> web.StreamResponse:
         _authorise_rename(request, src, dst)
     else:
         authorise(request, Op.READ, src)
+        if ctx.tape is not None:  # a copy reads its source: not while it is on tape only
+            await ctx.tape.check_source(ctx.backend.stat(src), src)
     authorise_write(request, dst, overwrite)
     if move:
         created = await ctx.backend.move(src, dst, overwrite)

@@ -46,6 +46,8 @@ class DiskBuffer:
         self.config = config
         self.evicted_files = 0
         self.evicted_bytes = 0
+        # Bytes promised to reads under way (make_room) and not yet in the catalogue.
+        self.reserved = 0
         self._lock = asyncio.Lock()
 
     async def usage(self) -> int:
@@ -64,7 +66,9 @@ class DiskBuffer:
         return await self._evict(usage - int(cap * self.config.low_watermark), now)
 
     async def make_room(self, size: int, patience: float) -> bool:
-        """Wait until ``size`` more bytes fit (evicting what may go); False after ``patience`` s."""
+        """Wait until ``size`` more bytes fit (evicting what may go) and reserve them; False
+        after ``patience`` s.  Every True must be followed by :meth:`settle` once the file is
+        in the catalogue (or its read failed)."""
         cap = self.config.capacity
         if cap == 0:
             return True
@@ -72,17 +76,25 @@ class DiskBuffer:
         deadline = loop.time() + patience
         while True:
             now = int(time.time())
-            usage = await self.usage()
-            # Room for this file, and leave the buffer at most at its high watermark if we can.
+            usage = await self.usage() + self.reserved
+            # Only what this file needs: the watermarks are collect()'s business, and a
+            # file kept is a recall saved.
             if usage + size > cap:
                 await self.store.expire_pins(now)
-                usage -= await self._evict(usage + size - cap, now)
-            if usage + size <= cap:
+                await self._evict(usage + size - cap, now)
+                usage = await self.usage()
+            # No await between this check and the reservation: other readers see it.
+            if usage + self.reserved + size <= cap:
+                self.reserved += size
                 return True
             left = deadline - loop.time()
             if left <= 0:
                 return False
             await asyncio.sleep(min(self.config.poll, left))
+
+    def settle(self, size: int) -> None:
+        """A reserved file is in the catalogue now (or will not be): release its reservation."""
+        self.reserved = max(0, self.reserved - size)
 
     async def evict_unpinned(self) -> int:
         """Evict every on-tape file without a live pin now (an admin's "drop the cache")."""

@@ -65,6 +65,8 @@ def route(request: web.Request) -> Callable[[], Awaitable[web.StreamResponse]] |
     if not path.startswith(base):
         return None
     parts = path[len(base) :].split("/")
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()  # gfal2 posts to "{uri}/stage/" and "{uri}/archiveinfo/"
     match parts:
         case ["stage"]:
             return functools.partial(_guard, request, _stage, tape, "", (hdrs.METH_POST,))
@@ -92,7 +94,12 @@ async def _guard(
     try:
         if request.method not in methods:
             allow = ", ".join(methods)
-            raise api.TapeProblem(405, "Method not allowed", f"{request.method}; allowed: {allow}")
+            return _problem(
+                405,
+                "Method not allowed",
+                f"{request.method}; allowed: {allow}",
+                {"Allow": allow},
+            )
         return await handler(request, tape, rid)
     except api.TapeProblem as exc:
         return _problem(exc.status, exc.title, exc.detail)
@@ -107,8 +114,6 @@ def _problem(
     status: int, title: str, detail: str | None, headers: dict[str, str] | None = None
 ) -> web.Response:
     extra = dict(headers or {})
-    if status == 405:
-        extra.setdefault("Allow", "GET, POST, DELETE")
     return web.Response(
         status=status,
         text=json.dumps(api.problem(status, title, detail)),
@@ -154,6 +159,15 @@ def _allowed(request: web.Request, ops: Sequence[Op], path: DavPath) -> SEError 
     return refusal
 
 
+def _may_all(request: web.Request, ops: Sequence[Op], req: StageRequest) -> bool:
+    """Whether the caller may do one of ``ops`` on every (valid) path of a request."""
+    for f in req.files:
+        path = _canonical(f.path)
+        if path is None or _allowed(request, ops, path) is not None:
+            return False
+    return True
+
+
 def _canonical(spelling: str) -> DavPath | None:
     """The namespace path a sanitised client path names (decoded once); None if invalid."""
     try:
@@ -172,7 +186,9 @@ def _check_id(rid: str) -> None:
 
 async def _discovery(request: web.Request, tape: TapeService, _rid: str) -> web.StreamResponse:
     doc = api.discovery(tape.cfg.sitename, _base_uri(request, tape), tape.cfg.description)
-    return _json(doc, headers={"Cache-Control": "public, max-age=3600"})
+    # Built from the Host header unless tape.endpoint is set: then not for shared caches.
+    cache = "public, max-age=3600" if tape.cfg.endpoint else "private, max-age=3600"
+    return _json(doc, headers={"Cache-Control": cache})
 
 
 # -- stage ----------------------------------------------------------------------------------
@@ -200,7 +216,13 @@ async def _stage(request: web.Request, tape: TapeService, _rid: str) -> web.Stre
         paths.append(path)
     refusals = [_allowed(request, (Op.STAGE,), p) if p is not None else None for p in paths]
     valid = [i for i, p in enumerate(paths) if p is not None]
-    if valid and all(refusals[i] is not None for i in valid):
+    if not valid:
+        # Nothing to stage; still, who may not stage anything learns nothing more.
+        refusal = _allowed(request, (Op.STAGE,), DavPath(()))
+        if isinstance(refusal, Unauthorized):
+            raise refusal
+        raise api.TapeProblem(400, "Invalid paths", "no file of the request names a valid path")
+    if all(refusals[i] is not None for i in valid):
         refusal = refusals[valid[0]]
         assert refusal is not None
         raise refusal
@@ -300,10 +322,7 @@ async def _visible_request(
     """The request, if the caller owns it or may do one of ``ops`` on all its paths; else 404."""
     _check_id(rid)
     req = await tape.store.get_request(rid)
-    if req is not None and (
-        req.owner == _owner(request)
-        or all(_allowed(request, ops, confine(f.path)) is None for f in req.files)
-    ):
+    if req is not None and (req.owner == _owner(request) or _may_all(request, ops, req)):
         return req
     raise api.TapeProblem(404, "Not found", f"no stage request {rid}")
 
@@ -351,10 +370,7 @@ async def _release(request: web.Request, tape: TapeService, rid: str) -> web.Str
     keys = _keys(api.parse_paths(await _body(request, tape), None))
     req = await tape.store.get_request(rid) if rid and len(rid) <= MAX_ID else None
     owner = _owner(request)
-    if req is not None and (
-        req.owner == owner
-        or all(_allowed(request, (Op.STAGE,), confine(f.path)) is None for f in req.files)
-    ):
+    if req is not None and (req.owner == owner or _may_all(request, (Op.STAGE,), req)):
         await tape.store.release(rid, keys)
         return web.Response(status=200)
     # Unknown id (gfal-evict sends "gfal2-placeholder-id"): the caller's own pins on the

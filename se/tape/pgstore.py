@@ -416,3 +416,20 @@ class PostgresStore(_SQLCore):
 
     async def locality_counts(self) -> dict[Locality, tuple[int, int]]:
         return await self._run(False, self._locality_counts)
+
+    async def offline_below(self, path: str) -> str | None:
+        return await self._run(False, self._offline_below, path)
+
+    async def recalled(
+        self,
+        request_id: str,
+        path: str,
+        size: int,
+        cartridge: str,
+        position: int,
+        at: int,
+        pin_until: int | None,
+    ) -> bool:
+        return await self._run(
+            True, self._recalled, request_id, path, size, cartridge, position, at, pin_until
+        )

@@ -26,6 +26,7 @@ from typing import Any
 from se.config import Config, TapeConfig, state_dir
 from se.errors import ServiceUnavailable
 from se.storage.paths import DavPath, confine
+from se.storage.posix import Stat
 from se.tape.buffer import BufferConfig, DiskBuffer
 from se.tape.model import CartridgeState, Locality
 from se.tape.simulator import LibraryConfig, TapeFullError, TapeLibrary, TapeTiming
@@ -283,6 +284,21 @@ class TapeService:
             if state is not CartridgeState.ACTIVE:
                 return Locality.UNAVAILABLE
         return locality
+
+    async def check_source(self, st: Stat | None, path: DavPath) -> None:
+        """:meth:`check_readable` for the source of a COPY (a file or a collection)."""
+        if st is None:
+            return
+        if not st.is_dir:
+            await self.check_readable(path, st.size)
+            return
+        if self._involved(path):
+            bad = await self.store.offline_below(str(path))
+            if bad is not None:
+                raise ServiceUnavailable(
+                    f"{bad}: is on tape only (NEARLINE): stage it before copying {path}",
+                    headers={"Retry-After": str(self.cfg.retry_after)},
+                )
 
     async def check_readable(self, path: DavPath, size: int) -> None:
         """Refuse reading a file whose disk copy is gone (no recall is triggered: v1.3

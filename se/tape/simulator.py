@@ -83,6 +83,7 @@ ERR_LOST = "file is lost on tape"
 ERR_UNAVAILABLE = "tape unavailable"
 ERR_UNREACHABLE = "Tape backend is unreachable"
 ERR_NO_SPACE = "no space in disk buffer"
+ERR_GONE = "file was deleted or renamed while it was recalled"
 
 # Run-time switches read from the store's settings (see TapeLibrary.sync).
 SETTINGS = ("unreachable", "bad_file_probability", "drive_failure_probability")
@@ -657,7 +658,8 @@ class TapeLibrary:
             due = [t for t in later if t > now]
             timeout = min(due) - now if due else None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _spend(self, seconds: float) -> None:
         self._busy += seconds
@@ -713,10 +715,10 @@ class TapeLibrary:
                     if any(self._pool_allows(w, vid) for _, w in self._waiting(loop.time())):
                         break  # another tape can use this drive
                     session.wake.clear()
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
                     try:
-                        await asyncio.wait_for(
-                            session.wake.wait(), self._t.real(self._t.idle_dismount)
-                        )
+                        async with asyncio.timeout(self._t.real(self._t.idle_dismount)):
+                            await session.wake.wait()
                     except TimeoutError:
                         break
                     continue
@@ -736,19 +738,23 @@ class TapeLibrary:
                             self._jobs.pop((j.request_id, j.path), None)
                         failed = True
                         break
-                    distance = job.position - head
-                    await self._spend(self._t.locate(distance, self.config.cartridge_capacity))
-                    head = job.position
-                    if self._draw("drive", vid, self._mounts[vid], job.path) < (
-                        self.drive_failure_probability
-                    ):
-                        self._drive_failures += 1
-                        for rest in batch[i:]:
-                            if not rest.cancelled:
-                                self._queues[vid][rest.request_id, rest.path] = rest
-                        failed = True
-                        break
-                    head = await self._read(vid, job)
+                    try:  # the room reserved in the buffer is given back whatever happens
+                        distance = job.position - head
+                        await self._spend(self._t.locate(distance, self.config.cartridge_capacity))
+                        head = job.position
+                        if self._draw("drive", vid, self._mounts[vid], job.path) < (
+                            self.drive_failure_probability
+                        ):
+                            self._drive_failures += 1
+                            for rest in batch[i:]:
+                                if not rest.cancelled:
+                                    self._queues[vid][rest.request_id, rest.path] = rest
+                            failed = True
+                            break
+                        head = await self._read(vid, job)
+                    finally:
+                        if self.buffer is not None:
+                            self.buffer.settle(job.size)
             session.accepting = False
             await self._spend(self._t.unload if failed else self._t.dismount())
         finally:
@@ -786,16 +792,16 @@ class TapeLibrary:
         self._files_recalled += 1
         self._bytes_recalled += job.size
         at = _now()
-        # The file is on disk now, even if its request was cancelled meanwhile (then no pin).
-        await self.store.set_locality(job.path, Locality.DISK_AND_TAPE, job.size, vid, job.position)
-        await self.store.touch(job.path, at)
-        if not job.cancelled:
+        # The file is on disk now, even if its request was cancelled meanwhile (then no pin),
+        # unless the user deleted, renamed or rewrote it while it was read: then the catalogue
+        # entry is not this tape copy's any more and stays as it is.
+        pin = None if job.cancelled else at + job.pin_lifetime
+        known = await self.store.recalled(
+            job.request_id, job.path, job.size, vid, job.position, at, pin
+        )
+        if not known:
             await self.store.set_file_state(
-                job.request_id,
-                job.path,
-                FileState.COMPLETED,
-                at,
-                pin_until=at + job.pin_lifetime,
+                job.request_id, job.path, FileState.FAILED, at, ERR_GONE
             )
         # Only now: a sync() meanwhile still sees the job and does not queue the file again.
         self._jobs.pop((job.request_id, job.path), None)

@@ -263,6 +263,26 @@ class TapeStore(Protocol):
     async def locality_counts(self) -> dict[Locality, tuple[int, int]]:
         """Catalogue totals: locality -> (files, bytes)."""
 
+    async def recalled(
+        self,
+        request_id: str,
+        path: str,
+        size: int,
+        cartridge: str,
+        position: int,
+        at: int,
+        pin_until: int | None,
+    ) -> bool:
+        """A recall read ``path`` from (cartridge, position), in one transaction: the file is
+        DISK_AND_TAPE again (only if the catalogue still holds that tape copy: a file
+        rewritten meanwhile keeps its new entry), its access time is now and, with
+        ``pin_until``, the request's file is COMPLETED with its pin, so no eviction can come
+        in between.  False, and nothing changed, when the catalogue no longer knows the file
+        (deleted or renamed meanwhile)."""
+
+    async def offline_below(self, path: str) -> str | None:
+        """A file below ``path`` whose disk copy does not count (TAPE, LOST, UNAVAILABLE)."""
+
 
 class _Cursor(Protocol):
     """The part of a DB-API 2.0 cursor the portable core uses (qmark placeholders)."""
@@ -760,6 +780,39 @@ class _SQLCore:
             out.append((rid, owner, created, completed, counts))
         return out
 
+    @classmethod
+    def _recalled(
+        cls,
+        cur: _Cursor,
+        request_id: str,
+        path: str,
+        size: int,
+        cartridge: str,
+        position: int,
+        at: int,
+        pin_until: int | None,
+    ) -> bool:
+        entry = cls._get_file(cur, path)
+        if entry is None:
+            return False
+        if entry[2] == cartridge and entry[3] == position:
+            cls._set_locality(cur, path, Locality.DISK_AND_TAPE, size, cartridge, position)
+        cls._touch(cur, path, at)
+        if pin_until is not None:
+            cls._set_file_state(cur, request_id, path, FileState.COMPLETED, at, None, pin_until)
+        return True
+
+    @classmethod
+    def _offline_below(cls, cur: _Cursor, path: str) -> str | None:
+        prefix, n = cls._below(path)
+        cur.execute(
+            "SELECT path FROM catalogue WHERE substr(path, 1, ?) = ? AND locality IN (?, ?, ?)"
+            " LIMIT 1",
+            (n, prefix, Locality.TAPE.value, Locality.LOST.value, Locality.UNAVAILABLE.value),
+        )
+        row = cur.fetchone()
+        return None if row is None else str(row[0])
+
     @staticmethod
     def _locality_counts(cur: _Cursor) -> dict[Locality, tuple[int, int]]:
         cur.execute(
@@ -1080,6 +1133,23 @@ class SQLiteStore(_SQLCore):
 
     async def locality_counts(self) -> dict[Locality, tuple[int, int]]:
         return await self._run(False, self._locality_counts)
+
+    async def offline_below(self, path: str) -> str | None:
+        return await self._run(False, self._offline_below, path)
+
+    async def recalled(
+        self,
+        request_id: str,
+        path: str,
+        size: int,
+        cartridge: str,
+        position: int,
+        at: int,
+        pin_until: int | None,
+    ) -> bool:
+        return await self._run(
+            True, self._recalled, request_id, path, size, cartridge, position, at, pin_until
+        )
 
 
 def _now(at: int | None) -> int:

@@ -50,6 +50,8 @@ async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.Stre
         ctx.backend.check_upload(path, spec.overwrite)
     else:
         authorise(request, Op.READ, path)
+        if ctx.tape is not None:
+            await ctx.tape.check_source(ctx.backend.stat(path), path)
     try:
         svc.policy.check_url(spec.remote)
     except RemoteRefused as exc:
