@@ -33,7 +33,7 @@ class BufferConfig:
 
     def __post_init__(self) -> None:
         if self.capacity < 0:
-            raise ValueError("the disk buffer capacity must not be negative")
+            raise ValueError("buffer_capacity: must not be negative")
         if not 0.0 < self.low_watermark <= self.high_watermark <= 1.0:
             raise ValueError("watermarks: 0 < low <= high <= 1")
         if self.poll <= 0:

@@ -420,6 +420,11 @@ class PostgresStore(_SQLCore):
     async def offline_below(self, path: str) -> str | None:
         return await self._run(False, self._offline_below, path)
 
+    async def archived(
+        self, path: str, size: int, locality: Locality, cartridge: str, position: int
+    ) -> bool:
+        return await self._run(True, self._archived, path, size, locality, cartridge, position)
+
     async def recalled(
         self,
         request_id: str,

@@ -96,7 +96,7 @@ class TapeService:
         self.settings: dict[str, object] = {}
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
-        self._last_gc = 0.0
+        self._last_gc = -GC_PERIOD  # the first tick collects
         # Counters for /.well-known/se/metrics (this process).
         self.requests_created = 0
         self.files_requested = 0
@@ -201,11 +201,11 @@ class TapeService:
                 continue
             for path, size, _written in files:
                 try:
-                    await library.archive(path, size, pool)
+                    entry = await library.archive(path, size, pool, if_unchanged=True)
                 except TapeFullError as exc:
                     log.error("tape: cannot archive %s: %s", path, exc)
                     break
-                done += 1
+                done += entry is not None
         self.files_archived += done
         return done
 

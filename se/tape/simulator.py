@@ -12,7 +12,7 @@ Model (spec section 7, CTA-like):
   order, and becomes DISK_AND_TAPE (or TAPE with ``keep_on_disk=False``).  A zero-length file is
   never written to tape: NONE.  Each pool fills one cartridge at a time, taking the first unused
   cartridge of the library when the current one is full.  Which pool owns which cartridge is kept
-  in memory only: after a restart a pool starts on a fresh (empty) cartridge.
+  in the store's cartridge table: after a restart a pool carries on where it was.
 * Recall: one queue per cartridge.  A queue is mountable when it holds ``mount_min_files`` files or
   ``mount_min_bytes`` bytes, or its oldest job is ``min_request_age`` (simulated) seconds old.  A
   free drive takes the mountable queue with the oldest job.  A file is STARTED when its queue has a
@@ -60,6 +60,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 from se.tape.buffer import DiskBuffer
 from se.tape.model import CartridgeState, FileState, Locality
@@ -171,11 +172,13 @@ class LibraryConfig:
 
     def __post_init__(self) -> None:
         if self.drives < 1:
-            raise ValueError("a library has at least one drive")
+            raise ValueError("drives: a library has at least one drive")
         if not self.vids or len(set(self.vids)) != len(self.vids):
             raise ValueError("cartridges: at least one, no duplicate vids")
         if self.cartridge_capacity <= 0 or self.batch_max_files < 1 or self.batch_max_bytes < 1:
-            raise ValueError("capacity and batch limits must be positive")
+            raise ValueError(
+                "cartridge_capacity, batch_max_files and batch_max_bytes must be positive"
+            )
         if self.read_retries < 0 or self.min_request_age < 0:
             raise ValueError("read_retries and min_request_age must not be negative")
         owned = [v for vids in self.pools.values() for v in vids]
@@ -183,9 +186,9 @@ class LibraryConfig:
             raise ValueError("pools: cartridges of the library, each in one pool at most")
         if any(n < 1 for n in self.max_drives.values()):
             raise ValueError("max_drives: at least one drive per pool")
-        for p in (self.bad_file_probability, self.drive_failure_probability):
-            if not 0.0 <= p <= 1.0:
-                raise ValueError("probabilities are between 0 and 1")
+        for name in ("bad_file_probability", "drive_failure_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: a probability, between 0 and 1")
 
     @property
     def vids(self) -> tuple[str, ...]:
@@ -284,9 +287,10 @@ class TapeLibrary:
         self._started_at = 0.0
         self._stopped_at: float | None = None
         self._archive_lock = asyncio.Lock()
+        self._loaded = False  # cartridge states and ownership read from the store
         self._pool_tape: dict[str, tuple[str, int]] = {}  # pool -> (vid, next position)
         self._claimed: set[str] | None = None  # shared cartridges holding files
-        # The pool of each cartridge: configured, or taken by archive() (in memory only).
+        # The pool of each cartridge: configured, or claimed by archive() (in the store).
         self._pool_of: dict[str, str] = {
             v: pool for pool, vids in config.pools.items() for v in vids
         }
@@ -329,6 +333,7 @@ class TapeLibrary:
     async def _load_cartridges(self) -> None:
         """Cartridge states and pool ownership from the store (they survive restarts)."""
         known = await self.store.cartridges()
+        self._loaded = True
         for vid, (pool, state) in known.items():
             if vid in self._cartridge_state:
                 self._cartridge_state[vid] = state
@@ -381,9 +386,9 @@ class TapeLibrary:
             if error is None or not queue:
                 continue
             jobs = list(queue.values())
+            await self._fail(jobs, error)  # before the drop, which marks them cancelled
             for job in jobs:
                 self._drop(job.request_id, {job.path})
-            await self._fail(jobs, error)
 
     def _unreadable(self, vid: str) -> str | None:
         if self.unreachable:
@@ -477,12 +482,43 @@ class TapeLibrary:
         self._drop(request_id, None)
         return True
 
+    @overload
     async def archive(
-        self, path: str, size: int, pool: str, *, keep_on_disk: bool = True
-    ) -> CatalogueEntry:
+        self,
+        path: str,
+        size: int,
+        pool: str,
+        *,
+        keep_on_disk: bool = True,
+        if_unchanged: Literal[False] = False,
+    ) -> CatalogueEntry: ...
+
+    @overload
+    async def archive(
+        self,
+        path: str,
+        size: int,
+        pool: str,
+        *,
+        keep_on_disk: bool = True,
+        if_unchanged: Literal[True],
+    ) -> CatalogueEntry | None: ...
+
+    async def archive(
+        self,
+        path: str,
+        size: int,
+        pool: str,
+        *,
+        keep_on_disk: bool = True,
+        if_unchanged: bool = False,
+    ) -> CatalogueEntry | None:
         """Write a file to tape now: its (cartridge, position) comes next in its pool's order.
 
         Returns the catalogue entry.  Raises :class:`TapeFullError` when no cartridge has room.
+        With ``if_unchanged`` (the archive flush), the file is written only if the catalogue
+        still has it as DISK, not on tape, of this size (not deleted or rewritten since it
+        was picked): None otherwise, and no tape space is used.
         """
         if size < 0:
             raise ValueError("negative size")
@@ -492,7 +528,11 @@ class TapeLibrary:
         locality = Locality.DISK_AND_TAPE if keep_on_disk else Locality.TAPE
         async with self._archive_lock:
             vid, position = await self._allocate(pool, size)
-            await self.store.set_locality(path, locality, size, vid, position)
+            if if_unchanged:
+                if not await self.store.archived(path, size, locality, vid, position):
+                    return None
+            else:
+                await self.store.set_locality(path, locality, size, vid, position)
             self._pool_tape[pool] = (vid, position + size)
         return (locality, size, vid, position)
 
@@ -550,10 +590,14 @@ class TapeLibrary:
         return None
 
     def _drop(self, request_id: str, paths: set[str] | None) -> None:
-        for key, job in list(self._jobs.items()):
-            if key[0] == request_id and (paths is None or key[1] in paths):
+        if paths is None:
+            keys = [key for key in self._jobs if key[0] == request_id]
+        else:
+            keys = [(request_id, path) for path in paths]
+        for key in keys:
+            job = self._jobs.pop(key, None)
+            if job is not None:
                 job.cancelled = True
-                del self._jobs[key]
                 self._queues[job.vid].pop(key, None)
 
     async def _mark_started(self, jobs: Iterable[_Job]) -> None:
@@ -568,6 +612,8 @@ class TapeLibrary:
             await self.store.set_file_states(request_id, updates, at)
 
     async def _allocate(self, pool: str, size: int) -> tuple[str, int]:
+        if not self._loaded:
+            await self._load_cartridges()  # the pools' cartridges, also before start()
         cap = self.config.cartridge_capacity
         current = self._pool_tape.get(pool)
         if current is not None and current[1] + size <= cap:

@@ -280,6 +280,13 @@ class TapeStore(Protocol):
         in between.  False, and nothing changed, when the catalogue no longer knows the file
         (deleted or renamed meanwhile)."""
 
+    async def archived(
+        self, path: str, size: int, locality: Locality, cartridge: str, position: int
+    ) -> bool:
+        """Record the tape copy of a file just flushed, in one transaction, only if the
+        catalogue still has it as DISK with no tape copy and this size; False otherwise (it
+        was deleted or rewritten after the flush picked it)."""
+
     async def offline_below(self, path: str) -> str | None:
         """A file below ``path`` whose disk copy does not count (TAPE, LOST, UNAVAILABLE)."""
 
@@ -780,6 +787,17 @@ class _SQLCore:
             out.append((rid, owner, created, completed, counts))
         return out
 
+    @staticmethod
+    def _archived(
+        cur: _Cursor, path: str, size: int, locality: Locality, cartridge: str, position: int
+    ) -> bool:
+        cur.execute(
+            "UPDATE catalogue SET locality = ?, cartridge = ?, tape_position = ?"
+            " WHERE path = ? AND locality = ? AND cartridge IS NULL AND size = ?",
+            (Locality(locality).value, cartridge, position, path, Locality.DISK.value, size),
+        )
+        return cur.rowcount > 0
+
     @classmethod
     def _recalled(
         cls,
@@ -1136,6 +1154,11 @@ class SQLiteStore(_SQLCore):
 
     async def offline_below(self, path: str) -> str | None:
         return await self._run(False, self._offline_below, path)
+
+    async def archived(
+        self, path: str, size: int, locality: Locality, cartridge: str, position: int
+    ) -> bool:
+        return await self._run(True, self._archived, path, size, locality, cartridge, position)
 
     async def recalled(
         self,

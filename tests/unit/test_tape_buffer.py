@@ -302,3 +302,38 @@ async def test_evict_more_than_one_round_of_victims(store: SQLiteStore) -> None:
 def test_buffer_config_validation(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         BufferConfig(**kw)  # type: ignore[arg-type]
+
+
+async def test_make_room_reserves_until_settled(store: SQLiteStore) -> None:
+    t = now()
+    for i in range(9):
+        await on_tape(store, f"/t/held{i}", i)
+        await pin(store, f"/t/held{i}", t + 3600)
+    buf = buffer(store)
+    # Two readers look at once: one gets the last tenth, the other waits for it.
+    first, second = await asyncio.gather(buf.make_room(SIZE, 0.0), buf.make_room(SIZE, 0.05))
+    assert sorted([first, second]) == [False, True]
+    assert buf.reserved == SIZE
+    waiter = asyncio.create_task(buf.make_room(SIZE, 5.0))
+    await asyncio.sleep(0.02)
+    assert not waiter.done()
+    buf.settle(SIZE)  # that read failed: its room is free again
+    async with asyncio.timeout(2):
+        assert await waiter
+    # The read lands: settled, and the catalogue holds it now.
+    await on_tape(store, "/t/new", 100)
+    buf.settle(SIZE)
+    assert buf.reserved == 0 and await buf.usage() == CAP
+    buf.settle(SIZE)  # never below zero
+    assert buf.reserved == 0
+
+
+async def test_make_room_counts_reservations_when_evicting(store: SQLiteStore) -> None:
+    for i in range(9):
+        await on_tape(store, f"/t/f{i}", i)
+    buf = buffer(store)
+    assert await buf.make_room(SIZE, 0.0)  # 900 + 100: fits
+    assert buf.evicted_files == 0
+    assert await buf.make_room(SIZE, 0.0)  # 900 + 100 reserved + 100: one must go
+    assert await evicted(store, [f"/t/f{i}" for i in range(9)]) == {"/t/f0"}
+    assert buf.reserved == 2 * SIZE
