@@ -35,19 +35,11 @@ import psycopg.errors
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
-from se.tape.model import CartridgeState, FileState, Locality, StageRequest
 from se.tape.store import (
     _SQLITE_SCHEMA,
     SCHEMA_VERSION,
-    CatalogueEntry,
-    DuplicateRequestError,
-    FileSpec,
-    FileUpdate,
-    InitialState,
-    RequestSummary,
     SchemaError,
-    _now,
-    _SQLCore,
+    _StoreCalls,
 )
 
 __all__ = ["WRITE_LOCK", "PostgresStore"]
@@ -140,7 +132,7 @@ def _describe(conn: psycopg.Connection[TupleRow]) -> str:
     return f"postgresql database {info.dbname!r} on {info.host}:{info.port}"
 
 
-class PostgresStore(_SQLCore):
+class PostgresStore(_StoreCalls):
     """:class:`se.tape.store.TapeStore` in a PostgreSQL database (``postgresql://`` URL).
 
     All psycopg calls, from connecting to closing, run on one dedicated thread that owns the
@@ -266,175 +258,3 @@ class PostgresStore(_SQLCore):
 
         job = functools.partial(self._transaction, write, call)
         return await asyncio.get_running_loop().run_in_executor(self._executor, job)
-
-    # -- requests ---------------------------------------------------------------------------
-
-    async def create_request(
-        self,
-        request_id: str,
-        owner: str,
-        created_at: int,
-        files: Sequence[FileSpec],
-        states: Sequence[InitialState],
-        *,
-        spellings: Sequence[str | None] | None = None,
-        pins: Sequence[int | None] | None = None,
-    ) -> None:
-        try:
-            await self._run(
-                True,
-                self._create_request,
-                request_id,
-                owner,
-                created_at,
-                files,
-                states,
-                spellings,
-                pins,
-            )
-        except psycopg.errors.UniqueViolation as exc:
-            # The core checks first and writers are serialised, so only a writer that does not
-            # take WRITE_LOCK can get here; the answer is the same.
-            if exc.diag.table_name == "request":
-                raise DuplicateRequestError(request_id) from exc
-            raise
-
-    async def get_request(self, request_id: str) -> StageRequest | None:
-        return await self._run(False, self._get_request, request_id)
-
-    async def count_active(self, owner: str) -> int:
-        return await self._run(False, self._count_active, owner)
-
-    async def delete_request(self, request_id: str, at: int | None = None) -> bool:
-        return await self._run(True, self._delete_request, request_id, _now(at))
-
-    async def cancel(self, request_id: str, paths: Sequence[str], at: int | None = None) -> bool:
-        return await self._run(True, self._cancel, request_id, list(paths), _now(at))
-
-    async def set_file_state(
-        self,
-        request_id: str,
-        path: str,
-        state: FileState,
-        at: int,
-        error: str | None = None,
-        *,
-        pin_until: int | None = None,
-    ) -> bool:
-        return await self._run(
-            True, self._set_file_state, request_id, path, state, at, error, pin_until
-        )
-
-    async def pending_files(self) -> list[tuple[str, str]]:
-        return await self._run(False, self._pending_files)
-
-    async def gc(self, older_than: int) -> int:
-        return await self._run(True, self._gc, older_than)
-
-    # -- pins -------------------------------------------------------------------------------
-
-    async def add_pin(self, request_id: str, path: str, expires_at: int) -> bool:
-        return await self._run(True, self._add_pin, request_id, path, expires_at)
-
-    async def release(self, request_id: str, paths: Sequence[str]) -> int:
-        return await self._run(True, self._release, request_id, list(paths))
-
-    async def release_owner(self, owner: str, paths: Sequence[str]) -> int:
-        return await self._run(True, self._release_owner, owner, list(paths))
-
-    async def pinned(self, path: str, now: int) -> bool:
-        return await self._run(False, self._pinned, path, now)
-
-    async def expire_pins(self, now: int) -> int:
-        return await self._run(True, self._expire_pins, now)
-
-    # -- catalogue --------------------------------------------------------------------------
-
-    async def set_locality(
-        self,
-        path: str,
-        locality: Locality,
-        size: int,
-        cartridge: str | None = None,
-        position: int | None = None,
-    ) -> None:
-        await self._run(True, self._set_locality, path, locality, size, cartridge, position)
-
-    async def get_file(self, path: str) -> CatalogueEntry | None:
-        return await self._run(False, self._get_file, path)
-
-    async def forget_file(self, path: str) -> bool:
-        return await self._run(True, self._forget_file, path)
-
-    async def files_on(self, cartridge: str) -> list[tuple[str, int, int]]:
-        return await self._run(False, self._files_on, cartridge)
-
-    async def next_position(self, cartridge: str) -> int:
-        return await self._run(False, self._next_position, cartridge)
-
-    async def touch(self, path: str, at: int) -> bool:
-        return await self._run(True, self._touch, path, at)
-
-    async def lru_evictable(self, now: int, limit: int) -> list[tuple[str, int]]:
-        return await self._run(False, self._lru_evictable, now, limit)
-
-    async def disk_usage(self) -> int:
-        return await self._run(False, self._disk_usage)
-
-    async def get_files(self, paths: Sequence[str]) -> dict[str, CatalogueEntry]:
-        return await self._run(False, self._get_files, list(paths))
-
-    async def set_file_states(self, request_id: str, updates: Sequence[FileUpdate], at: int) -> int:
-        return await self._run(True, self._set_file_states, request_id, list(updates), at)
-
-    async def unarchived(self, limit: int) -> list[tuple[str, int, int]]:
-        return await self._run(False, self._unarchived, limit)
-
-    async def rename(self, src: str, dst: str) -> int:
-        return await self._run(True, self._rename, src, dst)
-
-    async def forget_tree(self, path: str) -> int:
-        return await self._run(True, self._forget_tree, path)
-
-    async def cartridges(self) -> dict[str, tuple[str | None, CartridgeState]]:
-        return await self._run(False, self._cartridges)
-
-    async def claim_cartridge(self, vid: str, pool: str) -> bool:
-        return await self._run(True, self._claim_cartridge, vid, pool)
-
-    async def set_cartridge_state(self, vid: str, state: CartridgeState) -> None:
-        await self._run(True, self._set_cartridge_state, vid, state)
-
-    async def settings(self) -> dict[str, Any]:
-        return await self._run(False, self._settings)
-
-    async def set_setting(self, key: str, value: Any) -> None:
-        await self._run(True, self._set_setting, key, value)
-
-    async def request_summaries(self, limit: int) -> list[RequestSummary]:
-        return await self._run(False, self._request_summaries, limit)
-
-    async def locality_counts(self) -> dict[Locality, tuple[int, int]]:
-        return await self._run(False, self._locality_counts)
-
-    async def offline_below(self, path: str) -> str | None:
-        return await self._run(False, self._offline_below, path)
-
-    async def archived(
-        self, path: str, size: int, locality: Locality, cartridge: str, position: int
-    ) -> bool:
-        return await self._run(True, self._archived, path, size, locality, cartridge, position)
-
-    async def recalled(
-        self,
-        request_id: str,
-        path: str,
-        size: int,
-        cartridge: str,
-        position: int,
-        at: int,
-        pin_until: int | None,
-    ) -> bool:
-        return await self._run(
-            True, self._recalled, request_id, path, size, cartridge, position, at, pin_until
-        )

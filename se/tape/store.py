@@ -903,111 +903,15 @@ _SQLITE_SCHEMA = (
 Synchronous = Literal["FULL", "NORMAL"]
 
 
-class SQLiteStore(_SQLCore):
-    """:class:`TapeStore` in one SQLite file, in WAL mode.
+class _StoreCalls(_SQLCore):
+    """Every :class:`TapeStore` method as one transaction of :class:`_SQLCore` behaviour.
 
-    All sqlite3 calls, from connecting to closing, run on one dedicated thread that owns the
-    connection; calls from any number of tasks are queued there, each one transaction.
-
-    ``synchronous`` defaults to FULL: in WAL mode NORMAL already survives a killed process (a
-    commit is in the WAL, which the OS writes out), but can lose the last commits on power loss or
-    an OS crash, and a stage request answered 201 is a promise the client will not repeat.  FULL
-    costs one fsync of the WAL per commit, small beside tape timings; NORMAL is offered for tests
-    and benchmarks that do not need that guarantee.
+    A store implementation provides :meth:`_run`: run ``fn(cursor, *args)`` in one
+    transaction (``write``: one that changes something), committed before it returns.
     """
 
-    def __init__(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
-        self._executor = executor
-        self._conn = conn
-        self._closed = False
-
-    @classmethod
-    async def open(
-        cls, path: str | Path, *, synchronous: Synchronous = "FULL", busy_timeout: float = 10.0
-    ) -> SQLiteStore:
-        """Open (creating if missing) the database file ``path``."""
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape-store")
-        loop = asyncio.get_running_loop()
-        try:
-            conn = await loop.run_in_executor(
-                executor, cls._connect, Path(path), synchronous, busy_timeout
-            )
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(executor, conn)
-
-    @staticmethod
-    def _connect(path: Path, synchronous: Synchronous, busy_timeout: float) -> sqlite3.Connection:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: no implicit transactions; every method opens its own.
-        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise SchemaError(f"{path}: cannot use WAL mode (got {mode})")
-            conn.execute(f"PRAGMA synchronous = {synchronous}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            cur = conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                for ddl in _SQLITE_SCHEMA:
-                    cur.execute(ddl)
-                SQLiteStore._check_version(cur, path)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    @staticmethod
-    def _check_version(cur: _Cursor, path: Path) -> None:
-        cur.execute("SELECT version FROM schema_version")
-        rows = cur.fetchall()
-        if not rows:
-            cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-        elif len(rows) != 1 or rows[0][0] != SCHEMA_VERSION:
-            # Future versions migrate older schemas here; a newer one is refused.
-            found = ", ".join(str(r[0]) for r in rows)
-            raise SchemaError(f"{path}: schema version {found}, this se knows {SCHEMA_VERSION}")
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._conn.close)
-        finally:
-            await asyncio.to_thread(self._executor.shutdown, True)
-
-    def _transaction(self, write: bool, fn: Callable[[sqlite3.Cursor], _T]) -> _T:
-        """On the store's thread: run ``fn`` in one transaction, committed before returning."""
-        cur = self._conn.cursor()
-        # IMMEDIATE takes the write lock up front, so a writer never fails half-way on BUSY.
-        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            result = fn(cur)
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
-        return result
-
     async def _run(self, write: bool, fn: Callable[..., _T], *args: Any) -> _T:
-        if self._closed:
-            raise RuntimeError("the tape store is closed")
-
-        def call(cur: sqlite3.Cursor) -> _T:
-            return fn(cur, *args)
-
-        job = functools.partial(self._transaction, write, call)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+        raise NotImplementedError
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -1173,6 +1077,113 @@ class SQLiteStore(_SQLCore):
         return await self._run(
             True, self._recalled, request_id, path, size, cartridge, position, at, pin_until
         )
+
+
+class SQLiteStore(_StoreCalls):
+    """:class:`TapeStore` in one SQLite file, in WAL mode.
+
+    All sqlite3 calls, from connecting to closing, run on one dedicated thread that owns the
+    connection; calls from any number of tasks are queued there, each one transaction.
+
+    ``synchronous`` defaults to FULL: in WAL mode NORMAL already survives a killed process (a
+    commit is in the WAL, which the OS writes out), but can lose the last commits on power loss or
+    an OS crash, and a stage request answered 201 is a promise the client will not repeat.  FULL
+    costs one fsync of the WAL per commit, small beside tape timings; NORMAL is offered for tests
+    and benchmarks that do not need that guarantee.
+    """
+
+    def __init__(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
+        self._executor = executor
+        self._conn = conn
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, path: str | Path, *, synchronous: Synchronous = "FULL", busy_timeout: float = 10.0
+    ) -> SQLiteStore:
+        """Open (creating if missing) the database file ``path``."""
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape-store")
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(
+                executor, cls._connect, Path(path), synchronous, busy_timeout
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, conn)
+
+    @staticmethod
+    def _connect(path: Path, synchronous: Synchronous, busy_timeout: float) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; every method opens its own.
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise SchemaError(f"{path}: cannot use WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for ddl in _SQLITE_SCHEMA:
+                    cur.execute(ddl)
+                SQLiteStore._check_version(cur, path)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _check_version(cur: _Cursor, path: Path) -> None:
+        cur.execute("SELECT version FROM schema_version")
+        rows = cur.fetchall()
+        if not rows:
+            cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif len(rows) != 1 or rows[0][0] != SCHEMA_VERSION:
+            # Future versions migrate older schemas here; a newer one is refused.
+            found = ", ".join(str(r[0]) for r in rows)
+            raise SchemaError(f"{path}: schema version {found}, this se knows {SCHEMA_VERSION}")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._conn.close)
+        finally:
+            await asyncio.to_thread(self._executor.shutdown, True)
+
+    def _transaction(self, write: bool, fn: Callable[[sqlite3.Cursor], _T]) -> _T:
+        """On the store's thread: run ``fn`` in one transaction, committed before returning."""
+        cur = self._conn.cursor()
+        # IMMEDIATE takes the write lock up front, so a writer never fails half-way on BUSY.
+        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            result = fn(cur)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+        return result
+
+    async def _run(self, write: bool, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._closed:
+            raise RuntimeError("the tape store is closed")
+
+        def call(cur: sqlite3.Cursor) -> _T:
+            return fn(cur, *args)
+
+        job = functools.partial(self._transaction, write, call)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
 
 
 def _now(at: int | None) -> int:

@@ -52,7 +52,7 @@ async def _json(session: aiohttp.ClientSession, method: str, url: str, body: Any
         return await resp.json()
 
 
-async def _until(check: Callable[[], Any], seconds: float = 15.0) -> Any:
+async def _until(check: Callable[[], Any], seconds: float = 30.0) -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = await check()
