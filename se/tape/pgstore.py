@@ -38,6 +38,9 @@ from psycopg.rows import TupleRow
 from se.tape.store import (
     _SQLITE_SCHEMA,
     SCHEMA_VERSION,
+    DuplicateRequestError,
+    FileSpec,
+    InitialState,
     SchemaError,
     _StoreCalls,
 )
@@ -248,6 +251,28 @@ class PostgresStore(_StoreCalls):
             self._abort()
             raise
         return result
+
+    async def create_request(
+        self,
+        request_id: str,
+        owner: str,
+        created_at: int,
+        files: Sequence[FileSpec],
+        states: Sequence[InitialState],
+        *,
+        spellings: Sequence[str | None] | None = None,
+        pins: Sequence[int | None] | None = None,
+    ) -> None:
+        try:
+            await super().create_request(
+                request_id, owner, created_at, files, states, spellings=spellings, pins=pins
+            )
+        except psycopg.errors.UniqueViolation as exc:
+            # The core checks first and writers are serialised, so only a writer that does not
+            # take WRITE_LOCK can get here; the answer is the same.
+            if exc.diag.table_name == "request":
+                raise DuplicateRequestError(request_id) from exc
+            raise
 
     async def _run(self, write: bool, fn: Callable[..., _T], *args: Any) -> _T:
         if self._closed:

@@ -261,21 +261,18 @@ class TapeService:
         todo = [(str(p), size) for p, size in files if self.pool_of(p) is not None]
         out: dict[str, Locality | None] = {}
         known = await self.store.get_files([k for k, _ in todo]) if todo else {}
-        for key, size in todo:
-            entry = known.get(key)
-            if entry is None:
-                entry = await self._adopt(key, size)
-            out[key] = self._shown(entry)
+        new = [(k, Locality.NONE if size == 0 else Locality.DISK, size) for k, size in todo]
+        new = [item for item in new if item[0] not in known]
+        if new:
+            await self.store.adopt(new, int(time.time()))
+        for key, locality, size in new:
+            known[key] = (locality, size, None, None)
+        for key, _size in todo:
+            out[key] = self._shown(known[key])
         return out
 
     async def locality(self, path: DavPath, size: int) -> Locality | None:
         return (await self.localities([(path, size)])).get(str(path))
-
-    async def _adopt(self, key: str, size: int) -> CatalogueEntry:
-        locality = Locality.NONE if size == 0 else Locality.DISK
-        await self.store.set_locality(key, locality, size)
-        await self.store.touch(key, int(time.time()))
-        return (locality, size, None, None)
 
     def _shown(self, entry: CatalogueEntry) -> Locality:
         locality, _size, vid, _pos = entry

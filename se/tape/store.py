@@ -287,6 +287,10 @@ class TapeStore(Protocol):
         catalogue still has it as DISK with no tape copy and this size; False otherwise (it
         was deleted or rewritten after the flush picked it)."""
 
+    async def adopt(self, files: Sequence[tuple[str, Locality, int]], at: int) -> None:
+        """Record files the catalogue does not know yet (path, locality, size), written at
+        ``at``, in one transaction; paths it knows already are left alone."""
+
     async def offline_below(self, path: str) -> str | None:
         """A file below ``path`` whose disk copy does not count (TAPE, LOST, UNAVAILABLE)."""
 
@@ -788,6 +792,14 @@ class _SQLCore:
         return out
 
     @staticmethod
+    def _adopt(cur: _Cursor, files: Sequence[tuple[str, Locality, int]], at: int) -> None:
+        cur.executemany(
+            "INSERT INTO catalogue (path, locality, size, cartridge, tape_position, last_access)"
+            " VALUES (?, ?, ?, NULL, NULL, ?) ON CONFLICT (path) DO NOTHING",
+            [(path, Locality(loc).value, size, at) for path, loc, size in files],
+        )
+
+    @staticmethod
     def _archived(
         cur: _Cursor, path: str, size: int, locality: Locality, cartridge: str, position: int
     ) -> bool:
@@ -1058,6 +1070,9 @@ class _StoreCalls(_SQLCore):
 
     async def offline_below(self, path: str) -> str | None:
         return await self._run(False, self._offline_below, path)
+
+    async def adopt(self, files: Sequence[tuple[str, Locality, int]], at: int) -> None:
+        await self._run(True, self._adopt, list(files), at)
 
     async def archived(
         self, path: str, size: int, locality: Locality, cartridge: str, position: int

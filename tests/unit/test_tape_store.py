@@ -667,6 +667,41 @@ async def test_forget_tree(store: TapeStore) -> None:
     assert await store.locality_counts() == {}
 
 
+async def test_adopt_archived_recalled_offline_below(store: TapeStore) -> None:
+    await store.set_locality("/t/known", Locality.TAPE, 5, "V1", 0)
+    await store.adopt(
+        [("/t/known", Locality.DISK, 9), ("/t/new", Locality.DISK, 7), ("/t/e", Locality.NONE, 0)],
+        T0,
+    )
+    got = await store.get_files(["/t/known", "/t/new", "/t/e"])
+    assert got == {
+        "/t/known": (Locality.TAPE, 5, "V1", 0),  # known: left alone
+        "/t/new": (Locality.DISK, 7, None, None),
+        "/t/e": (Locality.NONE, 0, None, None),
+    }
+    assert await store.unarchived(10) == [("/t/new", 7, T0)]
+    assert await store.offline_below("/t") == "/t/known"
+    assert await store.offline_below("/t/new") is None
+    # archived(): only a DISK file of that size without a tape copy.
+    assert not await store.archived("/t/new", 8, Locality.DISK_AND_TAPE, "V1", 5)
+    assert await store.archived("/t/new", 7, Locality.DISK_AND_TAPE, "V1", 5)
+    assert not await store.archived("/t/new", 7, Locality.DISK_AND_TAPE, "V1", 12)
+    assert not await store.archived("/t/gone", 7, Locality.DISK_AND_TAPE, "V1", 12)
+    assert await store.get_file("/t/new") == (Locality.DISK_AND_TAPE, 7, "V1", 5)
+    # recalled(): the tape copy read back, pin in the same transaction.
+    await store.create_request("r", "o", T0, [("/t/known", None, None)], [(ST, None)])
+    assert await store.recalled("r", "/t/known", 5, "V1", 0, T0 + 1, T0 + 100)
+    assert await store.get_file("/t/known") == (Locality.DISK_AND_TAPE, 5, "V1", 0)
+    assert await store.pinned("/t/known", T0 + 50)
+    req = await store.get_request("r")
+    assert req is not None and req.files[0].state is C
+    assert not await store.recalled("r", "/t/gone", 5, "V1", 0, T0 + 1, None)
+    # A file rewritten while it was read keeps its new entry.
+    await store.set_locality("/t/new", Locality.DISK, 99)
+    assert await store.recalled("r", "/t/new", 7, "V1", 5, T0 + 2, None)
+    assert await store.get_file("/t/new") == (Locality.DISK, 99, None, None)
+
+
 async def test_cartridges(store: TapeStore) -> None:
     assert await store.cartridges() == {}
     assert await store.claim_cartridge("V1", "poolA")
