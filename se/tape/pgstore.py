@@ -37,12 +37,10 @@ from psycopg.rows import TupleRow
 
 from se.tape.store import (
     _SQLITE_SCHEMA,
-    SCHEMA_VERSION,
     DuplicateRequestError,
     FileSpec,
     InitialState,
-    SchemaError,
-    _StoreCalls,
+    _ThreadedStore,
 )
 
 __all__ = ["WRITE_LOCK", "PostgresStore"]
@@ -135,7 +133,7 @@ def _describe(conn: psycopg.Connection[TupleRow]) -> str:
     return f"postgresql database {info.dbname!r} on {info.host}:{info.port}"
 
 
-class PostgresStore(_StoreCalls):
+class PostgresStore(_ThreadedStore):
     """:class:`se.tape.store.TapeStore` in a PostgreSQL database (``postgresql://`` URL).
 
     All psycopg calls, from connecting to closing, run on one dedicated thread that owns the
@@ -144,6 +142,8 @@ class PostgresStore(_StoreCalls):
     :data:`WRITE_LOCK`.
     """
 
+    _conn: psycopg.Connection[TupleRow]
+
     def __init__(
         self,
         executor: ThreadPoolExecutor,
@@ -151,11 +151,10 @@ class PostgresStore(_StoreCalls):
         conninfo: str,
         connect_timeout: float,
     ) -> None:
-        self._executor = executor
+        super().__init__(executor)
         self._conn = conn
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout
-        self._closed = False
 
     @classmethod
     async def open(cls, url: str, *, connect_timeout: float = 10.0) -> PostgresStore:
@@ -185,27 +184,6 @@ class PostgresStore(_StoreCalls):
             conn.close()  # which rolls back an open transaction
             raise
         return conn
-
-    @staticmethod
-    def _check_version(cur: _QmarkCursor, where: str) -> None:
-        cur.execute("SELECT version FROM schema_version")
-        rows = cur.fetchall()
-        if not rows:
-            cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-        elif len(rows) != 1 or rows[0][0] != SCHEMA_VERSION:
-            # Future versions migrate older schemas here; a newer one is refused.
-            found = ", ".join(str(r[0]) for r in rows)
-            raise SchemaError(f"{where}: schema version {found}, this se knows {SCHEMA_VERSION}")
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._conn.close)
-        finally:
-            await asyncio.to_thread(self._executor.shutdown, True)
 
     def _begin(self, write: bool) -> psycopg.Cursor[TupleRow]:
         """On the store's thread: open a transaction (replacing a broken connection once)."""
@@ -273,13 +251,3 @@ class PostgresStore(_StoreCalls):
             if exc.diag.table_name == "request":
                 raise DuplicateRequestError(request_id) from exc
             raise
-
-    async def _run(self, write: bool, fn: Callable[..., _T], *args: Any) -> _T:
-        if self._closed:
-            raise RuntimeError("the tape store is closed")
-
-        def call(cur: _QmarkCursor) -> _T:
-            return fn(cur, *args)
-
-        job = functools.partial(self._transaction, write, call)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, job)

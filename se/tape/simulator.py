@@ -398,12 +398,16 @@ class TapeLibrary:
         return None
 
     async def _fail(self, jobs: Sequence[_Job], error: str) -> None:
+        await self._set_states(jobs, FileState.FAILED, error)
+
+    async def _set_states(
+        self, jobs: Iterable[_Job], state: FileState, error: str | None = None
+    ) -> None:
+        """Move the files of (not cancelled) jobs to ``state``: one store call per request."""
         by_request: dict[str, list[FileUpdate]] = {}
         for job in jobs:
             if not job.cancelled:
-                by_request.setdefault(job.request_id, []).append(
-                    (job.path, FileState.FAILED, error, None)
-                )
+                by_request.setdefault(job.request_id, []).append((job.path, state, error, None))
         at = _now()
         for request_id, updates in by_request.items():
             await self.store.set_file_states(request_id, updates, at)
@@ -601,15 +605,7 @@ class TapeLibrary:
                 self._queues[job.vid].pop(key, None)
 
     async def _mark_started(self, jobs: Iterable[_Job]) -> None:
-        by_request: dict[str, list[FileUpdate]] = {}
-        for job in jobs:
-            if not job.cancelled:
-                by_request.setdefault(job.request_id, []).append(
-                    (job.path, FileState.STARTED, None, None)
-                )
-        at = _now()
-        for request_id, updates in by_request.items():
-            await self.store.set_file_states(request_id, updates, at)
+        await self._set_states(jobs, FileState.STARTED)
 
     async def _allocate(self, pool: str, size: int) -> tuple[str, int]:
         if not self._loaded:

@@ -1094,7 +1094,56 @@ class _StoreCalls(_SQLCore):
         )
 
 
-class SQLiteStore(_StoreCalls):
+class _ThreadedStore(_StoreCalls):
+    """A store whose database calls all run on one thread that owns the connection.
+
+    Subclasses set ``_conn`` (closed on that thread by :meth:`close`) and provide
+    ``_transaction(write, fn)``, run on that thread for each call.
+    """
+
+    _conn: Any
+
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self._executor = executor
+        self._closed = False
+
+    def _transaction(self, write: bool, fn: Callable[[Any], _T]) -> _T:
+        raise NotImplementedError
+
+    async def _run(self, write: bool, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._closed:
+            raise RuntimeError("the tape store is closed")
+
+        def call(cur: Any) -> _T:
+            return fn(cur, *args)
+
+        job = functools.partial(self._transaction, write, call)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._conn.close)
+        finally:
+            await asyncio.to_thread(self._executor.shutdown, True)
+
+    @staticmethod
+    def _check_version(cur: _Cursor, where: str) -> None:
+        """Record the schema version in a new database; refuse one of another version."""
+        cur.execute("SELECT version FROM schema_version")
+        rows = cur.fetchall()
+        if not rows:
+            cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif len(rows) != 1 or rows[0][0] != SCHEMA_VERSION:
+            # Future versions migrate older schemas here; a newer one is refused.
+            found = ", ".join(str(r[0]) for r in rows)
+            raise SchemaError(f"{where}: schema version {found}, this se knows {SCHEMA_VERSION}")
+
+
+class SQLiteStore(_ThreadedStore):
     """:class:`TapeStore` in one SQLite file, in WAL mode.
 
     All sqlite3 calls, from connecting to closing, run on one dedicated thread that owns the
@@ -1107,10 +1156,11 @@ class SQLiteStore(_StoreCalls):
     and benchmarks that do not need that guarantee.
     """
 
+    _conn: sqlite3.Connection
+
     def __init__(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
-        self._executor = executor
+        super().__init__(executor)
         self._conn = conn
-        self._closed = False
 
     @classmethod
     async def open(
@@ -1146,7 +1196,7 @@ class SQLiteStore(_StoreCalls):
             try:
                 for ddl in _SQLITE_SCHEMA:
                     cur.execute(ddl)
-                SQLiteStore._check_version(cur, path)
+                SQLiteStore._check_version(cur, str(path))
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -1155,27 +1205,6 @@ class SQLiteStore(_StoreCalls):
             conn.close()
             raise
         return conn
-
-    @staticmethod
-    def _check_version(cur: _Cursor, path: Path) -> None:
-        cur.execute("SELECT version FROM schema_version")
-        rows = cur.fetchall()
-        if not rows:
-            cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-        elif len(rows) != 1 or rows[0][0] != SCHEMA_VERSION:
-            # Future versions migrate older schemas here; a newer one is refused.
-            found = ", ".join(str(r[0]) for r in rows)
-            raise SchemaError(f"{path}: schema version {found}, this se knows {SCHEMA_VERSION}")
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._conn.close)
-        finally:
-            await asyncio.to_thread(self._executor.shutdown, True)
 
     def _transaction(self, write: bool, fn: Callable[[sqlite3.Cursor], _T]) -> _T:
         """On the store's thread: run ``fn`` in one transaction, committed before returning."""
@@ -1189,16 +1218,6 @@ class SQLiteStore(_StoreCalls):
             raise
         cur.execute("COMMIT")
         return result
-
-    async def _run(self, write: bool, fn: Callable[..., _T], *args: Any) -> _T:
-        if self._closed:
-            raise RuntimeError("the tape store is closed")
-
-        def call(cur: sqlite3.Cursor) -> _T:
-            return fn(cur, *args)
-
-        job = functools.partial(self._transaction, write, call)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
 
 
 def _now(at: int | None) -> int:
