@@ -89,14 +89,14 @@ def tape_config(tape: Mapping[str, object] | None = None, extra: str = "") -> st
     )
 
 
-def auth_config(jwks: Path) -> str:
+def auth_config(jwks: Path, issuer: str = ISSUER) -> str:
     """Tokens only (no anonymous access): the issuer's scopes are namespace paths."""
     return f"""
 [auth]
 anonymous = "none"
 
 [[auth.issuers]]
-issuer = {json.dumps(ISSUER)}
+issuer = {json.dumps(issuer)}
 base_path = "/"
 jwks_file = {json.dumps(str(jwks))}
 """

@@ -29,6 +29,7 @@ import pytest
 from tests.conftest import BASE_CONFIG
 from tests.e2e.clients import client_env, need_gfal, run, run_ok
 from tests.e2e.jwt_issuer import JWTIssuer
+from tests.e2e.test_tape import auth_config as tape_auth_config
 from tests.support import SEProcess
 
 pytestmark = [pytest.mark.clients, pytest.mark.timeout(90)]
@@ -58,15 +59,7 @@ def tape_config(extra: str = "") -> str:
 
 
 def auth_config(jwks: Path) -> str:
-    return f"""
-[auth]
-anonymous = "none"
-
-[[auth.issuers]]
-issuer = {json.dumps(ISSUER)}
-base_path = "/"
-jwks_file = {json.dumps(str(jwks))}
-"""
+    return tape_auth_config(jwks, ISSUER)
 
 
 @pytest.fixture(autouse=True)
