@@ -1181,12 +1181,25 @@ class SQLiteStore(_ThreadedStore):
         return cls(executor, conn)
 
     @staticmethod
+    def _wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+        """Switch to WAL.  Two processes opening a new database at once (the workers of one
+        se) make the switch fail at once with "locked", busy timeout or not: retry it."""
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.02)
+
+    @staticmethod
     def _connect(path: Path, synchronous: Synchronous, busy_timeout: float) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: no implicit transactions; every method opens its own.
         conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = SQLiteStore._wal(conn, busy_timeout)
             if str(mode).lower() != "wal":
                 raise SchemaError(f"{path}: cannot use WAL mode (got {mode})")
             conn.execute(f"PRAGMA synchronous = {synchronous}")

@@ -132,14 +132,18 @@ async def test_two_workers_share_the_sqlite_database(
         for p in paths:
             async with s.put(f"{srv.url}{p}", data=b"data") as resp:
                 assert resp.status == 201
-        libraries = set()
-        for _ in range(20):
+        # The second worker binds its socket a moment after the server reports its URL: ask
+        # until both have answered (one runs the library and flushes), 15 s at most.
+        libraries: set[bool] = set()
+        deadline = time.monotonic() + 15.0
+        while libraries != {True, False} and time.monotonic() < deadline:
             status = await _json(s, "POST", f"{srv.url}/.well-known/se/tape", {"flush": True})
             libraries.add(status["library"])
+            await asyncio.sleep(0.02)
         assert libraries == {True, False}  # both workers answered; one runs the library
         info = await _json(s, "POST", f"{srv.url}/api/v1/archiveinfo", {"paths": paths})
         assert {i.get("locality") for i in info} == {"DISK_AND_TAPE"}
-        for _ in range(20):
+        for _ in range(200):
             status = await _json(s, "POST", f"{srv.url}/.well-known/se/tape", {"evict": True})
             if status["library"]:
                 break

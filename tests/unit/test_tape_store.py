@@ -10,6 +10,8 @@ the internals of one implementation are at the end, outside the suite.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import multiprocessing
 import signal
 import sqlite3
 import sys
@@ -1148,3 +1150,22 @@ async def test_two_frontends_race_cancel_against_completion(pg_backend: Backend)
     finally:
         await reader.close()
         await canceller.close()
+
+
+def _open_and_close(path: str) -> str:
+    conn = SQLiteStore._connect(Path(path), "NORMAL", 10.0)
+    try:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_sqlite_workers_create_the_database_at_once(tmp_path: Path) -> None:
+    """The workers of one se open a new database together: the switch to WAL is retried
+    instead of failing one of them with "database is locked"."""
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        path = str(tmp_path / f"tape{attempt}.sqlite")
+        with concurrent.futures.ProcessPoolExecutor(6, mp_context=ctx) as pool:
+            modes = list(pool.map(_open_and_close, [path] * 6))
+        assert modes == ["wal"] * 6
