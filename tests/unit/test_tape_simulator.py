@@ -358,16 +358,21 @@ async def test_files_that_cannot_be_recalled_fail_at_once(store: SQLiteStore) ->
     assert lib.stats().files_recalled == 1
 
 
+async def recall_once(lib: TapeLibrary, store: SQLiteStore, request_id: str) -> StageRequest:
+    """Start the library, recall one request until it is done, stop the library."""
+    await lib.start()
+    try:
+        await lib.recall(request_id)
+        return await wait_done(store, request_id)
+    finally:
+        await lib.stop()
+
+
 async def run_with_failures(store: SQLiteStore, **kw: object) -> tuple[StageRequest, TapeLibrary]:
     lib = TapeLibrary(store, config(drives=1, **kw))
     paths = await fill(lib, 100)
     await submit(store, "r", paths)
-    await lib.start()
-    try:
-        await lib.recall("r")
-        req = await wait_done(store, "r")
-    finally:
-        await lib.stop()
+    req = await recall_once(lib, store, "r")
     return req, lib
 
 
@@ -576,12 +581,7 @@ async def test_eviction_respects_pins_while_recalls_run(store: SQLiteStore) -> N
         await store.set_locality(p, Locality.DISK_AND_TAPE, SIZE, "V00008", i * SIZE)
         await store.touch(p, 100 + i)
     await submit(store, "r", paths)
-    await lib.start()
-    try:
-        await lib.recall("r")
-        req = await wait_done(store, "r")
-    finally:
-        await lib.stop()
+    req = await recall_once(lib, store, "r")
     assert set(states(req).values()) == {FileState.COMPLETED}
     got = {p: e[0] for p, e in (await store.get_files([*paths, *held, *loose])).items()}
     assert got == {

@@ -782,6 +782,21 @@ async def test_locality_counts(store: TapeStore) -> None:
 # -- restart, size, concurrency, crash -------------------------------------------------------
 
 
+async def _state_of(store: TapeStore) -> tuple[object, ...]:
+    """What the reopen test compares before and after."""
+    return (
+        await store.get_request("r1"),
+        await store.get_request("r2"),
+        await store.pending_files(),
+        await store.count_active("alice"),
+        await store.count_active("bob"),
+        await store.files_on("V1"),
+        await store.get_file("/c"),
+        await store.disk_usage(),
+        await store.lru_evictable(T0 + 450, 10),
+    )
+
+
 async def test_reopening_gives_the_same_state(backend: Backend) -> None:
     first = await backend.open()
     await make(first, "r1", ["/a", "/b", "/c"], owner="alice")
@@ -795,17 +810,7 @@ async def test_reopening_gives_the_same_state(backend: Backend) -> None:
     assert await first.touch("/d", T0 + 7)
     await make(first, "gone", ["/e"])
     assert await first.delete_request("gone", at=T0 + 8)
-    snapshot = (
-        await first.get_request("r1"),
-        await first.get_request("r2"),
-        await first.pending_files(),
-        await first.count_active("alice"),
-        await first.count_active("bob"),
-        await first.files_on("V1"),
-        await first.get_file("/c"),
-        await first.disk_usage(),
-        await first.lru_evictable(T0 + 450, 10),
-    )
+    snapshot = await _state_of(first)
     await first.close()
     await first.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
@@ -813,17 +818,7 @@ async def test_reopening_gives_the_same_state(backend: Backend) -> None:
 
     second = await backend.open()
     try:
-        assert (
-            await second.get_request("r1"),
-            await second.get_request("r2"),
-            await second.pending_files(),
-            await second.count_active("alice"),
-            await second.count_active("bob"),
-            await second.files_on("V1"),
-            await second.get_file("/c"),
-            await second.disk_usage(),
-            await second.lru_evictable(T0 + 450, 10),
-        ) == snapshot
+        assert await _state_of(second) == snapshot
         assert snapshot[2] == [("r1", "/b"), ("r1", "/c")]
         assert await second.get_request("gone") is None
         assert await second.pinned("/a", T0 + 499)
