@@ -58,7 +58,7 @@ if str(REPO_ROOT) not in sys.path:
 from bench.run import format_markdown, format_text, log  # noqa: E402
 from se.tape.model import FileState  # noqa: E402
 from se.tape.simulator import LibraryConfig, LibraryStats, TapeLibrary, TapeTiming  # noqa: E402
-from se.tape.store import SQLiteStore  # noqa: E402
+from se.tape.sqlite_store import SQLiteStore  # noqa: E402
 from tests.support import start_se  # noqa: E402
 
 GB = 10**9

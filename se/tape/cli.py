@@ -19,7 +19,8 @@ from typing import Any
 
 from se.config import Config, state_dir
 from se.tape.model import CartridgeState, FileState
-from se.tape.store import RequestSummary, open_store
+from se.tape.sql import RequestSummary
+from se.tape.stores import open_store
 
 __all__ = ["format_requests", "format_status", "ls", "parse_switch", "set_switches", "status"]
 

@@ -1,15 +1,15 @@
 """The tape store in PostgreSQL, for several frontends sharing one database.
 
-:class:`PostgresStore` runs the portable behaviour of :class:`se.tape.store._SQLCore` through
-psycopg 3, exactly as :class:`se.tape.store.SQLiteStore` runs it through sqlite3: one dedicated
-thread owns a synchronous connection, every method is one transaction committed before it returns.
+:class:`PostgresStore` runs the portable behaviour of :mod:`se.tape.sql` through psycopg 3,
+exactly as :class:`se.tape.sqlite_store.SQLiteStore` runs it through sqlite3: one dedicated thread
+owns a synchronous connection, every method is one transaction committed before it returns.
 What differs is the concurrency model:
 
 * Writes are serialised across every frontend on the database by a transaction-level advisory
   lock (:data:`WRITE_LOCK`) taken first thing in each write transaction, which is what SQLite's
   ``BEGIN IMMEDIATE`` does for one file.  Write transactions run at READ COMMITTED, so every
   statement after the lock sees what the previous writers committed: the read-then-write logic of
-  the core (is the id free? is the file still pending?) is then as safe as on SQLite.
+  :mod:`se.tape.sql` (is the id free? is the file still pending?) is then as safe as on SQLite.
 * Reads take no lock; they run at REPEATABLE READ READ ONLY, one consistent snapshot per method
   (a request and its files are read as of one instant), like a deferred SQLite read transaction.
 * The schema is created in one transaction under the same lock, so frontends starting together do
@@ -18,8 +18,8 @@ What differs is the concurrency model:
 A connection found broken when a transaction is about to start is replaced once; one that breaks
 during a transaction fails that call (its outcome may be unknown) and is replaced by the next.
 
-psycopg is an optional dependency (``pip install 'se[postgres]'``); :func:`se.tape.store.open_store`
-imports this module only for a ``postgresql://`` location.
+psycopg is an optional dependency (``pip install 'se[postgres]'``);
+:func:`se.tape.stores.open_store` imports this module only for a ``postgresql://`` location.
 """
 
 from __future__ import annotations
@@ -28,24 +28,20 @@ import asyncio
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple, cast
 
 import psycopg
 import psycopg.errors
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
-from se.tape.store import (
-    _SQLITE_SCHEMA,
-    DuplicateRequestError,
-    FileSpec,
-    InitialState,
-    _ThreadedStore,
-)
+from se.tape.sql import SCHEMA, Cursor, DuplicateRequestError, check_version, create_request
+from se.tape.store import ThreadedStore
 
 __all__ = ["WRITE_LOCK", "PostgresStore"]
 
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 # The advisory lock key of the tape store's write transactions (and of schema creation): the
 # bytes "se-tape\x01" as a signed 64-bit integer.  Every frontend on a database must use the same.
@@ -70,7 +66,7 @@ _PG_DDL = (
 
 def _pg_schema() -> tuple[str, ...]:
     """The SQLite DDL in PostgreSQL terms: the same tables, columns and constraints."""
-    ddl: tuple[str, ...] = _SQLITE_SCHEMA
+    ddl: tuple[str, ...] = SCHEMA
     for old, new in _PG_DDL:
         assert sum(stmt.count(old) for stmt in ddl) == 1, f"not in the SQLite DDL: {old}"
         ddl = tuple(stmt.replace(old, new) for stmt in ddl)
@@ -83,7 +79,7 @@ PG_SCHEMA = _pg_schema()
 
 @functools.lru_cache(maxsize=512)
 def _to_pyformat(sql: str) -> str:
-    """``?`` placeholders to psycopg's ``%s``.  The core's SQL has no literal ``%`` nor ``?``."""
+    """``?`` placeholders to psycopg's ``%s``.  The store's SQL has no literal ``%`` nor ``?``."""
     assert "%" not in sql, f"a literal % in the tape store's SQL: {sql}"
     return sql.replace("?", "%s")
 
@@ -94,7 +90,7 @@ def _check_arity(sql: str, parameters: Sequence[Any]) -> None:
 
 
 class _QmarkCursor:
-    """A psycopg cursor seen through the qmark interface :class:`_SQLCore` is written for."""
+    """A psycopg cursor seen through the qmark interface :mod:`se.tape.sql` is written for."""
 
     def __init__(self, cur: psycopg.Cursor[TupleRow]) -> None:
         self._cur = cur
@@ -102,7 +98,7 @@ class _QmarkCursor:
     @property
     def rowcount(self) -> int:
         # After executemany psycopg (>= 3.1) reports the sum over the parameter sets, as sqlite3
-        # does; _SQLCore relies on that (``_cancel``, ``_release``, ``_release_owner``).
+        # does; se.tape.sql relies on that (``cancel``, ``release``, ``release_owner``).
         return self._cur.rowcount
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> None:
@@ -133,7 +129,7 @@ def _describe(conn: psycopg.Connection[TupleRow]) -> str:
     return f"postgresql database {info.dbname!r} on {info.host}:{info.port}"
 
 
-class PostgresStore(_ThreadedStore):
+class PostgresStore(ThreadedStore):
     """:class:`se.tape.store.TapeStore` in a PostgreSQL database (``postgresql://`` URL).
 
     All psycopg calls, from connecting to closing, run on one dedicated thread that owns the
@@ -178,7 +174,7 @@ class PostgresStore(_ThreadedStore):
                 cur.execute(_LOCK)
                 for ddl in PG_SCHEMA:
                     cur.execute(ddl)
-                cls._check_version(_QmarkCursor(cur), _describe(conn))
+                check_version(_QmarkCursor(cur), _describe(conn))
                 cur.execute("COMMIT")
         except BaseException:
             conn.close()  # which rolls back an open transaction
@@ -230,24 +226,15 @@ class PostgresStore(_ThreadedStore):
             raise
         return result
 
-    async def create_request(
-        self,
-        request_id: str,
-        owner: str,
-        created_at: int,
-        files: Sequence[FileSpec],
-        states: Sequence[InitialState],
-        *,
-        spellings: Sequence[str | None] | None = None,
-        pins: Sequence[int | None] | None = None,
-    ) -> None:
+    async def _run(self, write: bool, fn: Callable[[Cursor, *_Ts], _T], *args: *_Ts) -> _T:
         try:
-            await super().create_request(
-                request_id, owner, created_at, files, states, spellings=spellings, pins=pins
-            )
+            return await super()._run(write, fn, *args)
         except psycopg.errors.UniqueViolation as exc:
-            # The core checks first and writers are serialised, so only a writer that does not
-            # take WRITE_LOCK can get here; the answer is the same.
-            if exc.diag.table_name == "request":
+            # create_request checks the id first and writers are serialised, so only a
+            # writer that does not take WRITE_LOCK can get here; the answer is the same.
+            called: object = fn  # (to mypy a generic callable is never that function)
+            if called is create_request and exc.diag.table_name == "request":
+                # create_request(cur, request_id, ...)
+                request_id = cast("tuple[str, ...]", args)[0]
                 raise DuplicateRequestError(request_id) from exc
             raise

@@ -16,7 +16,8 @@ import pytest
 
 from se.tape.buffer import BufferConfig, DiskBuffer
 from se.tape.model import FileState, Locality
-from se.tape.store import SQLiteStore, TapeStore
+from se.tape.sqlite_store import SQLiteStore
+from se.tape.store import TapeStore
 
 SIZE = 100
 CAP = 10 * SIZE  # ten files fill the buffer

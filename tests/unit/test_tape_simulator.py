@@ -19,7 +19,8 @@ import pytest
 from se.tape.buffer import BufferConfig, DiskBuffer
 from se.tape.model import CartridgeState, FileState, Locality, StageRequest
 from se.tape.simulator import LibraryConfig, TapeFullError, TapeLibrary, TapeTiming
-from se.tape.store import SQLiteStore, TapeStore
+from se.tape.sqlite_store import SQLiteStore
+from se.tape.store import TapeStore
 
 MB = 10**6
 SIZE = MB

@@ -24,15 +24,10 @@ from typing import Any
 import pytest
 
 from se.tape.model import CartridgeState, FileState, Locality, StageRequest
-from se.tape.store import (
-    DuplicateRequestError,
-    FileSpec,
-    InitialState,
-    SchemaError,
-    SQLiteStore,
-    TapeStore,
-    open_store,
-)
+from se.tape.sql import DuplicateRequestError, FileSpec, InitialState, SchemaError
+from se.tape.sqlite_store import SQLiteStore
+from se.tape.store import TapeStore
+from se.tape.stores import open_store
 from tests.pg import PGServer, postgres_or_skip
 
 try:
@@ -884,7 +879,7 @@ async def test_concurrent_calls_from_many_tasks(store: TapeStore) -> None:
 CRASH_SCRIPT = """
 import asyncio, sys
 from se.tape.model import FileState
-from se.tape.store import open_store
+from se.tape.stores import open_store
 
 async def main():
     store = await open_store(sys.argv[1])
