@@ -43,6 +43,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
+import pytest
+
 from tests.support import SEProcess
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "start_xrootd",
     "tpc_copy",
     "xrootd_available",
+    "xrootd_test_marks",
 ]
 
 XROOTD_USER = "xrootd"
@@ -102,6 +105,17 @@ def xrootd_available() -> str | None:
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             _ip(["netns", "del", probe])
     return None
+
+
+def xrootd_test_marks(timeout: float = 120) -> list[pytest.MarkDecorator]:
+    """``pytestmark`` of a module of tests with XRootD peers: they drive external clients,
+    are skipped (saying why) where peers cannot run, and get ``timeout`` seconds each."""
+    reason = xrootd_available()
+    return [
+        pytest.mark.clients,
+        pytest.mark.skipif(reason is not None, reason=reason or ""),
+        pytest.mark.timeout(timeout),
+    ]
 
 
 def _ip(args: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

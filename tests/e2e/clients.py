@@ -36,6 +36,7 @@ __all__ = [
     "check_vector_read",
     "client_env",
     "crc32c_hex",
+    "davs_url",
     "make_tls",
     "need_gfal",
     "parse_byteranges",
@@ -45,6 +46,7 @@ __all__ = [
     "run_ok",
     "tls_config",
     "tree_bytes",
+    "trust_env",
 ]
 
 # gfal-* are /bin/sh wrappers that pick the first python able to import gfal2; a virtualenv
@@ -56,8 +58,15 @@ TIMEOUT = 120.0
 def client_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["GFAL_PYTHONBIN"] = GFAL_PYTHON
-    # Never pick up a proxy or the user's grid credentials.
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "X509_USER_PROXY"):
+    # Never pick up a proxy or the user's grid credentials (an X.509 proxy, a WLCG token).
+    for name in (
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "X509_USER_PROXY",
+        "BEARER_TOKEN",
+    ):
         env.pop(name, None)
     env["no_proxy"] = env["NO_PROXY"] = "127.0.0.1,localhost,::1"
     env.update(extra or {})
@@ -257,6 +266,17 @@ def make_tls(workdir: Path) -> TLSFiles:
     ca_dir.mkdir()
     shutil.copyfile(ca_pem, ca_dir / f"{subject_hash}.0")
     return TLSFiles(ca_pem, cert_pem, key_pem, ca_dir)
+
+
+def trust_env(files: TLSFiles) -> dict[str, str]:
+    """The environment in which gfal2 and davix trust the throwaway CA (and only it)."""
+    return {"X509_CERT_DIR": str(files.ca_dir)}
+
+
+def davs_url(https_url: str) -> str:
+    """The ``davs://`` URL gfal2 is given for a server's ``https://`` URL."""
+    assert https_url.startswith("https://"), https_url
+    return "davs://" + https_url.removeprefix("https://")
 
 
 def tls_config(files: TLSFiles) -> str:

@@ -11,23 +11,19 @@ import pytest
 
 from tests.e2e.clients import (
     adler32_hex,
+    davs_url,
     make_tls,
-    need_gfal,
     random_bytes,
     run,
     run_ok,
     tls_config,
+    trust_env,
 )
 from tests.support import SEProcess
 
-pytestmark = pytest.mark.clients
+pytestmark = [pytest.mark.clients, pytest.mark.usefixtures("gfal_installed")]
 
 ADLER_XATTR = "user.se.checksum.adler32"
-
-
-@pytest.fixture(autouse=True)
-def _gfal_installed() -> None:
-    need_gfal()
 
 
 def place(root: Path, rel: str, data: bytes) -> Path:
@@ -244,8 +240,8 @@ def test_copy_over_davs_with_throwaway_ca(
     tls = make_tls(tmp_path)
     srv = se_factory(config=tls_config(tls))
     assert srv.url.startswith("https://127.0.0.1:")
-    davs = "davs://" + srv.url.removeprefix("https://")
-    env = {"X509_CERT_DIR": str(tls.ca_dir)}
+    davs = davs_url(srv.url)
+    env = trust_env(tls)
     data = random_bytes(1_500_000, 17)
     src = tmp_path / "src.bin"
     src.write_bytes(data)

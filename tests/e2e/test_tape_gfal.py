@@ -27,12 +27,16 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import BASE_CONFIG
-from tests.e2e.clients import client_env, need_gfal, run, run_ok
+from tests.e2e.clients import client_env, run, run_ok
 from tests.e2e.jwt_issuer import JWTIssuer
 from tests.e2e.test_tape import auth_config as tape_auth_config
 from tests.support import SEProcess
 
-pytestmark = [pytest.mark.clients, pytest.mark.timeout(90)]
+pytestmark = [
+    pytest.mark.clients,
+    pytest.mark.timeout(90),
+    pytest.mark.usefixtures("gfal_installed"),
+]
 
 API = "/api/v1"
 ADMIN = "/.well-known/se/tape"
@@ -60,12 +64,6 @@ def tape_config(extra: str = "") -> str:
 
 def auth_config(jwks: Path) -> str:
     return tape_auth_config(jwks, ISSUER)
-
-
-@pytest.fixture(autouse=True)
-def _gfal(monkeypatch: pytest.MonkeyPatch) -> None:
-    need_gfal("gfal-bringonline", "gfal-archivepoll", "gfal-evict", "gfal-xattr")
-    monkeypatch.delenv("BEARER_TOKEN", raising=False)
 
 
 # --------------------------------------------------------------------------- the server

@@ -19,23 +19,19 @@ import pytest
 from tests.conftest import BASE_CONFIG
 from tests.e2e.clients import (
     adler32_hex,
+    davs_url,
     make_tls,
-    need_gfal,
     random_bytes,
     run,
     run_ok,
     tls_config,
+    trust_env,
 )
 from tests.support import SEProcess
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("gfal_installed")]
 
 FAST = BASE_CONFIG + "\n[tpc]\nmarker_period = 0.5\n"
-
-
-@pytest.fixture(autouse=True)
-def _gfal_installed() -> None:
-    need_gfal()
 
 
 @pytest.fixture
@@ -127,8 +123,8 @@ def test_gfal_tpc_over_davs_with_macaroons(
     dst = se_factory(config=config, root=tmp_path / "dst")
     data = random_bytes(2_000_000, 11)
     (src.root / "s.bin").write_bytes(data)
-    env = {"X509_CERT_DIR": str(tls.ca_dir)}
-    src_davs, dst_davs = ("davs://" + s.url.removeprefix("https://") for s in (src, dst))
+    env = trust_env(tls)
+    src_davs, dst_davs = (davs_url(s.url) for s in (src, dst))
     for mode in ("pull", "push"):
         run_ok(
             [

@@ -33,15 +33,10 @@ from tests.xrootd import (
     start_se_in,
     start_xrootd,
     tpc_copy,
-    xrootd_available,
+    xrootd_test_marks,
 )
 
-_SKIP = xrootd_available()
-pytestmark = [
-    pytest.mark.clients,
-    pytest.mark.skipif(_SKIP is not None, reason=_SKIP or ""),
-    pytest.mark.timeout(120),
-]
+pytestmark = xrootd_test_marks()
 
 MIB = 1 << 20
 XRD_PORT = 1094

@@ -18,15 +18,10 @@ from tests.xrootd import (
     start_se_in,
     start_xrootd,
     tpc_copy,
-    xrootd_available,
+    xrootd_test_marks,
 )
 
-_SKIP = xrootd_available()
-pytestmark = [
-    pytest.mark.clients,
-    pytest.mark.skipif(_SKIP is not None, reason=_SKIP or ""),
-    pytest.mark.timeout(120),
-]
+pytestmark = xrootd_test_marks()
 
 MIB = 1 << 20
 
@@ -70,6 +65,19 @@ def _mkcol(ns: Netns, url: str, *extra: str) -> None:
     assert res.returncode == 0 and res.stdout == "201", (res.stdout, res.stderr)
 
 
+def _stage_copy(ns: Netns, scratch: Path, pair: tuple[XRootD, XRootD], seed: int) -> bytes:
+    """Before a copy from the first XRootD to the second: 1 MiB PUT to the first's /src/file
+    over http, and /dst made on the second (XRootD does not create the parents of a pulled
+    file).  Returns the bytes."""
+    a, b = pair
+    data = random_bytes(MIB, seed=seed)
+    src = scratch / "src"
+    src.write_bytes(data)
+    _put(ns, src, f"{a.url}/src/file")
+    _mkcol(ns, f"{b.url}/dst")
+    return data
+
+
 def test_put_then_get_over_http_and_https(ns: Netns, scratch: Path) -> None:
     xrd = start_xrootd(ns, scratch, scratch / "data", 1094)
     data = random_bytes(100_000, seed=1)
@@ -90,11 +98,7 @@ def test_put_then_get_over_http_and_https(ns: Netns, scratch: Path) -> None:
 
 def test_xrootd_to_xrootd_pull(ns: Netns, scratch: Path, pair: tuple[XRootD, XRootD]) -> None:
     a, b = pair
-    data = random_bytes(MIB, seed=2)
-    src = scratch / "src"
-    src.write_bytes(data)
-    _put(ns, src, f"{a.url}/src/file")
-    _mkcol(ns, f"{b.url}/dst")  # XRootD does not create the parents of a pulled file
+    data = _stage_copy(ns, scratch, pair, seed=2)
     reply = tpc_copy(ns, f"{b.url}/dst/file", source=f"{a.url}/src/file")
     assert reply.status in (201, 202), reply
     assert reply.markers, reply.body
@@ -120,11 +124,7 @@ def test_xrootd_to_xrootd_pull_over_https(ns: Netns, scratch: Path) -> None:
 
 def test_xrootd_to_xrootd_push(ns: Netns, scratch: Path, pair: tuple[XRootD, XRootD]) -> None:
     a, b = pair
-    data = random_bytes(MIB, seed=4)
-    src = scratch / "src"
-    src.write_bytes(data)
-    _put(ns, src, f"{a.url}/src/file")
-    _mkcol(ns, f"{b.url}/dst")
+    data = _stage_copy(ns, scratch, pair, seed=4)
     reply = tpc_copy(ns, f"{a.url}/src/file", destination=f"{b.url}/dst/file")
     assert reply.status in (201, 202), reply
     assert reply.markers, reply.body
