@@ -17,28 +17,28 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from se.config import Config, state_dir
-from se.tape.model import CartridgeState, FileState
+from se.config import Config
+from se.tape.model import PROBABILITY_SWITCHES, UNREACHABLE, CartridgeState, FileState
+from se.tape.service import database_path
 from se.tape.sql import RequestSummary
 from se.tape.stores import open_store
 
 __all__ = ["format_requests", "format_status", "ls", "parse_switch", "set_switches", "status"]
 
-_PROBABILITIES = ("bad_file_probability", "drive_failure_probability")
-
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [list(map(str, header)), *([str(c) for c in row] for row in rows)]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    cells = [list(map(str, header)), *([str(cell) for cell in row] for row in rows)]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
     )
 
 
 def format_requests(rows: Sequence[RequestSummary], now: float) -> str:
     """One line per request: id, owner, age, files per state, done or not."""
     states = list(FileState)
-    body = []
+    body: list[list[object]] = []
     for rid, owner, created, completed, counts in rows:
         total = sum(counts.values())
         body.append(
@@ -47,11 +47,13 @@ def format_requests(rows: Sequence[RequestSummary], now: float) -> str:
                 owner,
                 f"{int(now - created)}s",
                 total,
-                *(counts.get(s, 0) for s in states),
+                *(counts.get(state, 0) for state in states),
                 "done" if completed is not None else "active",
             ]
         )
-    return _table(["REQUEST", "OWNER", "AGE", "FILES", *(s.value for s in states), ""], body)
+    return _table(
+        ["REQUEST", "OWNER", "AGE", "FILES", *(state.value for state in states), ""], body
+    )
 
 
 def format_status(data: dict[str, Any]) -> str:
@@ -74,7 +76,8 @@ def format_status(data: dict[str, Any]) -> str:
         vids = sorted(set(queues) | set(mounts) | set(mounted))
         if vids:
             rows = [
-                [v, queues.get(v, 0), mounts.get(v, 0), "yes" if v in mounted else ""] for v in vids
+                [vid, queues.get(vid, 0), mounts.get(vid, 0), "yes" if vid in mounted else ""]
+                for vid in vids
             ]
             out.append(_table(["CARTRIDGE", "QUEUED", "MOUNTS", "MOUNTED"], rows))
         buf = data.get("buffer")
@@ -90,16 +93,23 @@ def format_status(data: dict[str, Any]) -> str:
         out.append("library: runs in another se (this one only records requests)")
     localities = data.get("localities", {})
     if localities:
-        rows = [[k, v.get("files", 0), v.get("bytes", 0)] for k, v in sorted(localities.items())]
+        rows = [
+            [name, count.get("files", 0), count.get("bytes", 0)]
+            for name, count in sorted(localities.items())
+        ]
         out.append(_table(["LOCALITY", "FILES", "BYTES"], rows))
-    odd = {v: s for v, s in data.get("cartridges", {}).items() if s != "ACTIVE"}
+    odd = {vid: state for vid, state in data.get("cartridges", {}).items() if state != "ACTIVE"}
     if odd:
         out.append(
-            "cartridges not ACTIVE: " + ", ".join(f"{v}={s}" for v, s in sorted(odd.items()))
+            "cartridges not ACTIVE: "
+            + ", ".join(f"{vid}={state}" for vid, state in sorted(odd.items()))
         )
     settings = data.get("settings", {})
     if settings:
-        out.append("switches: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in settings.items()))
+        out.append(
+            "switches: "
+            + ", ".join(f"{key}={json.dumps(value)}" for key, value in settings.items())
+        )
     return "\n".join(out)
 
 
@@ -116,15 +126,15 @@ def parse_switch(text: str) -> tuple[str, Any]:
         try:
             return key, CartridgeState(raw.upper())
         except ValueError:
-            names = ", ".join(s.value for s in CartridgeState)
+            names = ", ".join(state.value for state in CartridgeState)
             raise ValueError(f"{key}: one of {names}") from None
     if not raw:
         return key, None
-    if key == "unreachable":
+    if key == UNREACHABLE:
         if raw.lower() not in ("true", "false"):
-            raise ValueError("unreachable: true or false")
+            raise ValueError(f"{UNREACHABLE}: true or false")
         return key, True if raw.lower() == "true" else None
-    if key in _PROBABILITIES:
+    if key in PROBABILITY_SWITCHES:
         try:
             value = float(raw)
         except ValueError:
@@ -133,16 +143,13 @@ def parse_switch(text: str) -> tuple[str, Any]:
             raise ValueError(f"{key}: a number between 0 and 1")
         return key, value
     raise ValueError(
-        f"unknown switch {key!r} (unreachable, {', '.join(_PROBABILITIES)}, cartridge.<vid>)"
+        f"unknown switch {key!r} ({UNREACHABLE}, {', '.join(PROBABILITY_SWITCHES)},"
+        " cartridge.<vid>)"
     )
 
 
-def _database(cfg: Config) -> str:
-    return cfg.tape.database or str(state_dir(cfg) / "tape.sqlite")
-
-
 async def _ls(cfg: Config, limit: int) -> list[RequestSummary]:
-    store = await open_store(_database(cfg))
+    store = await open_store(database_path(cfg))
     try:
         return await store.request_summaries(limit)
     finally:
@@ -154,7 +161,7 @@ def ls(cfg: Config, limit: int) -> str:
 
 
 async def _set(cfg: Config, switches: Sequence[tuple[str, Any]]) -> None:
-    store = await open_store(_database(cfg))
+    store = await open_store(database_path(cfg))
     try:
         for key, value in switches:
             if key.startswith("cartridge."):
@@ -167,7 +174,7 @@ async def _set(cfg: Config, switches: Sequence[tuple[str, Any]]) -> None:
 
 def set_switches(cfg: Config, texts: Sequence[str]) -> None:
     """Parse every ``key=value`` first (nothing is written if one is wrong), then write."""
-    switches = [parse_switch(t) for t in texts]
+    switches = [parse_switch(text) for text in texts]
     asyncio.run(_set(cfg, switches))
 
 

@@ -1,4 +1,12 @@
-"""The tape tier of one ``se`` process: the store, the simulated library, and what WebDAV asks.
+"""The tape tier of one ``se`` process: the tape domain's one facade.
+
+:class:`TapeService` owns the store, the simulated library and the disk buffer.  The HTTP
+front (:mod:`se.tape.http`) parses, authorises and responds; what a request does to the
+tape tier (submit, poll, cancel, delete, release, archiveinfo, the run-time switches and the
+status) is a method here.  Other fronts ask :meth:`TapeService.check_readable`,
+:meth:`TapeService.check_source`, :meth:`TapeService.file_localities` and
+:meth:`TapeService.metric_lines`; the storage backend reports namespace changes
+(:meth:`TapeService.written`, ``removed``, ``renamed``, ``copied``).
 
 Every frontend (worker process, or ``se`` instance sharing a PostgreSQL store) records stage
 requests and catalogue changes in the store.  Exactly one runs the :class:`TapeLibrary` (the
@@ -18,21 +26,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from se.config import Config, TapeConfig, state_dir
-from se.errors import ServiceUnavailable
+from se.config import Config, TapeConfig, TapePoolConfig, state_dir
+from se.errors import BadRequest, ServiceUnavailable
 from se.storage.paths import DavPath, confine
-from se.storage.posix import Stat
+from se.storage.types import Stat
 from se.tape.buffer import BufferConfig, DiskBuffer
-from se.tape.model import CartridgeState, Locality
+from se.tape.model import (
+    ERR_DENIED,
+    ERR_DIRECTORY,
+    ERR_EMPTY,
+    ERR_INVALID_PATH,
+    ERR_LOST,
+    ERR_MISSING,
+    ERR_NOT_TAPE,
+    ERR_UNAVAILABLE,
+    ERR_UNREACHABLE,
+    PROBABILITY_SWITCHES,
+    UNREACHABLE,
+    CartridgeState,
+    FileState,
+    Locality,
+    StageRequest,
+)
 from se.tape.simulator import LibraryConfig, TapeFullError, TapeLibrary, TapeTiming
-from se.tape.store import CatalogueEntry, TapeStore, open_store
+from se.tape.sql import CatalogueEntry, DuplicateRequestError
+from se.tape.store import TapeStore
+from se.tape.stores import open_store
+from se.tape.wire import TapeProblem, user_status
+from se.web.metrics import head, line
 
-__all__ = ["TapeService", "library_config"]
+__all__ = ["ArchiveItem", "StageItem", "TapeService", "database_path", "library_config"]
 
 log = logging.getLogger("se.tape")
 
@@ -42,52 +72,71 @@ GC_PERIOD = 60.0
 FLUSH_BATCH = 10_000
 
 
-def pool_name(path: str, pool: str) -> str:
-    return pool or "/" + "/".join(seg for seg in path.split("/") if seg)
+# LibraryConfig fields that are not ``[tape]`` keys of the same name.
+_NOT_TAPE_KEYS = frozenset({"timing", "pools", "max_drives"})
+_CARTRIDGE_STATES = {state.value for state in CartridgeState}
 
 
-def library_config(t: TapeConfig) -> LibraryConfig:
-    """The simulator's configuration from ``[tape]`` (ValueError for impossible values)."""
-    timing = TapeTiming(
-        robot_exchange=t.robot_exchange,
-        load=t.load,
-        locate_base=t.locate_base,
-        locate_full=t.locate_full,
-        read_rate=t.read_rate,
-        file_overhead=t.file_overhead,
-        rewind=t.rewind,
-        unload=t.unload,
-        idle_dismount=t.idle_dismount,
-        time_scale=t.time_scale,
-    )
-    BufferConfig(t.buffer_capacity, t.high_watermark, t.low_watermark)
+def database_path(cfg: Config) -> str:
+    """The tape database: ``tape.database``, else ``<state_dir>/tape.sqlite``."""
+    return cfg.tape.database or str(state_dir(cfg) / "tape.sqlite")
+
+
+def pool_name(pool: TapePoolConfig) -> str:
+    """A pool's name: its ``pool`` key, else its path (normalised by :mod:`se.config`)."""
+    return pool.pool or "/" + "/".join(segment for segment in pool.path.split("/") if segment)
+
+
+def _same_names(cls: type[Any], tape: TapeConfig, leave_out: frozenset[str]) -> dict[str, Any]:
+    """The ``[tape]`` values of the dataclass fields of ``cls`` (the same names)."""
+    names = (field.name for field in dataclasses.fields(cls) if field.name not in leave_out)
+    return {name: getattr(tape, name) for name in names}
+
+
+def buffer_config(tape: TapeConfig) -> BufferConfig:
+    return BufferConfig(tape.buffer_capacity, tape.high_watermark, tape.low_watermark)
+
+
+def library_config(tape: TapeConfig) -> LibraryConfig:
+    """The simulator's configuration from ``[tape]``; ValueError for impossible values (of
+    the library, its timings or the disk buffer)."""
+    timing = TapeTiming(**_same_names(TapeTiming, tape, frozenset()))
+    buffer_config(tape)  # checks the buffer's settings
     return LibraryConfig(
-        drives=t.drives,
-        cartridges=t.cartridges,
-        cartridge_capacity=t.cartridge_capacity,
-        mount_min_bytes=t.mount_min_bytes,
-        mount_min_files=t.mount_min_files,
-        min_request_age=t.min_request_age,
-        batch_max_files=t.batch_max_files,
-        batch_max_bytes=t.batch_max_bytes,
-        pin_lifetime=t.pin_lifetime,
-        seed=t.seed,
-        bad_file_probability=t.bad_file_probability,
-        read_retries=t.read_retries,
-        drive_failure_probability=t.drive_failure_probability,
-        buffer_wait=t.buffer_wait,
+        **_same_names(LibraryConfig, tape, _NOT_TAPE_KEYS),
         timing=timing,
-        max_drives={pool_name(p.path, p.pool): p.max_drives for p in t.pools if p.max_drives > 0},
+        max_drives={pool_name(pool): pool.max_drives for pool in tape.pools if pool.max_drives > 0},
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StageItem:
+    """One file of a STAGE request, as the HTTP front saw it (parsed, stat'ed, authorised)."""
+
+    spelling: str  # the path as the client sent it (sanitised), echoed in polls
+    path: DavPath | None  # the namespace path it names; None: not a valid path
+    lifetime: int | None  # the diskLifetime asked for, seconds; None: the default
+    metadata: dict[str, Any] | None  # our sitename's targetedMetadata entry
+    stat: Stat | None  # None: missing (or invalid)
+    denied: bool  # the caller may not stage it
+
+    @property
+    def key(self) -> str:
+        """The key of the file in the store: its namespace path, else the spelling."""
+        return self.spelling if self.path is None else str(self.path)
+
+
+# One ARCHIVEINFO answer: (the path as the client spelled it, locality, error).
+ArchiveItem = tuple[str, Locality | None, str | None]
 
 
 class TapeService:
     def __init__(self, cfg: Config, run_library: bool) -> None:
         self.cfg = cfg.tape
-        self.database = cfg.tape.database or str(state_dir(cfg) / "tape.sqlite")
+        self.database = database_path(cfg)
         self.run_library = run_library and cfg.tape.library
         # Longest prefix first, so a nested prefix wins over its parent.
-        pools = [(confine(p.path), pool_name(p.path, p.pool)) for p in cfg.tape.pools]
+        pools = [(confine(pool.path), pool_name(pool)) for pool in cfg.tape.pools]
         self.pools = sorted(pools, key=lambda item: -len(item[0].segments))
         self._store: TapeStore | None = None
         self.library: TapeLibrary | None = None
@@ -114,11 +163,8 @@ class TapeService:
     async def start(self) -> None:
         self._store = await open_store(self.database)
         if self.run_library:
-            t = self.cfg
-            self.buffer = DiskBuffer(
-                self._store, BufferConfig(t.buffer_capacity, t.high_watermark, t.low_watermark)
-            )
-            self.library = TapeLibrary(self._store, library_config(t), buffer=self.buffer)
+            self.buffer = DiskBuffer(self._store, buffer_config(self.cfg))
+            self.library = TapeLibrary(self._store, library_config(self.cfg), buffer=self.buffer)
             await self.library.start()
             queued = await self.library.sync()  # resumes what a previous run left pending
             if queued:
@@ -127,7 +173,7 @@ class TapeService:
         self._task = asyncio.create_task(self._run(), name="tape-service")
 
     async def close(self) -> None:
-        tasks = [t for t in (self._task, *self._background) if t is not None]
+        tasks = [task for task in (self._task, *self._background) if task is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -164,7 +210,8 @@ class TapeService:
 
     async def _refresh(self) -> None:
         self.settings = await self.store.settings()
-        self.cartridge_states = {v: s for v, (_p, s) in (await self.store.cartridges()).items()}
+        cartridges = await self.store.cartridges()
+        self.cartridge_states = {vid: state for vid, (_pool, state) in cartridges.items()}
 
     def queue(self, request_id: str) -> None:
         """Hand a new request to the library now (else the next sync picks it up)."""
@@ -174,6 +221,276 @@ class TapeService:
         task = asyncio.ensure_future(library.recall(request_id))
         self._background.add(task)
         task.add_done_callback(self._finished)
+
+    # -- stage requests ---------------------------------------------------------------------
+
+    async def submit(self, owner: str, items: Sequence[StageItem]) -> str:
+        """Record a stage request of ``owner``; its id.
+
+        Each file starts settled (invalid, denied, missing, a directory, not tape-backed,
+        already on disk, not recallable) or SUBMITTED; the SUBMITTED ones are handed to the
+        library in the background.  A diskLifetime above ``max_pin_lifetime`` is cut.
+        TapeProblem 429 when the owner has ``max_active_requests`` active requests already.
+        """
+        cfg = self.cfg
+        if await self.store.count_active(owner) >= cfg.max_active_requests:
+            raise TapeProblem(
+                429,
+                "Too many requests",
+                f"{owner} has {cfg.max_active_requests} active stage requests already",
+            )
+        lifetimes = [
+            None if item.lifetime is None else min(item.lifetime, cfg.max_pin_lifetime)
+            for item in items
+        ]
+        now = int(time.time())
+        on_tape = [
+            (item.path, item.stat.size)
+            for item in items
+            if item.path is not None and item.stat is not None and not item.stat.is_dir
+        ]
+        localities = await self.localities(on_tape)
+        unreachable = bool(self.settings.get(UNREACHABLE))
+        states: list[tuple[FileState, str | None]] = []
+        pins: list[int | None] = []
+        for item, lifetime in zip(items, lifetimes, strict=True):
+            state = self._initial_state(item, localities.get(item.key), unreachable)
+            completed = state[0] is FileState.COMPLETED
+            states.append(state)
+            pins.append(
+                now + (cfg.pin_lifetime if lifetime is None else lifetime) if completed else None
+            )
+        files = [
+            (item.key, lifetime, item.metadata)
+            for item, lifetime in zip(items, lifetimes, strict=True)
+        ]
+        request_id = str(uuid.uuid4())
+        try:
+            await self.store.create_request(
+                request_id,
+                owner,
+                now,
+                files,
+                states,
+                spellings=[item.spelling for item in items],
+                pins=pins,
+            )
+        except DuplicateRequestError:  # pragma: no cover - a uuid4 collision
+            raise TapeProblem(500, "Internal error", "request id collision; retry") from None
+        self.requests_created += 1
+        self.files_requested += len(files)
+        if any(state is FileState.SUBMITTED for state, _error in states):
+            self.queue(request_id)  # in the background: the caller does not wait for the queues
+        return request_id
+
+    def _initial_state(
+        self, item: StageItem, locality: Locality | None, unreachable: bool
+    ) -> tuple[FileState, str | None]:
+        """What a file of a new request starts as: settled at once, or SUBMITTED."""
+        if item.path is None:
+            return (FileState.FAILED, ERR_INVALID_PATH)
+        if item.denied:
+            return (FileState.FAILED, ERR_DENIED)
+        if item.stat is None:
+            return (FileState.FAILED, ERR_MISSING)
+        if item.stat.is_dir:
+            return (FileState.FAILED, ERR_DIRECTORY)
+        if self.pool_of(item.path) is None:
+            return (FileState.FAILED, ERR_NOT_TAPE)
+        if locality in (Locality.DISK, Locality.DISK_AND_TAPE):
+            return (FileState.COMPLETED, None)
+        settled = {
+            Locality.NONE: ERR_EMPTY,
+            Locality.LOST: ERR_LOST,
+            Locality.UNAVAILABLE: ERR_UNAVAILABLE,
+        }
+        if locality in settled:
+            return (FileState.FAILED, settled[locality])
+        if unreachable:
+            return (FileState.FAILED, ERR_UNREACHABLE)
+        return (FileState.SUBMITTED, None)
+
+    async def get(self, request_id: str) -> StageRequest | None:
+        """A stage request, None when there is none of that id (or it was forgotten)."""
+        return await self.store.get_request(request_id)
+
+    async def cancel(self, request_id: str, keys: Sequence[str]) -> None:
+        """Cancel files of a request (all or nothing); their queued recalls are dropped."""
+        if self.library is not None:
+            await self.library.cancel(request_id, keys)
+        else:
+            await self.store.cancel(request_id, keys)
+
+    async def delete(self, request_id: str) -> None:
+        """Delete a request: its unfinished files are cancelled, its pins released."""
+        if self.library is not None:
+            await self.library.delete(request_id)
+        else:
+            await self.store.delete_request(request_id)
+
+    async def release(self, request_id: str, keys: Sequence[str]) -> None:
+        """Release the pins a request holds on these files."""
+        await self.store.release(request_id, keys)
+
+    async def release_owner(self, owner: str, keys: Sequence[str]) -> None:
+        """Release the pins every request of ``owner`` holds on these files."""
+        await self.store.release_owner(owner, keys)
+
+    async def archive_info(
+        self, files: Sequence[tuple[str, DavPath | None, Stat | None]]
+    ) -> list[ArchiveItem]:
+        """ARCHIVEINFO of (spelling, path, stat) triples; the path is None when invalid or
+        not visible to the caller, the stat None when the file is missing."""
+        on_tape = [
+            (path, stat.size)
+            for _spelling, path, stat in files
+            if path is not None and stat is not None and not stat.is_dir
+        ]
+        localities = await self.localities(on_tape)
+        items: list[ArchiveItem] = []
+        for spelling, path, stat in files:
+            if path is None or stat is None:
+                items.append((spelling, None, ERR_MISSING))
+            elif stat.is_dir:
+                items.append((spelling, None, ERR_DIRECTORY))
+            elif self.pool_of(path) is None:
+                # Never going to tape; the locality is still given (gfal-xattr needs one).
+                items.append((spelling, Locality.DISK, ERR_NOT_TAPE))
+            else:
+                items.append((spelling, localities.get(str(path)), None))
+        return items
+
+    # -- run-time switches and status -------------------------------------------------------
+
+    async def set_switches(self, switches: Mapping[str, object]) -> None:
+        """Apply switches in order (BadRequest at the first bad one), then one :meth:`tick`.
+
+        ``unreachable``: bool; the probabilities: a number in [0, 1] or None for the
+        configured value; ``cartridges``: {vid: state}; ``flush`` / ``evict``: true to
+        archive every waiting file / to evict every unpinned on-tape file now.
+        """
+        for key, value in switches.items():
+            await self._switch(key, value)
+        await self.tick()
+
+    async def _switch(self, key: str, value: object) -> None:
+        if key == UNREACHABLE:
+            if not isinstance(value, bool):
+                raise BadRequest(f"{UNREACHABLE}: true or false")
+            await self.store.set_setting(key, value or None)
+        elif key in PROBABILITY_SWITCHES:
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1
+            ):
+                raise BadRequest(f"{key}: a number between 0 and 1, or null for the default")
+            await self.store.set_setting(key, value)
+        elif key == "cartridges":
+            if not isinstance(value, dict) or not all(
+                isinstance(state, str) and state.upper() in _CARTRIDGE_STATES
+                for state in value.values()
+            ):
+                raise BadRequest(f"cartridges: {{vid: state}}, states {sorted(_CARTRIDGE_STATES)}")
+            for vid, state in value.items():
+                await self.store.set_cartridge_state(str(vid), CartridgeState(state.upper()))
+        elif key in ("flush", "evict"):
+            if not isinstance(value, bool):
+                raise BadRequest(f"{key}: true or false")
+            if value and key == "flush":
+                await self.flush(force=True)
+            elif value and self.buffer is not None:
+                await self.buffer.evict_unpinned()
+        else:
+            raise BadRequest(f"unknown switch {key!r}")
+
+    async def status(self) -> dict[str, Any]:
+        """What ``se tape status`` prints: drives, queues, buffer, switches, requests."""
+        counts = await self.store.locality_counts()
+        out: dict[str, Any] = {
+            "library": self.library is not None,
+            "settings": self.settings,
+            "cartridges": {vid: state.value for vid, state in self.cartridge_states.items()},
+            "localities": {
+                locality.value: {"files": files, "bytes": size}
+                for locality, (files, size) in counts.items()
+            },
+        }
+        library = self.library
+        if library is not None:
+            stats = library.stats()
+            out["drives"] = {"total": stats.drives, "mounted": list(stats.in_drives)}
+            out["queued_files"] = stats.queued_files
+            out["queues"] = library.queue_depths()
+            out["mounts"] = {vid: mounts for vid, mounts in stats.mounts.items() if mounts}
+            out["files_recalled"] = stats.files_recalled
+            out["bytes_recalled"] = stats.bytes_recalled
+            out["files_failed"] = stats.files_failed
+            out["drive_failures"] = stats.drive_failures
+            out["utilisation"] = round(stats.utilisation, 4)
+        if self.buffer is not None:
+            out["buffer"] = {
+                "capacity": self.buffer.config.capacity,
+                "used": await self.buffer.usage(),
+                "evicted_files": self.buffer.evicted_files,
+            }
+        return out
+
+    def metric_lines(self) -> list[str]:
+        """The tape families of ``/.well-known/se/metrics`` (this process's counters)."""
+        lines = [
+            *head("se_tape_requests_total", "counter", "Stage requests accepted by this worker."),
+            line("se_tape_requests_total", self.requests_created),
+            *head(
+                "se_tape_files_requested_total",
+                "counter",
+                "Files named by accepted stage requests.",
+            ),
+            line("se_tape_files_requested_total", self.files_requested),
+            *head(
+                "se_tape_reads_refused_total",
+                "counter",
+                "GETs refused because the file is on tape only.",
+            ),
+            line("se_tape_reads_refused_total", self.reads_refused),
+        ]
+        if self.library is not None:
+            stats = self.library.stats()
+            lines += [
+                *head("se_tape_mounts_total", "counter", "Cartridge mounts, by cartridge."),
+                *(
+                    line("se_tape_mounts_total", mounts, {"cartridge": vid})
+                    for vid, mounts in stats.mounts.items()
+                    if mounts
+                ),
+                *head(
+                    "se_tape_recalled_files_total",
+                    "counter",
+                    "Files read back from tape, by outcome.",
+                ),
+                line("se_tape_recalled_files_total", stats.files_recalled, {"outcome": "ok"}),
+                line("se_tape_recalled_files_total", stats.files_failed, {"outcome": "failed"}),
+                *head("se_tape_recalled_bytes_total", "counter", "Bytes read back from tape."),
+                line("se_tape_recalled_bytes_total", stats.bytes_recalled),
+                *head("se_tape_archived_files_total", "counter", "Files written to tape."),
+                line("se_tape_archived_files_total", self.files_archived),
+                *head(
+                    "se_tape_drive_failures_total",
+                    "counter",
+                    "Sessions aborted by a drive failure.",
+                ),
+                line("se_tape_drive_failures_total", stats.drive_failures),
+                *head("se_tape_queued_files", "gauge", "Files waiting for a drive."),
+                line("se_tape_queued_files", stats.queued_files),
+                *head("se_tape_drives_in_use", "gauge", "Drives holding a cartridge."),
+                line("se_tape_drives_in_use", len(stats.in_drives)),
+            ]
+        if self.buffer is not None:
+            lines += [
+                *head(
+                    "se_tape_evicted_files_total", "counter", "Files evicted from the disk buffer."
+                ),
+                line("se_tape_evicted_files_total", self.buffer.evicted_files),
+            ]
+        return lines
 
     # -- archive ----------------------------------------------------------------------------
 
@@ -194,8 +511,8 @@ class TapeService:
             due = (
                 force
                 or len(files) >= self.cfg.archive_min_files
-                or sum(f[1] for f in files) >= self.cfg.archive_min_bytes
-                or now - min(f[2] for f in files) >= age
+                or sum(size for _path, size, _written in files) >= self.cfg.archive_min_bytes
+                or now - min(written for _path, _size, written in files) >= age
             )
             if not due:
                 continue
@@ -220,7 +537,7 @@ class TapeService:
 
     def _involved(self, path: DavPath) -> bool:
         """Whether ``path`` is tape-backed or contains tape-backed paths."""
-        return any(path.is_within(p) or p.is_within(path) for p, _ in self.pools)
+        return any(path.is_within(prefix) or prefix.is_within(path) for prefix, _ in self.pools)
 
     async def written(self, path: DavPath, size: int) -> None:
         """A file was (re)written: new data is on disk only (a zero-length file: NONE)."""
@@ -258,10 +575,10 @@ class TapeService:
         Unknown files under a tape prefix are adopted as DISK (NONE when empty); a TAPE file
         on a cartridge that is not ACTIVE shows UNAVAILABLE.
         """
-        todo = [(str(p), size) for p, size in files if self.pool_of(p) is not None]
+        todo = [(str(path), size) for path, size in files if self.pool_of(path) is not None]
         out: dict[str, Locality | None] = {}
-        known = await self.store.get_files([k for k, _ in todo]) if todo else {}
-        new = [(k, Locality.NONE if size == 0 else Locality.DISK, size) for k, size in todo]
+        known = await self.store.get_files([key for key, _size in todo]) if todo else {}
+        new = [(key, Locality.NONE if size == 0 else Locality.DISK, size) for key, size in todo]
         new = [item for item in new if item[0] not in known]
         if new:
             await self.store.adopt(new, int(time.time()))
@@ -282,12 +599,19 @@ class TapeService:
                 return Locality.UNAVAILABLE
         return locality
 
-    async def check_source(self, st: Stat | None, path: DavPath) -> None:
+    async def file_localities(self, files: Iterable[tuple[DavPath, int]]) -> dict[str, str]:
+        """The SRM FileLocality (``ONLINE``, ``NEARLINE``...) PROPFIND shows for each file
+        (path, size) given: from the catalogue under tape prefixes, else ONLINE."""
+        files = list(files)
+        found = await self.localities(files)
+        return {str(path): user_status(found.get(str(path), Locality.DISK)) for path, _ in files}
+
+    async def check_source(self, stat: Stat | None, path: DavPath) -> None:
         """:meth:`check_readable` for the source of a COPY (a file or a collection)."""
-        if st is None:
+        if stat is None:
             return
-        if not st.is_dir:
-            await self.check_readable(path, st.size)
+        if not stat.is_dir:
+            await self.check_readable(path, stat.size)
             return
         if self._involved(path):
             bad = await self.store.offline_below(str(path))

@@ -63,8 +63,22 @@ from dataclasses import dataclass, field
 from typing import Literal, overload
 
 from se.tape.buffer import DiskBuffer
-from se.tape.model import CartridgeState, FileState, Locality
-from se.tape.store import CatalogueEntry, FileUpdate, TapeStore
+from se.tape.model import (
+    ERR_EMPTY,
+    ERR_GONE,
+    ERR_LOST,
+    ERR_NO_SPACE,
+    ERR_UNAVAILABLE,
+    ERR_UNKNOWN,
+    ERR_UNREACHABLE,
+    PROBABILITY_SWITCHES,
+    UNREACHABLE,
+    CartridgeState,
+    FileState,
+    Locality,
+)
+from se.tape.sql import CatalogueEntry, FileUpdate
+from se.tape.store import TapeStore
 
 __all__ = [
     "LibraryConfig",
@@ -76,18 +90,6 @@ __all__ = [
 
 GB = 10**9
 TB = 10**12
-
-# Errors reported to the API for files that cannot be recalled.
-ERR_UNKNOWN = "file is not in the tape tier (missing or not tape-backed)"
-ERR_EMPTY = "zero-length file: never written to tape"
-ERR_LOST = "file is lost on tape"
-ERR_UNAVAILABLE = "tape unavailable"
-ERR_UNREACHABLE = "Tape backend is unreachable"
-ERR_NO_SPACE = "no space in disk buffer"
-ERR_GONE = "file was deleted or renamed while it was recalled"
-
-# Run-time switches read from the store's settings (see TapeLibrary.sync).
-SETTINGS = ("unreachable", "bad_file_probability", "drive_failure_probability")
 
 
 @dataclass(frozen=True)
@@ -181,19 +183,19 @@ class LibraryConfig:
             )
         if self.read_retries < 0 or self.min_request_age < 0:
             raise ValueError("read_retries and min_request_age must not be negative")
-        owned = [v for vids in self.pools.values() for v in vids]
+        owned = [vid for vids in self.pools.values() for vid in vids]
         if len(set(owned)) != len(owned) or not set(owned) <= set(self.vids):
             raise ValueError("pools: cartridges of the library, each in one pool at most")
-        if any(n < 1 for n in self.max_drives.values()):
+        if any(cap < 1 for cap in self.max_drives.values()):
             raise ValueError("max_drives: at least one drive per pool")
-        for name in ("bad_file_probability", "drive_failure_probability"):
+        for name in PROBABILITY_SWITCHES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: a probability, between 0 and 1")
 
     @property
     def vids(self) -> tuple[str, ...]:
         if isinstance(self.cartridges, int):
-            return tuple(f"V{i:05d}" for i in range(self.cartridges))
+            return tuple(f"V{number:05d}" for number in range(self.cartridges))
         return tuple(self.cartridges)
 
 
@@ -245,6 +247,7 @@ class _Session:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     accepting: bool = True  # False once dismounting: new jobs wait for the next mount
     task: asyncio.Task[None] | None = None
+    head: int = 0  # the tape position under the head
 
 
 OnRead = Callable[[str, str, int], None]
@@ -253,9 +256,10 @@ OnRead = Callable[[str, str, int], None]
 class TapeLibrary:
     """The recall/archive engine.  Create, :meth:`start`, then :meth:`resume` after a restart.
 
-    The HTTP layer calls :meth:`recall` after ``store.create_request`` (with the request's files
-    that are SUBMITTED), :meth:`cancel` / :meth:`delete` instead of the store's methods of the same
-    purpose, and :meth:`archive` when a file is written under a tape-backed prefix.
+    The tape service (:class:`~se.tape.service.TapeService`) calls :meth:`recall` after
+    ``store.create_request`` (with the request's files that are SUBMITTED), :meth:`cancel` /
+    :meth:`delete` instead of the store's methods of the same purpose, and :meth:`archive` when
+    it flushes files written under a tape-backed prefix.
     ``on_read(vid, path, position)`` is called after each successful read (for tests and tracing).
     """
 
@@ -277,9 +281,9 @@ class TapeLibrary:
         self._cartridge_state: dict[str, CartridgeState] = dict.fromkeys(
             config.vids, CartridgeState.ACTIVE
         )
-        self._t = config.timing
+        self._timing = config.timing
         self._on_read = on_read
-        self._queues: dict[str, dict[_Key, _Job]] = {v: {} for v in config.vids}
+        self._queues: dict[str, dict[_Key, _Job]] = {vid: {} for vid in config.vids}
         self._jobs: dict[_Key, _Job] = {}  # queued or in a session's batch
         self._sessions: dict[str, _Session] = {}
         self._wake = asyncio.Event()
@@ -292,7 +296,7 @@ class TapeLibrary:
         self._claimed: set[str] | None = None  # shared cartridges holding files
         # The pool of each cartridge: configured, or claimed by archive() (in the store).
         self._pool_of: dict[str, str] = {
-            v: pool for pool, vids in config.pools.items() for v in vids
+            vid: pool for pool, vids in config.pools.items() for vid in vids
         }
         self._mounts: dict[str, int] = dict.fromkeys(config.vids, 0)
         self._files_recalled = 0
@@ -314,7 +318,7 @@ class TapeLibrary:
 
     async def stop(self) -> None:
         """Stop the scheduler and abandon the sessions; queued work stays pending in the store."""
-        tasks = [s.task for s in self._sessions.values() if s.task is not None]
+        tasks = [session.task for session in self._sessions.values() if session.task is not None]
         if self._scheduler is not None:
             tasks.append(self._scheduler)
         for task in tasks:
@@ -371,8 +375,8 @@ class TapeLibrary:
 
     def apply_settings(self, settings: Mapping[str, object]) -> None:
         """Set the run-time switches; a missing key falls back to the configured value."""
-        self.unreachable = bool(settings.get("unreachable", False))
-        for name in ("bad_file_probability", "drive_failure_probability"):
+        self.unreachable = bool(settings.get(UNREACHABLE, False))
+        for name in PROBABILITY_SWITCHES:
             value = settings.get(name)
             if isinstance(value, int | float) and 0.0 <= value <= 1.0:
                 setattr(self, name, float(value))
@@ -422,7 +426,7 @@ class TapeLibrary:
             queued += await self.recall(request_id, paths)
         return queued
 
-    # -- the API layer's calls --------------------------------------------------------------
+    # -- the service's calls ------------------------------------------------------------------
 
     async def recall(self, request_id: str, paths: Sequence[str] | None = None) -> int:
         """Stage ``paths`` (default: every non-terminal file) of a request; how many were queued.
@@ -433,12 +437,12 @@ class TapeLibrary:
         req = await self.store.get_request(request_id)
         if req is None:
             return 0
-        lifetimes = {f.path: f.disk_lifetime for f in req.files if not f.state.terminal}
-        wanted = list(lifetimes) if paths is None else [p for p in paths if p in lifetimes]
+        lifetimes = {file.path: file.disk_lifetime for file in req.files if not file.state.terminal}
+        wanted = list(lifetimes) if paths is None else [path for path in paths if path in lifetimes]
         settle: list[tuple[str, FileState, str | None, int]] = []
         jobs: list[_Job] = []
         now = asyncio.get_running_loop().time()
-        wanted = [p for p in wanted if (request_id, p) not in self._jobs]
+        wanted = [path for path in wanted if (request_id, path) not in self._jobs]
         entries = await self.store.get_files(wanted)
         for path in wanted:
             lifetime = lifetimes[path]
@@ -550,13 +554,13 @@ class TapeLibrary:
 
     def queue_depths(self) -> dict[str, int]:
         """Files waiting per cartridge (non-empty queues only)."""
-        return {vid: len(q) for vid, q in self._queues.items() if q}
+        return {vid: len(queue) for vid, queue in self._queues.items() if queue}
 
     def stats(self) -> LibraryStats:
         elapsed = 0.0
         if self._scheduler is not None or self._stopped_at is not None:
             end = self._stopped_at or asyncio.get_running_loop().time()
-            elapsed = (end - self._started_at) * self._t.time_scale
+            elapsed = (end - self._started_at) * self._timing.time_scale
         return LibraryStats(
             mounts=dict(self._mounts),
             files_recalled=self._files_recalled,
@@ -567,8 +571,8 @@ class TapeLibrary:
             drive_busy=self._busy,
             elapsed=elapsed,
             drives=self.config.drives,
-            queued_files=sum(len(q) for q in self._queues.values()),
-            mounted=tuple(v for v, s in self._sessions.items() if s.accepting),
+            queued_files=sum(len(queue) for queue in self._queues.values()),
+            mounted=tuple(vid for vid, session in self._sessions.items() if session.accepting),
             in_drives=tuple(self._sessions),
         )
 
@@ -626,8 +630,8 @@ class TapeLibrary:
                     return (vid, position)
             raise TapeFullError(f"no room left on the cartridges of pool {pool}")
         if self._claimed is None:
-            shared = [v for v in self.config.vids if v not in self._pool_of]
-            self._claimed = {v for v in shared if await self.store.next_position(v) > 0}
+            shared = [vid for vid in self.config.vids if vid not in self._pool_of]
+            self._claimed = {vid for vid in shared if await self.store.next_position(vid) > 0}
         if current is None:
             # After a restart: carry on with a cartridge the pool claimed before (in the store).
             for vid in self.config.vids:
@@ -646,11 +650,11 @@ class TapeLibrary:
 
     def _mountable_at(self, queue: dict[_Key, _Job]) -> float:
         """Loop time from which a non-empty queue is mountable (now or earlier: it is)."""
-        oldest = min(j.enqueued for j in queue.values())
-        size = sum(j.size for j in queue.values())
+        oldest = min(job.enqueued for job in queue.values())
+        size = sum(job.size for job in queue.values())
         if len(queue) >= self.config.mount_min_files or size >= self.config.mount_min_bytes:
             return oldest
-        return oldest + self._t.real(self.config.min_request_age)
+        return oldest + self._timing.real(self.config.min_request_age)
 
     def _waiting(self, now: float) -> list[tuple[float, str]]:
         """(oldest job, vid) of the mountable queues without a drive, oldest first."""
@@ -662,7 +666,7 @@ class TapeLibrary:
                 and self._unreadable(vid) is None
                 and self._mountable_at(queue) <= now
             ):
-                found.append((min(j.enqueued for j in queue.values()), vid))
+                found.append((min(job.enqueued for job in queue.values()), vid))
         return sorted(found)
 
     def _pool_allows(self, vid: str, leaving: str | None = None) -> bool:
@@ -671,7 +675,7 @@ class TapeLibrary:
         cap = None if pool is None else self.config.max_drives.get(pool)
         if cap is None:
             return True
-        used = sum(1 for v in self._sessions if v != leaving and self._pool_of.get(v) == pool)
+        used = sum(1 for vid in self._sessions if vid != leaving and self._pool_of.get(vid) == pool)
         return used < cap
 
     async def _schedule(self) -> None:
@@ -693,11 +697,11 @@ class TapeLibrary:
                     session.wake.set()
             # Sleep until woken (new jobs, a drive freed) or until a queue comes of age.
             later = [
-                self._mountable_at(q)
-                for v, q in self._queues.items()
-                if q and v not in self._sessions and self._unreadable(v) is None
+                self._mountable_at(queue)
+                for vid, queue in self._queues.items()
+                if queue and vid not in self._sessions and self._unreadable(vid) is None
             ]
-            due = [t for t in later if t > now]
+            due = [moment for moment in later if moment > now]
             timeout = min(due) - now if due else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -705,7 +709,7 @@ class TapeLibrary:
 
     async def _spend(self, seconds: float) -> None:
         self._busy += seconds
-        await asyncio.sleep(self._t.real(seconds))
+        await asyncio.sleep(self._timing.real(seconds))
 
     def _take_batch(self, vid: str) -> list[_Job]:
         """The next batch of a mounted cartridge, read in tape order.
@@ -717,8 +721,8 @@ class TapeLibrary:
         queue = self._queues[vid]
         limit_files = self.config.batch_max_files
         limit_bytes = self.config.batch_max_bytes
-        ordered = sorted(queue.values(), key=lambda j: j.position)
-        if len(ordered) > limit_files or sum(j.size for j in ordered) > limit_bytes:
+        ordered = sorted(queue.values(), key=lambda job: job.position)
+        if len(ordered) > limit_files or sum(job.size for job in ordered) > limit_bytes:
             per_request: dict[str, list[_Job]] = {}
             for job in ordered:
                 per_request.setdefault(job.request_id, []).append(job)
@@ -740,74 +744,104 @@ class TapeLibrary:
             size += job.size
         for job in batch:
             del queue[job.request_id, job.path]
-        return sorted(batch, key=lambda j: j.position)
+        return sorted(batch, key=lambda job: job.position)
 
     async def _session(self, session: _Session) -> None:
-        vid = session.vid
-        loop = asyncio.get_running_loop()
-        self._mounts[vid] += 1
+        """One mount of a cartridge: mount it, read batches of its queue until the queue
+        stays empty (or another tape wants the drive), the tape becomes unreadable or the
+        drive fails, then unmount it."""
         try:
-            await self._mark_started(list(self._queues[vid].values()))
-            await self._spend(self._t.mount())
-            head = 0
+            await self._mount(session)
             failed = False
             while not failed:
-                batch = self._take_batch(vid)
-                if not batch:
-                    if any(self._pool_allows(w, vid) for _, w in self._waiting(loop.time())):
-                        break  # another tape can use this drive
-                    session.wake.clear()
-                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
-                    try:
-                        async with asyncio.timeout(self._t.real(self._t.idle_dismount)):
-                            await session.wake.wait()
-                    except TimeoutError:
-                        break
-                    continue
-                for i, job in enumerate(batch):
-                    if job.cancelled:
-                        continue
-                    error = self._unreadable(vid)
-                    if error is None and not await self._room_for(job):
-                        error = ERR_NO_SPACE
-                        await self._fail([job], error)
-                        self._jobs.pop((job.request_id, job.path), None)
-                        continue
-                    if error is not None:
-                        left = [j for j in batch[i:] if not j.cancelled]
-                        await self._fail(left, error)
-                        for j in left:
-                            self._jobs.pop((j.request_id, j.path), None)
-                        failed = True
-                        break
-                    try:  # the room reserved in the buffer is given back whatever happens
-                        distance = job.position - head
-                        await self._spend(self._t.locate(distance, self.config.cartridge_capacity))
-                        head = job.position
-                        if self._draw("drive", vid, self._mounts[vid], job.path) < (
-                            self.drive_failure_probability
-                        ):
-                            self._drive_failures += 1
-                            for rest in batch[i:]:
-                                if not rest.cancelled:
-                                    self._queues[vid][rest.request_id, rest.path] = rest
-                            failed = True
-                            break
-                        head = await self._read(vid, job)
-                    finally:
-                        if self.buffer is not None:
-                            self.buffer.settle(job.size)
-            session.accepting = False
-            await self._spend(self._t.unload if failed else self._t.dismount())
+                batch = self._take_batch(session.vid)
+                if batch:
+                    failed = not await self._read_batch(session, batch)
+                elif not await self._idle(session):
+                    break
+            await self._unmount(session, failed)
         finally:
-            del self._sessions[vid]
+            del self._sessions[session.vid]
             self._wake.set()
+
+    async def _mount(self, session: _Session) -> None:
+        """The robot brings the cartridge; the files waiting for it are STARTED."""
+        self._mounts[session.vid] += 1
+        await self._mark_started(list(self._queues[session.vid].values()))
+        await self._spend(self._timing.mount())
+
+    async def _idle(self, session: _Session) -> bool:
+        """Stay mounted with an empty queue: True when new jobs came, False when the drive
+        should go (another tape can use it, or ``idle_dismount`` passed)."""
+        now = asyncio.get_running_loop().time()
+        if any(self._pool_allows(other, session.vid) for _, other in self._waiting(now)):
+            return False  # another tape can use this drive
+        session.wake.clear()
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+        try:
+            async with asyncio.timeout(self._timing.real(self._timing.idle_dismount)):
+                await session.wake.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _read_batch(self, session: _Session, batch: Sequence[_Job]) -> bool:
+        """Read a batch in tape order; False when the session must end (the tape became
+        unreadable: the rest of the batch fails; the drive failed: the rest is queued again)."""
+        for index, job in enumerate(batch):
+            if job.cancelled:
+                continue
+            error = self._unreadable(session.vid)
+            if error is not None:
+                await self._give_up([left for left in batch[index:] if not left.cancelled], error)
+                return False
+            if not await self._room_for(job):
+                await self._give_up([job], ERR_NO_SPACE)
+                continue
+            try:  # the room reserved in the buffer is given back whatever happens
+                read = await self._locate_and_read(session, job)
+            finally:
+                if self.buffer is not None:
+                    self.buffer.settle(job.size)
+            if not read:
+                self._requeue(session.vid, batch[index:])
+                return False
+        return True
+
+    async def _locate_and_read(self, session: _Session, job: _Job) -> bool:
+        """Move the head to the file and read it; False when the drive fails on the way."""
+        distance = job.position - session.head
+        await self._spend(self._timing.locate(distance, self.config.cartridge_capacity))
+        session.head = job.position
+        draw = self._draw("drive", session.vid, self._mounts[session.vid], job.path)
+        if draw < self.drive_failure_probability:
+            self._drive_failures += 1
+            return False
+        session.head = await self._read(session.vid, job)
+        return True
+
+    async def _give_up(self, jobs: Sequence[_Job], error: str) -> None:
+        """Fail jobs of a session that will not be read, and forget them."""
+        await self._fail(jobs, error)
+        for job in jobs:
+            self._jobs.pop((job.request_id, job.path), None)
+
+    def _requeue(self, vid: str, jobs: Iterable[_Job]) -> None:
+        """Put the unread (not cancelled) jobs of an aborted session back in their queue."""
+        for job in jobs:
+            if not job.cancelled:
+                self._queues[vid][job.request_id, job.path] = job
+
+    async def _unmount(self, session: _Session, failed: bool) -> None:
+        """Rewind and unload (after a failure: unload only); no new jobs join meanwhile."""
+        session.accepting = False
+        await self._spend(self._timing.unload if failed else self._timing.dismount())
 
     async def _room_for(self, job: _Job) -> bool:
         """Wait for room in the disk buffer for one file (False: waited too long)."""
         if self.buffer is None:
             return True
-        return await self.buffer.make_room(job.size, self._t.real(self.config.buffer_wait))
+        return await self.buffer.make_room(job.size, self._timing.real(self.config.buffer_wait))
 
     def _draw(self, *what: object) -> float:
         """A deterministic draw in [0, 1) from the seed and ``what``, whatever the task order."""
@@ -818,8 +852,8 @@ class TapeLibrary:
         attempts = 1 + self.config.read_retries
         for attempt in range(attempts):
             if attempt:
-                await self._spend(self._t.locate_base)  # back to the start of the file
-            await self._spend(self._t.read(job.size))
+                await self._spend(self._timing.locate_base)  # back to the start of the file
+            await self._spend(self._timing.read(job.size))
             if self._draw("read", job.path, attempt) >= self.bad_file_probability:
                 break
             self._read_errors += 1

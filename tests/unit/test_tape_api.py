@@ -1,4 +1,4 @@
-"""Unit tests for se.tape.api and se.tape.model (WLCG Tape REST API v1 bodies)."""
+"""Unit tests for se.tape.wire and se.tape.model (WLCG Tape REST API v1 bodies)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from se.errors import BadRequest, SEError
-from se.tape.api import (
+from se.tape.model import FileState, Locality, StageFile, StageRequest
+from se.tape.wire import (
     MAX_DISK_LIFETIME,
     PROBLEM_TYPE,
     TapeProblem,
@@ -24,7 +25,6 @@ from se.tape.api import (
     sanitise_path,
     user_status,
 )
-from se.tape.model import FileState, Locality, StageFile, StageRequest
 
 SITE = "se-test-tape"
 

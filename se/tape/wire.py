@@ -1,4 +1,5 @@
-"""Request parsing and response shapes of the WLCG Tape REST API v1.  Pure: no I/O.
+"""The wire format of the WLCG Tape REST API v1: request parsing and response shapes.  Pure:
+no I/O.
 
 The handlers read a body, call :func:`parse_stage` or :func:`parse_paths`, and serialise
 what :func:`format_request`, :func:`format_archiveinfo` or :func:`discovery` return.  A
@@ -163,11 +164,11 @@ def parse_duration(text: str) -> int:
     Fractions round up; results above :data:`MAX_DISK_LIFETIME` are clamped.  Years and
     months (no fixed length) are refused.  ValueError otherwise.
     """
-    m = _DURATION.fullmatch(text.strip().upper())
-    if m is None or not any(m.groupdict().values()):
+    match = _DURATION.fullmatch(text.strip().upper())
+    if match is None or not any(match.groupdict().values()):
         raise ValueError(f"invalid ISO 8601 duration {_show(text)}")
-    weeks, days, hours, minutes = (int(m[g] or 0) for g in ("w", "d", "h", "m"))
-    seconds = math.ceil(float((m["s"] or "0").replace(",", ".")))
+    weeks, days, hours, minutes = (int(match[unit] or 0) for unit in ("w", "d", "h", "m"))
+    seconds = math.ceil(float((match["s"] or "0").replace(",", ".")))
     total = (((weeks * 7 + days) * 24 + hours) * 60 + minutes) * 60 + seconds
     return min(total, MAX_DISK_LIFETIME)
 
@@ -189,8 +190,8 @@ def parse_stage(
         )
     out: list[tuple[str, int | None, dict[str, Any] | None]] = []
     seen: set[str] = set()
-    for i, entry in enumerate(files):
-        where = f"files[{i}]"
+    for index, entry in enumerate(files):
+        where = f"files[{index}]"
         if not isinstance(entry, dict):
             raise TapeProblem(400, "JSON validation error", f"{where} is not an object")
         raw = entry.get("path")
@@ -246,10 +247,10 @@ def parse_paths(body: bytes, max_paths: int | None) -> list[str]:
         )
     out: list[str] = []
     seen: set[str] = set()
-    for i, raw in enumerate(paths):
+    for index, raw in enumerate(paths):
         if max_paths is not None and len(out) >= max_paths:
             break
-        where = f"paths[{i}]"
+        where = f"paths[{index}]"
         if not isinstance(raw, str):
             raise TapeProblem(400, "JSON validation error", f"{where} is not a string")
         path = _sanitised(raw, where)
@@ -270,14 +271,14 @@ def format_request(req: StageRequest) -> dict[str, Any]:
     file (gfal2 counts any ``error`` as a failure).
     """
     files: list[dict[str, Any]] = []
-    for f in req.files:
-        item: dict[str, Any] = {"path": f.shown, "state": f.state.value}
-        if f.started_at is not None:
-            item["startedAt"] = f.started_at
-        if f.finished_at is not None:
-            item["finishedAt"] = f.finished_at
-        if f.error and f.state is not FileState.COMPLETED:
-            item["error"] = f.error
+    for file in req.files:
+        item: dict[str, Any] = {"path": file.shown, "state": file.state.value}
+        if file.started_at is not None:
+            item["startedAt"] = file.started_at
+        if file.finished_at is not None:
+            item["finishedAt"] = file.finished_at
+        if file.error and file.state is not FileState.COMPLETED:
+            item["error"] = file.error
         files.append(item)
     out: dict[str, Any] = {
         "id": req.id,
