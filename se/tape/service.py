@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from se.config import Config, TapeConfig, TapePoolConfig, state_dir
+from se.config import Config, TapeConfig, state_dir
 from se.errors import BadRequest, ServiceUnavailable
 from se.storage.paths import DavPath, confine
 from se.storage.types import Stat
@@ -82,11 +82,6 @@ def database_path(cfg: Config) -> str:
     return cfg.tape.database or str(state_dir(cfg) / "tape.sqlite")
 
 
-def pool_name(pool: TapePoolConfig) -> str:
-    """A pool's name: its ``pool`` key, else its path (normalised by :mod:`se.config`)."""
-    return pool.pool or "/" + "/".join(segment for segment in pool.path.split("/") if segment)
-
-
 def _same_names(cls: type[Any], tape: TapeConfig, leave_out: frozenset[str]) -> dict[str, Any]:
     """The ``[tape]`` values of the dataclass fields of ``cls`` (the same names)."""
     names = (field.name for field in dataclasses.fields(cls) if field.name not in leave_out)
@@ -105,7 +100,7 @@ def library_config(tape: TapeConfig) -> LibraryConfig:
     return LibraryConfig(
         **_same_names(LibraryConfig, tape, _NOT_TAPE_KEYS),
         timing=timing,
-        max_drives={pool_name(pool): pool.max_drives for pool in tape.pools if pool.max_drives > 0},
+        max_drives={pool.name: pool.max_drives for pool in tape.pools if pool.max_drives > 0},
     )
 
 
@@ -136,7 +131,7 @@ class TapeService:
         self.database = database_path(cfg)
         self.run_library = run_library and cfg.tape.library
         # Longest prefix first, so a nested prefix wins over its parent.
-        pools = [(confine(pool.path), pool_name(pool)) for pool in cfg.tape.pools]
+        pools = [(confine(pool.prefix), pool.name) for pool in cfg.tape.pools]
         self.pools = sorted(pools, key=lambda item: -len(item[0].segments))
         self._store: TapeStore | None = None
         self.library: TapeLibrary | None = None
