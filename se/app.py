@@ -1,33 +1,120 @@
-"""Build the aiohttp application: routes, shared state, start-up and clean-up."""
+"""Build the aiohttp application: the route table, shared state, start-up and clean-up.
+
+Routing is one catch-all route (aiohttp's class views reject non-standard verbs such as
+PROPFIND) whose :func:`dispatch` authenticates every request once, then hands it to the
+front that owns it: the tape REST API (``se.tape.http``), the metrics page
+(``se.web.metrics``), third-party copy (``se.tpc``) for a COPY naming a remote, and WebDAV
+(``se.dav``) for the rest.  This module is the only one that knows all the fronts.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from se import __version__
 from se.auth.cache import GrantCache
 from se.auth.macaroons import SecretStore
-from se.auth.policy import Grant, Rule, ops_named
+from se.auth.policy import Grant, Op, Rule, ops_named
 from se.auth.wlcg import TokenVerifier
 from se.config import Config, state_dir
 from se.dav import handlers
-from se.dav.context import CONTEXT, Context
-from se.middleware import handle_errors
+from se.dav.macaroon_requests import post
+from se.errors import ExpectationFailed, MethodNotAllowed, SEError
 from se.scitags.service import SciTagService
-from se.storage.paths import confine
-from se.storage.posix import CachedFile, PosixBackend
+from se.storage.paths import DavPath, confine
+from se.storage.posix import PosixBackend
+from se.storage.types import CachedFile
 from se.storage.watchcache import WatchedCache
+from se.tape import http as tape_http
 from se.tape.service import TapeService
-from se.tpc.service import TPCService
+from se.tpc.handler import third_party_copy
+from se.tpc.request import parse_copy
+from se.tpc.service import TPC_SERVICE, TPCService
+from se.web import metrics
+from se.web.access import authenticate, authorise
+from se.web.context import CONTEXT, Context, MetricSource, context
+from se.web.error_handling import error_response, handle_errors
 
-__all__ = ["create_app"]
+__all__ = ["METHODS", "create_app", "dispatch", "expect_handler", "on_prepare"]
 
 log = logging.getLogger("se")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SERVER = f"se/{__version__}"
+
+
+async def copy(request: web.Request) -> web.StreamResponse:
+    """A COPY naming a remote source or destination is a third-party copy; else WebDAV's."""
+    ctx = context(request)
+    spec = parse_copy(
+        request.headers, request.headers.items(), request.host, ctx.cfg.server.local_hosts
+    )
+    if spec is None:
+        return await handlers.copy(request)
+    return await third_party_copy(request, spec)
+
+
+METHODS: dict[str, Handler] = {
+    "OPTIONS": handlers.options,
+    "GET": handlers.get,
+    "HEAD": handlers.get,
+    "PUT": handlers.put,
+    "DELETE": handlers.delete,
+    "MKCOL": handlers.mkcol,
+    "COPY": copy,
+    "MOVE": handlers.move,
+    "PROPFIND": handlers.propfind_handler,
+    "PROPPATCH": handlers.proppatch,
+    "POST": post,
+}
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    handler = METHODS.get(request.method)
+    if handler is None:
+        raise MethodNotAllowed(
+            f"method {request.method} is not supported", headers={"Allow": handlers.ALLOW}
+        )
+    await authenticate(request)
+    tape = tape_http.route(request)
+    if tape is not None:
+        return await tape()
+    if request.path == metrics.METRICS_PATH and request.method in (
+        hdrs.METH_GET,
+        hdrs.METH_HEAD,
+    ):
+        authorise(request, Op.STAT, DavPath(()))
+        return metrics.response(context(request))
+    return await handler(request)
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """Answer ``Expect: 100-continue`` only once the request could succeed (RFC 9110 §10.1.1)."""
+    expect = request.headers.get(hdrs.EXPECT, "").lower()
+    if expect != "100-continue":
+        return error_response(ExpectationFailed(f"unsupported Expect: {expect}"))
+    if request.method == hdrs.METH_PUT:
+        try:
+            await authenticate(request)
+            handlers.check_put(request)
+        except SEError as exc:
+            resp = error_response(exc)
+            resp.force_close()  # the client may still send the body it was refused
+            return resp
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
+    return None
+
+
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[hdrs.SERVER] = SERVER
 
 
 def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) -> web.Application:
@@ -51,23 +138,29 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
     public = None
     if auth is not None and auth.public:
         public = Grant.of(Rule(confine(p.path), ops_named(p.allow)) for p in auth.public)
+    sources: list[MetricSource] = [tpc]
+    if scitags is not None:
+        sources.append(metrics.SciTagMetrics(scitags))
+    if tape is not None:
+        sources.append(tape)
     app[CONTEXT] = Context(
-        cfg,
-        backend,
-        cfg.anonymous_access(),
-        listings,
-        tpc,
-        SecretStore(Path(secret_file)),
-        tokens,
-        public,
-        GrantCache(auth.token_cache_entries if auth is not None else 10000),
-        scitags,
-        tape,
+        cfg=cfg,
+        backend=backend,
+        anonymous=cfg.anonymous_access(),
+        listings=listings,
+        secret=SecretStore(Path(secret_file)),
+        tokens=tokens,
+        public=public,
+        grants=GrantCache(auth.token_cache_entries if auth is not None else 10000),
+        scitags=scitags,
+        tape=tape,
+        metric_sources=tuple(sources),
     )
-    app.router.add_route(
-        "*", "/{tail:.*}", handle_errors(handlers.dispatch), expect_handler=handlers.expect_handler
-    )
-    app.on_response_prepare.append(handlers.on_prepare)
+    app[TPC_SERVICE] = tpc
+    if tape is not None:
+        app[tape_http.TAPE_SERVICE] = tape
+    app.router.add_route("*", "/{tail:.*}", handle_errors(dispatch), expect_handler=expect_handler)
+    app.on_response_prepare.append(on_prepare)
     do_sweep = cfg.storage.sweep_on_start if sweep is None else sweep
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:

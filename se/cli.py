@@ -17,7 +17,7 @@ from se.config import Config, ConfigError, load_file, validate
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="se", description="A WebDAV storage element for the grid.")
     p.add_argument("--version", action="version", version=f"se {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,6 +117,18 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_components(cfg: Config) -> None:
+    """The checks components make of their own settings, beyond what ``se.config`` can see
+    (the simulated tape library builds itself from ``[tape]``); ConfigError naming the key."""
+    if cfg.tape.enabled:
+        from se.tape.service import library_config
+
+        try:
+            library_config(cfg.tape)
+        except ValueError as exc:
+            raise ConfigError(f"tape: {exc}") from None
+
+
 def build_config(args: argparse.Namespace) -> Config:
     cfg = load_file(args.config) if args.config else Config()
     server = cfg.server
@@ -129,18 +141,19 @@ def build_config(args: argparse.Namespace) -> Config:
         storage = dataclasses.replace(storage, root=args.root)
     cfg = dataclasses.replace(cfg, server=server, storage=storage)
     validate(cfg)
+    check_components(cfg)
     return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "token":
             return _token(args)
         if args.command == "tape":
             return _tape(args)
         if args.command == "check-config":
-            load_file(args.file)
+            check_components(load_file(args.file))
             print(f"se: {args.file} is valid")
             return 0
         from se.server import run

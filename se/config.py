@@ -256,6 +256,16 @@ class TapePoolConfig:
     pool: str = ""  # "" = the path itself names the pool
     max_drives: int = 0  # most drives reading this pool's cartridges at once; 0 = no cap
 
+    @property
+    def prefix(self) -> str:
+        """``path`` normalised: one leading '/', no empty segments, no trailing '/'."""
+        return "/" + "/".join(seg for seg in self.path.split("/") if seg)
+
+    @property
+    def name(self) -> str:
+        """The tape pool's name: ``pool``, else the normalised path."""
+        return self.pool or self.prefix
+
 
 @dataclass(frozen=True, slots=True)
 class TapeConfig:
@@ -503,12 +513,11 @@ def _validate_tape(t: TapeConfig) -> None:
         raise ConfigError("tape.endpoint: must be an http(s) URL or empty")
     seen: set[str] = set()
     for i, pool in enumerate(t.pools):
-        norm = "/" + "/".join(seg for seg in pool.path.split("/") if seg)
-        if not pool.path.startswith("/") or norm in seen:
+        if not pool.path.startswith("/") or pool.prefix in seen:
             raise ConfigError(f"tape.pools[{i}].path: absolute, each prefix once")
         if pool.max_drives < 0:
             raise ConfigError(f"tape.pools[{i}].max_drives: must not be negative")
-        seen.add(norm)
+        seen.add(pool.prefix)
     for name in ("max_files_per_request", "max_active_requests", "max_archiveinfo_paths"):
         if getattr(t, name) < 1:
             raise ConfigError(f"tape.{name}: must be at least 1")
@@ -518,12 +527,44 @@ def _validate_tape(t: TapeConfig) -> None:
         raise ConfigError("tape: sync_interval must be positive and retry_after at least 1")
     if t.archive_min_files < 1 or t.archive_min_bytes < 1 or t.archive_min_age < 0:
         raise ConfigError("tape: archive_min_files/bytes at least 1, archive_min_age >= 0")
-    from se.tape.service import library_config  # the library checks its own settings
+    # The simulated library's numbers: refused here with the key named.  The library's own
+    # types keep the same invariants for callers that build them directly, and start-up and
+    # `se check-config` also build the library from this section (se.tape.service).
+    for name in _TAPE_NOT_NEGATIVE:
+        if getattr(t, name) < 0:
+            raise ConfigError(f"tape.{name}: must not be negative")
+    for name in _TAPE_POSITIVE:
+        if getattr(t, name) <= 0:
+            raise ConfigError(f"tape.{name}: must be positive")
+    for name in ("bad_file_probability", "drive_failure_probability"):
+        if not 0.0 <= getattr(t, name) <= 1.0:
+            raise ConfigError(f"tape.{name}: a probability, between 0 and 1")
+    if not 0.0 < t.low_watermark <= t.high_watermark <= 1.0:
+        raise ConfigError("tape: watermarks: 0 < low_watermark <= high_watermark <= 1")
 
-    try:
-        library_config(t)
-    except ValueError as exc:
-        raise ConfigError(f"tape: {exc}") from None
+
+_TAPE_NOT_NEGATIVE = (
+    "robot_exchange",
+    "load",
+    "locate_base",
+    "locate_full",
+    "file_overhead",
+    "rewind",
+    "unload",
+    "idle_dismount",
+    "buffer_capacity",
+    "read_retries",
+    "min_request_age",
+)
+_TAPE_POSITIVE = (
+    "read_rate",
+    "time_scale",
+    "drives",
+    "cartridges",
+    "cartridge_capacity",
+    "batch_max_files",
+    "batch_max_bytes",
+)
 
 
 def _validate_auth(a: AuthConfig) -> None:

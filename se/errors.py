@@ -2,7 +2,7 @@
 
 Every failure a request can meet is raised as an :class:`SEError` subclass; the class
 carries the HTTP status, the instance a one-line reason (and optional extra response
-headers).  ``se.middleware`` is the only place that turns them into responses.  This
+headers).  ``se.web.error_handling`` is the only place that turns them into responses.  This
 module imports nothing from aiohttp so that pure code can raise these errors.
 """
 

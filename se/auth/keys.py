@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiofiles
 import aiohttp
 import jwt
 
@@ -125,8 +126,9 @@ class KeyStore:
 
     async def _load(self, cfg: IssuerConfig) -> dict[str, jwt.PyJWK]:
         if cfg.jwks_file:
-            loop = asyncio.get_running_loop()
-            text = await loop.run_in_executor(None, _read_text, cfg.jwks_file)
+            # A small file read now and then: off the event loop, its cost does not matter.
+            async with aiofiles.open(cfg.jwks_file, encoding="utf-8") as fh:
+                text = await fh.read()
             return parse_jwks(json.loads(text), self._allowed)
         base = cfg.issuer.rstrip("/")
         meta = await self._get_json(cfg, base + "/.well-known/openid-configuration")
@@ -149,8 +151,3 @@ class KeyStore:
         if len(body) > MAX_BODY:
             raise ValueError(f"{url}: document larger than 1 MiB")
         return json.loads(body)
-
-
-def _read_text(path: str) -> str:
-    with open(path, encoding="utf-8") as fh:
-        return fh.read()

@@ -28,92 +28,23 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from se.errors import BadRequest, SEError
-from se.storage.posix import CachedFile, OpenFile, PosixBackend, Upload
+from se.storage.posix import PosixBackend, Upload
+from se.storage.sendfile import SEND_STALL_TIMEOUT, drain_transport, sendfile_blocking
+from se.storage.types import CachedFile, OpenFile
 
-__all__ = [
-    "drain_transport",
-    "receive_body",
-    "send_file_range",
-    "sendfile_blocking",
-    "write_file_range",
-]
-
-# A client that takes no byte for this long is dropped.
-SEND_STALL_TIMEOUT = 300.0
-_BROKEN = select.POLLERR | select.POLLHUP | select.POLLNVAL
-
-
-def sendfile_blocking(
-    sock_fd: int,
-    file_fd: int,
-    offset: int,
-    count: int,
-    stop: threading.Event,
-    progress: list[int] | None = None,
-) -> int:
-    """Runs on a worker thread, which owns (and closes) both descriptors.
-
-    ``progress[0]`` (when given) follows the bytes sent, for the event loop to read.
-    """
-    try:
-        return _sendfile_loop(sock_fd, file_fd, offset, count, stop, progress)
-    finally:
-        os.close(sock_fd)
-        os.close(file_fd)
-
-
-def _sendfile_loop(
-    sock_fd: int,
-    file_fd: int,
-    offset: int,
-    count: int,
-    stop: threading.Event,
-    progress: list[int] | None,
-) -> int:
-    poller = select.poll()
-    poller.register(sock_fd, select.POLLOUT)
-    sent = 0
-    last_progress = time.monotonic()
-    while sent < count and not stop.is_set():
-        try:
-            n = os.sendfile(sock_fd, file_fd, offset + sent, min(count - sent, 1 << 30))
-        except BlockingIOError:
-            events = poller.poll(500)
-            if any(ev & _BROKEN for _fd, ev in events):
-                raise ConnectionResetError("client connection closed") from None
-            if time.monotonic() - last_progress > SEND_STALL_TIMEOUT:
-                raise TimeoutError("client stopped reading") from None
-            continue
-        if n == 0:
-            break  # the file shrank under us; the client sees a short body
-        sent += n
-        if progress is not None:
-            progress[0] = sent
-        last_progress = time.monotonic()
-    return sent
-
-
-async def drain_transport(transport: asyncio.Transport) -> None:
-    # Headers must be on the wire before bytes go around the transport.
-    for _ in range(10000):
-        if transport.get_write_buffer_size() == 0:
-            return
-        if transport.is_closing():
-            raise ConnectionResetError("client connection closed")
-        await asyncio.sleep(0.001)
-    raise TimeoutError("client does not read the response headers")
+__all__ = ["receive_body", "send_file_range", "write_file_range"]
 
 
 async def write_file_range(
     resp: web.StreamResponse,
     backend: PosixBackend,
-    f: OpenFile | CachedFile,
+    file: OpenFile | CachedFile,
     offset: int,
     count: int,
 ) -> None:
     """Write ``count`` bytes from ``offset`` through aiohttp (works on any transport)."""
     while count > 0:
-        data = await backend.read_range(f, offset, min(backend.chunk_size, count))
+        data = await backend.read_range(file, offset, min(backend.chunk_size, count))
         if not data:
             break
         await resp.write(data)
@@ -125,7 +56,7 @@ async def send_file_range(
     request: web.Request,
     resp: web.StreamResponse,
     backend: PosixBackend,
-    f: OpenFile,
+    file: OpenFile,
     offset: int,
     count: int,
 ) -> None:
@@ -138,7 +69,7 @@ async def send_file_range(
         or transport.get_extra_info("sslcontext") is not None
         or count < backend.inline_read_max
     ):
-        await write_file_range(resp, backend, f, offset, count)
+        await write_file_range(resp, backend, file, offset, count)
         return
     writer = request.writer
     send_headers = getattr(writer, "send_headers", None)
@@ -149,7 +80,7 @@ async def send_file_range(
     # Private duplicates: if the loop closes the connection (or the handler the file)
     # meanwhile, the numbers the thread uses can never be recycled for another socket/file.
     sock_fd = os.dup(sock.fileno())
-    file_fd = os.dup(f.fd)
+    file_fd = os.dup(file.fd)
     try:
         await backend.run(sendfile_blocking, sock_fd, file_fd, offset, count, stop)
     finally:

@@ -1,8 +1,8 @@
 """One coroutine per WebDAV/HTTP method; thin: parse, authorise, call the backend, respond.
 
-Routing is a single catch-all route dispatching on the method through :data:`METHODS`
+Routing (one catch-all route dispatching on the method) is in ``se.app``
 (aiohttp's class views reject non-standard verbs).  Errors are raised as ``se.errors``
-and rendered by ``se.middleware``.  RFC 4918 sections are cited where a status is chosen.
+and rendered by ``se.web.error_handling``.  RFC 4918 sections are cited where a status is chosen.
 """
 
 from __future__ import annotations
@@ -12,17 +12,12 @@ import email.utils
 import functools
 import mimetypes
 import os
-from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from se import __version__, metrics
 from se.auth.policy import Op
 from se.dav import listing, propfind
-from se.dav.access import authenticate, authorise, authorise_write, grant_of
 from se.dav.body import receive_body, send_file_range, write_file_range
-from se.dav.context import context
-from se.dav.headers import Depth, parse_depth, parse_destination, parse_overwrite
 from se.dav.ranges import (
     closing,
     content_range,
@@ -32,37 +27,39 @@ from se.dav.ranges import (
     parse_range,
     part_header,
 )
-from se.dav.tokens import post
 from se.errors import (
     BadGateway,
     BadRequest,
-    ExpectationFailed,
     Forbidden,
-    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     PreconditionFailed,
-    SEError,
     Unauthorized,
     UnsupportedMediaType,
 )
-from se.metrics import METRICS_PATH
-from se.middleware import error_response
 from se.scitags import http as scitags_http
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
-from se.storage.posix import CachedFile, DirEntry, OpenFile, Stat
-from se.tape import api as tape_api
-from se.tape import http as tape_http
-from se.tape.model import Locality
-from se.tpc.handler import third_party_copy
-from se.tpc.request import parse_copy
+from se.storage.types import CachedFile, DirEntry, OpenFile, Stat
+from se.web.access import authorise, authorise_write, grant_of
+from se.web.context import context
+from se.web.headers import Depth, parse_depth, parse_destination, parse_overwrite
 
-__all__ = ["METHODS", "dispatch", "expect_handler"]
+__all__ = [
+    "ALLOW",
+    "check_put",
+    "copy",
+    "delete",
+    "get",
+    "mkcol",
+    "move",
+    "options",
+    "propfind_handler",
+    "proppatch",
+    "put",
+]
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, POST"
-SERVER = f"se/{__version__}"
 
 
 def _path(request: web.Request) -> DavPath:
@@ -170,27 +167,27 @@ async def _get_collection(request: web.Request, path: DavPath) -> web.StreamResp
     return web.Response(text=listing.render_html(path, entries), content_type="text/html")
 
 
-async def _get_file(request: web.Request, f: OpenFile | CachedFile) -> web.StreamResponse:
+async def _get_file(request: web.Request, file: OpenFile | CachedFile) -> web.StreamResponse:
     ctx = context(request)
-    st = f.stat
+    st = file.stat
     if ctx.tape is not None and request.method == hdrs.METH_GET:
-        await ctx.tape.check_readable(f.path, st.size)
+        await ctx.tape.check_readable(file.path, st.size)
     headers: dict[str, str] = {
         hdrs.ETAG: st.etag,
         hdrs.LAST_MODIFIED: _http_date(st.mtime),
         hdrs.ACCEPT_RANGES: "bytes",
-        hdrs.CONTENT_TYPE: _content_type(f.path.name),
+        hdrs.CONTENT_TYPE: _content_type(file.path.name),
     }
     status = _not_modified(request, st)
     if status == 412:  # an error like any other: one line of text/plain
-        raise PreconditionFailed(f"{f.path}: If-Match/If-Unmodified-Since precondition failed")
+        raise PreconditionFailed(f"{file.path}: If-Match/If-Unmodified-Since precondition failed")
     if status is not None:
         headers.pop(hdrs.CONTENT_TYPE)
         return web.Response(status=status, headers=headers)
     want, want_repr = _digest_headers(request)
     if want or want_repr:
-        assert isinstance(f, OpenFile)  # opened without the cache when digests are wanted
-        digests = await ctx.backend.checksums(f, tuple(want + want_repr))
+        assert isinstance(file, OpenFile)  # opened without the cache when digests are wanted
+        digests = await ctx.backend.checksums(file, tuple(want + want_repr))
         for alg in want:
             headers["Digest"] = checksums.format_digest(alg, digests[alg])
         for alg in want_repr:
@@ -200,14 +197,14 @@ async def _get_file(request: web.Request, f: OpenFile | CachedFile) -> web.Strea
     if range_header is not None and _if_range_ok(request, st):
         ranges = parse_range(range_header, st.size, ctx.cfg.webdav.max_ranges)
     if ranges is None:
-        return await _send(request, f, 200, headers, 0, st.size)
+        return await _send(request, file, 200, headers, 0, st.size)
     if len(ranges) == 1:
         start, end = ranges[0]
         headers[hdrs.CONTENT_RANGE] = content_range(start, end, st.size)
-        return await _send(request, f, 206, headers, start, end - start)
+        return await _send(request, file, 206, headers, start, end - start)
     # Overlapping or touching ranges are joined (RFC 9110 §14.2): the answer is never
     # larger than the file, however the ranges repeat (`bytes=0-,0-,0-,...`).
-    return await _send_multipart(request, f, headers, merge_ranges(ranges))
+    return await _send_multipart(request, file, headers, merge_ranges(ranges))
 
 
 def _if_range_ok(request: web.Request, st: Stat) -> bool:
@@ -230,7 +227,7 @@ def _http_date_s(ts: int) -> str:
 
 async def _send(
     request: web.Request,
-    f: OpenFile | CachedFile,
+    file: OpenFile | CachedFile,
     status: int,
     headers: dict[str, str],
     offset: int,
@@ -244,8 +241,8 @@ async def _send(
         await resp.write_eof()
         return resp
     flow = scitags_http.begin(request, ctx.scitags, sending=True, subject=_subject(request))
-    if count <= ctx.backend.inline_read_max or isinstance(f, CachedFile):
-        body = ctx.backend.read_small(f, offset, count)
+    if count <= ctx.backend.inline_read_max or isinstance(file, CachedFile):
+        body = ctx.backend.read_small(file, offset, count)
         if flow is not None:
             flow.end(len(body))
         return web.Response(status=status, headers=headers, body=body)
@@ -254,7 +251,7 @@ async def _send(
     sent = 0
     try:
         await resp.prepare(request)
-        await send_file_range(request, resp, ctx.backend, f, offset, count)
+        await send_file_range(request, resp, ctx.backend, file, offset, count)
         sent = count
     except (OSError, TimeoutError) as exc:
         # Headers are gone already: the only honest signal left is closing the connection.
@@ -275,12 +272,12 @@ def _subject(request: web.Request) -> str:
 
 async def _send_multipart(
     request: web.Request,
-    f: OpenFile | CachedFile,
+    file: OpenFile | CachedFile,
     headers: dict[str, str],
     ranges: list[tuple[int, int]],
 ) -> web.StreamResponse:
     ctx = context(request)
-    st = f.stat
+    st = file.stat
     ctype = headers.pop(hdrs.CONTENT_TYPE)
     boundary = new_boundary()
     headers[hdrs.CONTENT_TYPE] = f"multipart/byteranges; boundary={boundary}"
@@ -291,7 +288,7 @@ async def _send_multipart(
         return resp
     for start, end in ranges:
         await resp.write(part_header(boundary, start, end, st.size, ctype))
-        await write_file_range(resp, ctx.backend, f, start, end - start)
+        await write_file_range(resp, ctx.backend, file, start, end - start)
     await resp.write(closing(boundary))
     await resp.write_eof()
     return resp
@@ -343,24 +340,11 @@ async def put(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def expect_handler(request: web.Request) -> web.StreamResponse | None:
-    """Answer ``Expect: 100-continue`` only once the request could succeed (RFC 9110 §10.1.1)."""
-    expect = request.headers.get(hdrs.EXPECT, "").lower()
-    if expect != "100-continue":
-        return error_response(ExpectationFailed(f"unsupported Expect: {expect}"))
-    if request.method == hdrs.METH_PUT:
-        try:
-            await authenticate(request)
-            path, overwrite = _check_put(request)
-            context(request).backend.check_upload(path, overwrite)
-        except SEError as exc:
-            resp = error_response(exc)
-            resp.force_close()  # the client may still send the body it was refused
-            return resp
-    if request.version >= (1, 1):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the response proper has not started
-    return None
+def check_put(request: web.Request) -> None:
+    """Everything a PUT can be refused for before its body is read (for ``Expect:
+    100-continue``): the path, the preconditions, the caller's rights, the target."""
+    path, overwrite = _check_put(request)
+    context(request).backend.check_upload(path, overwrite)
 
 
 # -- MKCOL / DELETE ---------------------------------------------------------------------
@@ -387,13 +371,8 @@ async def delete(request: web.Request) -> web.StreamResponse:
 
 # -- COPY / MOVE ------------------------------------------------------------------------
 async def copy(request: web.Request) -> web.StreamResponse:
-    ctx = context(request)
-    spec = parse_copy(
-        request.headers, request.headers.items(), request.host, ctx.cfg.server.local_hosts
-    )
-    if spec is None:
-        return await _copy_or_move(request, move=False)
-    return await third_party_copy(request, spec)
+    """A COPY within this server (third-party copies are routed to ``se.tpc`` before this)."""
+    return await _copy_or_move(request, move=False)
 
 
 async def move(request: web.Request) -> web.StreamResponse:
@@ -473,8 +452,9 @@ async def _localities(request: web.Request, entries: list[DirEntry]) -> dict[str
     """SRM FileLocality of files: from the tape catalogue under tape prefixes, else ONLINE."""
     files = [(e.path, e.stat.size) for e in entries if not e.stat.is_dir]
     tape = context(request).tape
-    found = await tape.localities(files) if tape is not None else {}
-    return {str(p): tape_api.user_status(found.get(str(p), Locality.DISK)) for p, _ in files}
+    if tape is None:
+        return {str(p): "ONLINE" for p, _ in files}
+    return await tape.file_localities(files)
 
 
 # Smaller listings are rendered every time; the cache is for the expensive ones.
@@ -578,38 +558,3 @@ async def proppatch(request: web.Request) -> web.StreamResponse:
                 results.append((op.name, 200))
     body = propfind.render_proppatch(_href(request, path, False), results)
     return web.Response(status=207, body=body, content_type="application/xml", charset="utf-8")
-
-
-METHODS: dict[str, Handler] = {
-    "OPTIONS": options,
-    "GET": get,
-    "HEAD": get,
-    "PUT": put,
-    "DELETE": delete,
-    "MKCOL": mkcol,
-    "COPY": copy,
-    "MOVE": move,
-    "PROPFIND": propfind_handler,
-    "PROPPATCH": proppatch,
-    "POST": post,
-}
-
-
-async def dispatch(request: web.Request) -> web.StreamResponse:
-    handler = METHODS.get(request.method)
-    if handler is None:
-        raise MethodNotAllowed(
-            f"method {request.method} is not supported", headers={"Allow": ALLOW}
-        )
-    await authenticate(request)
-    tape = tape_http.route(request)
-    if tape is not None:
-        return await tape()
-    if request.path == METRICS_PATH and request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
-        authorise(request, Op.STAT, DavPath(()))
-        return metrics.response(context(request))
-    return await handler(request)
-
-
-async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers[hdrs.SERVER] = SERVER

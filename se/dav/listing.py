@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from se.storage import checksums
 from se.storage.paths import DavPath
-from se.storage.posix import DirEntry
+from se.storage.types import DirEntry
 
 __all__ = ["preferred_format", "render_html", "render_json"]
 

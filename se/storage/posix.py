@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from se.config import Config, checksum_algorithms
@@ -45,14 +45,11 @@ from se.errors import (
 )
 from se.storage import checksums, xattrs
 from se.storage.paths import TEMP_PREFIX, DavPath, is_reserved, is_temp_name
+from se.storage.types import CachedFile, DirEntry, OpenFile, Stat
 from se.storage.watchcache import WatchedCache
 
 __all__ = [
-    "CachedFile",
-    "DirEntry",
-    "OpenFile",
     "PosixBackend",
-    "Stat",
     "Upload",
     "UploadResult",
     "map_oserror",
@@ -78,69 +75,6 @@ def map_oserror(exc: OSError, what: str) -> SEError:
     if code == errno.ENAMETOOLONG:
         return BadRequest(f"{what}: name too long")
     return SEError(f"{what}: I/O error ({exc.strerror})")
-
-
-@dataclass(frozen=True, slots=True)
-class Stat:
-    is_dir: bool
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    ino: int
-    dev: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> Stat:
-        return cls(
-            stat_mod.S_ISDIR(st.st_mode),
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            st.st_ino,
-            st.st_dev,
-        )
-
-    @property
-    def mtime(self) -> float:
-        return self.mtime_ns / 1e9
-
-    @property
-    def etag(self) -> str:
-        return f'"{self.ino:x}-{self.mtime_ns:x}-{self.size:x}"'
-
-
-@dataclass(slots=True)
-class OpenFile:
-    """An open regular file; the caller must call :meth:`close`."""
-
-    fd: int
-    stat: Stat
-    path: DavPath
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-@dataclass(frozen=True, slots=True)
-class CachedFile:
-    """A small file's bytes as read earlier, valid until its directory changes."""
-
-    stat: Stat
-    path: DavPath
-    data: bytes
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass(frozen=True, slots=True)
-class DirEntry:
-    path: DavPath
-    stat: Stat
-    checksums: dict[str, bytes] = field(default_factory=dict)
-    dead_props: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, overload
 
 from se.tape.buffer import DiskBuffer
@@ -108,18 +108,9 @@ class TapeTiming:
     time_scale: float = 1.0  # 1000: a 100 s operation takes 0.1 s
 
     def __post_init__(self) -> None:
-        for name in (
-            "robot_exchange",
-            "load",
-            "locate_base",
-            "locate_full",
-            "file_overhead",
-            "rewind",
-            "unload",
-            "idle_dismount",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
+        for duration in fields(self):  # every field but the two rates is a duration
+            if getattr(self, duration.name) < 0:
+                raise ValueError(f"{duration.name} must not be negative")
         if self.read_rate <= 0 or self.time_scale <= 0:
             raise ValueError("read_rate and time_scale must be positive")
 

@@ -19,19 +19,19 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from se.auth.policy import Op
-from se.dav.access import authorise, authorise_write
-from se.dav.context import context
 from se.errors import BadRequest, Forbidden, PreconditionFailed, SEError
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
-from se.storage.posix import OpenFile, Stat
+from se.storage.types import OpenFile, Stat
 from se.tpc import markers
 from se.tpc.pull import SourceInfo, probe, pull
 from se.tpc.push import push
 from se.tpc.remote import RemoteRefused, TransferFailed, redact
 from se.tpc.request import Mode, TransferSpec
-from se.tpc.service import TPCService
+from se.tpc.service import TPC_SERVICE, TPCService
 from se.tpc.state import Transfer
+from se.web.access import authorise, authorise_write
+from se.web.context import context
 
 __all__ = ["third_party_copy"]
 
@@ -41,7 +41,7 @@ TICK = 0.2  # seconds between checks of the client connection and the timeouts
 
 async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.StreamResponse:
     ctx = context(request)
-    svc = ctx.tpc
+    svc = request.app[TPC_SERVICE]
     if not svc.cfg.enabled:
         raise Forbidden("third-party copy is disabled on this server")
     path = confine(request.raw_path)
@@ -56,44 +56,44 @@ async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.Stre
         svc.policy.check_url(spec.remote)
     except RemoteRefused as exc:
         raise Forbidden(str(exc)) from None
-    t = Transfer(spec, path, svc.scitags)
+    transfer = Transfer(spec, path, svc.scitags)
     svc.admit()
     try:
         if spec.mode is Mode.PULL:
-            return await _pull(request, svc, t)
-        return await _push(request, svc, t, path)
+            return await _pull(request, svc, transfer)
+        return await _push(request, svc, transfer, path)
     finally:
         svc.release()
 
 
-async def _pull(request: web.Request, svc: TPCService, t: Transfer) -> web.StreamResponse:
+async def _pull(request: web.Request, svc: TPCService, transfer: Transfer) -> web.StreamResponse:
     info: SourceInfo | None = None
     early: TransferFailed | None = None
     try:
-        info = await probe(svc, t)
+        info = await probe(svc, transfer)
     except TransferFailed as exc:  # reported after the 202, where FTS sees the text
         early = exc
-    source = info or SourceInfo(url=t.spec.remote)
+    source = info or SourceInfo(url=transfer.spec.remote)
 
     async def run() -> None:
         if early is not None:
             raise early
-        await pull(svc, t, source)
+        await pull(svc, transfer, source)
 
-    return await _drive(request, svc, t, run)
+    return await _drive(request, svc, transfer, run)
 
 
 async def _push(
-    request: web.Request, svc: TPCService, t: Transfer, path: DavPath
+    request: web.Request, svc: TPCService, transfer: Transfer, path: DavPath
 ) -> web.StreamResponse:
     opened = svc.backend.open_read(path, use_cache=False)
     if isinstance(opened, Stat):
         raise BadRequest(f"{path} is a collection; only files can be pushed")
     assert isinstance(opened, OpenFile)
     try:
-        algs = tuple(dict.fromkeys(("adler32", *t.spec.expected)))
+        algs = tuple(dict.fromkeys(("adler32", *transfer.spec.expected)))
         local = await svc.backend.checksums(opened, algs)
-        for alg, want in t.spec.expected.items():
+        for alg, want in transfer.spec.expected.items():
             if local.get(alg, want) != want:
                 raise PreconditionFailed(
                     f"{alg} given in the COPY's Repr-Digest differs from the file's "
@@ -103,9 +103,9 @@ async def _push(
         send = {a: v for a, v in local.items() if a in algs}
 
         async def run() -> None:
-            await push(svc, t, opened, send)
+            await push(svc, transfer, opened, send)
 
-        return await _drive(request, svc, t, run)
+        return await _drive(request, svc, transfer, run)
     finally:
         opened.close()
 
@@ -115,23 +115,23 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-def _timeout(svc: TPCService, t: Transfer, now: float) -> str | None:
+def _timeout(svc: TPCService, transfer: Transfer, now: float) -> str | None:
     """The failure reason of an expired timeout, if any."""
-    if t.active_since is None:
+    if transfer.active_since is None:
         return None
     cfg = svc.cfg
-    pull = t.spec.mode is Mode.PULL
+    pull = transfer.spec.mode is Mode.PULL
     direction = "received from the source" if pull else "sent to the destination"
-    if t.first_byte_at is None:
-        if now - t.active_since > cfg.first_byte_timeout:
+    if transfer.first_byte_at is None:
+        if now - transfer.active_since > cfg.first_byte_timeout:
             return f"first-byte timeout: no data {direction} within {cfg.first_byte_timeout:g} s"
-    elif now - t.last_progress > cfg.stall_timeout:
-        size = f" of {t.size}" if t.size is not None else ""
+    elif now - transfer.last_progress > cfg.stall_timeout:
+        size = f" of {transfer.size}" if transfer.size is not None else ""
         return (
             f"stall timeout: no data {direction} for {cfg.stall_timeout:g} s "
-            f"(stalled after {t.bytes}{size} bytes)"
+            f"(stalled after {transfer.bytes}{size} bytes)"
         )
-    if cfg.total_timeout and now - t.active_since > cfg.total_timeout:
+    if cfg.total_timeout and now - transfer.active_since > cfg.total_timeout:
         return f"time limit: transfer took longer than {cfg.total_timeout:g} s"
     return None
 
@@ -139,7 +139,7 @@ def _timeout(svc: TPCService, t: Transfer, now: float) -> str | None:
 async def _drive(
     request: web.Request,
     svc: TPCService,
-    t: Transfer,
+    transfer: Transfer,
     run: Callable[[], Awaitable[None]],
 ) -> web.StreamResponse:
     resp = web.StreamResponse(
@@ -151,7 +151,7 @@ async def _drive(
     async def active() -> None:
         await svc.acquire_slot()
         try:
-            t.activate()
+            transfer.activate()
             await run()
         finally:
             svc.release_slot()
@@ -163,24 +163,24 @@ async def _drive(
     try:
         while not task.done():
             now = time.monotonic()
-            if now >= next_marker or len(t.connections) > marked_connections:
-                marked_connections = len(t.connections)
-                await state.send(markers.format_marker(t.marker()))
+            if now >= next_marker or len(transfer.connections) > marked_connections:
+                marked_connections = len(transfer.connections)
+                await state.send(markers.format_marker(transfer.marker()))
                 next_marker = now + svc.cfg.marker_period
             if svc.stopping or state.broken or _client_gone(request):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                t.end_flows()
+                transfer.end_flows()
                 svc.failed += 1
                 if not svc.stopping:  # nobody is listening any more
-                    _log(t, "aborted", "client disconnected")
+                    _log(transfer, "aborted", "client disconnected")
                     return resp
-                _log(t, "aborted", "server shutting down")
+                _log(transfer, "aborted", "server shutting down")
                 line = markers.format_result("aborted", "server shutting down")
-                return await _close(resp, state, t, line)
-            reason = _timeout(svc, t, now)
+                return await _close(resp, state, transfer, line)
+            reason = _timeout(svc, transfer, now)
             if reason is not None:
-                t.failure = reason
+                transfer.failure = reason
                 task.cancel()
                 break
             await asyncio.wait({task}, timeout=TICK)
@@ -192,16 +192,16 @@ async def _drive(
                 await state.send(markers.format_result("aborted", "server shutting down"))
                 await resp.write_eof()
         raise
-    line = await _outcome(svc, t, task)
-    t.end_flows()
-    return await _close(resp, state, t, line)
+    line = await _outcome(svc, transfer, task)
+    transfer.end_flows()
+    return await _close(resp, state, transfer, line)
 
 
 async def _close(
-    resp: web.StreamResponse, state: _Stream, t: Transfer, line: bytes
+    resp: web.StreamResponse, state: _Stream, transfer: Transfer, line: bytes
 ) -> web.StreamResponse:
     """The last marker (with RemoteConnections), the result line, the end of the body."""
-    await state.send(markers.format_marker(t.marker()))
+    await state.send(markers.format_marker(transfer.marker()))
     await state.send(line)
     if not state.broken:
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -209,13 +209,13 @@ async def _close(
     return resp
 
 
-async def _outcome(svc: TPCService, t: Transfer, task: asyncio.Future[None]) -> bytes:
+async def _outcome(svc: TPCService, transfer: Transfer, task: asyncio.Future[None]) -> bytes:
     try:
         await task
     except asyncio.CancelledError:
-        message = t.failure or "transfer cancelled"
+        message = transfer.failure or "transfer cancelled"
         svc.failed += 1
-        _log(t, "failure", message)
+        _log(transfer, "failure", message)
         return markers.format_result("failure", message)
     except TransferFailed as exc:
         message = str(exc)
@@ -226,12 +226,12 @@ async def _outcome(svc: TPCService, t: Transfer, task: asyncio.Future[None]) -> 
         message = f"internal error: {exc.__class__.__name__}"
     else:
         svc.succeeded += 1
-        _log(t, "success", "")
+        _log(transfer, "success", "")
         return markers.format_result("success", "Created")
     svc.failed += 1
-    _log(t, "failure", message)
-    remote = redact(t.spec.remote)
-    return markers.format_result("failure", f"{message}; local={t.local} remote={remote}")
+    _log(transfer, "failure", message)
+    remote = redact(transfer.spec.remote)
+    return markers.format_result("failure", f"{message}; local={transfer.local} remote={remote}")
 
 
 class _Stream:
@@ -250,17 +250,17 @@ class _Stream:
             self.broken = True
 
 
-def _log(t: Transfer, outcome: str, message: str) -> None:
-    elapsed = time.monotonic() - t.created
-    rate = t.bytes / elapsed / 1e6 if elapsed > 0 else 0.0
-    info = f" [{t.spec.client_info}]" if t.spec.client_info else ""
+def _log(transfer: Transfer, outcome: str, message: str) -> None:
+    elapsed = time.monotonic() - transfer.created
+    rate = transfer.bytes / elapsed / 1e6 if elapsed > 0 else 0.0
+    info = f" [{transfer.spec.client_info}]" if transfer.spec.client_info else ""
     log.info(
         "tpc %s %s %s %s: %d bytes in %.2f s (%.1f MB/s)%s%s%s",
-        t.spec.mode.value,
-        redact(t.spec.remote),
-        "->" if t.spec.mode is Mode.PULL else "<-",
-        t.local,
-        t.bytes,
+        transfer.spec.mode.value,
+        redact(transfer.spec.remote),
+        "->" if transfer.spec.mode is Mode.PULL else "<-",
+        transfer.local,
+        transfer.bytes,
         elapsed,
         rate,
         f" {outcome}",

@@ -46,15 +46,15 @@ class SourceInfo:
     ranges: bool = False
 
 
-def _request_headers(svc: TPCService, t: Transfer) -> list[tuple[str, str]]:
-    if not t.ask_digest:
-        return list(t.spec.headers)
-    first = [*t.spec.expected, *t.spec.want_digest]
-    return [*t.spec.headers, ("Want-Digest", integrity.want_digest(first, svc.algorithms))]
+def _request_headers(svc: TPCService, transfer: Transfer) -> list[tuple[str, str]]:
+    if not transfer.ask_digest:
+        return list(transfer.spec.headers)
+    first = [*transfer.spec.expected, *transfer.spec.want_digest]
+    return [*transfer.spec.headers, ("Want-Digest", integrity.want_digest(first, svc.algorithms))]
 
 
 async def _request(
-    svc: TPCService, t: Transfer, method: str, url: str, extra: list[tuple[str, str]]
+    svc: TPCService, transfer: Transfer, method: str, url: str, extra: list[tuple[str, str]]
 ) -> tuple[aiohttp.ClientResponse, str]:
     """HEAD/GET the source, asking for its checksum; once more without asking when the
     source refuses the question itself (XRootD without a checksum configured answers 405).
@@ -64,33 +64,33 @@ async def _request(
             svc.session,
             method,
             url,
-            [*_request_headers(svc, t), *extra],
+            [*_request_headers(svc, transfer), *extra],
             svc.policy,
             svc.cfg.max_redirects,
             "source",
-            on_hop=t.attempting,
-            on_peer=t.peer,
-            credentials_for=t.spec.remote,
-            flow_label=t.flow_label(),
+            on_hop=transfer.attempting,
+            on_peer=transfer.peer,
+            credentials_for=transfer.spec.remote,
+            flow_label=transfer.flow_label(),
         )
-        if resp.status != 405 or not t.ask_digest:
+        if resp.status != 405 or not transfer.ask_digest:
             return resp, final
         resp.release()
-        t.ask_digest = False
+        transfer.ask_digest = False
     return resp, final
 
 
-async def probe(svc: TPCService, t: Transfer) -> SourceInfo:
+async def probe(svc: TPCService, transfer: Transfer) -> SourceInfo:
     """HEAD the source before answering 202: size, checksums, range support.
 
     A source that is definitely missing is a plain 404; a client checksum that contradicts
     the source's is a 412.  Other HTTP errors are left for the GET to report.  Network
     errors raise TransferFailed (reported after the 202 as a failure line).
     """
-    spec = t.spec
+    spec = transfer.spec
     try:
         async with asyncio.timeout(svc.cfg.head_timeout):
-            resp, url = await _request(svc, t, "HEAD", spec.remote, [])
+            resp, url = await _request(svc, transfer, "HEAD", spec.remote, [])
     except TimeoutError:
         raise TransferFailed(
             f"source did not answer HEAD within {svc.cfg.head_timeout:g} s"
@@ -119,23 +119,23 @@ async def probe(svc: TPCService, t: Transfer) -> SourceInfo:
     return info
 
 
-def _extra_algorithms(t: Transfer, declared: dict[str, bytes]) -> tuple[str, ...]:
-    names = (*declared, *t.spec.expected, *t.spec.want_digest)
+def _extra_algorithms(transfer: Transfer, declared: dict[str, bytes]) -> tuple[str, ...]:
+    names = (*declared, *transfer.spec.expected, *transfer.spec.want_digest)
     return tuple(dict.fromkeys(a for a in names if checksums.canonical_algorithm(a)))
 
 
-async def pull(svc: TPCService, t: Transfer, info: SourceInfo) -> None:
-    """Fetch the source into ``t.local``; raises TransferFailed (or SEError) on failure."""
+async def pull(svc: TPCService, transfer: Transfer, info: SourceInfo) -> None:
+    """Fetch the source into ``transfer.local``; raises TransferFailed (or SEError) on failure."""
     block = svc.cfg.stream_block_size
-    streams = min(t.spec.streams, svc.cfg.max_streams)
+    streams = min(transfer.spec.streams, svc.cfg.max_streams)
     if streams > 1 and info.ranges and info.size is not None and info.size > block:
         try:
-            await _pull_multi(svc, t, info, streams)
+            await _pull_multi(svc, transfer, info, streams)
             return
         except _RangesIgnored:
             # The source announced ranges but sends whole files: one stream will do.
             log.info("source %s ignores Range; pulling with one stream", redact(info.url))
-    await _pull_single(svc, t, info)
+    await _pull_single(svc, transfer, info)
 
 
 class _RangesIgnored(Exception):
@@ -143,33 +143,33 @@ class _RangesIgnored(Exception):
 
 
 async def _get(
-    svc: TPCService, t: Transfer, url: str, extra: list[tuple[str, str]]
+    svc: TPCService, transfer: Transfer, url: str, extra: list[tuple[str, str]]
 ) -> tuple[aiohttp.ClientResponse, str]:
-    return await _request(svc, t, "GET", url, extra)
+    return await _request(svc, transfer, "GET", url, extra)
 
 
-async def _pull_single(svc: TPCService, t: Transfer, info: SourceInfo) -> None:
-    resp, _url = await _get(svc, t, info.url, [])
+async def _pull_single(svc: TPCService, transfer: Transfer, info: SourceInfo) -> None:
+    resp, _url = await _get(svc, transfer, info.url, [])
     try:
         if resp.status != 200:
             status = resp.status
             raise TransferFailed(f"source answered GET with {await error_text(resp)}", status)
         size = resp.content_length if resp.content_length is not None else info.size
         declared = {**info.digests, **integrity.declared_digests(resp.headers, 200)}
-        t.size = size
+        transfer.size = size
         upload = await svc.backend.begin_upload(
-            t.local, t.spec.overwrite, _extra_algorithms(t, declared)
+            transfer.local, transfer.spec.overwrite, _extra_algorithms(transfer, declared)
         )
-        key = conn_key(resp) or t.last_conn
+        key = conn_key(resp) or transfer.last_conn
         try:
             direct_min = svc.cfg.direct_pull_min
             if direct_min and size is not None and size >= direct_min and _socket_of(resp):
-                await _receive_direct(t, resp, upload, size)
+                await _receive_direct(transfer, resp, upload, size)
             else:
                 async for chunk in resp.content.iter_any():
-                    t.progress(len(chunk), key)
+                    transfer.progress(len(chunk), key)
                     await upload.feed(chunk)
-            await _finish(svc, t, upload, size, declared)
+            await _finish(svc, transfer, upload, size, declared)
         except BaseException:
             await asyncio.shield(upload.abort())
             raise
@@ -190,7 +190,7 @@ def _socket_of(resp: aiohttp.ClientResponse) -> int | None:
 
 
 async def _receive_direct(
-    t: Transfer, resp: aiohttp.ClientResponse, upload: Upload, size: int
+    transfer: Transfer, resp: aiohttp.ClientResponse, upload: Upload, size: int
 ) -> None:
     """Take the rest of a large plain-HTTP body straight from the socket on a worker thread
     (hashing and writing as it goes), past aiohttp's parser; the connection is closed after.
@@ -209,12 +209,12 @@ async def _receive_direct(
     receiving: asyncio.Future[None] | None = None
     try:
         for chunk in buffered:
-            t.progress(len(chunk), key)
+            transfer.progress(len(chunk), key)
             await upload.feed(chunk)
         receiving = asyncio.ensure_future(
             upload.receive_from_socket(os.dup(fd), size - upload.received, stop)
         )
-        await t.follow(receiving, lambda: upload.received, key)
+        await transfer.follow(receiving, lambda: upload.received, key)
         try:
             receiving.result()
         except (ConnectionError, TimeoutError) as exc:
@@ -232,19 +232,19 @@ def _describe(exc: BaseException) -> str:
     return describe_client_error(exc, "source")
 
 
-async def _pull_multi(svc: TPCService, t: Transfer, info: SourceInfo, streams: int) -> None:
+async def _pull_multi(svc: TPCService, transfer: Transfer, info: SourceInfo, streams: int) -> None:
     assert info.size is not None
     size = info.size
-    t.size = size
+    transfer.size = size
     block = svc.cfg.stream_block_size
     upload = await svc.backend.begin_upload(
-        t.local, t.spec.overwrite, _extra_algorithms(t, info.digests)
+        transfer.local, transfer.spec.overwrite, _extra_algorithms(transfer, info.digests)
     )
     starts = iter(range(0, size, block))
-    t.streaming(streams)
+    transfer.streaming(streams)
     try:
         workers = [
-            asyncio.ensure_future(_stream(svc, t, info.url, upload, starts, size, block))
+            asyncio.ensure_future(_stream(svc, transfer, info.url, upload, starts, size, block))
             for _ in range(min(streams, -(-size // block)))
         ]
         try:
@@ -255,7 +255,7 @@ async def _pull_multi(svc: TPCService, t: Transfer, info: SourceInfo, streams: i
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-        await _finish(svc, t, upload, size, info.digests)
+        await _finish(svc, transfer, upload, size, info.digests)
     except BaseException:
         await asyncio.shield(upload.abort())
         raise
@@ -263,7 +263,7 @@ async def _pull_multi(svc: TPCService, t: Transfer, info: SourceInfo, streams: i
 
 async def _stream(
     svc: TPCService,
-    t: Transfer,
+    transfer: Transfer,
     url: str,
     upload: Upload,
     starts: Iterator[int],
@@ -272,7 +272,7 @@ async def _stream(
 ) -> None:
     for start in starts:  # shared by all streams: each takes the next block
         end = min(size, start + block) - 1
-        resp, _ = await _get(svc, t, url, [("Range", f"bytes={start}-{end}")])
+        resp, _ = await _get(svc, transfer, url, [("Range", f"bytes={start}-{end}")])
         try:
             if resp.status == 200:
                 raise _RangesIgnored()
@@ -286,9 +286,9 @@ async def _stream(
                 raise TransferFailed(f"source sent the wrong range: {crange[:80]!r}")
             offset = start
             buf = bytearray()
-            key = conn_key(resp) or t.last_conn
+            key = conn_key(resp) or transfer.last_conn
             async for chunk in resp.content.iter_any():
-                t.progress(len(chunk), key)
+                transfer.progress(len(chunk), key)
                 buf += chunk
                 if len(buf) >= WRITE_BLOCK:
                     await upload.write_at(offset, bytes(buf))
@@ -308,16 +308,20 @@ async def _stream(
 
 
 async def _finish(
-    svc: TPCService, t: Transfer, upload: Upload, size: int | None, declared: dict[str, bytes]
+    svc: TPCService,
+    transfer: Transfer,
+    upload: Upload,
+    size: int | None,
+    declared: dict[str, bytes],
 ) -> None:
     if size is not None and upload.received != size:
         raise TransferFailed(f"received {upload.received} of {size} bytes from the source")
     local = await upload.digests()
-    required = t.spec.require_checksum
+    required = transfer.spec.require_checksum
     if required is None:
         required = svc.cfg.require_checksum
-    integrity.verify(local, declared, t.spec.expected, required, "source")
+    integrity.verify(local, declared, transfer.spec.expected, required, "source")
     try:
         await upload.commit({})
     except SEError as exc:
-        raise TransferFailed(f"cannot store {t.local}: {exc.reason}") from exc
+        raise TransferFailed(f"cannot store {transfer.local}: {exc.reason}") from exc

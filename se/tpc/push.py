@@ -20,8 +20,9 @@ import aiohttp
 from aiohttp import payload
 from aiohttp.abc import AbstractStreamWriter
 
-from se.dav.body import drain_transport, sendfile_blocking
-from se.storage.posix import OpenFile, PosixBackend
+from se.storage.posix import PosixBackend
+from se.storage.sendfile import drain_transport, sendfile_blocking
+from se.storage.types import OpenFile
 from se.tpc import integrity
 from se.tpc.remote import TransferFailed, error_text, open_remote
 from se.tpc.service import TPCService
@@ -35,11 +36,13 @@ READ_CHUNK = 4 << 20
 class FileBody(payload.Payload):
     """A local file as a request body: read on the I/O pool, progress counted as sent."""
 
-    def __init__(self, backend: PosixBackend, f: OpenFile, t: Transfer, direct_min: int) -> None:
+    def __init__(
+        self, backend: PosixBackend, f: OpenFile, transfer: Transfer, direct_min: int
+    ) -> None:
         super().__init__(f, content_type="application/octet-stream")
         self._backend = backend
         self._fd = f.fd
-        self._t = t
+        self._t = transfer
         self._length = f.stat.size
         self._direct_min = direct_min
         self.finished = asyncio.Event()  # set when write() has returned or failed
@@ -118,16 +121,16 @@ class FileBody(payload.Payload):
         await self.write(writer)
 
 
-async def push(svc: TPCService, t: Transfer, f: OpenFile, local: dict[str, bytes]) -> None:
-    spec = t.spec
-    t.size = f.stat.size
+async def push(svc: TPCService, transfer: Transfer, f: OpenFile, local: dict[str, bytes]) -> None:
+    spec = transfer.spec
+    transfer.size = f.stat.size
     headers: list[tuple[str, str]] = [*spec.headers, *integrity.digest_headers(local)]
 
     bodies: list[FileBody] = []
 
     def body() -> Any:
-        t.bytes = 0  # a redirected PUT starts again
-        bodies.append(FileBody(svc.backend, f, t, svc.cfg.direct_push_min))
+        transfer.bytes = 0  # a redirected PUT starts again
+        bodies.append(FileBody(svc.backend, f, transfer, svc.cfg.direct_push_min))
         return bodies[-1]
 
     try:
@@ -141,9 +144,9 @@ async def push(svc: TPCService, t: Transfer, f: OpenFile, local: dict[str, bytes
             "destination",
             body=body,
             expect_continue=svc.cfg.push_expect_continue,
-            on_hop=t.attempting,
-            on_peer=t.peer,
-            flow_label=t.flow_label(),
+            on_hop=transfer.attempting,
+            on_peer=transfer.peer,
+            flow_label=transfer.flow_label(),
         )
     except TransferFailed as exc:
         cause = exc.__cause__
@@ -162,16 +165,18 @@ async def push(svc: TPCService, t: Transfer, f: OpenFile, local: dict[str, bytes
                     await bodies[-1].finished.wait()
     finally:
         resp.release()
-    if t.bytes != t.size:
-        raise TransferFailed(f"destination answered after {t.bytes} of {t.size} bytes")
-    await _verify(svc, t, final, local)
+    if transfer.bytes != transfer.size:
+        raise TransferFailed(
+            f"destination answered after {transfer.bytes} of {transfer.size} bytes"
+        )
+    await _verify(svc, transfer, final, local)
 
 
-async def _verify(svc: TPCService, t: Transfer, url: str, local: dict[str, bytes]) -> None:
-    required = t.spec.require_checksum
+async def _verify(svc: TPCService, transfer: Transfer, url: str, local: dict[str, bytes]) -> None:
+    required = transfer.spec.require_checksum
     if required is None:
         required = svc.cfg.require_checksum
-    headers = [*t.spec.headers, ("Want-Digest", integrity.want_digest(local, ()))]
+    headers = [*transfer.spec.headers, ("Want-Digest", integrity.want_digest(local, ()))]
     try:
         resp, _ = await open_remote(
             svc.session,
@@ -181,7 +186,7 @@ async def _verify(svc: TPCService, t: Transfer, url: str, local: dict[str, bytes
             svc.policy,
             svc.cfg.max_redirects,
             "destination",
-            credentials_for=t.spec.remote,
+            credentials_for=transfer.spec.remote,
         )
     except TransferFailed:
         if required:
@@ -199,28 +204,28 @@ async def _verify(svc: TPCService, t: Transfer, url: str, local: dict[str, bytes
     finally:
         resp.release()
     try:
-        if length is not None and length != t.size:
+        if length is not None and length != transfer.size:
             raise TransferFailed(
-                f"verification failed: destination has {length} bytes, source {t.size}"
+                f"verification failed: destination has {length} bytes, source {transfer.size}"
             )
         integrity.verify(remote, local, {}, required, "source", local_name="the destination's copy")
     except TransferFailed as exc:
-        await _delete(svc, t, url)
+        await _delete(svc, transfer, url)
         raise TransferFailed(f"verification failed: {exc}") from None
 
 
-async def _delete(svc: TPCService, t: Transfer, url: str) -> None:
+async def _delete(svc: TPCService, transfer: Transfer, url: str) -> None:
     """Remove a copy that failed verification (best effort; the failure says so)."""
     try:
         resp, _ = await open_remote(
             svc.session,
             "DELETE",
             url,
-            t.spec.headers,
+            transfer.spec.headers,
             svc.policy,
             0,
             "destination",
-            credentials_for=t.spec.remote,
+            credentials_for=transfer.spec.remote,
         )
         resp.release()
     except (TransferFailed, aiohttp.ClientError, OSError):

@@ -13,9 +13,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from se.dav.headers import parse_bool_header, parse_destination, parse_overwrite
 from se.errors import BadRequest
 from se.storage import checksums
+from se.web.headers import parse_bool_header, parse_destination, parse_overwrite
 
 __all__ = ["FORBIDDEN_FORWARD", "Mode", "TransferSpec", "forwarded_headers", "parse_copy"]
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from aiohttp import web
 
 from se.config import Config, checksum_algorithms
 from se.errors import ServiceUnavailable
 from se.scitags.service import SciTagService
 from se.storage.posix import PosixBackend
 from se.tpc.remote import NetworkPolicy, make_session
+from se.web.metrics import head, line
 
-__all__ = ["TPCService"]
+__all__ = ["TPC_SERVICE", "TPCService"]
 
 
 class TPCService:
@@ -67,3 +69,22 @@ class TPCService:
     def release_slot(self) -> None:
         self.active -= 1
         self._slots.release()
+
+    def metric_lines(self) -> list[str]:
+        """This worker's TPC counters for ``/.well-known/se/metrics``."""
+        return [
+            *head("se_tpc_transfers_total", "counter", "Third-party copies finished, by result."),
+            line("se_tpc_transfers_total", self.succeeded, {"result": "success"}),
+            line("se_tpc_transfers_total", self.failed, {"result": "failure"}),
+            *head("se_tpc_active", "gauge", "Third-party copies moving data now."),
+            line("se_tpc_active", self.active),
+            *head(
+                "se_tpc_admitted",
+                "gauge",
+                "Third-party copies accepted and not finished (active + queued).",
+            ),
+            line("se_tpc_admitted", self.admitted),
+        ]
+
+
+TPC_SERVICE: web.AppKey[TPCService] = web.AppKey("se_tpc", TPCService)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from se.cli import _parser, build_config
+from se.cli import build_config, build_parser
 from se.config import (
     AuthConfig,
     Config,
@@ -253,7 +253,7 @@ def test_load_file_errors(tmp_path: Path) -> None:
 
 # -- se.cli.build_config: defaults < file < flags -----------------------------------------
 def _build(*argv: str) -> Config:
-    return build_config(_parser().parse_args(["serve", *argv]))
+    return build_config(build_parser().parse_args(["serve", *argv]))
 
 
 def test_build_config_defaults_without_file_or_flags() -> None:

@@ -20,10 +20,6 @@ import pytest
 
 from tests.inproc import InProcessSE, MakeInProcessSE
 
-# aiohttp >= 3.14 warns on every request about se's plain-string request key (the grant,
-# se.web.access); the suite turns warnings into errors, which in process would be 500s.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
-
 D = "{DAV:}"
 TEMP_PREFIX = ".se-upload-"
 DATA = bytes(range(256)) * 4  # 1024 bytes

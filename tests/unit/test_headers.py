@@ -1,4 +1,4 @@
-"""Unit tests for se.dav.headers (RFC 4918 §10 Depth, Overwrite, Destination)."""
+"""Unit tests for se.web.headers (RFC 4918 §10 Depth, Overwrite, Destination)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from se.dav.headers import (
+from se.errors import BadRequest
+from se.web.headers import (
     Depth,
     Destination,
     parse_bool_header,
@@ -16,7 +17,6 @@ from se.dav.headers import (
     parse_destination,
     parse_overwrite,
 )
-from se.errors import BadRequest
 
 LOCAL = ("se.example.org", "alias.example.org:8443")
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from se.dav.listing import preferred_format, render_html, render_json
 from se.storage.paths import DavPath
-from se.storage.posix import DirEntry, Stat
+from se.storage.types import DirEntry, Stat
 
 ADLER = bytes.fromhex("0a1b2c3d")
 MTIME_NS = 1_335_839_533_000_000_000

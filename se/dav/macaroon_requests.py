@@ -1,4 +1,4 @@
-"""``POST`` with ``Content-Type: application/macaroon-request``: issue a bearer token.
+"""``POST`` with ``Content-Type: application/macaroon-request``: issue a macaroon (a bearer token).
 
 Any other POST is refused with 405 (never handled as something else: a server that once
 answered an unknown POST with the file's content is why gfal2 checks this).  The caller
@@ -15,8 +15,6 @@ from aiohttp import hdrs, web
 
 from se.auth import macaroons
 from se.auth.policy import Op
-from se.dav.access import authorise, grant_of
-from se.dav.context import context
 from se.errors import (
     Forbidden,
     MethodNotAllowed,
@@ -25,6 +23,8 @@ from se.errors import (
     UnsupportedMediaType,
 )
 from se.storage.paths import confine
+from se.web.access import authorise, grant_of
+from se.web.context import context
 
 __all__ = ["MACAROON_TYPE", "post"]
 

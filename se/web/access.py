@@ -13,13 +13,14 @@ from aiohttp import hdrs, web
 
 from se.auth import macaroons
 from se.auth.policy import Grant, Op, require
-from se.dav.context import context
 from se.errors import BadRequest, Forbidden, Unauthorized
 from se.storage.paths import DavPath
+from se.web.context import context
 
 __all__ = ["authenticate", "authorise", "authorise_write", "bearer_token", "grant_of"]
 
-_GRANT_KEY = "se_grant"
+# The grant found for this request (None: anonymous), set once by authenticate().
+_GRANT_KEY: web.RequestKey[Grant | None] = web.RequestKey("se_grant", Grant)
 
 
 def bearer_token(request: web.Request) -> str | None:
