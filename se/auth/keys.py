@@ -147,7 +147,14 @@ class KeyStore:
         async with self._session.get(url, ssl=self._ssl(cfg), allow_redirects=False) as resp:
             if resp.status != 200:
                 raise ValueError(f"{url} answered {resp.status}")
-            body = await resp.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            raise ValueError(f"{url}: document larger than 1 MiB")
-        return json.loads(body)
+            if resp.content_length is not None and resp.content_length > MAX_BODY:
+                raise ValueError(f"{url}: document larger than 1 MiB")
+            # read(n) returns what has arrived so far: read to the end, bounded.
+            chunks: list[bytes] = []
+            total = 0
+            while chunk := await resp.content.read(MAX_BODY + 1 - total):
+                total += len(chunk)
+                if total > MAX_BODY:
+                    raise ValueError(f"{url}: document larger than 1 MiB")
+                chunks.append(chunk)
+        return json.loads(b"".join(chunks))
