@@ -21,20 +21,23 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
 
-from se.auth.policy import Grant, Op, Rule
-from se.errors import BadRequest, SEError, Unauthorized
+from se.auth.policy import Grant, Op, Rule, require
+from se.errors import BadRequest, Forbidden, SEError, Unauthorized
 from se.storage.paths import DavPath, confine
 
 __all__ = [
     "ACTIVITIES",
     "MacaroonRequest",
     "SecretStore",
+    "holds",
     "issue",
     "load_secret",
+    "parse_instant",
     "parse_request",
     "verify",
 ]
@@ -59,9 +62,10 @@ _DURATION = re.compile(
 
 @dataclass(frozen=True, slots=True)
 class MacaroonRequest:
-    activities: tuple[str, ...]
+    activities: tuple[str, ...]  # what the activity caveats leave (); none given: ()
     validity: float | None  # seconds; None when not given
     path: DavPath | None  # a narrower "path:" caveat
+    before: float | None = None  # a "before:" caveat: Unix time the token must end by
 
 
 def parse_duration(text: str) -> float:
@@ -73,8 +77,29 @@ def parse_duration(text: str) -> float:
     return days * 86400 + hours * 3600 + minutes * 60 + float(m["s"] or 0)
 
 
+def parse_instant(text: str) -> float:
+    """An ISO 8601 UTC time (``2030-01-01T00:00:00Z``, or with an offset) as Unix time, as
+    dCache and XRootD write ``before:`` caveats; BadRequest otherwise."""
+    value = text.strip()
+    try:
+        when = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    except ValueError:
+        raise BadRequest(
+            f"invalid before caveat {text[:40]!r} (expected an ISO 8601 time)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
 def parse_request(body: bytes) -> MacaroonRequest:
-    """The JSON body of a macaroon request; BadRequest with a one-line reason."""
+    """The JSON body of a macaroon request; BadRequest with a one-line reason.
+
+    Caveats, as dCache and XRootD take them: ``activity:A,B`` (several narrow each other:
+    their intersection), ``path:/p`` (several must nest: the innermost), ``before:<ISO 8601
+    time>`` (the earliest).  Any other caveat is refused: a restriction asked for and not
+    enforced would be worse than a refusal.
+    """
     try:
         data = json.loads(body or b"{}")
     except (ValueError, UnicodeDecodeError):
@@ -84,26 +109,36 @@ def parse_request(body: bytes) -> MacaroonRequest:
     caveats = data.get("caveats", [])
     if not isinstance(caveats, list) or not all(isinstance(c, str) for c in caveats):
         raise BadRequest("caveats must be a list of strings")
-    activities: list[str] = []
+    activities: list[str] | None = None
     path: DavPath | None = None
+    before: float | None = None
     for caveat in caveats:
         key, sep, value = caveat.partition(":")
         key = key.strip().lower()
         if not sep:
             raise BadRequest(f"malformed caveat {caveat[:40]!r}")
         if key == "activity":
+            names: list[str] = []
             for name in value.split(","):
                 name = name.strip().upper()
                 if name not in ACTIVITIES:
                     raise BadRequest(f"unknown activity {name[:40]!r}")
-                activities.append(name)
+                names.append(name)
+            activities = names if activities is None else [a for a in activities if a in names]
+            if not activities:
+                raise BadRequest("the activity caveats leave no activity")
         elif key == "path":
             try:
-                path = confine(value.strip() or "/")
+                narrower = confine(value.strip() or "/")
             except SEError as exc:
                 raise BadRequest(f"invalid path caveat: {exc.reason}") from None
+            if path is None or narrower.is_within(path):
+                path = narrower
+            elif not path.is_within(narrower):
+                raise BadRequest("the path caveats name unrelated paths")
         elif key == "before":
-            continue  # expiry is set from validity and the server's limits
+            instant = parse_instant(value)
+            before = instant if before is None else min(before, instant)
         else:
             raise BadRequest(f"unsupported caveat {key[:40]!r}")
     validity = data.get("validity")
@@ -114,7 +149,29 @@ def parse_request(body: bytes) -> MacaroonRequest:
         seconds = parse_duration(validity)
         if seconds <= 0:
             raise BadRequest("validity must be positive")
-    return MacaroonRequest(tuple(dict.fromkeys(activities)), seconds, path)
+    return MacaroonRequest(tuple(dict.fromkeys(activities or ())), seconds, path, before)
+
+
+def holds(op: Op, path: DavPath, anonymous: str, grant: Grant | None, public: Grant | None) -> bool:
+    """Whether ``op`` is allowed on ``path`` and on everything below it: what a token issued
+    for ``path`` would allow.  Stricter than :func:`se.auth.policy.require`, which lets the
+    ancestors of a granted path be stat'ed (and created): a token for ``/a`` must never
+    yield one for ``/`` (that would stat every path)."""
+    try:
+        require(op, DavPath(()), anonymous)  # the anonymous level holds everywhere
+        return True
+    except (Unauthorized, Forbidden):
+        pass
+    return any(
+        _rule_covers(rule, op, path) for g in (grant, public) if g is not None for rule in g.rules
+    )
+
+
+def _rule_covers(rule: Rule, op: Op, path: DavPath) -> bool:
+    if op not in rule.ops or not path.is_within(rule.path):
+        return False
+    # A directory-only scope allows no file at its own path.
+    return not (rule.dir_only and path == rule.path and op in (Op.CREATE, Op.MODIFY))
 
 
 def issue(

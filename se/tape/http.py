@@ -23,13 +23,14 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from se.auth.policy import Op
-from se.errors import BadRequest, Forbidden, SEError, Unauthorized
+from se.errors import BadRequest, Forbidden, PayloadTooLarge, SEError, Unauthorized
 from se.storage.paths import DavPath, confine
 from se.storage.types import Stat
 from se.tape import wire
-from se.tape.model import StageRequest
+from se.tape.model import ERR_DENIED, StageRequest
 from se.tape.service import StageItem, TapeService
 from se.web.access import authorise, grant_of
+from se.web.body import read_body
 from se.web.context import Context, context
 
 __all__ = ["ADMIN_PATH", "DISCOVERY_PATH", "TAPE_SERVICE", "route"]
@@ -129,12 +130,10 @@ def _base_uri(request: web.Request, tape: TapeService) -> str:
 
 async def _body(request: web.Request, tape: TapeService) -> bytes:
     limit = tape.cfg.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise wire.TapeProblem(413, "Request body too large", f"more than {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise wire.TapeProblem(413, "Request body too large", f"more than {limit} bytes")
-    return body
+    try:
+        return await read_body(request, limit)
+    except PayloadTooLarge:
+        raise wire.TapeProblem(413, "Request body too large", f"more than {limit} bytes") from None
 
 
 def _owner(request: web.Request) -> str:
@@ -155,12 +154,23 @@ def _allowed(request: web.Request, ops: Sequence[Op], path: DavPath) -> SEError 
 
 
 def _may_all(request: web.Request, ops: Sequence[Op], req: StageRequest) -> bool:
-    """Whether the caller may do one of ``ops`` on every (valid) path of a request."""
+    """Whether the caller may do one of ``ops`` on every path of a request.
+
+    Owner or not: the subject alone proves nothing (a READ_METADATA macaroon of the owner
+    for another path has it too).  Files that name no valid path are skipped, and so are,
+    for the owner, the files its own submission was refused (settled FAILED, nothing to
+    act on); at least one path must be checked.
+    """
+    owner = req.owner == _owner(request)
+    checked = False
     for file in req.files:
         path = _canonical(file.path)
-        if path is None or _allowed(request, ops, path) is not None:
+        if path is None or (owner and file.error == ERR_DENIED):
+            continue
+        if _allowed(request, ops, path) is not None:
             return False
-    return True
+        checked = True
+    return checked
 
 
 def _canonical(spelling: str) -> DavPath | None:
@@ -245,10 +255,11 @@ def _stat_all(ctx: Context, paths: Sequence[DavPath | None]) -> list[Stat | None
 async def _visible_request(
     request: web.Request, tape: TapeService, rid: str, ops: Sequence[Op]
 ) -> StageRequest:
-    """The request, if the caller owns it or may do one of ``ops`` on all its paths; else 404."""
+    """The request, if the caller may do one of ``ops`` on all its paths; else 404 (whether
+    it exists or not)."""
     _check_id(rid)
     req = await tape.get(rid)
-    if req is not None and (req.owner == _owner(request) or _may_all(request, ops, req)):
+    if req is not None and _may_all(request, ops, req):
         return req
     raise wire.TapeProblem(404, "Not found", f"no stage request {rid}")
 
@@ -290,7 +301,7 @@ async def _release(request: web.Request, tape: TapeService, rid: str) -> web.Str
     keys = _keys(wire.parse_paths(await _body(request, tape), None))
     req = await tape.get(rid) if rid and len(rid) <= MAX_ID else None
     owner = _owner(request)
-    if req is not None and (req.owner == owner or _may_all(request, (Op.STAGE,), req)):
+    if req is not None and _may_all(request, (Op.STAGE,), req):
         await tape.release(rid, keys)
         return web.Response(status=200)
     # Unknown id (gfal-evict sends "gfal2-placeholder-id"): the caller's own pins on the
