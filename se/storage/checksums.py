@@ -4,7 +4,8 @@ This module owns everything about file checksums that does not touch the disk:
 
 * the canonical algorithm names (:data:`ALGORITHMS`) used everywhere else in ``se``;
 * incremental hashers (:func:`new_hasher`, :class:`MultiHasher`) fed while streaming PUTs,
-  pulls and reads; adler32 and crc32c digests are the 4 big-endian bytes of the value;
+  pulls and reads; adler32, crc32 (IEEE) and crc32c digests are the 4 big-endian bytes of
+  the value;
 * RFC 3230 ``Want-Digest`` / ``Digest`` (the instance-digest family WLCG clients use today,
   tokens and value encodings as in spec §3.1), RFC 9530 §2-§4 ``Repr-Digest`` /
   ``Content-Digest`` / ``Want-Repr-Digest`` (structured-field dictionaries, RFC 8941, spec
@@ -53,11 +54,20 @@ __all__ = [
     "repr_digest_key",
 ]
 
-ALGORITHMS: Final[tuple[str, ...]] = ("adler32", "crc32c", "md5", "sha1", "sha256", "sha512")
+ALGORITHMS: Final[tuple[str, ...]] = (
+    "adler32",
+    "crc32",
+    "crc32c",
+    "md5",
+    "sha1",
+    "sha256",
+    "sha512",
+)
 """Canonical algorithm names, lower case; also the ``<alg>`` in xattr names."""
 
 DIGEST_SIZES: Final[Mapping[str, int]] = {
     "adler32": 4,
+    "crc32": 4,
     "crc32c": 4,
     "md5": 16,
     "sha1": 20,
@@ -69,6 +79,7 @@ DIGEST_SIZES: Final[Mapping[str, int]] = {
 # Canonical name -> token we emit (RFC 3230 Digest) / key we emit (RFC 9530 dictionaries).
 _RFC3230_OUT: Final[Mapping[str, str]] = {
     "adler32": "adler32",
+    "crc32": "crc32",
     "crc32c": "crc32c",
     "md5": "md5",
     "sha1": "sha",
@@ -77,6 +88,7 @@ _RFC3230_OUT: Final[Mapping[str, str]] = {
 }
 _RFC9530_OUT: Final[Mapping[str, str]] = {
     "adler32": "adler",
+    "crc32": "crc32",  # not in the RFC 9530 registry; the name XRootD uses
     "crc32c": "crc32c",
     "md5": "md5",
     "sha1": "sha",
@@ -89,6 +101,7 @@ _RFC9530_OUT: Final[Mapping[str, str]] = {
 _ALIASES: Final[Mapping[str, str]] = {
     "adler32": "adler32",
     "adler": "adler32",
+    "crc32": "crc32",
     "crc32c": "crc32c",
     "md5": "md5",
     "sha": "sha1",
@@ -100,6 +113,8 @@ _ALIASES: Final[Mapping[str, str]] = {
     "sha512": "sha512",
 }
 
+# The 32-bit checksums, written as hex in RFC 3230 headers (spec §3.1; XRootD emits hex).
+_HEX_ALGORITHMS: Final = frozenset({"adler32", "crc32", "crc32c"})
 _HEX_RE: Final = re.compile(r"[0-9A-Fa-f]+", re.ASCII)
 _QVALUE_RE: Final = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)", re.ASCII)
 _WEIGHT_RE: Final = re.compile(r"[0-9]{1,2}", re.ASCII)
@@ -160,6 +175,25 @@ class _Crc32c:
         return (self._value & 0xFFFFFFFF).to_bytes(4, "big")
 
 
+class _Crc32:
+    """IEEE 802.3 CRC-32 (zlib's crc32), as DPM and XRootD (``crc32``) answer it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    @property
+    def name(self) -> str:
+        return "crc32"
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._value = zlib_ng.crc32(data, self._value)
+
+    def digest(self) -> bytes:
+        return (self._value & 0xFFFFFFFF).to_bytes(4, "big")
+
+
 class _Hashlib:
     __slots__ = ("_hash", "_name")
 
@@ -194,6 +228,8 @@ def new_hasher(alg: str) -> Hasher:
         return _Adler32()
     if canon == "crc32c":
         return _Crc32c()
+    if canon == "crc32":
+        return _Crc32()
     if canon is None:
         raise BadRequest(f"unsupported checksum algorithm: {_show(alg)}")
     return _Hashlib(canon)
@@ -262,9 +298,10 @@ def repr_digest_key(alg: str) -> str:
 
 
 def format_digest_value(alg: str, raw: bytes) -> str:
-    """RFC 3230 value: adler32/crc32c as 8 lowercase zero-padded hex chars, others base64."""
+    """RFC 3230 value: adler32/crc32/crc32c as 8 lowercase zero-padded hex chars, others
+    base64."""
     canon = _require(alg, raw)
-    if canon in ("adler32", "crc32c"):
+    if canon in _HEX_ALGORITHMS:
         return raw.hex()
     return base64.b64encode(raw).decode("ascii")
 
@@ -425,7 +462,7 @@ def parse_want_repr_digest(value: str) -> list[str]:
 
 def _decode_3230(alg: str, text: str) -> bytes | None:
     size = DIGEST_SIZES[alg]
-    if alg in ("adler32", "crc32c"):
+    if alg in _HEX_ALGORITHMS:
         if 1 <= len(text) <= 8 and _HEX_RE.fullmatch(text):
             return int(text, 16).to_bytes(4, "big")
         return None
@@ -450,7 +487,7 @@ def _store(result: dict[str, bytes], alg: str, raw: bytes, header: str) -> None:
 def parse_digest(value: str, header: str = "Digest") -> dict[str, bytes]:
     """RFC 3230 ``Digest`` header -> canonical name -> raw digest.
 
-    adler32/crc32c: 1-8 hex digits of either case (left-padded); md5 and sha*: base64 of
+    adler32/crc32/crc32c: 1-8 hex digits of either case (left-padded); md5 and sha*: base64 of
     the raw digest (or hex of it); decoded length must match the algorithm.  Unknown
     algorithms are skipped; a known one with a malformed value raises BadRequest.
     """

@@ -349,8 +349,11 @@ class TapeService:
             elif stat.is_dir:
                 items.append((spelling, None, ERR_DIRECTORY))
             elif self.pool_of(path) is None:
-                # Never going to tape; the locality is still given (gfal-xattr needs one).
-                items.append((spelling, Locality.DISK, ERR_NOT_TAPE))
+                # Never going to tape: on disk, and nothing more.  No per-file error: gfal2
+                # before 2.23 (Debian's 2.21) fails ``user.status`` on any ``error`` key,
+                # locality or not.  (An archive poll of such a file therefore waits, as for
+                # any file not yet on tape.)
+                items.append((spelling, Locality.DISK, None))
             else:
                 items.append((spelling, localities.get(str(path)), None))
         return items

@@ -38,6 +38,8 @@ KNOWN_ANSWERS = [
     (b"123456789", "adler32", "091e01de"),
     (b"", "crc32c", "00000000"),
     (b"123456789", "crc32c", "e3069283"),
+    (b"", "crc32", "00000000"),
+    (b"123456789", "crc32", "cbf43926"),  # the IEEE CRC-32 check value
     (b"", "md5", "1B2M2Y8AsgTpgAmY7PhCfg=="),
     (b"123456789", "md5", "JfnnlDI7RTiF9RgfG2JNCw=="),
     (b"", "sha1", "2jmj7l5rSw0yVb/vlWAYkK/YBwk="),
@@ -58,7 +60,7 @@ def test_known_answers(data: bytes, alg: str, value: str) -> None:
 
 
 def test_algorithms_tuple() -> None:
-    assert ALGORITHMS == ("adler32", "crc32c", "md5", "sha1", "sha256", "sha512")
+    assert ALGORITHMS == ("adler32", "crc32", "crc32c", "md5", "sha1", "sha256", "sha512")
     assert set(DIGEST_SIZES) == set(ALGORITHMS)
 
 
@@ -85,7 +87,7 @@ def test_format_rejects_wrong_length_and_unknown() -> None:
     with pytest.raises(BadRequest):
         format_digest_value("adler32", b"\x00\x01")
     with pytest.raises(BadRequest):
-        format_digest("crc32", b"\x00\x00\x00\x00")
+        format_digest("crc64", b"\x00\x00\x00\x00")
     with pytest.raises(BadRequest):
         format_repr_digest("md5", b"")
 
@@ -138,7 +140,8 @@ def test_digest_can_be_read_twice() -> None:
         ("adler", ["adler32"]),
         ("sha-256, sha, sha-512, crc32c", ["sha256", "sha1", "sha512", "crc32c"]),
         ("md5;q=0, adler32;q=0.1", ["adler32"]),
-        ("unixcksum, crc32, adler32;q=0.3", ["adler32"]),
+        ("unixcksum, crc64, adler32;q=0.3", ["adler32"]),
+        ("unixcksum, CRC32, adler32;q=0.3", ["crc32", "adler32"]),
         ("md5;q=abc, adler32", ["adler32"]),
         ("md5;q=1.5, sha-256;q=0.999", ["sha256"]),
         ("md5 ; Q=0.2 , sha-512 ; q=0.7", ["sha512", "md5"]),
