@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import functools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -172,7 +173,28 @@ def dead_prop_name(element: bytes) -> PropName | None:
 
 
 def xml_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if not text.isprintable():  # rare: only then look for what XML 1.0 cannot carry
+        text = _XML_UNSAFE.sub(_xml_char, text)
+    return text
+
+
+# A name made on disk may hold characters that XML 1.0 cannot carry even as references (C0
+# controls but TAB and LF, U+FFFE/U+FFFF, surrogates from undecodable bytes) or that a parser
+# would normalise away (CR): CR becomes a character reference, the others percent-encoded
+# UTF-8 (surrogateescape'd bytes as themselves), as hrefs are.
+_XML_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_char(m: re.Match[str]) -> str:
+    ch = m.group()
+    if ch == "\r":
+        return "&#13;"
+    try:
+        data = ch.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        data = ch.encode("utf-8", "surrogatepass")
+    return "".join(f"%{b:02X}" for b in data)
 
 
 @functools.lru_cache(maxsize=8192)

@@ -1,0 +1,293 @@
+"""The HTTP/1 connection handler: what a connection may cost before its request exists.
+
+aiohttp's :class:`~aiohttp.web_protocol.RequestHandler`, extended where aiohttp has no knob:
+
+* **Total head size.**  aiohttp limits each field (``max_field_size``) and the number of
+  fields (``max_headers``) but not their sum; this handler counts the bytes of every
+  request head still being received and answers 431 past ``max_head_bytes``.
+* **Head deadline.**  A request head must arrive within ``head_timeout`` seconds of its
+  first byte (and a new connection must start one within that time): slow or never-ending
+  heads get 408 and are closed, silent connections are closed.  Idle keep-alive between
+  requests stays aiohttp's ``keepalive_timeout``.
+* **Head memory per worker.**  Unfinished heads of all connections together may hold at
+  most ``HeadBudget.limit`` bytes; the connection that would exceed it gets 503 and is
+  closed, so a thousand slow clients cannot grow the server, while a request that arrives
+  in one piece (nearly all of them) is never counted.
+* **Request lines.**  HTTP/1.0 and 1.1 are served; a line without a version (HTTP/0.9) is
+  a 400, HTTP/2.0 sent as HTTP/1 text a 505.  ``OPTIONS *`` is routed to the server-wide
+  OPTIONS answer and ``CONNECT`` is a 405 (this is no proxy); both would otherwise meet
+  the router's 404.
+
+The fast path (a whole request head in one segment) adds an attribute test or two per
+segment and nothing per header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import yarl
+from aiohttp import web
+from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from aiohttp.web_request import BaseRequest
+
+__all__ = ["HeadBudget", "SEHandler"]
+
+log = logging.getLogger("se.http")
+
+_ROOT = yarl.URL("/")
+
+
+class HeadBudget:
+    """Bytes held by unfinished request heads of all connections of one worker.
+
+    Once a burst of them is over (``TRIM_AFTER`` bytes or more were held at once, and none
+    are now), the C heap is trimmed so that the memory goes back to the system instead of
+    staying with the process as free fragments."""
+
+    __slots__ = ("limit", "peak", "used")
+
+    TRIM_AFTER = 4 * 1024 * 1024
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    def add(self, n: int) -> None:
+        self.used += n
+        if self.used > self.peak:
+            self.peak = self.used
+
+    def release(self, n: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.used -= n
+        if self.used == 0 and self.peak >= self.TRIM_AFTER:
+            self.peak = 0
+            loop.call_later(1.0, _trim_heap)
+
+
+def _trim_heap() -> None:
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _find_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; other C libraries lack it
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+class _Refused(HttpProcessingError):
+    """A request refused before it reached the application (answered, then closed)."""
+
+    def __init__(self, code: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(code=code, message=message)
+        self.extra = headers or {}
+
+
+class SEHandler(RequestHandler):
+    __slots__ = (
+        "_allow",
+        "_budget",
+        "_head_bytes",
+        "_head_timeout",
+        "_head_timer",
+        "_last_payload",
+        "_max_head_bytes",
+        "_refused",
+    )
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        budget: HeadBudget,
+        max_head_bytes: int,
+        head_timeout: float,
+        allow: str,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, loop=loop, **kwargs)
+        self._budget = budget
+        self._max_head_bytes = max_head_bytes
+        self._head_timeout = head_timeout
+        self._allow = allow
+        self._head_bytes = 0  # bytes of the unfinished head counted in the budget
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._last_payload: StreamReader | None = None
+        self._refused = False
+
+    # -- connection life ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._head_timeout > 0:
+            self._head_timer = self._loop.call_later(self._head_timeout, self._head_expired)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._end_head()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        last = self._last_payload
+        count = self._request_count
+        if (last is not None and not last.is_eof()) or self._upgraded:  # a request body
+            super().data_received(data)
+            if self._request_count != count:  # and, after its end, the next request
+                self._new_messages(self._request_count - count)
+            return
+        room = self._max_head_bytes - self._head_bytes
+        if len(data) > room:
+            # The parser never holds more of one head than the limit: feed up to it, and
+            # the rest only once a head was complete within it (then it is a body or the
+            # next request).
+            super().data_received(data[:room])
+            if self._request_count == count:
+                self._refuse(
+                    _Refused(431, f"request head is larger than {self._max_head_bytes} bytes")
+                )
+                return
+            self._new_messages(self._request_count - count)
+            self.data_received(data[room:])
+            return
+        super().data_received(data)
+        if self._request_count != count:
+            self._new_messages(self._request_count - count)
+        elif data:
+            self._grow_head(len(data))
+
+    # -- request heads --------------------------------------------------------------------
+    def _new_messages(self, new: int) -> None:
+        queue = self._messages
+        self._end_head()
+        for i in range(len(queue) - new, len(queue)):
+            msg, payload = queue[i]
+            if not isinstance(msg, RawRequestMessage):
+                continue
+            refusal = self._judge(msg)
+            if isinstance(refusal, RawRequestMessage):
+                queue[i] = (refusal, payload)
+            elif refusal is not None:
+                queue[i] = (
+                    _ErrInfo(status=refusal.code, exc=refusal, message=refusal.message),
+                    EMPTY_PAYLOAD,
+                )
+                self._stop_reading()
+                while len(queue) > i + 1:  # nothing after a refused request is served
+                    queue.pop()
+                self._last_payload = None
+                return
+            self._last_payload = payload
+
+    def _judge(self, msg: RawRequestMessage) -> _Refused | RawRequestMessage | None:
+        version = msg.version
+        if version is not HttpVersion11 and version != HttpVersion11 and version != HttpVersion10:
+            if version.major == 0:
+                return _Refused(400, "request line has no HTTP version (HTTP/0.9 is not served)")
+            return _Refused(505, f"HTTP/{version.major}.{version.minor} is not supported here")
+        method = msg.method
+        if method == "CONNECT":
+            return _Refused(
+                405, "CONNECT is not supported: this is no proxy", {"Allow": self._allow}
+            )
+        if msg.path == "*":
+            if method != "OPTIONS":
+                return _Refused(400, "the request target '*' is only valid for OPTIONS")
+            return msg._replace(url=_ROOT)  # the server-wide OPTIONS answer
+        return None
+
+    def _grow_head(self, n: int) -> None:
+        """``n`` bytes of a request head that is still unfinished arrived."""
+        self._head_bytes += n
+        budget = self._budget
+        budget.add(n)
+        if budget.used > budget.limit:
+            self._refuse(_Refused(503, "too many unfinished request heads; try again"))
+        elif self._head_timer is None and self._head_timeout > 0:
+            self._head_timer = self._loop.call_later(self._head_timeout, self._head_expired)
+
+    def _end_head(self) -> None:
+        """The head being received is complete (or abandoned): release what it held."""
+        if self._head_bytes:
+            self._budget.release(self._head_bytes, self._loop)
+            self._head_bytes = 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if self._refused or self.transport is None:
+            return
+        if self._head_bytes == 0:
+            if self._request_count == 0:  # a connection that never sent anything
+                self.force_close()
+            return
+        if self._request_in_progress:  # a pipelined head behind a running request
+            self._head_timer = self._loop.call_later(self._head_timeout, self._head_expired)
+            return
+        self._refuse(_Refused(408, f"request head not received within {self._head_timeout:g} s"))
+
+    def _stop_reading(self) -> None:
+        """Nothing more is read from a refused connection (what it still sends stays in the
+        kernel until the answer is written and the connection closed)."""
+        self._refused = True
+        transport = self.transport
+        if transport is not None:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                transport.pause_reading()
+
+    def _refuse(self, exc: _Refused) -> None:
+        self._end_head()
+        self._stop_reading()
+        self._last_payload = None
+        transport = self.transport
+        if transport is not None and not self._request_in_progress and not self._messages:
+            # Idle connection (the usual case: a head that is too slow or too big): answer
+            # in a few bytes and close, without building a request and a response, so that
+            # a thousand of these cost little more than their sockets.
+            log.debug("%s: %d %s", self.peername, exc.code, exc.message)
+            body = exc.message.encode() + b"\n"
+            transport.write(
+                b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (exc.code, HTTPStatus(exc.code).phrase.encode(), len(body), body)
+            )
+            self.force_close()
+            return
+        self._request_count += 1
+        self._messages.append(
+            (_ErrInfo(status=exc.code, exc=exc, message=exc.message), EMPTY_PAYLOAD)
+        )
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, _Refused):
+            return super().handle_error(request, status, exc, message)
+        log.info("%s: %d %s", request.remote, status, exc.message)
+        resp = web.Response(status=status, text=exc.message + "\n", headers=exc.extra)
+        resp.force_close()
+        return resp
