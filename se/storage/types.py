@@ -60,7 +60,7 @@ class OpenFile:
 
 @dataclass(frozen=True, slots=True)
 class CachedFile:
-    """A small file's bytes as read earlier, valid until its directory changes."""
+    """A small file's bytes as read earlier, valid while its path still stats as ``stat``."""
 
     stat: Stat
     path: DavPath

@@ -1,0 +1,167 @@
+"""Caches that cannot lie: every answer is checked, on every use, against what identifies it.
+
+Two users: the bytes of small files (saving the open/read/close of every small GET) and the
+rendered ``<D:response>`` fragments of the members of large collections (saving the xattr
+reads and XML rendering of a Depth 1 PROPFIND: about 30 microseconds per member).
+
+Nothing here is keyed on a path alone, and nothing is invalidated by events: an entry is
+stored with the :class:`~se.storage.types.Stat` (device, inode, size, mtime and ctime in ns)
+of what it was made from, and handed out only when a fresh ``stat`` of the same path, done by
+the caller for this request, gives the same Stat.  A rename of the file or of any ancestor, a
+replacement, an in-place write (through any hard link, from any process or host), a chmod, a
+``setxattr`` (checksums, dead properties) each change one of those fields, so each makes the
+next request miss.  Listing membership is never cached: a listing reads its directory every
+time and looks each member's fragment up by that member's fresh Stat.
+
+Timestamp granularity.  A file rewritten with the same size within one tick of the
+filesystem's clock (a jiffy on ext4/xfs/tmpfs, a second or two on some network and legacy
+filesystems) keeps its mtime and ctime, and would look unchanged.  Like git's "racy" index
+entries, a value is therefore never stored while its mtime or ctime is less than
+``settle_ns`` (default 2 s) before the moment it was read: any change made after that moment
+gets a timestamp at least one tick later, so it cannot collide with the stored one.  A clock
+stepped backwards by more than ``settle_ns`` (or a network filesystem whose server clock
+is behind ours by more) voids that argument; such sites raise ``storage.cache_settle_time``
+or turn the caches off.
+
+Confinement.  A file is only ever stored after the backend opened it through its confinement
+checks.  A hit needs the same device and inode with an unchanged ctime, so the inode's links
+have not changed since (link, unlink and rename update ctime): the bytes handed out are those
+of a file that this very path legitimately named, and any change to the file is a miss that
+goes through the checks again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from types import MappingProxyType
+
+from se.storage.types import CachedFile, Stat
+
+__all__ = ["DEFAULT_SETTLE_NS", "FileCache", "ListingCache", "settled"]
+
+DEFAULT_SETTLE_NS = 2_000_000_000
+_EMPTY: Mapping[str, tuple[Stat, bytes]] = MappingProxyType({})
+
+
+def settled(st: Stat, now_ns: int, settle_ns: int) -> bool:
+    """True when ``st`` was last changed at least ``settle_ns`` before ``now_ns`` (and not
+    in the future): only such a Stat can identify its bytes (see the module docstring)."""
+    return now_ns - max(st.mtime_ns, st.ctime_ns) >= settle_ns
+
+
+class FileCache:
+    """Small files' bytes, by filesystem path, valid while the path stats the same."""
+
+    def __init__(self, max_bytes: int, settle_ns: int = DEFAULT_SETTLE_NS) -> None:
+        self.max_bytes = max_bytes
+        self.settle_ns = settle_ns
+        self._bytes = 0
+        self._files: OrderedDict[str, CachedFile] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def get(self, key: str, current: Stat | None) -> CachedFile | None:
+        """The file kept for ``key`` if ``current`` (a stat of it made for this request)
+        is exactly the Stat it was read with; anything else drops it."""
+        hit = self._files.get(key)
+        if hit is None:
+            return None
+        if current != hit.stat:
+            self.discard(key)
+            return None
+        self._files.move_to_end(key)
+        return hit
+
+    def peek(self, key: str) -> CachedFile | None:
+        """The entry for ``key`` without validating it (the caller compares Stats)."""
+        return self._files.get(key)
+
+    def discard(self, key: str) -> None:
+        old = self._files.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.data)
+
+    def storable(self, st: Stat, now_ns: int | None = None) -> bool:
+        return st.size <= self.max_bytes // 4 and settled(
+            st, time.time_ns() if now_ns is None else now_ns, self.settle_ns
+        )
+
+    def put(self, key: str, f: CachedFile) -> bool:
+        """Keep ``f`` (read with ``f.stat`` checked before and after reading) unless it
+        changed too recently to be told apart from a later change."""
+        if len(f.data) != f.stat.size or not self.storable(f.stat):
+            return False
+        self.discard(key)
+        self._files[key] = f
+        self._bytes += len(f.data)
+        while self._bytes > self.max_bytes and self._files:
+            self.discard(next(iter(self._files)))
+        return key in self._files
+
+    def clear(self) -> None:
+        self._files.clear()
+        self._bytes = 0
+
+
+class ListingCache:
+    """Rendered fragments of collection members, grouped per listing.
+
+    A group maps a member's name to the (Stat, fragment) it was rendered from; a group is
+    never changed once published (a listing builds a new one), so a pool thread may read
+    the one it was handed while the event loop replaces it.
+    """
+
+    def __init__(
+        self,
+        max_dirs: int,
+        max_bytes: int = 64 * 1024 * 1024,
+        settle_ns: int = DEFAULT_SETTLE_NS,
+    ) -> None:
+        self.max_dirs = max_dirs
+        self.max_bytes = max_bytes
+        self.settle_ns = settle_ns
+        self._bytes = 0
+        self._groups: OrderedDict[Hashable, tuple[int, Mapping[str, tuple[Stat, bytes]]]] = (
+            OrderedDict()
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_dirs > 0
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def group(self, key: Hashable) -> Mapping[str, tuple[Stat, bytes]]:
+        """The fragments kept for one listing (a read-only mapping, maybe empty)."""
+        got = self._groups.get(key)
+        if got is None:
+            return _EMPTY
+        self._groups.move_to_end(key)
+        return got[1]
+
+    def replace(self, key: Hashable, fragments: dict[str, tuple[Stat, bytes]]) -> None:
+        """Publish the fragments of the listing just made (members changed too recently
+        are left out by the caller with :meth:`keepable`)."""
+        old = self._groups.pop(key, None)
+        if old is not None:
+            self._bytes -= old[0]
+        if not self.enabled or not fragments:
+            return
+        size = sum(len(frag) + 128 for _st, frag in fragments.values())
+        if size > self.max_bytes // 4:
+            return
+        self._groups[key] = (size, MappingProxyType(fragments))
+        self._bytes += size
+        while self._groups and (len(self._groups) > self.max_dirs or self._bytes > self.max_bytes):
+            self._bytes -= self._groups.popitem(last=False)[1][0]
+
+    def keepable(self, st: Stat, now_ns: int) -> bool:
+        return settled(st, now_ns, self.settle_ns)
+
+    def clear(self) -> None:
+        self._groups.clear()
+        self._bytes = 0
