@@ -27,10 +27,9 @@ from se.dav import handlers
 from se.dav.macaroon_requests import post
 from se.errors import ExpectationFailed, MethodNotAllowed, SEError
 from se.scitags.service import SciTagService
-from se.storage.paths import DavPath, confine
+from se.storage.paths import DavPath, check_new_name, confine
 from se.storage.posix import PosixBackend
-from se.storage.types import CachedFile
-from se.storage.watchcache import WatchedCache
+from se.storage.statcache import FileCache, ListingCache
 from se.tape import http as tape_http
 from se.tape.service import TapeService
 from se.tpc.handler import third_party_copy
@@ -75,12 +74,29 @@ METHODS: dict[str, Handler] = {
 }
 
 
+# Methods that may create a name: PUT and MKCOL at the request path, MOVE and COPY at the
+# Destination, a third-party pull (COPY with Source) at the request path.
+_CREATES = frozenset(("PUT", "MKCOL", "MOVE", "COPY"))
+
+
+def _check_new_names(request: web.Request) -> None:
+    """Control characters are refused in names about to be created (400); existing names
+    with them stay readable and deletable."""
+    if request.method in ("PUT", "MKCOL") or "Source" in request.headers:
+        check_new_name(request.raw_path)
+    destination = request.headers.get("Destination")
+    if destination is not None:
+        check_new_name(destination)
+
+
 async def dispatch(request: web.Request) -> web.StreamResponse:
     handler = METHODS.get(request.method)
     if handler is None:
         raise MethodNotAllowed(
             f"method {request.method} is not supported", headers={"Allow": handlers.ALLOW}
         )
+    if request.method in _CREATES:
+        _check_new_names(request)
     await authenticate(request)
     tape = tape_http.route(request)
     if tape is not None:
@@ -101,6 +117,7 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
         return error_response(ExpectationFailed(f"unsupported Expect: {expect}"))
     if request.method == hdrs.METH_PUT:
         try:
+            check_new_name(request.raw_path)
             await authenticate(request)
             handlers.check_put(request)
         except SEError as exc:
@@ -122,11 +139,12 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
     ``primary``: the first worker, the one that runs the simulated tape library."""
     app = web.Application(client_max_size=1024**2)
     executor = ThreadPoolExecutor(cfg.server.io_threads, thread_name_prefix="se-io")
-    files: WatchedCache[CachedFile] | None = None
+    settle_ns = round(cfg.storage.cache_settle_time * 1e9)
+    files = None
     if cfg.storage.file_cache_bytes > 0:
-        files = WatchedCache(max_bytes=cfg.storage.file_cache_bytes, max_variants=4096)
+        files = FileCache(cfg.storage.file_cache_bytes, settle_ns)
     backend = PosixBackend(cfg, executor, files)
-    listings: WatchedCache[bytes] = WatchedCache(cfg.webdav.listing_cache_dirs)
+    listings = ListingCache(cfg.webdav.listing_cache_dirs, settle_ns=settle_ns)
     scitags = SciTagService(cfg.scitags) if cfg.scitags.enabled else None
     tpc = TPCService(cfg, backend, scitags)
     tape = TapeService(cfg, run_library=primary) if cfg.tape.enabled else None
@@ -159,7 +177,10 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
     app[TPC_SERVICE] = tpc
     if tape is not None:
         app[tape_http.TAPE_SERVICE] = tape
-    app.router.add_route("*", "/{tail:.*}", handle_errors(dispatch), expect_handler=expect_handler)
+    # [\s\S], not ".": a name with a line feed in it (made on disk) must still route.
+    app.router.add_route(
+        "*", r"/{tail:[\s\S]*}", handle_errors(dispatch), expect_handler=expect_handler
+    )
     app.on_response_prepare.append(on_prepare)
     do_sweep = cfg.storage.sweep_on_start if sweep is None else sweep
 
@@ -181,9 +202,9 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
         if task is not None and not task.done():
             task.cancel()
         executor.shutdown(wait=False, cancel_futures=True)
-        listings.close()
+        listings.clear()
         if files is not None:
-            files.close()
+            files.clear()
 
     async def stop_transfers(_app: web.Application) -> None:
         tpc.stopping = True  # running COPYs end with "aborted:" instead of being cut

@@ -59,6 +59,20 @@ class ServerConfig:
     insecure_anonymous: bool = False
     # Seconds an idle keep-alive connection stays open.
     keepalive_timeout: float = 75.0
+    # Bounded cost before a request exists (before authentication): a request head (request
+    # line and header fields) may take this many bytes in all (431 beyond) ...
+    max_header_bytes: int = 65536
+    # ... this many per field or request line (400 beyond; above auth.max_token_bytes, so
+    # that an oversized token is judged by the token check with its 401) ...
+    max_header_field: int = 32768
+    # ... this many fields ...
+    max_headers: int = 100
+    # ... and must arrive within this many seconds of the first byte (or of the connection
+    # being opened): 408 and closed after that.
+    header_timeout: float = 20.0
+    # Bytes that the unfinished request heads of all connections of one worker may hold;
+    # the connection that would go beyond gets 503 and is closed.
+    header_buffer_bytes: int = 8 * 1024 * 1024
     # Threads that drive sendfile and blocking file calls.
     io_threads: int = 32
 
@@ -69,11 +83,20 @@ class StorageConfig:
     create_parents: bool = True
     # Files up to this many bytes are read in one call instead of sendfile.
     inline_read_max: int = 65536
-    # Memory (bytes) per worker for small files (up to inline_read_max) kept after a read
-    # until inotify reports a change in their directory; 0 turns it off.
+    # Memory (bytes) per worker for small files (up to inline_read_max) kept after a read;
+    # each use is checked by one stat (device, inode, size, mtime, ctime); 0 turns it off.
     file_cache_bytes: int = 64 * 1024 * 1024
-    # Temp files of interrupted uploads older than this (seconds) are swept at start.
+    # Seconds: a file (or listed member) changed less than this long ago is never cached,
+    # since a same-size rewrite within one timestamp tick would keep its mtime and ctime.
+    # Raise it on filesystems with coarse timestamps or clocks that differ between hosts.
+    cache_settle_time: float = 2.0
+    # Temp files of interrupted uploads are swept at start: at once those whose writer is
+    # gone (each upload holds a lock on its temp file); where the filesystem has no locks,
+    # those older than this many seconds.
     stale_upload_age: float = 3600.0
+    # Seconds an upload (PUT, either body path) may wait for its next body byte: beyond,
+    # it is dropped (408, temp file removed).
+    body_stall_timeout: float = 60.0
     sweep_on_start: bool = True
     # Bytes per read/write chunk for PUT batching and checksum computation.
     chunk_size: int = 4 * 1024 * 1024
@@ -103,8 +126,13 @@ class WebDAVConfig:
     max_ranges: int = 1024
     # Upper bound on XML request bodies (PROPFIND, PROPPATCH), bytes.
     max_xml_body: int = 1024 * 1024
-    # Collections whose rendered PROPFIND listing is kept in memory until inotify reports
-    # a change (0 turns it off, e.g. on a network filesystem written from other hosts).
+    # A PROPPATCH may set/remove at most this many properties, each (serialised) at most
+    # max_property_size bytes; a larger request is refused whole with 413.
+    max_proppatch_ops: int = 10000
+    max_property_size: int = 65536
+    # Collections (of 32 members or more) whose members' rendered Depth 1 PROPFIND
+    # fragments are kept in memory; each is reused only while its member stats the same
+    # (device, inode, size, mtime, ctime); 0 turns it off.
     listing_cache_dirs: int = 256
 
 
@@ -164,6 +192,13 @@ class TPCConfig:
         "fd00:ec2::254/128",
         "100.100.100.200/32",
     )
+    # Remotes on this host (loopback, 0.0.0.0/::, every address of this host's interfaces
+    # and names): "refuse" (unless allow_networks names them), "allow", or "auto" = allow
+    # only when server.host is a loopback address (a server nobody else can reach).
+    local_remotes: str = "auto"
+    # A pull never writes more than this many bytes (0 = no limit), nor more than the
+    # source declared, nor more than the free space of the target's filesystem.
+    max_pull_bytes: int = 1 << 40
     # Verify remote TLS certificates (against tls.ca_dir, or the system store).
     verify_tls: bool = True
     # Server-issued bearer tokens ("macaroons" for gfal2/FTS): the HMAC secret file (created
@@ -449,6 +484,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError("server.workers: must be between 1 and 64")
     if s.io_threads < 1:
         raise ConfigError("server.io_threads: must be at least 1")
+    if not 1024 <= s.max_header_field <= s.max_header_bytes:
+        raise ConfigError("server.max_header_field: must be between 1024 and max_header_bytes")
+    if not 1 <= s.max_headers <= 1000:
+        raise ConfigError("server.max_headers: must be between 1 and 1000")
+    if s.header_timeout <= 0:
+        raise ConfigError("server.header_timeout: must be positive")
+    if s.header_buffer_bytes < s.max_header_bytes:
+        raise ConfigError("server.header_buffer_bytes: must be at least max_header_bytes")
     for alg in cfg.checksums.algorithms:
         if alg not in SUPPORTED_CHECKSUMS:
             raise ConfigError(
@@ -457,12 +500,18 @@ def validate(cfg: Config) -> None:
             )
     if cfg.storage.chunk_size < 4096:
         raise ConfigError("storage.chunk_size: must be at least 4096")
+    if not 0 < cfg.storage.body_stall_timeout <= 86400:
+        raise ConfigError("storage.body_stall_timeout: must be between 0 and 86400 seconds")
+    if not 0.05 <= cfg.storage.cache_settle_time <= 86400:
+        raise ConfigError("storage.cache_settle_time: must be between 0.05 and 86400 seconds")
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         raise ConfigError("tls: cert and key must be set together")
     if cfg.auth is not None:
         _validate_auth(cfg.auth)
     if cfg.tape.enabled:
         _validate_tape(cfg.tape)
+    if cfg.webdav.max_proppatch_ops < 1 or cfg.webdav.max_property_size < 1:
+        raise ConfigError("webdav: max_proppatch_ops and max_property_size must be positive")
     t = cfg.tpc
     if t.marker_period <= 0:
         raise ConfigError("tpc.marker_period: must be positive")
@@ -476,6 +525,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("tpc.max_streams: must be between 1 and 100")
     if t.stream_block_size < 65536:
         raise ConfigError("tpc.stream_block_size: must be at least 65536")
+    if t.local_remotes not in ("auto", "allow", "refuse"):
+        raise ConfigError('tpc.local_remotes: must be "auto", "allow" or "refuse"')
+    if t.max_pull_bytes < 0:
+        raise ConfigError("tpc.max_pull_bytes: must be 0 (no limit) or positive")
     for name in ("allow_networks", "deny_networks"):
         for net in getattr(t, name):
             try:

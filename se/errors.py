@@ -24,8 +24,10 @@ __all__ = [
     "PayloadTooLarge",
     "PreconditionFailed",
     "RangeNotSatisfiable",
+    "RequestTimeout",
     "SEError",
     "ServiceUnavailable",
+    "URITooLong",
     "Unauthorized",
     "UnsupportedMediaType",
 ]
@@ -67,6 +69,10 @@ class MethodNotAllowed(SEError):
     status = 405
 
 
+class RequestTimeout(SEError):
+    status = 408
+
+
 class Conflict(SEError):
     status = 409
 
@@ -77,6 +83,10 @@ class PreconditionFailed(SEError):
 
 class PayloadTooLarge(SEError):
     status = 413
+
+
+class URITooLong(BadRequest):
+    status = 414
 
 
 class UnsupportedMediaType(SEError):

@@ -9,6 +9,7 @@ spreads connections evenly.  The parent forwards SIGTERM/SIGINT and waits.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import multiprocessing
@@ -17,18 +18,25 @@ import signal
 import socket
 import ssl
 import sys
+import threading
+import time
+from collections.abc import Iterable
+from multiprocessing import connection as mp_connection
+from multiprocessing.process import BaseProcess
 from typing import TextIO
 
 import uvloop
 from aiohttp import web
 
 from se.accesslog import RedactTokens
-from se.app import create_app
+from se.app import METHODS, create_app
 from se.config import Config, ConfigError, is_loopback
+from se.web.protocol import HeadBudget, SEHandler
 
 __all__ = ["check_startup", "run", "serve_url"]
 
 log = logging.getLogger("se")
+ALLOW = ", ".join(METHODS)
 
 
 def check_startup(cfg: Config) -> None:
@@ -71,9 +79,6 @@ def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-MAX_HEADER_FIELD = 65536
-
-
 def serve_url(cfg: Config, port: int) -> str:
     host = cfg.server.host
     if ":" in host:
@@ -82,23 +87,79 @@ def serve_url(cfg: Config, port: int) -> str:
     return f"{scheme}://{host}:{port}"
 
 
+class _Site(web.SockSite):
+    """A SockSite whose connections are :class:`SEHandler` (aiohttp's RequestHandler with
+    bounded pre-request cost and the request-line checks), made with the kwargs the
+    runner's Server would pass to its own handlers."""
+
+    __slots__ = ("_budget", "_head")
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        sock: socket.socket,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        backlog: int,
+        budget: HeadBudget,
+        max_head_bytes: int,
+        head_timeout: float,
+    ) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context, backlog=backlog)
+        self._budget = budget
+        self._head = (max_head_bytes, head_timeout)
+
+    async def start(self) -> None:
+        self._runner._reg_site(self)
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        kwargs = server._kwargs
+        max_head_bytes, head_timeout = self._head
+
+        def handler() -> SEHandler:
+            return SEHandler(
+                server,
+                loop=loop,
+                budget=self._budget,
+                max_head_bytes=max_head_bytes,
+                head_timeout=head_timeout,
+                allow=ALLOW,
+                **kwargs,
+            )
+
+        self._server = await loop.create_server(
+            handler, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog
+        )
+
+
 async def _serve(cfg: Config, sock: socket.socket, first: bool) -> None:
     app = create_app(cfg, sweep=cfg.storage.sweep_on_start and first, primary=first)
     access = logging.getLogger("se.access")
     if not any(isinstance(f, RedactTokens) for f in access.filters):
         access.addFilter(RedactTokens())
+    s = cfg.server
     runner = web.AppRunner(
         app,
         access_log=access if cfg.logging.access_log else None,
         handler_cancellation=False,
-        # WLCG tokens with many groups exceed aiohttp's 8 KiB header default; the token
+        # WLCG tokens with many groups exceed aiohttp's 8 KiB field default; the token
         # size limit proper (auth.max_token_bytes) answers 401 with a reason.
-        max_field_size=MAX_HEADER_FIELD,
-        max_line_size=MAX_HEADER_FIELD,
-        keepalive_timeout=cfg.server.keepalive_timeout,
+        max_field_size=s.max_header_field,
+        max_line_size=s.max_header_field,
+        max_headers=s.max_headers,
+        keepalive_timeout=s.keepalive_timeout,
     )
     await runner.setup()
-    site = web.SockSite(runner, sock, ssl_context=make_ssl_context(cfg), backlog=1024)
+    site = _Site(
+        runner,
+        sock,
+        ssl_context=make_ssl_context(cfg),
+        backlog=1024,
+        budget=HeadBudget(s.header_buffer_bytes),
+        max_head_bytes=s.max_header_bytes,
+        head_timeout=s.header_timeout,
+    )
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -110,7 +171,16 @@ async def _serve(cfg: Config, sock: socket.socket, first: bool) -> None:
         await runner.cleanup()
 
 
-def _worker(cfg: Config, sock: socket.socket | None, index: int) -> None:
+def _worker(
+    cfg: Config,
+    sock: socket.socket | None,
+    index: int,
+    inherited: socket.socket | None = None,
+) -> None:
+    if inherited is not None and inherited is not sock:
+        # The first worker's socket, copied by fork: kept open here, it would stay in the
+        # SO_REUSEPORT group after that worker died, and take connections no one accepts.
+        inherited.close()
     if sock is None:
         sock = bind(cfg.server.host, cfg.server.port, reuse_port=True)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -144,33 +214,97 @@ def run(cfg: Config, out: TextIO = sys.stdout) -> int:
     if workers == 1:
         _worker(cfg, sock, 0)
         return 0
+    return _supervise(cfg, sock, workers)
+
+
+# Supervision of --workers N: a worker that dies is started again after a pause that
+# doubles with each recent crash (RESTART_DELAY: first and longest); CRASH_LIMIT crashes
+# within CRASH_WINDOW seconds stop the server instead, with a message and exit status 1.
+# Connections the kernel had already queued on a dead worker's SO_REUSEPORT socket are
+# lost with it (each socket has its own queue, which no other process can take over); the
+# restart bounds that outage to the pause.
+CRASH_LIMIT = 5
+CRASH_WINDOW = 60.0
+RESTART_DELAY = (0.5, 8.0)
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+def _supervise(cfg: Config, sock: socket.socket, workers: int) -> int:
     ctx = multiprocessing.get_context("fork")
-    procs = [
-        ctx.Process(
+
+    def spawn(index: int, first_sock: socket.socket | None) -> BaseProcess:
+        proc = ctx.Process(
             target=_worker,
-            args=(cfg, sock if i == 0 else None, i),
-            name=f"se-worker-{i}",
+            args=(cfg, first_sock, index, sock),
+            name=f"se-worker-{index}",
             daemon=False,
         )
-        for i in range(workers)
-    ]
-    for proc in procs:
         proc.start()
-    sock.close()
+        return proc
+
+    procs = {i: spawn(i, sock if i == 0 else None) for i in range(workers)}
+    sock.close()  # a restarted first worker binds its own SO_REUSEPORT socket
+    stopping = threading.Event()  # set by the signal handler
 
     def forward(signum: int, _frame: object) -> None:
-        for proc in procs:
+        stopping.set()
+        for proc in procs.values():
             if proc.pid is not None and proc.is_alive():
                 os.kill(proc.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    crashes: collections.deque[float] = collections.deque()
+    restart_at: dict[int, float] = {}  # worker index -> when to start it again
+    while not stopping.is_set():
+        waiting = [p.sentinel for i, p in procs.items() if i not in restart_at]
+        mp_connection.wait(waiting, timeout=0.5)  # short: signals are seen promptly
+        now = time.monotonic()
+        for index, proc in list(procs.items()):
+            if stopping.is_set():
+                break
+            if index in restart_at:
+                if now >= restart_at[index]:
+                    del restart_at[index]
+                    procs[index] = spawn(index, None)
+                    log.warning("worker %d restarted (pid %s)", index, procs[index].pid)
+                continue
+            if proc.exitcode is None:
+                continue
+            crashes.append(now)
+            while crashes and crashes[0] < now - CRASH_WINDOW:
+                crashes.popleft()
+            reason = f"worker {index} (pid {proc.pid}) {_exit_reason(proc.exitcode)}"
+            if len(crashes) >= CRASH_LIMIT:
+                log.error(
+                    "workers crashed %d times within %g s (the last: %s); stopping the "
+                    "server, see the errors above",
+                    len(crashes),
+                    CRASH_WINDOW,
+                    reason,
+                )
+                forward(signal.SIGTERM, None)
+                _join(procs.values())
+                return 1
+            delay = min(RESTART_DELAY[0] * 2 ** (len(crashes) - 1), RESTART_DELAY[1])
+            log.error("%s; restarting it in %.1f s", reason, delay)
+            restart_at[index] = now + delay
     status = 0
-    for proc in procs:
-        proc.join()
-        if proc.exitcode not in (0, None):
+    _join(p for i, p in procs.items() if i not in restart_at)
+    for index, proc in procs.items():
+        if index not in restart_at and proc.exitcode not in (0, None):
             status = 1
     return status
+
+
+def _join(procs: Iterable[BaseProcess]) -> None:
+    for proc in procs:
+        proc.join()
 
 
 def _with_port(cfg: Config, port: int) -> Config:

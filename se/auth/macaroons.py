@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -278,7 +279,17 @@ def load_secret(path: Path) -> bytes:
 
 
 def _read_secret(path: Path) -> bytes:
-    data = path.read_bytes().strip()
+    """The secret in ``path``, which must be a regular file (a FIFO put there would block the
+    reading thread).  A symlink is followed: secrets mounted by orchestrators are links; the
+    state directory is unreachable from the namespace, so no client can plant one."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: the secret is not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(1 << 16).strip()
+    finally:
+        os.close(fd)
     if len(data) < 32:
         raise ValueError(f"{path}: secret is shorter than 32 bytes")
     return data

@@ -27,9 +27,9 @@ import time
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from se.errors import BadRequest, SEError
+from se.errors import BadRequest, RequestTimeout, SEError
 from se.storage.posix import PosixBackend, Upload
-from se.storage.sendfile import SEND_STALL_TIMEOUT, drain_transport, sendfile_blocking
+from se.storage.sendfile import drain_transport, sendfile_blocking
 from se.storage.types import CachedFile, OpenFile
 
 __all__ = ["receive_body", "send_file_range", "write_file_range"]
@@ -100,21 +100,82 @@ async def receive_body(request: web.Request, upload: Upload, direct_min: int) ->
         and sock is not None
         and transport.get_extra_info("sslcontext") is None
     )
-    content = request.content
+    stall = upload.backend.body_stall_timeout
     try:
         if direct:
             assert transport is not None and sock is not None and declared is not None
             await _receive_direct(request, upload, transport, sock.fileno(), declared)
         else:
-            while chunk := await content.readany():
-                await upload.feed(chunk)
-    except (ConnectionError, TimeoutError, HttpProcessingError):
+            await _receive_parsed(request, upload, stall)
+    except TimeoutError:
+        # The caller aborts the upload (its temp file goes); the client, if still there,
+        # reads why.
+        raise RequestTimeout(
+            f"no body byte for {stall:g} s: upload dropped after {upload.received} bytes;"
+            " nothing stored",
+            headers={"Connection": "close"},
+        ) from None
+    except (ConnectionError, HttpProcessingError):
         # The client went away or broke the framing: an expected event, not a bug.
         raise BadRequest(
             f"upload interrupted after {upload.received} bytes; nothing stored",
             headers={"Connection": "close"},
         ) from None
     return direct
+
+
+async def _receive_parsed(request: web.Request, upload: Upload, stall: float) -> None:
+    """Feed the body as aiohttp parses it; TimeoutError when the client sends nothing for
+    ``stall`` seconds (time spent writing to the disk does not count)."""
+    content = request.content
+    watch = _StallWatch(stall)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            watch.waiting_since = loop.time()
+            chunk = await content.readany()
+            watch.waiting_since = None
+            if not chunk:
+                return
+            await upload.feed(chunk)
+    except asyncio.CancelledError:
+        if watch.expired and watch.task.uncancel() == 0:
+            # No lingering for the rest of a body that is not coming: answer, then close.
+            content.feed_eof()
+            raise TimeoutError("client stopped sending") from None
+        raise
+    finally:
+        watch.close()
+
+
+class _StallWatch:
+    """Cancels the current task once it has waited ``timeout`` seconds in one go (while
+    ``waiting_since`` is set).  One timer per upload, re-armed only when it fires, so that
+    the per-chunk cost is two assignments."""
+
+    def __init__(self, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self._timeout = timeout
+        self.waiting_since: float | None = None
+        self.expired = False
+        self._handle = self._loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        since = self.waiting_since
+        if since is not None and now - since >= self._timeout:
+            self.expired = True
+            self.task.cancel()
+            return
+        self._handle = self._loop.call_at(
+            (now if since is None else since) + self._timeout, self._check
+        )
+
+    def close(self) -> None:
+        self._handle.cancel()
 
 
 async def _receive_direct(
@@ -136,7 +197,9 @@ async def _receive_direct(
         except SEError as exc:
             # Refused before the socket part started: still take the rest of the body off
             # the wire, so the client, busy sending, gets to read the answer.
-            await upload.backend.run(_discard_blocking, os.dup(fd), remaining, stop)
+            await upload.backend.run(
+                _discard_blocking, os.dup(fd), remaining, stop, upload.backend.body_stall_timeout
+            )
             exc.headers["Connection"] = "close"
             raise
         try:
@@ -151,7 +214,7 @@ async def _receive_direct(
         content.feed_eof()
 
 
-def _discard_blocking(sock_fd: int, count: int, stop: threading.Event) -> None:
+def _discard_blocking(sock_fd: int, count: int, stop: threading.Event, stall: float) -> None:
     """Read and drop ``count`` bytes (bounded by the stall timeout); owns ``sock_fd``."""
     try:
         poller = select.poll()
@@ -162,7 +225,7 @@ def _discard_blocking(sock_fd: int, count: int, stop: threading.Event) -> None:
                 data = os.read(sock_fd, min(count, 1 << 20))
             except BlockingIOError:
                 poller.poll(500)
-                if time.monotonic() - last > SEND_STALL_TIMEOUT:
+                if time.monotonic() - last > stall:
                     return
                 continue
             except OSError:

@@ -11,7 +11,7 @@ import asyncio
 import email.utils
 import functools
 import mimetypes
-import os
+import time
 
 from aiohttp import hdrs, web
 
@@ -42,6 +42,7 @@ from se.storage import checksums
 from se.storage.paths import DavPath, confine
 from se.storage.types import CachedFile, DirEntry, OpenFile, Stat
 from se.web.access import authorise, authorise_write, grant_of
+from se.web.body import read_body
 from se.web.context import context
 from se.web.headers import Depth, parse_depth, parse_destination, parse_overwrite
 
@@ -81,13 +82,7 @@ def _has_body(request: web.Request) -> bool:
 
 
 async def _read_xml(request: web.Request) -> bytes:
-    limit = context(request).cfg.webdav.max_xml_body
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"XML body larger than {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"XML body larger than {limit} bytes")
-    return body
+    return await read_body(request, context(request).cfg.webdav.max_xml_body, "XML body")
 
 
 # -- OPTIONS ----------------------------------------------------------------------------
@@ -402,7 +397,14 @@ async def _copy_or_move(request: web.Request, move: bool) -> web.StreamResponse:
     if move:
         created = await ctx.backend.move(src, dst, overwrite)
     else:
-        created = await ctx.backend.copy(src, dst, overwrite, depth is Depth.INFINITY)
+        created, failures = await ctx.backend.copy(src, dst, overwrite, depth is Depth.INFINITY)
+        if failures:  # members left out (links leading out, special files): RFC 4918 §9.8.8
+            body = propfind.render_status_list(
+                (_href(request, p, False), e.status, e.reason) for p, e in failures
+            )
+            return web.Response(
+                status=207, body=body, content_type="application/xml", charset="utf-8"
+            )
     return web.Response(status=201 if created else 204)
 
 
@@ -457,7 +459,7 @@ async def _localities(request: web.Request, entries: list[DirEntry]) -> dict[str
     return await tape.file_localities(files)
 
 
-# Smaller listings are rendered every time; the cache is for the expensive ones.
+# Fragments of smaller listings are not kept; the cache is for the expensive ones.
 LISTING_CACHE_MIN_ENTRIES = 32
 _PLAIN_LIVE = frozenset(n for n in propfind.LIVE if n != (propfind.DCACHE, "Checksums"))
 
@@ -505,32 +507,59 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
 async def _children(
     request: web.Request, path: DavPath, req: propfind.PropRequest, depth: Depth
 ) -> bytes:
-    """The rendered members of a collection, from the listing cache when unchanged."""
+    """The rendered members of a collection.
+
+    The directory is read and every member stat'ed for every listing.  For Depth 1, a
+    member's rendered fragment is reused when the member stats now exactly as it did when
+    the fragment was rendered (device, inode, size, mtime, ctime: see se.storage.statcache);
+    only the others are looked at again (symlinks checked, xattrs read) and rendered.  The
+    first pass makes no objects (PosixBackend.member_identities): an unchanged listing costs
+    a scandir and an fstatat per member.  Membership itself is never kept, and localities
+    (which change without the files) are never cached.
+    """
     ctx = context(request)
-    token = None
+    cache = ctx.listings
     wants_locality = req.kind == "prop" and propfind.FILE_LOCALITY in req.names
-    if depth is Depth.ONE and not wants_locality:  # localities change without the directory
-        real = ctx.backend.real_path(path)
-        variant = (request.scheme, request.host, req)
-        cached = ctx.listings.get(real, variant)
-        if cached is not None:
-            return cached
-        token = ctx.listings.begin(real)  # before reading, so any change from now is seen
     with_xattrs = req.kind != "prop" or not set(req.names) <= _PLAIN_LIVE
-    limit = 1 if depth is Depth.ONE else 1 << 30
-    entries = await ctx.backend.list_dir(
-        path, with_xattrs, limit, ctx.cfg.webdav.depth_infinity_limit
-    )
-    localities = await _localities(request, entries) if wants_locality else None
-    body = propfind.render_responses(
-        (_resource(request, e, None, localities) for e in entries), req
-    )
-    if token is not None and len(entries) >= LISTING_CACHE_MIN_ENTRIES:
-        subdirs = [
-            (os.path.join(real, e.path.name), e.stat.mtime_ns) for e in entries if e.stat.is_dir
-        ]
-        ctx.listings.store(real, variant, token, body, len(body), subdirs)
-    return body
+    max_entries = ctx.cfg.webdav.depth_infinity_limit
+    if depth is not Depth.ONE or wants_locality or not cache.enabled:
+        limit = 1 if depth is Depth.ONE else 1 << 30
+        entries = await ctx.backend.list_dir(path, with_xattrs, limit, max_entries)
+        localities = await _localities(request, entries) if wants_locality else None
+        return propfind.render_responses(
+            (_resource(request, e, None, localities) for e in entries), req
+        )
+    key = (request.scheme, request.host, req, path)
+    kept = cache.group(key)
+    members = await ctx.backend.member_identities(path)
+    if len(members) > max_entries:
+        raise Forbidden("listing exceeds the configured entry limit")
+    changed = [
+        name
+        for name, identity in members
+        if identity is None or (hit := kept.get(name)) is None or hit[0].identity != identity
+    ]
+    found = await ctx.backend.entries(path, changed, with_xattrs) if changed else {}
+    now = time.time_ns()
+    parts: list[bytes] = []
+    fresh: dict[str, tuple[Stat, bytes]] = {}
+    for name, identity in members:
+        entry = found.get(name)
+        if entry is None:
+            hit = kept.get(name) if identity is not None else None
+            if hit is not None and hit[0].identity == identity:
+                fresh[name] = hit
+                parts.append(hit[1])
+            continue  # else vanished, or became something else, since it was listed
+        fragment = propfind.render_responses((_resource(request, entry, None),), req)
+        # A symlink's fragment is never kept (its identity is its target's); nor one changed
+        # too recently to tell from a later change.
+        if identity is not None and cache.keepable(entry.stat, now):
+            fresh[name] = (entry.stat, fragment)
+        parts.append(fragment)
+    if changed or len(fresh) != len(kept):  # else every kept fragment was used as it is
+        cache.replace(key, fresh if len(members) >= LISTING_CACHE_MIN_ENTRIES else {})
+    return b"".join(parts)
 
 
 def _multistatus(body: bytes) -> web.Response:
@@ -541,7 +570,23 @@ async def proppatch(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     path = _path(request)
     authorise(request, Op.MODIFY, path)
-    ops = propfind.parse_proppatch(await _read_xml(request))
+    body = await _read_xml(request)
+    # Parsing and the xattr calls run on the I/O pool: thousands of updates must not hold
+    # the event loop.  All or nothing (RFC 4918 section 9.2): when one update fails, none
+    # is kept; it gets its status and every other one 424 Failed Dependency.
+    ops = await ctx.backend.run(propfind.parse_proppatch, body)
+    limits = ctx.cfg.webdav
+    if len(ops) > limits.max_proppatch_ops:
+        raise PayloadTooLarge(
+            f"PROPPATCH with {len(ops)} property updates; at most "
+            f"{limits.max_proppatch_ops} are accepted (webdav.max_proppatch_ops)"
+        )
+    for op in ops:
+        if len(op.element) > limits.max_property_size:
+            raise PayloadTooLarge(
+                f"property {op.key[:200]} is {len(op.element)} bytes; at most "
+                f"{limits.max_property_size} are accepted (webdav.max_property_size)"
+            )
     if ctx.backend.stat(path) is None:
         raise NotFound(f"{path}: not found")
     protected = [op for op in ops if op.name in propfind.LIVE]
@@ -549,12 +594,12 @@ async def proppatch(request: web.Request) -> web.StreamResponse:
     if protected:
         results = [(op.name, 403 if op in protected else 424) for op in ops]
     else:
-        for op in ops:
-            if op.action == "set":
-                ok = ctx.backend.set_prop(path, op.key, op.element)
-                results.append((op.name, 200 if ok else 507))
-            else:
-                ctx.backend.remove_prop(path, op.key)
-                results.append((op.name, 200))
+        updates = [(op.key, op.element if op.action == "set" else None) for op in ops]
+        failed = await ctx.backend.patch_props(path, updates)
+        if failed is None:
+            results = [(op.name, 200) for op in ops]
+        else:
+            index, status, _reason = failed
+            results = [(op.name, status if i == index else 424) for i, op in enumerate(ops)]
     body = propfind.render_proppatch(_href(request, path, False), results)
     return web.Response(status=207, body=body, content_type="application/xml", charset="utf-8")

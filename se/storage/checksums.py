@@ -115,6 +115,8 @@ _ALIASES: Final[Mapping[str, str]] = {
 
 # The 32-bit checksums, written as hex in RFC 3230 headers (spec §3.1; XRootD emits hex).
 _HEX_ALGORITHMS: Final = frozenset({"adler32", "crc32", "crc32c"})
+# Sent as hex (every 32-bit value is accepted in hex on input; crc32 also in base64).
+_HEX_OUT: Final = frozenset({"adler32", "crc32c"})
 _HEX_RE: Final = re.compile(r"[0-9A-Fa-f]+", re.ASCII)
 _QVALUE_RE: Final = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)", re.ASCII)
 _WEIGHT_RE: Final = re.compile(r"[0-9]{1,2}", re.ASCII)
@@ -298,10 +300,14 @@ def repr_digest_key(alg: str) -> str:
 
 
 def format_digest_value(alg: str, raw: bytes) -> str:
-    """RFC 3230 value: adler32/crc32/crc32c as 8 lowercase zero-padded hex chars, others
-    base64."""
+    """RFC 3230 value: adler32/crc32c as 8 lowercase zero-padded hex chars, others (crc32
+    included) base64.
+
+    crc32 is base64 of its 4 big-endian bytes because davix (so gfal2 and FTS) decodes a
+    ``crc32`` value as base64 whatever the server meant; hex (XRootD's answer) reaches them
+    garbled.  Both spellings are accepted on input."""
     canon = _require(alg, raw)
-    if canon in _HEX_ALGORITHMS:
+    if canon in _HEX_OUT:
         return raw.hex()
     return base64.b64encode(raw).decode("ascii")
 
@@ -465,6 +471,9 @@ def _decode_3230(alg: str, text: str) -> bytes | None:
     if alg in _HEX_ALGORITHMS:
         if 1 <= len(text) <= 8 and _HEX_RE.fullmatch(text):
             return int(text, 16).to_bytes(4, "big")
+        if alg == "crc32":  # base64 of the 4 bytes, as se sends it (see format_digest_value)
+            decoded = _b64decode(text)
+            return decoded if decoded is not None and len(decoded) == 4 else None
         return None
     # md5 is base64 by RFC, hex from old DPM; we accept hex for the SHAs too since the two
     # encodings of a given digest size have different lengths and cannot be confused.

@@ -13,9 +13,17 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes
 
-from se.errors import BadRequest, Forbidden
+from se.errors import BadRequest, Forbidden, URITooLong
 
-__all__ = ["RESERVED_PREFIX", "TEMP_PREFIX", "DavPath", "confine", "is_reserved", "is_temp_name"]
+__all__ = [
+    "RESERVED_PREFIX",
+    "TEMP_PREFIX",
+    "DavPath",
+    "check_new_name",
+    "confine",
+    "is_reserved",
+    "is_temp_name",
+]
 
 # Names the server keeps for itself (upload temp files, the state directory): never served,
 # listed or addressable.
@@ -23,6 +31,9 @@ RESERVED_PREFIX = ".se-"
 # Prefix of in-flight upload files.
 TEMP_PREFIX = ".se-upload-"
 MAX_PATH_BYTES = 4096
+# Deeper paths are refused (414): no client needs them, and creating their parents one
+# by one must stay far from any recursion or descriptor limit.
+MAX_DEPTH = 256
 # Paths made only of these characters, with no segment starting with ".", need no decoding
 # and cannot name "..", "." or a reserved temp name.
 _PLAIN = re.compile(r"(?:/(?:[A-Za-z0-9_\-~+,=:@][A-Za-z0-9_.\-~+,=:@]*)?)+")
@@ -94,8 +105,14 @@ def confine(raw_path: str) -> DavPath:
     if _PLAIN.fullmatch(raw_path):
         # Fast path for the common case: nothing encoded, no dot segments, no reserved names.
         plain = tuple(s for s in raw_path.split("/") if s)
-        if len(raw_path) <= MAX_PATH_BYTES and all(len(s) <= MAX_SEGMENT_BYTES for s in plain):
+        if (
+            len(raw_path) <= MAX_PATH_BYTES
+            and len(plain) <= MAX_DEPTH
+            and all(len(s) <= MAX_SEGMENT_BYTES for s in plain)
+        ):
             return DavPath(plain)
+    if len(raw_path) > 3 * MAX_PATH_BYTES:  # longer than any encoding of an allowed path
+        raise URITooLong(f"path is longer than {MAX_PATH_BYTES} bytes")
     segments: list[str] = []
     for raw_seg in raw_path.split("/"):
         if not raw_seg:
@@ -121,6 +138,24 @@ def confine(raw_path: str) -> DavPath:
         if is_reserved(seg):
             raise Forbidden("path uses a reserved name")
         segments.append(seg)
+        if len(segments) > MAX_DEPTH:
+            raise URITooLong(f"path has more than {MAX_DEPTH} segments")
     if sum(len(s.encode()) + 1 for s in segments) > MAX_PATH_BYTES:
-        raise BadRequest("path is longer than 4096 bytes")
+        raise URITooLong(f"path is longer than {MAX_PATH_BYTES} bytes")
     return DavPath(tuple(segments))
+
+
+# A percent-encoded C0 control character or DEL (a raw one never passes the HTTP parser).
+_ENCODED_CONTROL = re.compile(r"%(?:[01][0-9A-Fa-f]|7[Ff])")
+
+
+def check_new_name(raw_path: str) -> None:
+    """Refuse (400) to create a name with a control character in it.
+
+    Such names cannot be carried by XML (PROPFIND) and break line-oriented tools and logs;
+    names already on disk stay readable and deletable, only new ones are refused.  Takes a
+    raw (percent-encoded) URL path, or a full URL (a MOVE/COPY ``Destination``).
+    """
+    path = raw_path.split("?", 1)[0]
+    if "%" in path and _ENCODED_CONTROL.search(path):
+        raise BadRequest("a new name may not contain control characters")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import select
@@ -26,12 +27,13 @@ import stat as stat_mod
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from se.config import Config, checksum_algorithms
+from se.config import Config, checksum_algorithms, state_dir
 from se.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -43,10 +45,10 @@ from se.errors import (
     PreconditionFailed,
     SEError,
 )
-from se.storage import checksums, xattrs
-from se.storage.paths import TEMP_PREFIX, DavPath, is_reserved, is_temp_name
-from se.storage.types import CachedFile, DirEntry, OpenFile, Stat
-from se.storage.watchcache import WatchedCache
+from se.storage import beneath, checksums, xattrs
+from se.storage.paths import RESERVED_PREFIX, TEMP_PREFIX, DavPath, is_reserved, is_temp_name
+from se.storage.statcache import FileCache
+from se.storage.types import CachedFile, DirEntry, Identity, OpenFile, Stat
 
 __all__ = [
     "PosixBackend",
@@ -56,9 +58,19 @@ __all__ = [
 ]
 
 log = logging.getLogger("se.storage")
-# A client that sends no body byte for this long has its upload dropped (direct path).
-RECEIVE_STALL_TIMEOUT = 300.0
+# Symlinks followed while resolving one path before it is refused (the kernel's limit).
+MAX_SYMLINKS = 40
+# Linux's clock id (not exported by the time module) for the clock file times come from.
+CLOCK_REALTIME_COARSE = 5
+# flock errors meaning "this filesystem has no locks".
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
 T = TypeVar("T")
+# A listing caller's "I already have this member as it is now" test (see list_dir).
+Known = Callable[[DavPath, Stat], bool]
+
+
+def _by_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 def map_oserror(exc: OSError, what: str) -> SEError:
@@ -75,6 +87,60 @@ def map_oserror(exc: OSError, what: str) -> SEError:
     if code == errno.ENAMETOOLONG:
         return BadRequest(f"{what}: name too long")
     return SEError(f"{what}: I/O error ({exc.strerror})")
+
+
+def _guarded_paths(cfg: Config, root_prefix: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The server's own state (directory; token secret and tape database files) where it
+    lies inside the root under a name that is not reserved: never served, whatever path
+    or symlink leads there.  Paths relative to the root, resolved."""
+
+    def below(path: str) -> str | None:
+        real = os.path.realpath(os.path.abspath(path))
+        return real[len(root_prefix) :] if real.startswith(root_prefix) else None
+
+    dirs = [below(str(state_dir(cfg)))]
+    files = [below(cfg.tpc.macaroon_secret_file) if cfg.tpc.macaroon_secret_file else None]
+    if cfg.tape.database and "://" not in cfg.tape.database:
+        files.append(below(cfg.tape.database))  # also its -wal/-shm/-journal files
+    return tuple(d for d in dirs if d), tuple(f for f in files if f)
+
+
+def _create_temp(directory: str, dir_fd: int | None = None) -> tuple[str, int]:
+    """Create a new upload temp file in ``directory`` and hold an exclusive flock on it for
+    as long as it is open: a temp file that can be locked has no live writer (its process
+    is gone), so the start-up sweep removes it at once.  Returns (path, fd)."""
+    name = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    path = os.path.join(directory, name)
+    where = name if dir_fd is not None else path
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(where, flags, 0o644, dir_fd=dir_fd)
+    try:
+        # Blocking: the only other holder can be a sweep looking at it for a moment.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno in _NO_LOCKS:  # the sweep then relies on stale_upload_age alone
+            return path, fd
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(where, dir_fd=dir_fd)
+        raise
+    return path, fd
+
+
+def _copy_data(src: int, dst: int) -> None:
+    """Copy a whole file between two fds, in the kernel (copy_file_range, which may share
+    extents; sendfile where that is refused, e.g. across filesystems)."""
+    offset = 0
+    try:
+        while n := os.copy_file_range(src, dst, 1 << 30, offset, offset):
+            offset += n
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    os.lseek(dst, offset, os.SEEK_SET)
+    while n := os.sendfile(dst, src, offset, 1 << 30):
+        offset += n
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,14 +249,16 @@ class Upload:
             poller = select.poll()
             poller.register(sock_fd, select.POLLIN)
             last = time.monotonic()
+            stall = self.backend.body_stall_timeout
+            wait_ms = max(10, min(500, int(stall * 250)))
             while count > 0:
                 if stop.is_set():
                     raise ConnectionAbortedError("upload cancelled")
                 try:
                     n = os.readv(sock_fd, [view[: min(len(buf), count)]])
                 except BlockingIOError:
-                    poller.poll(500)
-                    if time.monotonic() - last > RECEIVE_STALL_TIMEOUT:
+                    poller.poll(wait_ms)
+                    if time.monotonic() - last > stall:
                         raise TimeoutError("client stopped sending") from None
                     continue
                 if n == 0:
@@ -277,9 +345,9 @@ class Upload:
             xattrs.write_checksums(
                 self._fd, digests, st.size, st.mtime_ns, self.backend.write_xrootd
             )
-            os.close(self._fd)
-            self._fd = -1
             created = not os.path.lexists(self._target)
+            # Renamed while still open, so still locked: a start-up sweep never sees it
+            # lockable (writer gone) before it is in place.
             if self._overwrite:
                 if os.path.isdir(self._target):
                     raise Conflict(f"{self.path}: is a collection")
@@ -290,6 +358,8 @@ class Upload:
                 except FileExistsError:
                     raise PreconditionFailed(f"{self.path} exists and Overwrite is F") from None
                 os.unlink(self._temp)
+            os.close(self._fd)
+            self._fd = -1
             self.backend.fsync_dir(os.path.dirname(self._target))
         except OSError as exc:
             raise map_oserror(exc, str(self.path)) from None
@@ -335,9 +405,9 @@ class PosixBackend:
     observer: StorageObserver | None = None
 
     def __init__(
-        self, cfg: Config, executor: Executor, file_cache: WatchedCache[CachedFile] | None = None
+        self, cfg: Config, executor: Executor, file_cache: FileCache | None = None
     ) -> None:
-        self.file_cache = file_cache if file_cache is not None and file_cache.enabled else None
+        self.file_cache = file_cache
         self.root = os.path.abspath(cfg.storage.root)
         self.root_real = os.path.realpath(self.root)
         self.executor = executor
@@ -348,6 +418,15 @@ class PosixBackend:
         self.write_xrootd = cfg.checksums.write_xrootd
         self.algorithms = checksum_algorithms(cfg)
         self._stale_age = cfg.storage.stale_upload_age
+        self.body_stall_timeout = cfg.storage.body_stall_timeout
+        # Temp files last written before this instant, and lockable, belong to a writer
+        # that is gone (see sweep_temp_files).  The coarse clock is the one file times are
+        # taken from, so a file written after this instant never has an earlier mtime.
+        self._started_ns = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+        self._root_prefix = self.root_real.rstrip(os.sep) + os.sep
+        self._guarded_dirs, self._guarded_files = _guarded_paths(cfg, self._root_prefix)
+        self._root_fd = -1
+        self._root_lock = threading.Lock()
         self._computing: dict[
             tuple[int, int, int, int, tuple[str, ...]], asyncio.Future[dict[str, bytes]]
         ] = {}
@@ -363,19 +442,149 @@ class PosixBackend:
     def _inside(self, real: str) -> bool:
         return real == self.root_real or real.startswith(self.root_real + os.sep)
 
-    def _checked(self, p: DavPath) -> str:
-        """The filesystem path of p, refusing symlinks that lead out of the root."""
-        fs = self.fs_path(p)
-        if not self._inside(os.path.realpath(fs)):
-            raise Forbidden(f"{p}: leads outside the storage root")
+    # -- confinement: no symlink leads out of the root, onto a reserved name or into
+    # the server's own state, whatever the tree holds ---------------------------------
+    def _resolve(self, segments: Sequence[str], follow: bool, what: object) -> list[str]:
+        """Resolve a path below the root one component at a time, following symlinks as
+        the kernel would, and refuse (Forbidden) any that leads out of the root, onto a
+        reserved ``.se-*`` name or into the server's state.  The result (components below
+        ``root_real``) names no symlink, except the last component when ``follow`` is
+        False; components that do not exist (yet) are kept as they are.
+        """
+        prefix = self._root_prefix
+        real: list[str] = []
+        todo = list(reversed(segments))
+        links = 0
+        while todo:
+            name = todo.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if not real:
+                    raise Forbidden(f"{what}: leads outside the storage root")
+                real.pop()
+                continue
+            if is_reserved(name):
+                raise Forbidden(f"{what}: leads to a name reserved for the server")
+            real.append(name)
+            if not todo and not follow:
+                break
+            here = prefix + "/".join(real)
+            try:
+                if not stat_mod.S_ISLNK(os.lstat(here).st_mode):
+                    continue
+                target = os.readlink(here)
+            except OSError:  # missing, or below a non-directory: no link further on
+                continue
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise Forbidden(f"{what}: too many levels of symbolic links")
+            real.pop()
+            if target.startswith("/"):
+                for base in (self.root_real, self.root):
+                    if target == base or target.startswith(base.rstrip(os.sep) + os.sep):
+                        target = target[len(base) :]
+                        break
+                else:
+                    raise Forbidden(f"{what}: leads outside the storage root")
+                real = []
+            todo.extend(reversed(target.split("/")))
+        if self._guarded(real):
+            raise Forbidden(f"{what}: leads into the server's state")
+        return real
+
+    def _guarded(self, real: Sequence[str]) -> bool:
+        """Whether components below the root name the state dir/files (when inside)."""
+        if not (self._guarded_dirs or self._guarded_files):
+            return False
+        rel = "/".join(real)
+        return any(rel == d or rel.startswith(d + "/") for d in self._guarded_dirs) or any(
+            rel.startswith(f) for f in self._guarded_files
+        )
+
+    def _allowed_real(self, real: str) -> bool:
+        """Whether a resolved absolute path may be served (the check on an open fd)."""
+        if real == self.root_real:
+            return True
+        if not real.startswith(self._root_prefix):
+            return False
+        rel = real[len(self._root_prefix) :]
+        if rel.startswith(RESERVED_PREFIX) or "/" + RESERVED_PREFIX in rel:
+            return False
+        return not self._guarded(rel.split("/"))
+
+    def _checked(self, p: DavPath, follow: bool = True) -> str:
+        """The filesystem path of p with every parent resolved and checked (see _resolve).
+
+        The last component is left as it is (so that unlink and rename act on a link, not
+        on its target); with ``follow`` a symlink there must also lead somewhere allowed.
+        """
+        real = self._resolve(p.segments, False, p)
+        if not real:
+            return self.root_real
+        fs = self._root_prefix + "/".join(real)
+        if follow:
+            try:
+                is_link = stat_mod.S_ISLNK(os.lstat(fs).st_mode)
+            except OSError:
+                is_link = False
+            if is_link:
+                self._resolve(real, True, p)
         return fs
 
     def real_path(self, p: DavPath) -> str:
         """The resolved filesystem path of p (inside the root, or Forbidden)."""
-        real = os.path.realpath(self.fs_path(p))
-        if not self._inside(real):
-            raise Forbidden(f"{p}: leads outside the storage root")
-        return real
+        real = self._resolve(p.segments, True, p)
+        return self._root_prefix + "/".join(real) if real else self.root_real
+
+    def _rootfd(self) -> int:
+        if self._root_fd < 0:
+            with self._root_lock:
+                if self._root_fd < 0:
+                    fd = os.open(self.root_real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    weakref.finalize(self, os.close, fd)
+                    self._root_fd = fd
+        return self._root_fd
+
+    def _open_beneath(self, p: DavPath, flags: int) -> int:
+        """Open p without ever leaving the root or following a magic link, never blocking
+        (O_NONBLOCK: a FIFO opens at once), and check what was opened (its path, read back
+        from /proc) is neither reserved nor the server's state."""
+        flags |= os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+        try:
+            fd = -1
+            if beneath.available():
+                try:
+                    fd = beneath.openat2(
+                        self._rootfd(),
+                        p.rel,
+                        flags,
+                        beneath.RESOLVE_BENEATH | beneath.RESOLVE_NO_MAGICLINKS,
+                    )
+                except OSError as exc:
+                    # EXDEV: an absolute symlink (maybe into the root) or a way out; ELOOP:
+                    # a loop or a magic link.  The walk decides and says why.
+                    if exc.errno not in (errno.EXDEV, errno.ELOOP):
+                        raise
+            if fd < 0:
+                fd = beneath.open_components(
+                    self._rootfd(), self._resolve(p.segments, True, p), flags
+                )
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{p}: not found") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise Forbidden(f"{p}: symbolic link changed while being opened") from None
+            if exc.errno in (errno.ENXIO, errno.ENODEV):  # a socket, a device without driver
+                raise Forbidden(f"{p}: not a regular file or collection") from None
+            raise map_oserror(exc, str(p)) from None
+        try:
+            if not self._allowed_real(os.readlink(f"/proc/self/fd/{fd}")):
+                raise Forbidden(f"{p}: leads outside the storage root or into its state")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def fsync_dir(self, path: str) -> None:
         if not self.fsync:
@@ -398,52 +607,58 @@ class PosixBackend:
 
     def open_read(self, p: DavPath, use_cache: bool = True) -> OpenFile | CachedFile | Stat:
         """Open a file for reading (or take it from the small-file cache), or return the
-        Stat of a collection.  Small files read here are kept until their directory changes.
+        Stat of a collection.
+
+        A cached file is handed out only if one stat of the path, made now, gives exactly
+        the Stat (device, inode, size, mtime, ctime) it was read with (se.storage.statcache
+        says why that cannot serve old bytes); any difference is a miss that opens the file
+        through the confinement checks of :meth:`_open_read`.
         """
         cache = self.file_cache
         if not use_cache or cache is None or not p.segments:
             return self._open_read(p)
-        parent = self.fs_path(p.parent)
-        hit = cache.get(parent, p.name)
-        if hit is not None:
-            return hit
-        token = cache.begin(parent)  # watch first, so a change from now on is seen
+        fs = self.fs_path(p)
+        if cache.peek(fs) is not None:
+            hit = cache.get(fs, self._identity(fs))
+            if hit is not None:
+                return hit
         opened = self._open_read(p)
-        if token is None or not isinstance(opened, OpenFile):
+        if not isinstance(opened, OpenFile):
             return opened
         st = opened.stat
-        if st.size > self.inline_read_max:
+        if st.size > self.inline_read_max or not cache.storable(st):
             return opened
         try:
             data = os.pread(opened.fd, st.size, 0)
-            now = Stat.of(os.stat(self.fs_path(p)))  # the path still names this same file
+            after = Stat.of(os.fstat(opened.fd))  # no write while reading
         except OSError:
             return opened
-        if len(data) != st.size or now != st:
+        if len(data) != st.size or after != st:
             return opened
         opened.close()
         cached = CachedFile(st, p, data)
-        cache.store(parent, p.name, token, cached, st.size + 256)
+        cache.put(fs, cached)  # refused if it changed less than settle_ns before now
         return cached
 
+    @staticmethod
+    def _identity(fs: str) -> Stat | None:
+        """What identifies the bytes a path names now (None if it names nothing)."""
+        try:
+            return Stat.of(os.stat(fs))
+        except OSError:
+            return None
+
     def _open_read(self, p: DavPath) -> OpenFile | Stat:
-        fs = self.fs_path(p)
+        """Open p (a regular file) for reading, or the Stat of a collection; anything else
+        (FIFO, socket, device) is Forbidden, found out without blocking."""
+        fd = self._open_beneath(p, os.O_RDONLY)
         try:
-            fd = os.open(fs, os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"{p}: not found") from None
-        except OSError as exc:
-            raise map_oserror(exc, str(p)) from None
-        try:
-            real = os.readlink(f"/proc/self/fd/{fd}")
-            if not self._inside(real):
-                raise Forbidden(f"{p}: leads outside the storage root")
             st = os.fstat(fd)
             if stat_mod.S_ISDIR(st.st_mode):
                 os.close(fd)
                 return Stat.of(st)
             if not stat_mod.S_ISREG(st.st_mode):
-                raise Forbidden(f"{p}: not a regular file")
+                raise Forbidden(f"{p}: not a regular file or collection")
         except BaseException:
             os.close(fd)
             raise
@@ -499,16 +714,31 @@ class PosixBackend:
         return digests
 
     async def list_dir(
-        self, p: DavPath, with_xattrs: bool, depth_limit: int = 1, max_entries: int = 100000
+        self,
+        p: DavPath,
+        with_xattrs: bool,
+        depth_limit: int = 1,
+        max_entries: int = 100000,
+        known: Known | None = None,
     ) -> list[DirEntry]:
-        return await self.run(self._list_sync, p, with_xattrs, depth_limit, max_entries)
+        """The members of a collection (sorted by name; ``depth_limit`` levels deep), each
+        stat'ed now.  ``known(path, stat)`` (called on a pool thread) says which members the
+        caller already has everything for: their xattrs are not read."""
+        return await self.run(self._list_sync, p, with_xattrs, depth_limit, max_entries, known)
 
-    def _entry(self, p: DavPath, fs: str, with_xattrs: bool) -> DirEntry | None:
+    def _entry(
+        self, p: DavPath, fs: str, with_xattrs: bool, known: Known | None = None
+    ) -> DirEntry | None:
         try:
-            st = Stat.of(os.stat(fs))
+            raw = os.stat(fs)
         except OSError:
             return None
-        if not with_xattrs:
+        if not (stat_mod.S_ISREG(raw.st_mode) or stat_mod.S_ISDIR(raw.st_mode)):
+            return None  # FIFOs, sockets, devices are not resources (GET refuses them)
+        st = Stat.of(raw)
+        # The stat comes first: an xattr changed after it changes the ctime, so what is
+        # read below is never kept under an identity it does not belong to.
+        if not with_xattrs or (known is not None and known(p, st)):
             return DirEntry(p, st)
         try:
             names = os.listxattr(fs)
@@ -520,7 +750,12 @@ class PosixBackend:
         return DirEntry(p, st, cks, xattrs.get_dead_props(fs, names))
 
     def _list_sync(
-        self, p: DavPath, with_xattrs: bool, depth_limit: int, max_entries: int
+        self,
+        p: DavPath,
+        with_xattrs: bool,
+        depth_limit: int,
+        max_entries: int,
+        known: Known | None = None,
     ) -> list[DirEntry]:
         out: list[DirEntry] = []
 
@@ -534,29 +769,113 @@ class PosixBackend:
             for de in children:
                 if is_reserved(de.name):
                     continue
-                if de.is_symlink() and not self._inside(os.path.realpath(de.path)):
+                if de.is_symlink() and not self._link_allowed(de.path):
                     continue
                 try:
                     name = de.name
                     name.encode("utf-8")
                 except UnicodeEncodeError:
                     continue  # undecodable names cannot be addressed over HTTP
-                entry = self._entry(dp.child(name), de.path, with_xattrs)
+                entry = self._entry(dp.child(name), de.path, with_xattrs, known)
                 if entry is None:
                     continue
                 if len(out) >= max_entries:
                     raise Forbidden("listing exceeds the configured entry limit")
                 out.append(entry)
-                if entry.stat.is_dir and level < depth_limit:
+                # A linked collection is listed, not descended into (no loops).
+                if entry.stat.is_dir and level < depth_limit and not de.is_symlink():
                     walk(entry.path, de.path, level + 1)
 
-        fs = self._checked(p)
+        fs = self.real_path(p)
         walk(p, fs, 1)
         return out
 
+    async def member_identities(self, p: DavPath) -> list[tuple[str, Identity | None]]:
+        """The listable members of collection ``p`` in name order, each with the identity
+        of its Stat (None for a symlink, whose entry must be built through the checks of
+        :meth:`entries`).  One scandir and one ``fstatat`` per member, no objects made: the
+        cheap half of a listing whose rendered members are kept by identity."""
+        return await self.run(self._member_identities_sync, p)
+
+    def _member_identities_sync(self, p: DavPath) -> list[tuple[str, Identity | None]]:
+        fd = self._open_beneath(p, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with os.scandir(fd) as it:
+                members = sorted(it, key=_by_name)
+            out: list[tuple[str, Identity | None]] = []
+            for member in members:
+                name = member.name
+                if is_reserved(name):
+                    continue
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    continue  # undecodable names cannot be addressed over HTTP
+                if member.is_symlink():
+                    out.append((name, None))
+                    continue
+                try:
+                    raw = member.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # gone meanwhile
+                mode = raw.st_mode
+                is_dir = stat_mod.S_ISDIR(mode)
+                if not (is_dir or stat_mod.S_ISREG(mode)):
+                    continue  # FIFOs, sockets, devices are not resources
+                out.append(
+                    (
+                        name,
+                        (
+                            is_dir,
+                            raw.st_size,
+                            raw.st_mtime_ns,
+                            raw.st_ctime_ns,
+                            raw.st_ino,
+                            raw.st_dev,
+                        ),
+                    )
+                )
+            return out
+        finally:
+            os.close(fd)
+
+    async def entries(
+        self, p: DavPath, names: Sequence[str], with_xattrs: bool
+    ) -> dict[str, DirEntry]:
+        """The entries of the named members of collection ``p`` (as :meth:`list_dir` makes
+        them: symlinks checked, special files and vanished members left out)."""
+        return await self.run(self._entries_sync, p, names, with_xattrs)
+
+    def _entries_sync(
+        self, p: DavPath, names: Sequence[str], with_xattrs: bool
+    ) -> dict[str, DirEntry]:
+        base = self.real_path(p)
+        out: dict[str, DirEntry] = {}
+        for name in names:
+            if is_reserved(name) or "/" in name:
+                continue
+            fs = os.path.join(base, name)
+            if os.path.islink(fs) and not self._link_allowed(fs):
+                continue
+            entry = self._entry(p.child(name), fs, with_xattrs)
+            if entry is not None:
+                out[name] = entry
+        return out
+
+    def _link_allowed(self, fs: str) -> bool:
+        """Whether the symlink at ``fs`` (a path below the root) leads somewhere allowed."""
+        try:
+            self._resolve(fs[len(self._root_prefix) :].split("/"), True, fs)
+        except Forbidden:
+            return False
+        return True
+
     def entry(self, p: DavPath, with_xattrs: bool) -> DirEntry | None:
         fs = self._checked(p)
-        return self._entry(p, fs, with_xattrs)
+        found = self._entry(p, fs, with_xattrs)
+        if found is None and os.path.exists(fs):
+            raise Forbidden(f"{p}: not a regular file or collection")
+        return found
 
     # -- writes ----------------------------------------------------------------------
     async def begin_upload(
@@ -593,13 +912,12 @@ class PosixBackend:
 
     def _begin_upload_sync(self, p: DavPath, overwrite: bool, extra: tuple[str, ...]) -> Upload:
         self.check_upload(p, overwrite)
-        target = self.fs_path(p)
+        target = self._checked(p)  # its parents resolved: nothing below follows a link
         parent = os.path.dirname(target)
         try:
             if self.create_parents:
                 os.makedirs(parent, exist_ok=True)
-            temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            temp, fd = _create_temp(parent)
         except (FileExistsError, NotADirectoryError):
             raise Conflict(f"{p.parent}: parent is not a collection") from None
         except OSError as exc:
@@ -625,7 +943,7 @@ class PosixBackend:
         """Delete a file or a whole collection; returns the members that could not go."""
         if p.is_root:
             raise Forbidden("the root collection cannot be deleted")
-        fs = self._checked(p)
+        fs = self._checked(p, follow=False)  # a symlink is removed, never what it names
         if not os.path.lexists(fs):
             raise NotFound(f"{p}: not found")
         try:
@@ -646,7 +964,7 @@ class PosixBackend:
             if not isinstance(exc, OSError):
                 raise exc
             bad = exc.filename if isinstance(exc.filename, str) else fs
-            rel = os.path.relpath(bad, self.root)
+            rel = os.path.relpath(bad, self.root_real)
             failures.append((DavPath(tuple(rel.split(os.sep))), map_oserror(exc, rel)))
 
         shutil.rmtree(fs, onerror=lambda _f, _p, ei: onerror(ei[1]))
@@ -676,7 +994,7 @@ class PosixBackend:
         return created
 
     def _move_sync(self, src: DavPath, dst: DavPath, overwrite: bool) -> bool:
-        src_fs = self._checked(src)
+        src_fs = self._checked(src, follow=False)  # a symlink is renamed as it is
         if src.is_root:
             raise Forbidden("the root collection cannot be moved")
         if not os.path.lexists(src_fs):
@@ -693,12 +1011,20 @@ class PosixBackend:
             raise map_oserror(exc, str(dst)) from None
         return not existed
 
-    async def copy(self, src: DavPath, dst: DavPath, overwrite: bool, recursive: bool) -> bool:
-        created = await self.run(self._copy_sync, src, dst, overwrite, recursive)
+    async def copy(
+        self, src: DavPath, dst: DavPath, overwrite: bool, recursive: bool
+    ) -> tuple[bool, list[tuple[DavPath, SEError]]]:
+        """Copy src to dst: (dst was created, the members of a collection not copied).
+
+        Nothing is read through a symlink: a symlink member is copied as a link if, from
+        its new place, it still leads somewhere allowed (else it is left out and reported);
+        FIFOs, sockets and devices are left out and reported.
+        """
+        created, failures = await self.run(self._copy_sync, src, dst, overwrite, recursive)
         if self.observer is not None:
             st = self.stat(dst)
             await self.notify("copied", dst, None if st is None or st.is_dir else st.size)
-        return created
+        return created, failures
 
     async def notify(self, event: str, *args: Any) -> None:
         """Tell the observer about a change that is done; its failure does not undo it."""
@@ -709,61 +1035,130 @@ class PosixBackend:
         except Exception:
             log.exception("storage observer failed on %s%s", event, args)
 
-    def _copy_sync(self, src: DavPath, dst: DavPath, overwrite: bool, recursive: bool) -> bool:
-        src_fs = self._checked(src)
-        if not os.path.lexists(src_fs):
-            raise NotFound(f"{src}: not found")
+    def _copy_sync(
+        self, src: DavPath, dst: DavPath, overwrite: bool, recursive: bool
+    ) -> tuple[bool, list[tuple[DavPath, SEError]]]:
         if src == dst:
             raise Forbidden("source and destination are the same")
-        if dst.is_within(src) and os.path.isdir(src_fs):
-            raise Forbidden("cannot copy a collection into itself")
+        fd = self._open_beneath(src, os.O_RDONLY)
+        failures: list[tuple[DavPath, SEError]] = []
         try:
-            dst_fs, existed = self._prepare_target(dst, overwrite)
-            if os.path.isdir(src_fs):
-                self._copy_tree(src_fs, dst_fs, recursive)
-            else:
-                self._copy_file(src_fs, dst_fs)
-        except OSError as exc:
-            raise map_oserror(exc, str(dst)) from None
-        return not existed
-
-    def _copy_file(self, src_fs: str, dst_fs: str) -> None:
-        temp = os.path.join(os.path.dirname(dst_fs), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-        try:
-            st = Stat.of(os.stat(src_fs))
-            known = xattrs.read_checksums(src_fs, st.size, st.mtime_ns)
-            shutil.copyfile(src_fs, temp)
-            xattrs.copy_dead_props(src_fs, temp)
-            if self.fsync:
-                fd = os.open(temp, os.O_RDONLY)
+            mode = os.fstat(fd).st_mode
+            is_dir = stat_mod.S_ISDIR(mode)
+            if not (is_dir or stat_mod.S_ISREG(mode)):
+                raise Forbidden(f"{src}: not a regular file or collection")
+            if dst.is_within(src) and is_dir:
+                raise Forbidden("cannot copy a collection into itself")
+            try:
+                dst_fs, existed = self._prepare_target(dst, overwrite)
+                parent, name = os.path.split(dst_fs)
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                parent_fd = os.open(parent, flags)
                 try:
-                    os.fsync(fd)
+                    if is_dir:
+                        self._copy_tree(fd, parent_fd, name, dst, recursive, failures)
+                    else:
+                        self._copy_file(fd, parent_fd, name)
                 finally:
-                    os.close(fd)
-            new = Stat.of(os.stat(temp))
-            if known and new.size == st.size:
-                xattrs.write_checksums(temp, known, new.size, new.mtime_ns, self.write_xrootd)
-            os.rename(temp, dst_fs)
+                    os.close(parent_fd)
+            except OSError as exc:
+                raise map_oserror(exc, str(dst)) from None
+        finally:
+            os.close(fd)
+        return not existed, failures
+
+    def _copy_file(self, src_fd: int, dir_fd: int, name: str) -> None:
+        """Copy the open regular file src_fd to ``name`` in dir_fd, atomically."""
+        temp, out = _create_temp("", dir_fd)
+        try:
+            st = os.fstat(src_fd)
+            known = xattrs.read_checksums(src_fd, st.st_size, st.st_mtime_ns)
+            _copy_data(src_fd, out)
+            xattrs.copy_dead_props(src_fd, out)
+            if self.fsync:
+                os.fsync(out)
+            new = os.fstat(out)
+            if known and new.st_size == st.st_size:
+                xattrs.write_checksums(out, known, new.st_size, new.st_mtime_ns, self.write_xrootd)
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(temp)
+                os.unlink(temp, dir_fd=dir_fd)
             raise
+        finally:
+            os.close(out)
 
-    def _copy_tree(self, src_fs: str, dst_fs: str, recursive: bool) -> None:
-        os.mkdir(dst_fs, 0o755)
-        xattrs.copy_dead_props(src_fs, dst_fs)
-        if not recursive:
+    def _copy_tree(
+        self,
+        src_fd: int,
+        parent_fd: int,
+        name: str,
+        dst: DavPath,
+        recursive: bool,
+        failures: list[tuple[DavPath, SEError]],
+    ) -> None:
+        """Copy the open directory src_fd to ``name`` in parent_fd without following any
+        link: each member is opened relative to its directory with O_NOFOLLOW."""
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+        dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        out = os.open(name, dir_flags, dir_fd=parent_fd)
+        try:
+            xattrs.copy_dead_props(src_fd, out)
+            if not recursive:
+                return
+            with os.scandir(src_fd) as it:
+                children = sorted(it, key=lambda e: e.name)
+            for de in children:
+                if is_reserved(de.name):
+                    continue
+                member = dst.child(de.name)
+                mode = de.stat(follow_symlinks=False).st_mode
+                if stat_mod.S_ISLNK(mode):
+                    self._copy_link(src_fd, out, de.name, member, failures)
+                    continue
+                if not (stat_mod.S_ISDIR(mode) or stat_mod.S_ISREG(mode)):
+                    failures.append(
+                        (member, Forbidden(f"{member}: not a regular file; not copied"))
+                    )
+                    continue
+                flags = dir_flags if stat_mod.S_ISDIR(mode) else os.O_RDONLY | os.O_CLOEXEC
+                try:
+                    child = os.open(de.name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=src_fd)
+                except OSError as exc:  # replaced meanwhile (ELOOP: by a symlink)
+                    failures.append((member, map_oserror(exc, str(member))))
+                    continue
+                try:
+                    now = os.fstat(child).st_mode
+                    if stat_mod.S_ISDIR(now):
+                        self._copy_tree(child, out, de.name, member, True, failures)
+                    elif stat_mod.S_ISREG(now):
+                        self._copy_file(child, out, de.name)
+                    else:
+                        failures.append(
+                            (member, Forbidden(f"{member}: not a regular file; not copied"))
+                        )
+                finally:
+                    os.close(child)
+        finally:
+            os.close(out)
+
+    def _copy_link(
+        self,
+        src_fd: int,
+        out_fd: int,
+        name: str,
+        member: DavPath,
+        failures: list[tuple[DavPath, SEError]],
+    ) -> None:
+        """Copy a symlink as a link, kept only if from its new place it still leads
+        somewhere allowed (inside the root, off reserved names and the state)."""
+        target = os.readlink(name, dir_fd=src_fd)
+        os.symlink(target, name, dir_fd=out_fd)
+        here = os.readlink(f"/proc/self/fd/{out_fd}")
+        if self._allowed_real(here) and self._link_allowed(os.path.join(here, name)):
             return
-        with os.scandir(src_fs) as it:
-            children = list(it)
-        for de in children:
-            if is_reserved(de.name):
-                continue
-            target = os.path.join(dst_fs, de.name)
-            if de.is_dir(follow_symlinks=False):
-                self._copy_tree(de.path, target, True)
-            elif de.is_file():
-                self._copy_file(de.path, target)
+        os.unlink(name, dir_fd=out_fd)
+        failures.append((member, Forbidden(f"{member}: symbolic link leads out; not copied")))
 
     def quota(self, p: DavPath) -> tuple[int, int]:
         """(used, available) bytes of the filesystem holding p (RFC 4331)."""
@@ -777,6 +1172,37 @@ class PosixBackend:
     def remove_prop(self, p: DavPath, key: str) -> None:
         xattrs.remove_dead_prop(self._checked(p), key)
 
+    async def patch_props(
+        self, p: DavPath, updates: list[tuple[str, bytes | None]]
+    ) -> tuple[int, int, str] | None:
+        """A PROPPATCH's updates (``(key, element)``, None removes), all or nothing, on the
+        I/O pool.  None when all were applied; else, with every update rolled back, the
+        index of the one that failed, its status (507 no room for it, 403 not permitted)
+        and the reason.  Other errors raise (nothing applied either)."""
+        return await self.run(self._patch_props_sync, p, updates)
+
+    def _patch_props_sync(
+        self, p: DavPath, updates: list[tuple[str, bytes | None]]
+    ) -> tuple[int, int, str] | None:
+        try:
+            xattrs.patch_dead_props(self._checked(p), updates)
+        except xattrs.PatchRefused as exc:
+            reason = exc.error.strerror or str(exc.error)
+            log.warning(  # one line per request, whatever the number of updates
+                "PROPPATCH %s: update %d of %d (%s) refused: %s; none kept",
+                p,
+                exc.index + 1,
+                len(updates),
+                updates[exc.index][0][:200],
+                reason,
+            )
+            if exc.no_room:
+                return exc.index, 507, reason
+            if exc.error.errno in (errno.EPERM, errno.EACCES):
+                return exc.index, 403, reason
+            raise map_oserror(exc.error, str(p)) from None
+        return None
+
     # -- maintenance -----------------------------------------------------------------
     def iter_temp_files(self) -> Iterator[str]:
         for dirpath, _dirs, files in os.walk(self.root):
@@ -785,14 +1211,40 @@ class PosixBackend:
                     yield os.path.join(dirpath, name)
 
     def sweep_temp_files(self) -> int:
-        """Remove upload temp files older than ``stale_upload_age``; returns how many."""
-        cutoff = time.time() - self._stale_age
+        """Remove the temp files of uploads whose writer is gone; returns how many.
+
+        Every upload holds an exclusive flock on its temp file for as long as it lives.  A
+        temp file that can be locked and was last written before this server started was
+        left by a process that is gone (a crash, a SIGKILL): it goes at once, whatever its
+        age.  One that cannot be locked is being written, and stays.  Where the filesystem
+        has no locks, files older than ``stale_upload_age`` go (the backstop).
+        """
+        cutoff_ns = time.time_ns() - int(self._stale_age * 1e9)
         removed = 0
         for path in self.iter_temp_files():
             try:
-                if os.lstat(path).st_mtime <= cutoff:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if not stat_mod.S_ISREG(st.st_mode):
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    gone = st.st_mtime_ns < self._started_ns
+                except OSError as exc:
+                    if exc.errno not in _NO_LOCKS:  # EWOULDBLOCK: a live upload holds it
+                        continue
+                    gone = False
+                if not gone and st.st_mtime_ns > cutoff_ns:
+                    continue
+                now = os.lstat(path)
+                if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
                     os.unlink(path)
                     removed += 1
             except OSError:
                 continue
+            finally:
+                os.close(fd)
         return removed

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 
 from se.storage.paths import DavPath
 
-__all__ = ["CachedFile", "DirEntry", "OpenFile", "Stat"]
+__all__ = ["CachedFile", "DirEntry", "Identity", "OpenFile", "Stat"]
+
+# A Stat as a plain tuple, in field order: what a listing compares for each member, built
+# straight from a stat result without making objects (see PosixBackend.member_identities).
+Identity = tuple[bool, int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,10 @@ class Stat:
             st.st_ino,
             st.st_dev,
         )
+
+    @property
+    def identity(self) -> Identity:
+        return (self.is_dir, self.size, self.mtime_ns, self.ctime_ns, self.ino, self.dev)
 
     @property
     def mtime(self) -> float:

@@ -33,7 +33,7 @@ from se.tpc.state import Transfer
 from se.web.access import authorise, authorise_write
 from se.web.context import context
 
-__all__ = ["third_party_copy"]
+__all__ = ["result_line", "third_party_copy"]
 
 log = logging.getLogger("se.tpc")
 TICK = 0.2  # seconds between checks of the client connection and the timeouts
@@ -176,7 +176,7 @@ async def _drive(
                     _log(transfer, "aborted", "client disconnected")
                     return resp
                 _log(transfer, "aborted", "server shutting down")
-                line = markers.format_result("aborted", "server shutting down")
+                line = result_line(transfer, "aborted", "server shutting down")
                 return await _close(resp, state, transfer, line)
             reason = _timeout(svc, transfer, now)
             if reason is not None:
@@ -189,7 +189,7 @@ async def _drive(
         await asyncio.gather(task, return_exceptions=True)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(1):
-                await state.send(markers.format_result("aborted", "server shutting down"))
+                await state.send(result_line(transfer, "aborted", "server shutting down"))
                 await resp.write_eof()
         raise
     line = await _outcome(svc, transfer, task)
@@ -214,9 +214,6 @@ async def _outcome(svc: TPCService, transfer: Transfer, task: asyncio.Future[Non
         await task
     except asyncio.CancelledError:
         message = transfer.failure or "transfer cancelled"
-        svc.failed += 1
-        _log(transfer, "failure", message)
-        return markers.format_result("failure", message)
     except TransferFailed as exc:
         message = str(exc)
     except SEError as exc:
@@ -230,8 +227,14 @@ async def _outcome(svc: TPCService, transfer: Transfer, task: asyncio.Future[Non
         return markers.format_result("success", "Created")
     svc.failed += 1
     _log(transfer, "failure", message)
-    remote = redact(transfer.spec.remote)
-    return markers.format_result("failure", f"{message}; local={transfer.local} remote={remote}")
+    return result_line(transfer, "failure", message)
+
+
+def result_line(transfer: Transfer, kind: str, message: str) -> bytes:
+    """The one format of every failure (and aborted) line: ``<kind>: <reason>; local=<path>
+    remote=<url without its query>`` -- whichever check, timeout or error ended the transfer.
+    """
+    return markers.format_failure(kind, message, str(transfer.local), redact(transfer.spec.remote))
 
 
 class _Stream:

@@ -17,6 +17,7 @@ __all__ = [
     "PerfMarker",
     "Result",
     "format_connection",
+    "format_failure",
     "format_marker",
     "format_result",
     "parse_stream",
@@ -86,6 +87,20 @@ def format_result(kind: str, message: str = "") -> bytes:
     if len(data) >= MAX_LINE:
         data = data[: MAX_LINE - 4].decode(errors="ignore").encode() + b"..."
     return data + b"\n"
+
+
+def format_failure(kind: str, message: str, local: str, remote: str) -> bytes:
+    """Every failure (or aborted) line: ``<kind>: <reason>; local=<path> remote=<url>``.
+
+    The reason is shortened (``...``) rather than the suffix, so that the line always names
+    both ends and stays under :data:`MAX_LINE` bytes.
+    """
+    reason = " ".join("".join(c if c.isprintable() else " " for c in message).split())
+    suffix = f"; local={local} remote={remote}"
+    room = MAX_LINE - 16 - len(f"{kind}: ".encode()) - len(suffix.encode())
+    if len(reason.encode()) > room:
+        reason = reason.encode()[: max(0, room - 3)].decode(errors="ignore") + "..."
+    return format_result(kind, reason + suffix)
 
 
 _INT_KEYS = {

@@ -31,11 +31,75 @@ from se.tpc.remote import (
 from se.tpc.service import TPCService
 from se.tpc.state import Transfer, conn_key
 
-__all__ = ["SourceInfo", "probe", "pull"]
+__all__ = ["Budget", "SourceInfo", "probe", "pull"]
 
 log = logging.getLogger("se.tpc")
 
 WRITE_BLOCK = 1 << 20  # bytes gathered before a positional write
+FREE_RESERVE = 64 << 20  # a pull of unknown size stops when less than this is free
+
+
+def _free_bytes(directory: str) -> int:
+    """Free bytes (for unprivileged writers) of the filesystem that holds ``directory``, or
+    of its nearest existing ancestor (a pull creates missing parents)."""
+    while True:
+        try:
+            vfs = os.statvfs(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                raise
+            directory = parent
+            continue
+        return vfs.f_bavail * vfs.f_frsize
+
+
+class Budget:
+    """What a pull may write: never past the source's declared length, ``tpc.max_pull_bytes``
+    or the free space of the target's filesystem (checked before the first byte and, for a
+    source of unknown length, again each time half of the space above
+    :data:`FREE_RESERVE` may have been used)."""
+
+    def __init__(self, svc: TPCService, transfer: Transfer, declared: int | None) -> None:
+        self.declared = declared
+        self.cap = svc.cfg.max_pull_bytes
+        self._run = svc.backend.run
+        self._dir = os.path.dirname(svc.backend.fs_path(transfer.local))
+        self._next_check = 0
+
+    async def _free(self) -> int:
+        return await self._run(_free_bytes, self._dir)
+
+    async def start(self) -> None:
+        declared, cap = self.declared, self.cap
+        if declared is not None and cap and declared > cap:
+            raise TransferFailed(
+                f"source declares {declared} bytes, more than tpc.max_pull_bytes ({cap})"
+            )
+        free = await self._free()
+        if declared is not None and declared > free:
+            raise TransferFailed(
+                f"source declares {declared} bytes; the target filesystem has {free} bytes free"
+            )
+        if declared is None:
+            self._next_check = max(0, free - FREE_RESERVE) // 2
+
+    async def check(self, total: int) -> None:
+        """Before writing up to ``total`` bytes in all."""
+        declared, cap = self.declared, self.cap
+        if declared is not None:
+            if total > declared:
+                raise TransferFailed(f"source sent more than the {declared} bytes it declared")
+            return
+        if cap and total > cap:
+            raise TransferFailed(f"source sent more than tpc.max_pull_bytes ({cap} bytes)")
+        if total >= self._next_check:
+            free = await self._free()
+            if free < FREE_RESERVE:
+                raise TransferFailed(
+                    f"target filesystem full: {free} bytes free after {total} bytes received"
+                )
+            self._next_check = total + (free - FREE_RESERVE) // 2
 
 
 @dataclass(slots=True)
@@ -47,10 +111,11 @@ class SourceInfo:
 
 
 def _request_headers(svc: TPCService, transfer: Transfer) -> list[tuple[str, str]]:
+    """Headers of our own (the client's forwarded ones are bound to the source's origin)."""
     if not transfer.ask_digest:
-        return list(transfer.spec.headers)
+        return []
     first = [*transfer.spec.expected, *transfer.spec.want_digest]
-    return [*transfer.spec.headers, ("Want-Digest", integrity.want_digest(first, svc.algorithms))]
+    return [("Want-Digest", integrity.want_digest(first, svc.algorithms))]
 
 
 async def _request(
@@ -72,6 +137,7 @@ async def _request(
             on_peer=transfer.peer,
             credentials_for=transfer.spec.remote,
             flow_label=transfer.flow_label(),
+            bound=transfer.spec.headers,
         )
         if resp.status != 405 or not transfer.ask_digest:
             return resp, final
@@ -157,6 +223,8 @@ async def _pull_single(svc: TPCService, transfer: Transfer, info: SourceInfo) ->
         size = resp.content_length if resp.content_length is not None else info.size
         declared = {**info.digests, **integrity.declared_digests(resp.headers, 200)}
         transfer.size = size
+        budget = Budget(svc, transfer, size)
+        await budget.start()
         upload = await svc.backend.begin_upload(
             transfer.local, transfer.spec.overwrite, _extra_algorithms(transfer, declared)
         )
@@ -168,6 +236,7 @@ async def _pull_single(svc: TPCService, transfer: Transfer, info: SourceInfo) ->
             else:
                 async for chunk in resp.content.iter_any():
                     transfer.progress(len(chunk), key)
+                    await budget.check(upload.received + len(chunk))
                     await upload.feed(chunk)
             await _finish(svc, transfer, upload, size, declared)
         except BaseException:
@@ -237,6 +306,7 @@ async def _pull_multi(svc: TPCService, transfer: Transfer, info: SourceInfo, str
     size = info.size
     transfer.size = size
     block = svc.cfg.stream_block_size
+    await Budget(svc, transfer, size).start()
     upload = await svc.backend.begin_upload(
         transfer.local, transfer.spec.overwrite, _extra_algorithms(transfer, info.digests)
     )
@@ -289,6 +359,10 @@ async def _stream(
             key = conn_key(resp) or transfer.last_conn
             async for chunk in resp.content.iter_any():
                 transfer.progress(len(chunk), key)
+                if offset + len(buf) + len(chunk) > end + 1:
+                    raise TransferFailed(
+                        f"source sent more than the {end + 1 - start} bytes of a range"
+                    )
                 buf += chunk
                 if len(buf) >= WRITE_BLOCK:
                     await upload.write_at(offset, bytes(buf))

@@ -124,7 +124,7 @@ class FileBody(payload.Payload):
 async def push(svc: TPCService, transfer: Transfer, f: OpenFile, local: dict[str, bytes]) -> None:
     spec = transfer.spec
     transfer.size = f.stat.size
-    headers: list[tuple[str, str]] = [*spec.headers, *integrity.digest_headers(local)]
+    headers: list[tuple[str, str]] = integrity.digest_headers(local)
 
     bodies: list[FileBody] = []
 
@@ -147,6 +147,7 @@ async def push(svc: TPCService, transfer: Transfer, f: OpenFile, local: dict[str
             on_hop=transfer.attempting,
             on_peer=transfer.peer,
             flow_label=transfer.flow_label(),
+            bound=spec.headers,
         )
     except TransferFailed as exc:
         cause = exc.__cause__
@@ -176,7 +177,7 @@ async def _verify(svc: TPCService, transfer: Transfer, url: str, local: dict[str
     required = transfer.spec.require_checksum
     if required is None:
         required = svc.cfg.require_checksum
-    headers = [*transfer.spec.headers, ("Want-Digest", integrity.want_digest(local, ()))]
+    headers = [("Want-Digest", integrity.want_digest(local, ()))]
     try:
         resp, _ = await open_remote(
             svc.session,
@@ -187,6 +188,7 @@ async def _verify(svc: TPCService, transfer: Transfer, url: str, local: dict[str
             svc.cfg.max_redirects,
             "destination",
             credentials_for=transfer.spec.remote,
+            bound=transfer.spec.headers,
         )
     except TransferFailed:
         if required:
@@ -221,11 +223,12 @@ async def _delete(svc: TPCService, transfer: Transfer, url: str) -> None:
             svc.session,
             "DELETE",
             url,
-            transfer.spec.headers,
+            (),
             svc.policy,
             0,
             "destination",
             credentials_for=transfer.spec.remote,
+            bound=transfer.spec.headers,
         )
         resp.release()
     except (TransferFailed, aiohttp.ClientError, OSError):

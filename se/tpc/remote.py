@@ -25,6 +25,7 @@ from aiohttp import abc, hdrs
 from aiohttp.resolver import DefaultResolver
 
 from se.scitags.flowlabel import Labeller
+from se.tpc.hostaddrs import HostAddresses
 
 __all__ = [
     "NetworkPolicy",
@@ -58,14 +59,26 @@ def redact(url: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class NetworkPolicy:
+    """Which remote addresses a transfer may connect to.
+
+    Refused: addresses in ``deny``; with ``local`` set (a server reachable from other
+    hosts), loopback, the unspecified addresses and this host's own addresses, unless an
+    ``allow`` network (other than a ``/0``) names them; with a non-empty ``allow``,
+    everything outside it.
+    """
+
     allow: tuple[IPNetwork, ...]
     deny: tuple[IPNetwork, ...]
+    local: HostAddresses | None = None  # set: this host's addresses are refused
 
     @classmethod
-    def of(cls, allow: Iterable[str], deny: Iterable[str]) -> NetworkPolicy:
+    def of(
+        cls, allow: Iterable[str], deny: Iterable[str], local: HostAddresses | None = None
+    ) -> NetworkPolicy:
         return cls(
             tuple(ipaddress.ip_network(n, strict=False) for n in allow),
             tuple(ipaddress.ip_network(n, strict=False) for n in deny),
+            local,
         )
 
     def allows(self, address: str) -> bool:
@@ -79,17 +92,34 @@ class NetworkPolicy:
             ip = ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1")
         if any(ip in net for net in self.deny):
             return False
+        if self.local is not None and self.local.contains(ip):
+            return any(ip in net for net in self.allow if net.prefixlen > 0)
         return not self.allow or any(ip in net for net in self.allow)
 
     def check_url(self, url: str) -> None:
-        """Refuse an IP-literal host outside the policy (names are checked on resolution)."""
+        """Refuse a numeric host outside the policy (names are checked on resolution).
+
+        Legacy IPv4 spellings (``0x7f000001``, ``2130706433``, ``127.1``, ``0177.0.0.1``)
+        are read as the C library would read them.
+        """
         host = (urlsplit(url).hostname or "").strip("[]")
-        try:
-            ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return
-        if not self.allows(host):
+        address = numeric_address(host)
+        if address is not None and not self.allows(address):
             raise RemoteRefused(f"remote address {host} is not allowed for third-party copy")
+
+
+def numeric_address(host: str) -> str | None:
+    """The address a numeric host names (any spelling ``inet_aton`` takes), else None."""
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        pass
+    if host and all(c in "0123456789abcdefxABCDEFX." for c in host):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 class GuardedResolver(abc.AbstractResolver):
@@ -133,15 +163,26 @@ class _PeerReportingConnector(aiohttp.TCPConnector):
         conn = await super().connect(req, traces, timeout)
         sink = _PEER_SINK.get()
         transport = conn.transport
-        if sink is not None and transport is not None:
-            peer = transport.get_extra_info("peername")
-            if peer:
-                sink(str(peer[0]), int(peer[1]), transport)
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        if peer and self._policy is not None and not self._policy.allows(str(peer[0])):
+            # The last word: whatever spelling or resolution led here, the address
+            # actually connected to is checked before a byte of the request is sent.
+            conn.close()
+            raise RemoteRefused(f"remote address {peer[0]} is not allowed for third-party copy")
+        if sink is not None and peer:
+            sink(str(peer[0]), int(peer[1]), transport)
         return conn
 
-    def __init__(self, *args: Any, labeller: Labeller | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        labeller: Labeller | None = None,
+        policy: NetworkPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._labeller = labeller
+        self._policy = policy
 
     async def _wrap_create_connection(
         self,
@@ -189,6 +230,7 @@ def make_session(
 ) -> aiohttp.ClientSession:
     connector = _PeerReportingConnector(
         labeller=labeller,
+        policy=policy,
         limit=0,  # the transfer manager bounds concurrency
         limit_per_host=0,
         resolver=GuardedResolver(policy),
@@ -205,9 +247,15 @@ def make_session(
     )
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
+# Forwarded headers that may follow a redirect to another origin, and headers that never do.
+_UNBOUND = frozenset({"scitag"})
+_CREDENTIALS = frozenset({"authorization", "cookie", "x-auth-token"})
+
+
+def _origin(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, (parts.hostname or "").lower(), port
 
 
 def describe_client_error(exc: BaseException, what: str) -> str:
@@ -243,26 +291,33 @@ async def open_remote(
     on_peer: Callable[[str, int, Any], None] | None = None,
     credentials_for: str | None = None,
     flow_label: Callable[[], int] | None = None,
+    bound: Iterable[tuple[str, str]] = (),
 ) -> tuple[aiohttp.ClientResponse, str]:
     """Send one request, following redirects by hand; returns (response, final URL).
 
     ``body`` builds a fresh request body for each hop (a redirect re-sends it).
     ``on_hop`` is told each URL before it is requested, ``on_peer`` the address of each
-    connection used.  ``Authorization`` is sent only to the origin of ``credentials_for``
-    (default: ``url``), so a later request to a URL learned from a redirect does not carry
-    it either.  The caller must release the response.  Raises TransferFailed on a network
-    error, a refused address, a redirect loop or a redirect without Location.
+    connection used.  ``bound`` (the client's ``TransferHeader*`` headers: tokens,
+    cookies, ``X-Auth-Token`` ...) and any ``Authorization`` or ``Cookie`` among
+    ``headers`` are sent only to the origin of ``credentials_for`` (default: ``url``), so
+    neither a redirect hop nor a later request to a URL learned from a redirect carries
+    them (except ``SciTag``, which names the flow, not a credential).  The caller must
+    release the response.  Raises TransferFailed on a network error, a refused address, a
+    redirect loop or a redirect without Location.
     """
     current = url
     hdr_items = list(headers.items() if isinstance(headers, Mapping) else headers)
+    bound_items = list(bound)
     first_origin = _origin(credentials_for or url)
     for _hop in range(max_redirects + 1):
         policy.check_url(current)
         if on_hop is not None:
             on_hop(current)
-        send = hdr_items
-        if _origin(current) != first_origin:  # credentials stay with the host they belong to
-            send = [(k, v) for k, v in hdr_items if k.lower() != "authorization"]
+        if _origin(current) == first_origin:
+            send = [*bound_items, *hdr_items]
+        else:  # credentials stay with the origin they came with
+            send = [(k, v) for k, v in bound_items if k.lower() in _UNBOUND]
+            send += [(k, v) for k, v in hdr_items if k.lower() not in _CREDENTIALS]
         kwargs: dict[str, Any] = {"headers": send, "allow_redirects": False}
         if body is not None:
             kwargs["data"] = body()

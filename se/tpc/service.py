@@ -7,14 +7,25 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from se.config import Config, checksum_algorithms
+from se.config import Config, checksum_algorithms, is_loopback
 from se.errors import ServiceUnavailable
 from se.scitags.service import SciTagService
 from se.storage.posix import PosixBackend
+from se.tpc.hostaddrs import HostAddresses
 from se.tpc.remote import NetworkPolicy, make_session
 from se.web.metrics import head, line
 
-__all__ = ["TPC_SERVICE", "TPCService"]
+__all__ = ["TPC_SERVICE", "TPCService", "refuses_local_remotes"]
+
+
+def refuses_local_remotes(cfg: Config) -> bool:
+    """Are this host's own addresses refused as remotes?  (``tpc.local_remotes``; "auto":
+    yes unless the server listens on loopback only, where local remotes are all there is.)
+    """
+    mode = cfg.tpc.local_remotes
+    if mode == "auto":
+        return not is_loopback(cfg.server.host)
+    return mode == "refuse"
 
 
 class TPCService:
@@ -27,7 +38,11 @@ class TPCService:
         self.scitags = scitags
         self.backend = backend
         self.algorithms = checksum_algorithms(cfg)
-        self.policy = NetworkPolicy.of(cfg.tpc.allow_networks, cfg.tpc.deny_networks)
+        self.policy = NetworkPolicy.of(
+            cfg.tpc.allow_networks,
+            cfg.tpc.deny_networks,
+            HostAddresses() if refuses_local_remotes(cfg) else None,
+        )
         self._ca_dir = cfg.tls.ca_dir
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(cfg.tpc.max_active)

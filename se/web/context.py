@@ -25,8 +25,8 @@ from se.config import Config
 from se.scitags.service import SciTagService
 from se.storage.paths import DavPath
 from se.storage.posix import PosixBackend
+from se.storage.statcache import ListingCache
 from se.storage.types import Stat
-from se.storage.watchcache import WatchedCache
 
 __all__ = ["CONTEXT", "Context", "MetricSource", "TapeGate", "context"]
 
@@ -58,7 +58,7 @@ class Context:
     cfg: Config
     backend: PosixBackend
     anonymous: str  # the anonymous access level in force
-    listings: WatchedCache[bytes]  # rendered PROPFIND bodies
+    listings: ListingCache  # rendered PROPFIND fragments of collection members
     secret: SecretStore  # key of server-issued tokens, read or made on first use
     tokens: TokenVerifier | None  # WLCG JWTs, when issuers are configured
     public: Grant | None  # explicit anonymous rules ([[auth.public]])

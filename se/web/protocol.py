@@ -285,9 +285,18 @@ class SEHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        if not isinstance(exc, _Refused):
-            return super().handle_error(request, status, exc, message)
-        log.info("%s: %d %s", request.remote, status, exc.message)
-        resp = web.Response(status=status, text=exc.message + "\n", headers=exc.extra)
-        resp.force_close()
-        return resp
+        if isinstance(exc, _Refused):
+            log.info("%s: %d %s", request.remote, status, exc.message)
+            resp = web.Response(status=status, text=exc.message + "\n", headers=exc.extra)
+            resp.force_close()
+            return resp
+        if isinstance(exc, HttpProcessingError) and status < 500 and not request.writer.output_size:
+            # A malformed request (bad URL, line or field too long, bad framing) is the
+            # client's fault and anyone can send one: one line in the log, not a traceback
+            # per request, and a one-line reason to the client.
+            reason = (exc.message or HTTPStatus(status).phrase).splitlines()[0][:200]
+            log.info("%s: %d bad request: %s", request.remote, status, reason)
+            resp = web.Response(status=status, text=f"bad request: {reason}\n")
+            resp.force_close()
+            return resp
+        return super().handle_error(request, status, exc, message)

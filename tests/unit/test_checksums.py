@@ -38,8 +38,9 @@ KNOWN_ANSWERS = [
     (b"123456789", "adler32", "091e01de"),
     (b"", "crc32c", "00000000"),
     (b"123456789", "crc32c", "e3069283"),
-    (b"", "crc32", "00000000"),
-    (b"123456789", "crc32", "cbf43926"),  # the IEEE CRC-32 check value
+    # crc32 in base64 (davix decodes it so); cbf43926 is the IEEE CRC-32 check value.
+    (b"", "crc32", "AAAAAA=="),
+    (b"123456789", "crc32", "y/Q5Jg=="),
     (b"", "md5", "1B2M2Y8AsgTpgAmY7PhCfg=="),
     (b"123456789", "md5", "JfnnlDI7RTiF9RgfG2JNCw=="),
     (b"", "sha1", "2jmj7l5rSw0yVb/vlWAYkK/YBwk="),
@@ -57,6 +58,14 @@ def test_known_answers(data: bytes, alg: str, value: str) -> None:
     raw = compute(data, alg)
     assert len(raw) == DIGEST_SIZES[alg]
     assert format_digest_value(alg, raw) == value
+
+
+def test_crc32_read_in_hex_and_base64() -> None:
+    raw = bytes.fromhex("cbf43926")
+    assert parse_digest("crc32=CBF43926") == {"crc32": raw}
+    assert parse_digest("crc32=y/Q5Jg==") == {"crc32": raw}
+    with pytest.raises(BadRequest):
+        parse_digest("crc32=y/Q5JgAA")  # base64 of 6 bytes
 
 
 def test_algorithms_tuple() -> None:

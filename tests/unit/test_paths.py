@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from se.errors import BadRequest, Forbidden, SEError
+from se.errors import BadRequest, Forbidden, SEError, URITooLong
 from se.storage.paths import TEMP_PREFIX, DavPath, confine
 
 ROOT = "/srv/se-data"
@@ -75,7 +75,9 @@ def test_confine_accepts(raw: str, segments: tuple[str, ...] | None) -> None:
         ("/a/.se-anything", Forbidden),
         ("/" + "x" * 256, BadRequest),
         ("/" + "%41" * 256, BadRequest),
-        ("/" + "/".join(["d" * 200] * 21), BadRequest),  # 21 * 201 > 4096 bytes
+        ("/" + "/".join(["d" * 200] * 21), URITooLong),  # 21 * 201 > 4096 bytes
+        ("/a" * 257, URITooLong),  # deeper than 256 segments
+        ("/a%41" * 257, URITooLong),
     ],
 )
 def test_confine_refuses(raw: str, error: type[SEError]) -> None:
