@@ -16,7 +16,7 @@ __all__ = ["declared_digests", "digest_headers", "verify", "want_digest"]
 log = logging.getLogger("se.tpc")
 
 # Preference when asking a remote: adler32 is what every WLCG storage keeps.
-_DEFAULT_ORDER = ("adler32", "crc32c", "md5", "sha256", "sha512", "sha1")
+_DEFAULT_ORDER = ("adler32", "crc32c", "md5", "sha256", "sha512", "sha1", "crc32")
 
 
 def want_digest(first: Iterable[str], configured: Iterable[str]) -> str:
@@ -24,7 +24,7 @@ def want_digest(first: Iterable[str], configured: Iterable[str]) -> str:
     algs = [a for a in (*first, *configured, *_DEFAULT_ORDER) if checksums.canonical_algorithm(a)]
     ordered = list(dict.fromkeys(checksums.canonical_algorithm(a) or a for a in algs))
     parts = []
-    for i, alg in enumerate(ordered[:6]):
+    for i, alg in enumerate(ordered[: len(_DEFAULT_ORDER)]):
         q = max(1, 10 - i) / 10
         token = checksums.digest_token(alg)
         parts.append(token if i == 0 else f"{token};q={q:.1f}")

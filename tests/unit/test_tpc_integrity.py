@@ -37,19 +37,19 @@ def _headers(*pairs: tuple[str, str]) -> CIMultiDict[str]:
 
 def test_want_digest_default_order() -> None:
     assert want_digest([], ()) == (
-        "adler32, crc32c;q=0.9, md5;q=0.8, sha-256;q=0.7, sha-512;q=0.6, sha;q=0.5"
+        "adler32, crc32c;q=0.9, md5;q=0.8, sha-256;q=0.7, sha-512;q=0.6, sha;q=0.5, crc32;q=0.4"
     )
 
 
 def test_want_digest_client_first_then_configured() -> None:
     assert want_digest(["sha256"], ["md5"]) == (
-        "sha-256, md5;q=0.9, adler32;q=0.8, crc32c;q=0.7, sha-512;q=0.6, sha;q=0.5"
+        "sha-256, md5;q=0.9, adler32;q=0.8, crc32c;q=0.7, sha-512;q=0.6, sha;q=0.5, crc32;q=0.4"
     )
 
 
 def test_want_digest_aliases_unknown_and_duplicates() -> None:
     assert want_digest(["foo", "ADLER32", "adler"], ["md5", "MD5", "sha-1"]) == (
-        "adler32, md5;q=0.9, sha;q=0.8, crc32c;q=0.7, sha-256;q=0.6, sha-512;q=0.5"
+        "adler32, md5;q=0.9, sha;q=0.8, crc32c;q=0.7, sha-256;q=0.6, sha-512;q=0.5, crc32;q=0.4"
     )
 
 
