@@ -40,7 +40,7 @@ from se.errors import (
 from se.scitags import http as scitags_http
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
-from se.storage.types import CachedFile, DirEntry, OpenFile, Stat
+from se.storage.types import CachedFile, DirEntry, Identity, OpenFile, Stat
 from se.web.access import authorise, authorise_write, grant_of
 from se.web.body import read_body
 from se.web.context import context
@@ -537,17 +537,17 @@ async def _children(
     changed = [
         name
         for name, identity in members
-        if identity is None or (hit := kept.get(name)) is None or hit[0].identity != identity
+        if identity is None or (hit := kept.get(name)) is None or hit[0] != identity
     ]
     found = await ctx.backend.entries(path, changed, with_xattrs) if changed else {}
     now = time.time_ns()
     parts: list[bytes] = []
-    fresh: dict[str, tuple[Stat, bytes]] = {}
+    fresh: dict[str, tuple[Identity, bytes]] = {}
     for name, identity in members:
         entry = found.get(name)
         if entry is None:
             hit = kept.get(name) if identity is not None else None
-            if hit is not None and hit[0].identity == identity:
+            if hit is not None and hit[0] == identity:
                 fresh[name] = hit
                 parts.append(hit[1])
             continue  # else vanished, or became something else, since it was listed
@@ -555,7 +555,7 @@ async def _children(
         # A symlink's fragment is never kept (its identity is its target's); nor one changed
         # too recently to tell from a later change.
         if identity is not None and cache.keepable(entry.stat, now):
-            fresh[name] = (entry.stat, fragment)
+            fresh[name] = (entry.stat.identity, fragment)
         parts.append(fragment)
     if changed or len(fresh) != len(kept):  # else every kept fragment was used as it is
         cache.replace(key, fresh if len(members) >= LISTING_CACHE_MIN_ENTRIES else {})

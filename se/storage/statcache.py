@@ -37,12 +37,12 @@ from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from types import MappingProxyType
 
-from se.storage.types import CachedFile, Stat
+from se.storage.types import CachedFile, Identity, Stat
 
 __all__ = ["DEFAULT_SETTLE_NS", "FileCache", "ListingCache", "settled"]
 
 DEFAULT_SETTLE_NS = 2_000_000_000
-_EMPTY: Mapping[str, tuple[Stat, bytes]] = MappingProxyType({})
+_EMPTY: Mapping[str, tuple[Identity, bytes]] = MappingProxyType({})
 
 
 def settled(st: Stat, now_ns: int, settle_ns: int) -> bool:
@@ -109,7 +109,7 @@ class FileCache:
 class ListingCache:
     """Rendered fragments of collection members, grouped per listing.
 
-    A group maps a member's name to the (Stat, fragment) it was rendered from; a group is
+    A group maps a member's name to the (Stat identity, fragment) it was rendered from; a group is
     never changed once published (a listing builds a new one), so a pool thread may read
     the one it was handed while the event loop replaces it.
     """
@@ -124,7 +124,7 @@ class ListingCache:
         self.max_bytes = max_bytes
         self.settle_ns = settle_ns
         self._bytes = 0
-        self._groups: OrderedDict[Hashable, tuple[int, Mapping[str, tuple[Stat, bytes]]]] = (
+        self._groups: OrderedDict[Hashable, tuple[int, Mapping[str, tuple[Identity, bytes]]]] = (
             OrderedDict()
         )
 
@@ -135,7 +135,7 @@ class ListingCache:
     def __len__(self) -> int:
         return len(self._groups)
 
-    def group(self, key: Hashable) -> Mapping[str, tuple[Stat, bytes]]:
+    def group(self, key: Hashable) -> Mapping[str, tuple[Identity, bytes]]:
         """The fragments kept for one listing (a read-only mapping, maybe empty)."""
         got = self._groups.get(key)
         if got is None:
@@ -143,7 +143,7 @@ class ListingCache:
         self._groups.move_to_end(key)
         return got[1]
 
-    def replace(self, key: Hashable, fragments: dict[str, tuple[Stat, bytes]]) -> None:
+    def replace(self, key: Hashable, fragments: dict[str, tuple[Identity, bytes]]) -> None:
         """Publish the fragments of the listing just made (members changed too recently
         are left out by the caller with :meth:`keepable`)."""
         old = self._groups.pop(key, None)
