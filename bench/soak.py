@@ -29,6 +29,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -54,6 +55,12 @@ enabled = true
 time_scale = 100000
 [[tape.pools]]
 path = "/tape"
+"""
+NO_CACHES = """
+[storage]
+file_cache_bytes = 0
+[webdav]
+listing_cache_dirs = 0
 """
 # (kind, weight)
 MIX = [
@@ -165,11 +172,14 @@ class Client:
             body = await resp.read()
         mine = [p for p in self.files if p.startswith(self.base + "/")]
         missing = [p for p in mine if p.rsplit("/", 1)[1].encode() not in body]
-        ok = (resp.status == 207 and not missing) or (resp.status == 404 and not self.files)
+        ok = (resp.status == 207 and not missing) or (resp.status == 404 and not mine)
         tally.see("propfind", resp.status, ok, f"{self.base} missing {missing[:3]}")
 
     async def move(self, tally: Tally) -> None:
-        path = self._pick()
+        """Within the client's directory (a MOVE into a collection that does not exist yet is
+        rightly a 409)."""
+        mine = [p for p in self.files if p.startswith(self.base + "/")]
+        path = self.rng.choice(mine) if mine else None
         if path is None:
             return
         dest = self._new_name("m")
@@ -287,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="60 s")
     parser.add_argument("--tmpdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--no-caches",
+        action="store_true",
+        help="turn the file and listing caches off (tells cache memory from anything else)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 60.0
@@ -300,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             source = start_se(work, root=src_root, config="[server]\nworkers = 2\n")
             servers.append(source)
-            target = start_se(work, root=work / "data", config=CONFIG)
+            extra = NO_CACHES if args.no_caches else ""
+            target = start_se(work, root=work / "data", config=CONFIG + extra)
             servers.append(target)
         except RuntimeError as exc:
             print(f"soak: {exc}", file=sys.stderr)
@@ -310,13 +326,25 @@ def main(argv: list[str] | None = None) -> int:
         sampler.start()
         tally = Tally()
         began = time.monotonic()
+        series: list[tuple[float, int]] = []
+        done = threading.Event()
+
+        def every_minute() -> None:  # the RSS curve: flat, or growing?
+            while not done.wait(60.0):
+                series.append((time.monotonic() - began, rss_bytes(process_tree(target.proc.pid))))
+
+        minute = threading.Thread(target=every_minute, daemon=True)
+        minute.start()
         clients = asyncio.run(drive(args, target.url, source.url, tally))
         elapsed = time.monotonic() - began
+        done.set()
         peak = sampler.finish()
         time.sleep(2)
         rss_end = rss_bytes(process_tree(target.proc.pid))
         checked = verify(target.root, clients, tally)
         report(args, tally, elapsed, checked, rss_start, peak, rss_end, target)
+        curve = ", ".join(f"{t:.0f} s: {rss / (1 << 20):.0f}" for t, rss in series)
+        print(f"RSS every minute (MiB): {curve}")
         return 0 if not tally.problems else 1
     finally:
         for srv in servers:

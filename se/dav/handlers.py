@@ -514,8 +514,8 @@ async def _children(
     the fragment was rendered (device, inode, size, mtime, ctime: see se.storage.statcache);
     only the others are looked at again (symlinks checked, xattrs read) and rendered.  The
     first pass makes no objects (PosixBackend.member_identities): an unchanged listing costs
-    a scandir and an fstatat per member.  Membership itself is never kept, and localities
-    (which change without the files) are never cached.
+    a listdir and an lstat (relative to the open directory) per member.  Membership itself
+    is never kept, and localities (which change without the files) are never cached.
     """
     ctx = context(request)
     cache = ctx.listings
@@ -534,12 +534,20 @@ async def _children(
     members = await ctx.backend.member_identities(path)
     if len(members) > max_entries:
         raise Forbidden("listing exceeds the configured entry limit")
-    changed = [
-        name
-        for name, identity in members
-        if identity is None or (hit := kept.get(name)) is None or hit[0] != identity
-    ]
-    found = await ctx.backend.entries(path, changed, with_xattrs) if changed else {}
+    unchanged: list[bytes] = []
+    changed: list[str] = []
+    for name, identity in members:
+        hit = kept.get(name)
+        if hit is not None and identity is not None and hit[0] == identity:
+            unchanged.append(hit[1])
+        else:
+            changed.append(name)
+    if not changed:  # the usual case: one pass, nothing rendered
+        if len(kept) != len(members):  # members were removed: forget their fragments
+            small = len(members) < LISTING_CACHE_MIN_ENTRIES
+            cache.replace(key, {} if small else {name: kept[name] for name, _ in members})
+        return b"".join(unchanged)
+    found = await ctx.backend.entries(path, changed, with_xattrs)
     now = time.time_ns()
     parts: list[bytes] = []
     fresh: dict[str, tuple[Identity, bytes]] = {}
@@ -557,8 +565,7 @@ async def _children(
         if identity is not None and cache.keepable(entry.stat, now):
             fresh[name] = (entry.stat.identity, fragment)
         parts.append(fragment)
-    if changed or len(fresh) != len(kept):  # else every kept fragment was used as it is
-        cache.replace(key, fresh if len(members) >= LISTING_CACHE_MIN_ENTRIES else {})
+    cache.replace(key, fresh if len(members) >= LISTING_CACHE_MIN_ENTRIES else {})
     return b"".join(parts)
 
 

@@ -69,10 +69,6 @@ T = TypeVar("T")
 Known = Callable[[DavPath, Stat], bool]
 
 
-def _by_name(entry: os.DirEntry[str]) -> str:
-    return entry.name
-
-
 def map_oserror(exc: OSError, what: str) -> SEError:
     """The one errno -> domain error table."""
     code = exc.errno
@@ -793,48 +789,40 @@ class PosixBackend:
     async def member_identities(self, p: DavPath) -> list[tuple[str, Identity | None]]:
         """The listable members of collection ``p`` in name order, each with the identity
         of its Stat (None for a symlink, whose entry must be built through the checks of
-        :meth:`entries`).  One scandir and one ``fstatat`` per member, no objects made: the
-        cheap half of a listing whose rendered members are kept by identity."""
+        :meth:`entries`).  One listdir and one ``lstat`` relative to the open directory per
+        member, no objects made: the cheap half of a listing whose rendered members are kept
+        by identity."""
         return await self.run(self._member_identities_sync, p)
 
     def _member_identities_sync(self, p: DavPath) -> list[tuple[str, Identity | None]]:
         fd = self._open_beneath(p, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            with os.scandir(fd) as it:
-                members = sorted(it, key=_by_name)
+            names = os.listdir(fd)
+            names.sort()
             out: list[tuple[str, Identity | None]] = []
-            for member in members:
-                name = member.name
-                if is_reserved(name):
+            append = out.append
+            lstat = os.lstat
+            s_isdir, s_isreg, s_islnk = stat_mod.S_ISDIR, stat_mod.S_ISREG, stat_mod.S_ISLNK
+            for name in names:
+                if name.startswith(RESERVED_PREFIX):
                     continue
                 try:
                     name.encode("utf-8")
                 except UnicodeEncodeError:
                     continue  # undecodable names cannot be addressed over HTTP
-                if member.is_symlink():
-                    out.append((name, None))
-                    continue
                 try:
-                    raw = member.stat(follow_symlinks=False)
+                    raw = lstat(name, dir_fd=fd)
                 except OSError:
                     continue  # gone meanwhile
                 mode = raw.st_mode
-                is_dir = stat_mod.S_ISDIR(mode)
-                if not (is_dir or stat_mod.S_ISREG(mode)):
+                if s_islnk(mode):
+                    append((name, None))
+                    continue
+                is_dir = s_isdir(mode)
+                if not (is_dir or s_isreg(mode)):
                     continue  # FIFOs, sockets, devices are not resources
-                out.append(
-                    (
-                        name,
-                        (
-                            is_dir,
-                            raw.st_size,
-                            raw.st_mtime_ns,
-                            raw.st_ctime_ns,
-                            raw.st_ino,
-                            raw.st_dev,
-                        ),
-                    )
-                )
+                size, ino, dev = raw.st_size, raw.st_ino, raw.st_dev
+                append((name, (is_dir, size, raw.st_mtime_ns, raw.st_ctime_ns, ino, dev)))
             return out
         finally:
             os.close(fd)
