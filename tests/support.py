@@ -8,11 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SEProcess", "poll", "start_se"]
+__all__ = ["SEProcess", "ServerFarm", "poll", "start_se"]
 
 _URL = re.compile(r"^se: serving .* at (\S+)$")
 
@@ -89,6 +89,27 @@ def start_se(
     proc.wait(10)
     proc.stdout.close()
     raise RuntimeError(f"se did not start: {line!r} {err_path.read_text()[-2000:]}")
+
+
+class ServerFarm:
+    """Servers started on first use, by name, each from its own config (for module-scoped
+    fixtures whose tests need some of several differently configured servers)."""
+
+    def __init__(self, workdir: Path, configs: Mapping[str, str]) -> None:
+        self.workdir = workdir
+        self.configs = configs
+        self.servers: dict[str, SEProcess] = {}
+
+    def __getitem__(self, name: str) -> SEProcess:
+        if name not in self.servers:
+            self.servers[name] = start_se(
+                self.workdir, root=self.workdir / name, config=self.configs[name]
+            )
+        return self.servers[name]
+
+    def stop(self) -> None:
+        for srv in self.servers.values():
+            srv.stop()
 
 
 def poll(cond: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:

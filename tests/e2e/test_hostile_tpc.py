@@ -30,8 +30,8 @@ from se.tpc.service import refuses_local_remotes
 from tests.conftest import BASE_CONFIG, need
 from tests.e2e.clients import random_bytes
 from tests.e2e.test_tpc import Reply, assert_failure, assert_nothing_kept, pull, push, write
-from tests.e2e.tpc_remote import Remote
-from tests.support import SEProcess, start_se
+from tests.e2e.tpc_remote import Remote, serve_on_loopback
+from tests.support import ServerFarm
 
 pytestmark = [pytest.mark.clients, pytest.mark.timeout(120)]
 
@@ -56,26 +56,12 @@ CONFIGS = {
 }
 
 
-class Farm:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.servers: dict[str, SEProcess] = {}
-
-    def __getitem__(self, name: str) -> SEProcess:
-        if name not in self.servers:
-            self.servers[name] = start_se(
-                self.workdir, root=self.workdir / name, config=CONFIGS[name]
-            )
-        return self.servers[name]
-
-
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFarm]:
     need("curl")
-    f = Farm(tmp_path_factory.mktemp("hostile-tpc"))
+    f = ServerFarm(tmp_path_factory.mktemp("hostile-tpc"), CONFIGS)
     yield f
-    for srv in f.servers.values():
-        srv.stop()
+    f.stop()
 
 
 def assert_failure_line(r: Reply, *needles: str) -> str:
@@ -114,7 +100,7 @@ LOCAL_SPELLINGS = [
 
 @pytest.mark.parametrize("host", [*LOCAL_SPELLINGS, *_host_addresses()])
 def test_local_remote_is_refused_on_a_routable_server(
-    farm: Farm, remote: Remote, host: str
+    farm: ServerFarm, remote: Remote, host: str
 ) -> None:
     se = farm["routable"]
     name = f"local-{len(remote.files)}"
@@ -131,7 +117,7 @@ def test_local_remote_is_refused_on_a_routable_server(
 
 
 @pytest.mark.parametrize("name", ["localhost", socket.gethostname()])
-def test_local_remote_by_name_is_refused(farm: Farm, remote: Remote, name: str) -> None:
+def test_local_remote_by_name_is_refused(farm: ServerFarm, remote: Remote, name: str) -> None:
     se = farm["routable"]
     key = f"byname-{len(remote.files)}"
     remote.files[key] = b"answer of a loopback-only service"
@@ -144,7 +130,7 @@ def test_local_remote_by_name_is_refused(farm: Farm, remote: Remote, name: str) 
 
 
 def test_redirect_to_a_local_address_is_refused_at_the_hop(
-    farm: Farm, remote: Remote, remote2: Remote
+    farm: ServerFarm, remote: Remote, remote2: Remote
 ) -> None:
     """allow_networks lets 127.0.0.1 through; a redirect to ::1 (this host) is refused."""
     se = farm["allow127"]
@@ -202,7 +188,7 @@ def _forward() -> list[str]:
 
 
 def test_credentials_stay_with_their_origin_on_pull(
-    farm: Farm, remote: Remote, remote2: Remote
+    farm: ServerFarm, remote: Remote, remote2: Remote
 ) -> None:
     se = farm["small"]
     data = random_bytes(20_000, seed=902)
@@ -224,7 +210,7 @@ def test_credentials_stay_with_their_origin_on_pull(
 
 
 def test_credentials_stay_with_their_origin_on_push(
-    farm: Farm, remote: Remote, remote2: Remote
+    farm: ServerFarm, remote: Remote, remote2: Remote
 ) -> None:
     se = farm["small"]
     data = random_bytes(20_000, seed=903)
@@ -294,13 +280,7 @@ class Endless:
         self._stop = asyncio.Event()
         app = web.Application()
         app.router.add_route("*", "/{mode}/{size}", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self._runner, self.port = await serve_on_loopback(app)
 
     async def _shutdown(self) -> None:
         assert self._stop is not None
@@ -344,14 +324,14 @@ def endless() -> Iterator[Endless]:
         yield e
 
 
-def test_endless_source_stops_at_max_pull_bytes(farm: Farm, endless: Endless) -> None:
+def test_endless_source_stops_at_max_pull_bytes(farm: ServerFarm, endless: Endless) -> None:
     se = farm["small"]  # max_pull_bytes = 1 MiB
     r = pull(f"{se.url}/endless", f"{endless.url}/nolength/0", timeout=60)
     assert_failure_line(r, "more than tpc.max_pull_bytes (1048576 bytes)")
     assert_nothing_kept(se.root, se.root / "endless")
 
 
-def test_endless_source_stops_at_its_declared_length(farm: Farm, endless: Endless) -> None:
+def test_endless_source_stops_at_its_declared_length(farm: ServerFarm, endless: Endless) -> None:
     se = farm["small"]
     r = pull(f"{se.url}/declared", f"{endless.url}/declared/100000", timeout=60)
     assert_failure_line(r, "more than the 100000 bytes it declared")
@@ -359,7 +339,7 @@ def test_endless_source_stops_at_its_declared_length(farm: Farm, endless: Endles
 
 
 def test_declared_length_above_max_pull_bytes_fails_before_writing(
-    farm: Farm, endless: Endless
+    farm: ServerFarm, endless: Endless
 ) -> None:
     se = farm["small"]
     r = pull(f"{se.url}/huge", f"{endless.url}/declared/{1 << 40}", timeout=60)
@@ -367,7 +347,7 @@ def test_declared_length_above_max_pull_bytes_fails_before_writing(
     assert_nothing_kept(se.root, se.root / "huge")
 
 
-def test_endless_range_answer_stops_at_the_range(farm: Farm, endless: Endless) -> None:
+def test_endless_range_answer_stops_at_the_range(farm: ServerFarm, endless: Endless) -> None:
     se = farm["streams"]  # 64 KiB blocks
     r = pull(
         f"{se.url}/ranges",
@@ -408,7 +388,7 @@ async def test_free_space_bounds_a_pull(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- failure line
 
 
-def test_stall_line_has_the_common_suffix(farm: Farm, remote: Remote) -> None:
+def test_stall_line_has_the_common_suffix(farm: ServerFarm, remote: Remote) -> None:
     se = farm["small"]  # stall_timeout = 1 s
     remote.files["hostile-stall"] = random_bytes(100_000, seed=904)
     r = pull(f"{se.url}/stalled", f"{remote.url}/stall/hostile-stall")

@@ -25,7 +25,7 @@ from se.tpc.markers import PerfMarker, Result, parse_stream
 from tests.conftest import BASE_CONFIG, need
 from tests.e2e.clients import adler32_hex, random_bytes, run_bytes
 from tests.e2e.tpc_remote import Remote, digest_of
-from tests.support import SEProcess, poll, start_se
+from tests.support import SEProcess, ServerFarm, poll, start_se
 
 pytestmark = [pytest.mark.clients, pytest.mark.timeout(60)]
 
@@ -69,38 +69,21 @@ CONFIGS: dict[str, str] = {
 }
 
 
-class Farm:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.servers: dict[str, SEProcess] = {}
-
-    def __getitem__(self, name: str) -> SEProcess:
-        if name not in self.servers:
-            self.servers[name] = start_se(
-                self.workdir, root=self.workdir / name, config=CONFIGS[name]
-            )
-        return self.servers[name]
-
-    def stop(self) -> None:
-        for srv in self.servers.values():
-            srv.stop()
-
-
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFarm]:
     need("curl")
-    f = Farm(tmp_path_factory.mktemp("tpc"))
+    f = ServerFarm(tmp_path_factory.mktemp("tpc"), CONFIGS)
     yield f
     f.stop()
 
 
 @pytest.fixture
-def passive(farm: Farm) -> SEProcess:
+def passive(farm: ServerFarm) -> SEProcess:
     return farm["passive"]
 
 
 @pytest.fixture
-def active(farm: Farm) -> SEProcess:
+def active(farm: ServerFarm) -> SEProcess:
     return farm["active"]
 
 
@@ -446,7 +429,7 @@ def test_client_digest_contradicting_a_silent_source_fails(
 # --------------------------------------------------------------------------- timeouts
 
 
-def test_stall_timeout(farm: Farm, remote: Remote) -> None:
+def test_stall_timeout(farm: ServerFarm, remote: Remote) -> None:
     se = farm["strict"]
     remote.files["stall"] = random_bytes(100_000, seed=40)
     r = pull(f"{se.url}/stall", f"{remote.url}/stall/stall")
@@ -457,7 +440,7 @@ def test_stall_timeout(farm: Farm, remote: Remote) -> None:
     assert_nothing_kept(se.root, se.root / "stall")
 
 
-def test_first_byte_timeout(farm: Farm, remote: Remote) -> None:
+def test_first_byte_timeout(farm: ServerFarm, remote: Remote) -> None:
     se = farm["strict"]
     remote.files["nobody"] = random_bytes(100_000, seed=41)
     r = pull(f"{se.url}/nobody", f"{remote.url}/nobody/nobody")
@@ -473,7 +456,7 @@ def test_first_byte_timeout(farm: Farm, remote: Remote) -> None:
 # worker thread; the same guarantees hold there.
 
 
-def test_direct_pull_from_se(farm: Farm, passive: SEProcess) -> None:
+def test_direct_pull_from_se(farm: ServerFarm, passive: SEProcess) -> None:
     se = farm["direct"]
     data = random_bytes(3 * MIB + 17, seed=70)
     (passive.root / "direct-src").write_bytes(data)
@@ -485,7 +468,7 @@ def test_direct_pull_from_se(farm: Farm, passive: SEProcess) -> None:
     assert stored == adler32_hex(data)
 
 
-def test_direct_pull_checks_the_checksum(farm: Farm, remote: Remote) -> None:
+def test_direct_pull_checks_the_checksum(farm: ServerFarm, remote: Remote) -> None:
     se = farm["direct"]
     data = random_bytes(200_000, seed=71)
     remote.files["d-wrong"] = data
@@ -494,7 +477,7 @@ def test_direct_pull_checks_the_checksum(farm: Farm, remote: Remote) -> None:
     assert_nothing_kept(se.root, se.root / "direct/wrong")
 
 
-def test_direct_pull_stall_timeout(farm: Farm, remote: Remote) -> None:
+def test_direct_pull_stall_timeout(farm: ServerFarm, remote: Remote) -> None:
     se = farm["direct"]
     remote.files["d-stall"] = random_bytes(100_000, seed=72)
     r = pull(f"{se.url}/direct/stall", f"{remote.url}/stall/d-stall")
@@ -504,7 +487,7 @@ def test_direct_pull_stall_timeout(farm: Farm, remote: Remote) -> None:
     assert_nothing_kept(se.root, se.root / "direct/stall")
 
 
-def test_direct_pull_source_closes_early(farm: Farm, remote: Remote) -> None:
+def test_direct_pull_source_closes_early(farm: ServerFarm, remote: Remote) -> None:
     se = farm["direct"]
     remote.files["d-short"] = random_bytes(100_000, seed=73)
     r = pull(f"{se.url}/direct/short", f"{remote.url}/short/d-short")
@@ -512,7 +495,7 @@ def test_direct_pull_source_closes_early(farm: Farm, remote: Remote) -> None:
     assert_nothing_kept(se.root, se.root / "direct/short")
 
 
-async def test_direct_pull_client_disconnect(farm: Farm, remote: Remote) -> None:
+async def test_direct_pull_client_disconnect(farm: ServerFarm, remote: Remote) -> None:
     se = farm["direct"]
     remote.files["d-gone"] = random_bytes(100_000, seed=74)
     async with aiohttp.ClientSession() as session:
@@ -779,7 +762,7 @@ def test_pull_of_a_missing_source_is_404(active: SEProcess, passive: SEProcess) 
     assert_nothing_kept(active.root, active.root / "missing")
 
 
-async def test_busy_server_answers_503(farm: Farm, remote: Remote) -> None:
+async def test_busy_server_answers_503(farm: ServerFarm, remote: Remote) -> None:
     se = farm["single"]
     remote.files["busy"] = random_bytes(100_000, seed=80)
     async with aiohttp.ClientSession() as session:
@@ -800,7 +783,7 @@ async def test_busy_server_answers_503(farm: Farm, remote: Remote) -> None:
     assert remote.seen(path="/ok/busy") == []  # refused before contacting anything
 
 
-async def test_queued_transfer_gets_markers_then_succeeds(farm: Farm, remote: Remote) -> None:
+async def test_queued_transfer_gets_markers_then_succeeds(farm: ServerFarm, remote: Remote) -> None:
     se = farm["queued"]
     first_data = random_bytes(200_000, seed=81)
     second_data = random_bytes(300_000, seed=82)
@@ -835,7 +818,7 @@ async def test_queued_transfer_gets_markers_then_succeeds(farm: Farm, remote: Re
 # --------------------------------------------------------------------------- network policy
 
 
-def test_denied_network_literal_is_403(farm: Farm, remote: Remote) -> None:
+def test_denied_network_literal_is_403(farm: ServerFarm, remote: Remote) -> None:
     se = farm["deny"]
     remote.files["denied"] = b"secret data"
     write(se.root, "local", b"local data")
@@ -850,7 +833,7 @@ def test_denied_network_literal_is_403(farm: Farm, remote: Remote) -> None:
     assert_nothing_kept(se.root, se.root / "denied")
 
 
-def test_denied_network_by_name(farm: Farm, remote: Remote) -> None:
+def test_denied_network_by_name(farm: ServerFarm, remote: Remote) -> None:
     se = farm["deny"]
     remote.files["denied-name"] = b"secret data"
     r = pull(f"{se.url}/denied-name", f"http://localhost:{remote.port}/ok/denied-name")
@@ -903,7 +886,7 @@ def test_push_to_a_correct_remote(active: SEProcess, remote: Remote) -> None:
 # --------------------------------------------------------------------------- direct push
 
 
-def test_direct_push_between_two_se(farm: Farm, passive: SEProcess) -> None:
+def test_direct_push_between_two_se(farm: ServerFarm, passive: SEProcess) -> None:
     se = farm["direct"]
     data = random_bytes(3 * MIB + 5, seed=93)
     write(se.root, "dpush/src", data)
@@ -913,7 +896,7 @@ def test_direct_push_between_two_se(farm: Farm, passive: SEProcess) -> None:
     assert r.markers[-1].stripe_bytes == len(data)
 
 
-def test_direct_push_to_a_refusing_destination(farm: Farm, remote: Remote) -> None:
+def test_direct_push_to_a_refusing_destination(farm: ServerFarm, remote: Remote) -> None:
     se = farm["direct"]
     data = random_bytes(3 * MIB, seed=94)
     write(se.root, "dpush/refused", data)
@@ -922,7 +905,9 @@ def test_direct_push_to_a_refusing_destination(farm: Farm, remote: Remote) -> No
     assert "drefused" not in remote.stored
 
 
-def test_direct_push_verification_failure_deletes_the_copy(farm: Farm, remote: Remote) -> None:
+def test_direct_push_verification_failure_deletes_the_copy(
+    farm: ServerFarm, remote: Remote
+) -> None:
     se = farm["direct"]
     data = random_bytes(2 * MIB, seed=95)
     write(se.root, "dpush/badsum", data)
@@ -931,7 +916,7 @@ def test_direct_push_verification_failure_deletes_the_copy(farm: Farm, remote: R
     assert [s.method for s in remote.seen(path="/badsum/dbadsum")] == ["PUT", "HEAD", "DELETE"]
 
 
-def test_push_with_expect_continue(farm: Farm, remote: Remote, passive: SEProcess) -> None:
+def test_push_with_expect_continue(farm: ServerFarm, remote: Remote, passive: SEProcess) -> None:
     se = farm["expect"]
     data = random_bytes(200_000, seed=96)
     write(se.root, "exp/src", data)

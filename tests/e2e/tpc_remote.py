@@ -32,12 +32,23 @@ from types import TracebackType
 
 from aiohttp import web
 
-__all__ = ["Remote", "Seen", "digest_of"]
+__all__ = ["Remote", "Seen", "digest_of", "serve_on_loopback"]
 
 
 def digest_of(data: bytes) -> str:
     """``adler32=<8 lowercase hex>`` as in an RFC 3230 ``Digest`` header."""
     return f"adler32={zlib.adler32(data) & 0xFFFFFFFF:08x}"
+
+
+async def serve_on_loopback(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Run ``app`` on 127.0.0.1 and an ephemeral port: its runner (to clean up) and port."""
+    runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert isinstance(server, asyncio.Server)
+    return runner, server.sockets[0].getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -130,13 +141,7 @@ class Remote:
         app.router.add_route("*", "/redirect/{code}/{key}", self._redirect)
         app.router.add_route("PUT", "/put403/{name:.+}", self._put, expect_handler=self._refuse)
         app.router.add_route("*", "/{mode}/{name:.+}", self._dispatch)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self._runner, self.port = await serve_on_loopback(app)
 
     async def _shutdown(self) -> None:
         assert self._release is not None and self._gate is not None
