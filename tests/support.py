@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +15,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SEProcess", "ServerFarm", "poll", "start_se"]
+__all__ = [
+    "SEProcess",
+    "ServerFarm",
+    "exchange",
+    "poll",
+    "poll_async",
+    "read_answer",
+    "start_se",
+    "temp_files",
+]
 
 _URL = re.compile(r"^se: serving .* at (\S+)$")
 
@@ -122,3 +134,48 @@ def poll(cond: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> 
             break
         time.sleep(step)
     return cond()
+
+
+async def poll_async(cond: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    """:func:`poll` for coroutines: True as soon as cond() holds; False after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if cond():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(step)
+
+
+def temp_files(root: Path) -> list[Path]:
+    """Upload temp files (``.se-upload-*``) anywhere below ``root``."""
+    return [p for p in root.rglob(".se-upload-*") if p.is_file()]
+
+
+def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw ``data`` on a new connection to 127.0.0.1:``port`` and read until the server
+    closes it (or the timeout, or the first complete answer to a keep-alive request)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with contextlib.suppress(OSError):
+            s.sendall(data)
+        return read_answer(s, timeout)
+
+
+def read_answer(s: socket.socket, timeout: float) -> bytes:
+    """What the server sends on ``s`` until it closes, or one answer with a Content-Length
+    is complete, or ``timeout`` passes."""
+    s.settimeout(timeout)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        out += chunk
+        head, sep, body = out.partition(b"\r\n\r\n")
+        if sep and b"content-length: " + str(len(body)).encode() in head.lower():
+            break
+    return out

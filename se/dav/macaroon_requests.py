@@ -17,6 +17,7 @@ from aiohttp import hdrs, web
 
 from se.auth import macaroons
 from se.auth.policy import Op
+from se.dav.handlers import ALLOW
 from se.errors import (
     BadRequest,
     Forbidden,
@@ -40,7 +41,7 @@ async def post(request: web.Request) -> web.StreamResponse:
             raise UnsupportedMediaType(f"POST accepts only {MACAROON_TYPE}, not {ctype[:60]}")
         raise MethodNotAllowed(
             f"POST is only for token requests ({MACAROON_TYPE})",
-            headers={"Allow": "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND"},
+            headers={"Allow": ALLOW},
         )
     ctx = context(request)
     path = confine(request.raw_path)

@@ -66,7 +66,6 @@ CLOCK_REALTIME_COARSE = 5
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
 T = TypeVar("T")
 # A listing caller's "I already have this member as it is now" test (see list_dir).
-Known = Callable[[DavPath, Stat], bool]
 
 
 def map_oserror(exc: OSError, what: str) -> SEError:
@@ -435,9 +434,6 @@ class PosixBackend:
     def fs_path(self, p: DavPath) -> str:
         return os.path.join(self.root, p.rel) if p.segments else self.root
 
-    def _inside(self, real: str) -> bool:
-        return real == self.root_real or real.startswith(self.root_real + os.sep)
-
     # -- confinement: no symlink leads out of the root, onto a reserved name or into
     # the server's own state, whatever the tree holds ---------------------------------
     def _resolve(self, segments: Sequence[str], follow: bool, what: object) -> list[str]:
@@ -715,16 +711,12 @@ class PosixBackend:
         with_xattrs: bool,
         depth_limit: int = 1,
         max_entries: int = 100000,
-        known: Known | None = None,
     ) -> list[DirEntry]:
         """The members of a collection (sorted by name; ``depth_limit`` levels deep), each
-        stat'ed now.  ``known(path, stat)`` (called on a pool thread) says which members the
-        caller already has everything for: their xattrs are not read."""
-        return await self.run(self._list_sync, p, with_xattrs, depth_limit, max_entries, known)
+        stat'ed now."""
+        return await self.run(self._list_sync, p, with_xattrs, depth_limit, max_entries)
 
-    def _entry(
-        self, p: DavPath, fs: str, with_xattrs: bool, known: Known | None = None
-    ) -> DirEntry | None:
+    def _entry(self, p: DavPath, fs: str, with_xattrs: bool) -> DirEntry | None:
         try:
             raw = os.stat(fs)
         except OSError:
@@ -734,7 +726,7 @@ class PosixBackend:
         st = Stat.of(raw)
         # The stat comes first: an xattr changed after it changes the ctime, so what is
         # read below is never kept under an identity it does not belong to.
-        if not with_xattrs or (known is not None and known(p, st)):
+        if not with_xattrs:
             return DirEntry(p, st)
         try:
             names = os.listxattr(fs)
@@ -751,7 +743,6 @@ class PosixBackend:
         with_xattrs: bool,
         depth_limit: int,
         max_entries: int,
-        known: Known | None = None,
     ) -> list[DirEntry]:
         out: list[DirEntry] = []
 
@@ -772,7 +763,7 @@ class PosixBackend:
                     name.encode("utf-8")
                 except UnicodeEncodeError:
                     continue  # undecodable names cannot be addressed over HTTP
-                entry = self._entry(dp.child(name), de.path, with_xattrs, known)
+                entry = self._entry(dp.child(name), de.path, with_xattrs)
                 if entry is None:
                     continue
                 if len(out) >= max_entries:
@@ -1154,12 +1145,6 @@ class PosixBackend:
         return (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize, vfs.f_bavail * vfs.f_frsize
 
     # -- dead properties -------------------------------------------------------------
-    def set_prop(self, p: DavPath, key: str, element: bytes) -> bool:
-        return xattrs.set_dead_prop(self._checked(p), key, element)
-
-    def remove_prop(self, p: DavPath, key: str) -> None:
-        xattrs.remove_dead_prop(self._checked(p), key)
-
     async def patch_props(
         self, p: DavPath, updates: list[tuple[str, bytes | None]]
     ) -> tuple[int, int, str] | None:

@@ -38,8 +38,6 @@ __all__ = [
     "get_dead_props",
     "patch_dead_props",
     "read_checksums",
-    "remove_dead_prop",
-    "set_dead_prop",
     "write_checksums",
 ]
 
@@ -233,19 +231,6 @@ def get_dead_props(target: int | str, names: Iterable[str] | None = None) -> lis
             if raw is not None:
                 out.append(raw)
     return out
-
-
-def set_dead_prop(target: int | str, key: str, element: bytes) -> bool:
-    """Store a property (``key`` is its ``{ns}name``); False when xattrs refuse it."""
-    return _set(target, _prop_attr(key), element)
-
-
-def remove_dead_prop(target: int | str, key: str) -> None:
-    try:
-        os.removexattr(target, _prop_attr(key))
-    except OSError as exc:
-        if exc.errno not in (errno.ENODATA, *_UNSUPPORTED):
-            raise
 
 
 # One PROPPATCH at a time per process: a rollback must not undo another request's update.

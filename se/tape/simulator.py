@@ -108,7 +108,7 @@ class TapeTiming:
     time_scale: float = 1.0  # 1000: a 100 s operation takes 0.1 s
 
     def __post_init__(self) -> None:
-        for duration in fields(self):  # every field but the two rates is a duration
+        for duration in fields(self):  # durations, and the two rates (positive: checked next)
             if getattr(self, duration.name) < 0:
                 raise ValueError(f"{duration.name} must not be negative")
         if self.read_rate <= 0 or self.time_scale <= 0:

@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 import random
-import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import BASE_CONFIG
-from tests.support import SEProcess
+from tests.support import SEProcess, poll_async, temp_files
 
 MiB = 1024 * 1024
 TEMP_PREFIX = ".se-upload-"
@@ -56,21 +55,6 @@ def stored_adler32(path: Path) -> str:
     assert int(size) == st.st_size, f"{path}: xattr size {size} != {st.st_size}"
     assert int(mtime_ns) == st.st_mtime_ns, f"{path}: xattr mtime {mtime_ns} is stale"
     return hexval
-
-
-def temp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob(f"{TEMP_PREFIX}*") if p.is_file()]
-
-
-async def poll(predicate: Callable[[], bool], timeout: float) -> bool:
-    """True as soon as predicate() holds; False after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.02)
 
 
 async def get_checked(session: aiohttp.ClientSession, url: str, body: bytes) -> None:
@@ -190,7 +174,7 @@ async def test_sigkill_mid_upload_leaves_only_complete_files(se_factory: StartSE
                         return False
                 return True
 
-            assert await poll(paused_on_disk, 20), "paused uploads never reached the disk"
+            assert await poll_async(paused_on_disk, 20), "paused uploads never reached the disk"
 
             # 3. Let the racers go at full speed and kill as soon as the first one is done.
             race.set()
@@ -220,7 +204,7 @@ async def test_sigkill_mid_upload_leaves_only_complete_files(se_factory: StartSE
         assert u.status == 201, f"{u.url_path}: {u.status}"
 
     srv2 = se_factory(CRASH_CONFIG, root=root)
-    assert await poll(lambda: not temp_files(root), 10), f"left over: {temp_files(root)}"
+    assert await poll_async(lambda: not temp_files(root), 10), f"left over: {temp_files(root)}"
 
     expected = {root / u.url_path.lstrip("/"): u for u in uploads}
     on_disk = {p for p in root.rglob("*") if p.is_file()}
@@ -299,7 +283,7 @@ async def test_concurrent_puts_to_same_path_do_not_interleave(se: SEProcess) -> 
         puts = [asyncio.create_task(put(session, b)) for b in bodies]
         try:
             # Every upload is open on the server at the same time before any may finish.
-            ok = await poll(lambda: len(list(target_dir.glob(f"{TEMP_PREFIX}*"))) == 10, 20)
+            ok = await poll_async(lambda: len(list(target_dir.glob(f"{TEMP_PREFIX}*"))) == 10, 20)
             assert ok, "the 10 uploads never overlapped"
             all_started.set()
             statuses = await asyncio.gather(*puts)

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import BASE_CONFIG
-from tests.e2e.test_http import RawConn, temp_files
-from tests.support import SEProcess, poll
+from tests.e2e.test_http import RawConn
+from tests.support import SEProcess, poll, temp_files
 
 MiB = 1024 * 1024
 DIRECT = BASE_CONFIG + "[storage]\ndirect_put_min = 65536\nchunk_size = 65536\n"

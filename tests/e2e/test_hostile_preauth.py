@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.conftest import BASE_CONFIG
-from tests.support import SEProcess, poll
+from tests.support import SEProcess, exchange, poll, read_answer
 
 MiB = 1024 * 1024
 CONNECTIONS = 1000
@@ -38,33 +38,6 @@ def rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``data`` on a new connection and read until the server closes it (or the
-    timeout, or the first complete answer to a keep-alive request)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        with contextlib.suppress(OSError):
-            s.sendall(data)
-        return read_answer(s, timeout)
-
-
-def read_answer(s: socket.socket, timeout: float) -> bytes:
-    s.settimeout(timeout)
-    out = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            chunk = s.recv(65536)
-        except (TimeoutError, ConnectionResetError):
-            break
-        if not chunk:
-            break
-        out += chunk
-        head, sep, body = out.partition(b"\r\n\r\n")
-        if sep and b"content-length: " + str(len(body)).encode() in head.lower():
-            break
-    return out
 
 
 def get_ok(port: int) -> bool:

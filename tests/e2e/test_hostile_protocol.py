@@ -7,27 +7,11 @@ that hold them stay readable, deletable, and well-formed in PROPFIND XML.
 
 from __future__ import annotations
 
-import socket
 from xml.etree import ElementTree
 
-from tests.support import SEProcess
+from tests.support import SEProcess, exchange
 
 DAV = "{DAV:}"
-
-
-def raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            out += chunk
-        return out
 
 
 def request(
@@ -37,7 +21,7 @@ def request(
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     if body or method == "PUT":
         lines.append(f"Content-Length: {len(body)}")
-    answer = raw(port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    answer = exchange(port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)
     head, _, payload = answer.partition(b"\r\n\r\n")
     status_line, *fields = head.decode("latin-1").split("\r\n")
     assert status_line.startswith("HTTP/1.1 "), status_line
@@ -49,18 +33,20 @@ def request(
 
 
 def test_request_lines(se: SEProcess) -> None:
-    no_version = raw(se.port, b"GET /\r\n\r\n")
+    no_version = exchange(se.port, b"GET /\r\n\r\n")
     assert no_version.startswith(b"HTTP/1.0 400 "), no_version[:60]
     assert b"200" not in no_version.split(b"\r\n", 1)[0]
-    two = raw(se.port, b"GET / HTTP/2.0\r\nHost: t\r\n\r\n")
+    two = exchange(se.port, b"GET / HTTP/2.0\r\nHost: t\r\n\r\n")
     assert two.startswith(b"HTTP/1.0 505 "), two[:60]
     # HTTP/1.0 and 1.1 are served as before.
-    assert raw(se.port, b"GET / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 ")
+    assert exchange(se.port, b"GET / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 ")
 
     status, headers, _ = request(se.port, "OPTIONS", "*")
     assert status == 200
     assert "PROPFIND" in headers["allow"] and headers["dav"]
-    connect = raw(se.port, b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n")
+    connect = exchange(
+        se.port, b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n"
+    )
     assert connect.split(b"\r\n", 1)[0].split(b" ", 2)[1] == b"405", connect[:80]
     assert b"\r\nAllow: " in connect
     assert "Traceback" not in se.stderr()

@@ -21,9 +21,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import BASE_CONFIG
-from tests.support import SEProcess
+from tests.support import SEProcess, poll_async, temp_files
 
-TEMP_PREFIX = ".se-upload-"
 MiB = 1024 * 1024
 StartSE = Callable[..., SEProcess]
 
@@ -45,20 +44,6 @@ CRASH_CONFIG = (
 chunk_size = 65536
 """
 )
-
-
-def temp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob(f"{TEMP_PREFIX}*") if p.is_file()]
-
-
-async def poll(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.05)
 
 
 async def start_put(
@@ -100,7 +85,7 @@ async def test_stalled_put_times_out_and_leaves_nothing(
         extra, first = f"Content-Length: {declared}\r\n", piece
     reader, writer = await start_put(srv.port, "/up/stalled.bin", extra, first)
     try:
-        assert await poll(lambda: bool(temp_files(srv.root)), 10), "the upload never started"
+        assert await poll_async(lambda: bool(temp_files(srv.root)), 10), "the upload never started"
         started = time.monotonic()
         # Then nothing more: the server gives up after its (1 s) stall timeout.
         async with asyncio.timeout(20):
@@ -108,7 +93,7 @@ async def test_stalled_put_times_out_and_leaves_nothing(
         assert status == 408, (status, rest)
         assert b"nothing stored" in rest
         assert time.monotonic() - started < 15
-        assert await poll(lambda: not temp_files(srv.root), 10), temp_files(srv.root)
+        assert await poll_async(lambda: not temp_files(srv.root), 10), temp_files(srv.root)
         assert not (srv.root / "up" / "stalled.bin").exists()
         # The connection is closed after the answer.
         async with asyncio.timeout(10):
@@ -159,13 +144,13 @@ async def test_sigkill_mid_upload_temp_files_go_at_restart(
         def live_temps() -> list[Path]:
             return [p for p in temp_files(root / "live") if p.stat().st_size > 0]
 
-        assert await poll(lambda: len(crashed_temps()) == 2 and bool(live_temps()), 20)
+        assert await poll_async(lambda: len(crashed_temps()) == 2 and bool(live_temps()), 20)
         victim.kill()
         left = crashed_temps()
         assert len(left) == 2
         # The default stale_upload_age (one hour) is no longer what it takes.
         se_factory(CRASH_CONFIG, root=root)
-        assert await poll(lambda: not any(p.exists() for p in left), 10), left
+        assert await poll_async(lambda: not any(p.exists() for p in left), 10), left
         assert live_temps(), "the sweep removed the temp file of a live upload"
         live_w.write(live_body[MiB:])
         await live_w.drain()

@@ -29,7 +29,7 @@ import pytest
 from yarl import URL
 
 from tests.conftest import BASE_CONFIG
-from tests.support import SEProcess, poll
+from tests.support import SEProcess, poll, temp_files
 
 D = "{DAV:}"
 TIMEOUT = aiohttp.ClientTimeout(total=60)
@@ -68,10 +68,6 @@ async def expect_error(resp: aiohttp.ClientResponse, status: int) -> str:
     body = await resp.read()
     assert resp.status == status, (resp.status, body)
     return assert_one_line_error(resp.status, resp.headers, body)
-
-
-def temp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)]
 
 
 def url(path: str) -> URL:

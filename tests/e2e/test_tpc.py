@@ -25,7 +25,7 @@ from se.tpc.markers import PerfMarker, Result, parse_stream
 from tests.conftest import BASE_CONFIG, need
 from tests.e2e.clients import adler32_hex, random_bytes, run_bytes
 from tests.e2e.tpc_remote import Remote, digest_of
-from tests.support import SEProcess, ServerFarm, poll, start_se
+from tests.support import SEProcess, ServerFarm, poll, start_se, temp_files
 
 pytestmark = [pytest.mark.clients, pytest.mark.timeout(60)]
 
@@ -163,10 +163,6 @@ def assert_failure(r: Reply, *needles: str) -> str:
     for needle in needles:
         assert needle in r.result.message, (needle, r.result.message)
     return r.result.message
-
-
-def temp_files(root: Path) -> list[Path]:
-    return list(root.rglob(".se-upload-*"))
 
 
 def assert_nothing_kept(root: Path, target: Path) -> None:
