@@ -27,7 +27,8 @@ from se.dav import handlers
 from se.dav.macaroon_requests import post
 from se.errors import ExpectationFailed, MethodNotAllowed, SEError
 from se.scitags.service import SciTagService
-from se.storage.paths import DavPath, check_new_name, confine
+from se.storage.dirwatch import DirWatch
+from se.storage.paths import DavPath, check_new_name, confine, is_reserved
 from se.storage.posix import PosixBackend
 from se.storage.statcache import FileCache, ListingCache
 from se.tape import http as tape_http
@@ -143,8 +144,13 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
     files = None
     if cfg.storage.file_cache_bytes > 0:
         files = FileCache(cfg.storage.file_cache_bytes, settle_ns)
-    backend = PosixBackend(cfg, executor, files)
-    listings = ListingCache(cfg.webdav.listing_cache_dirs, settle_ns=settle_ns)
+    watch = None
+    if cfg.webdav.listing_cache_dirs > 0:
+        watch = DirWatch.for_root(cfg.storage.root, cfg.webdav.listing_watches, is_reserved)
+    backend = PosixBackend(cfg, executor, files, watch)
+    listings = ListingCache(
+        cfg.webdav.listing_cache_dirs, settle_ns=settle_ns, on_drop=backend.release_listing
+    )
     scitags = SciTagService(cfg.scitags) if cfg.scitags.enabled else None
     tpc = TPCService(cfg, backend, scitags)
     tape = TapeService(cfg, run_library=primary) if cfg.tape.enabled else None

@@ -134,6 +134,11 @@ class WebDAVConfig:
     # fragments are kept in memory; each is reused only while its member stats the same
     # (device, inode, size, mtime, ctime); 0 turns it off.
     listing_cache_dirs: int = 256
+    # Inotify watches per worker that let an unchanged listing of a collection on a local
+    # filesystem be answered without a stat per member (se.storage.dirwatch); 0 turns that
+    # off (every member is then stat-ed per listing); -1: an eighth of the system's
+    # fs.inotify.max_user_watches.
+    listing_watches: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,6 +517,8 @@ def validate(cfg: Config) -> None:
         _validate_tape(cfg.tape)
     if cfg.webdav.max_proppatch_ops < 1 or cfg.webdav.max_property_size < 1:
         raise ConfigError("webdav: max_proppatch_ops and max_property_size must be positive")
+    if cfg.webdav.listing_watches < -1:
+        raise ConfigError("webdav.listing_watches: must be -1 (automatic), 0 (off) or positive")
     t = cfg.tpc
     if t.marker_period <= 0:
         raise ConfigError("tpc.marker_period: must be positive")

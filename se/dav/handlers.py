@@ -501,21 +501,25 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
     head = propfind.render_responses([_resource(request, self_entry, quota, localities)], req)
     if not self_entry.stat.is_dir or depth is Depth.ZERO:
         return _multistatus(propfind.wrap_multistatus(head))
-    return _multistatus(propfind.wrap_multistatus(head, await _children(request, path, req, depth)))
+    children = await _children(request, path, self_entry.stat, req, depth)
+    return _multistatus(propfind.wrap_multistatus(head, children))
 
 
 async def _children(
-    request: web.Request, path: DavPath, req: propfind.PropRequest, depth: Depth
+    request: web.Request, path: DavPath, directory: Stat, req: propfind.PropRequest, depth: Depth
 ) -> bytes:
-    """The rendered members of a collection.
+    """The rendered members of collection ``path`` (stat-ed for this request as
+    ``directory``).
 
-    The directory is read and every member stat'ed for every listing.  For Depth 1, a
-    member's rendered fragment is reused when the member stats now exactly as it did when
-    the fragment was rendered (device, inode, size, mtime, ctime: see se.storage.statcache);
-    only the others are looked at again (symlinks checked, xattrs read) and rendered.  The
-    first pass makes no objects (PosixBackend.member_identities): an unchanged listing costs
-    a listdir and an lstat (relative to the open directory) per member.  Membership itself
-    is never kept, and localities (which change without the files) are never cached.
+    For Depth 1, on a local filesystem, the whole body is kept with a token that any change
+    to the directory or to a member (through any path, by any process) makes stale (see
+    se.storage.dirwatch): an unchanged listing costs one non-blocking read.  Otherwise the
+    directory is read and every member stat'ed: a member's rendered fragment is reused when
+    the member stats now exactly as it did when the fragment was rendered (device, inode,
+    size, mtime, ctime: see se.storage.statcache); only the others are looked at again
+    (symlinks checked, xattrs read) and rendered.  That pass makes no objects
+    (PosixBackend.member_identities): a listdir and an lstat (relative to the open
+    directory) per member.  Localities (which change without the files) are never cached.
     """
     ctx = context(request)
     cache = ctx.listings
@@ -530,8 +534,15 @@ async def _children(
             (_resource(request, e, None, localities) for e in entries), req
         )
     key = (request.scheme, request.host, req, path)
+    whole = cache.whole(key)
+    if whole is not None and ctx.backend.listing_current(whole[0], directory):
+        return whole[1]
     kept = cache.group(key)
-    members = await ctx.backend.member_identities(path)
+    members, token = await ctx.backend.member_identities(path, watch=True)
+    small = len(members) < LISTING_CACHE_MIN_ENTRIES
+    if token is not None and (small or len(members) > max_entries):
+        ctx.backend.release_listing(token)  # not worth keeping, or refused below
+        token = None
     if len(members) > max_entries:
         raise Forbidden("listing exceeds the configured entry limit")
     unchanged: list[bytes] = []
@@ -542,11 +553,13 @@ async def _children(
             unchanged.append(hit[1])
         else:
             changed.append(name)
-    if not changed:  # the usual case: one pass, nothing rendered
-        if len(kept) != len(members):  # members were removed: forget their fragments
-            small = len(members) < LISTING_CACHE_MIN_ENTRIES
+    if not changed:  # nothing rendered
+        body = b"".join(unchanged)
+        if token is not None:
+            cache.replace(key, {name: kept[name] for name, _ in members}, (token, body))
+        elif len(kept) != len(members):  # members were removed: forget their fragments
             cache.replace(key, {} if small else {name: kept[name] for name, _ in members})
-        return b"".join(unchanged)
+        return body
     found = await ctx.backend.entries(path, changed, with_xattrs)
     now = time.time_ns()
     parts: list[bytes] = []
@@ -565,8 +578,9 @@ async def _children(
         if identity is not None and cache.keepable(entry.stat, now):
             fresh[name] = (entry.stat.identity, fragment)
         parts.append(fragment)
-    cache.replace(key, fresh if len(members) >= LISTING_CACHE_MIN_ENTRIES else {})
-    return b"".join(parts)
+    body = b"".join(parts)
+    cache.replace(key, {} if small else fresh, (token, body) if token is not None else None)
+    return body
 
 
 def _multistatus(body: bytes) -> web.Response:

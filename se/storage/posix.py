@@ -46,6 +46,7 @@ from se.errors import (
     SEError,
 )
 from se.storage import beneath, checksums, xattrs
+from se.storage.dirwatch import DirWatch, Token
 from se.storage.paths import RESERVED_PREFIX, TEMP_PREFIX, DavPath, is_reserved, is_temp_name
 from se.storage.statcache import FileCache
 from se.storage.types import CachedFile, DirEntry, Identity, OpenFile, Stat
@@ -400,9 +401,14 @@ class PosixBackend:
     observer: StorageObserver | None = None
 
     def __init__(
-        self, cfg: Config, executor: Executor, file_cache: FileCache | None = None
+        self,
+        cfg: Config,
+        executor: Executor,
+        file_cache: FileCache | None = None,
+        dirwatch: DirWatch | None = None,
     ) -> None:
         self.file_cache = file_cache
+        self.dirwatch = dirwatch
         self.root = os.path.abspath(cfg.storage.root)
         self.root_real = os.path.realpath(self.root)
         self.executor = executor
@@ -777,35 +783,61 @@ class PosixBackend:
         walk(p, fs, 1)
         return out
 
-    async def member_identities(self, p: DavPath) -> list[tuple[str, Identity | None]]:
+    async def member_identities(
+        self, p: DavPath, watch: bool = False
+    ) -> tuple[list[tuple[str, Identity | None]], Token | None]:
         """The listable members of collection ``p`` in name order, each with the identity
         of its Stat (None for a symlink, whose entry must be built through the checks of
-        :meth:`entries`).  One listdir and one ``lstat`` relative to the open directory per
-        member, no objects made: the cheap half of a listing whose rendered members are kept
-        by identity."""
-        return await self.run(self._member_identities_sync, p)
+        :meth:`entries`).  One read of the directory and one ``lstat`` relative to the open
+        directory per member, no objects made: the cheap half of a listing whose rendered
+        members are kept by identity.
 
-    def _member_identities_sync(self, p: DavPath) -> list[tuple[str, Identity | None]]:
+        With ``watch`` (and a :attr:`dirwatch`), the inodes read are watched as they are
+        read, and the token returned stays current (:meth:`listing_current`) until one of
+        them changes; None when the listing cannot be watched (see se.storage.dirwatch)."""
+        return await self.run(self._member_identities_sync, p, watch)
+
+    def _member_identities_sync(
+        self, p: DavPath, watch: bool
+    ) -> tuple[list[tuple[str, Identity | None]], Token | None]:
         fd = self._open_beneath(p, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            names = os.listdir(fd)
-            names.sort()
+            watcher = self.dirwatch if watch else None
+            token = watcher.begin(fd, os.fstat(fd)) if watcher is not None else None
+            if watcher is not None and token is not None:
+                with os.scandir(fd) as it:
+                    found = [(d.name, d.inode(), d.is_dir(follow_symlinks=False)) for d in it]
+                found.sort()
+                watcher.sync()
+            else:
+                found = [(name, 0, False) for name in os.listdir(fd)]
+                found.sort()
             out: list[tuple[str, Identity | None]] = []
             append = out.append
             lstat = os.lstat
             s_isdir, s_isreg, s_islnk = stat_mod.S_ISDIR, stat_mod.S_ISREG, stat_mod.S_ISLNK
-            for name in names:
+            for name, inode, was_dir in found:
                 if name.startswith(RESERVED_PREFIX):
                     continue
                 try:
                     name.encode("utf-8")
                 except UnicodeEncodeError:
                     continue  # undecodable names cannot be addressed over HTTP
+                if token is not None and not token.stale:
+                    # Watched before it is read (see se.storage.dirwatch); a symlink or a
+                    # special file ends the watching of this listing.
+                    assert watcher is not None
+                    watcher.attach(token, fd, name, inode, was_dir)
                 try:
                     raw = lstat(name, dir_fd=fd)
                 except OSError:
+                    if token is not None:
+                        token.stale = True
                     continue  # gone meanwhile
                 mode = raw.st_mode
+                if token is not None and not token.stale:
+                    assert watcher is not None
+                    watcher.confirm(token, inode, raw, was_dir)
                 if s_islnk(mode):
                     append((name, None))
                     continue
@@ -814,9 +846,24 @@ class PosixBackend:
                     continue  # FIFOs, sockets, devices are not resources
                 size, ino, dev = raw.st_size, raw.st_ino, raw.st_dev
                 append((name, (is_dir, size, raw.st_mtime_ns, raw.st_ctime_ns, ino, dev)))
-            return out
+            if token is not None and token.stale:
+                assert watcher is not None
+                watcher.release(token)
+                token = None
+            return out, token
         finally:
             os.close(fd)
+
+    def listing_current(self, token: Token, directory: Stat) -> bool:
+        """True when nothing the listing kept with ``token`` read has changed since, and the
+        listed path (stat-ed for this request as ``directory``) still names that directory."""
+        return self.dirwatch is not None and self.dirwatch.current(
+            token, (directory.dev, directory.ino)
+        )
+
+    def release_listing(self, token: Token) -> None:
+        if self.dirwatch is not None:
+            self.dirwatch.release(token)
 
     async def entries(
         self, p: DavPath, names: Sequence[str], with_xattrs: bool

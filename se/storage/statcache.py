@@ -4,14 +4,16 @@ Two users: the bytes of small files (saving the open/read/close of every small G
 rendered ``<D:response>`` fragments of the members of large collections (saving the xattr
 reads and XML rendering of a Depth 1 PROPFIND: about 30 microseconds per member).
 
-Nothing here is keyed on a path alone, and nothing is invalidated by events: an entry is
+Nothing here is keyed on a path alone, and nothing is trusted by path: an entry is
 stored with the :class:`~se.storage.types.Stat` (device, inode, size, mtime and ctime in ns)
 of what it was made from, and handed out only when a fresh ``stat`` of the same path, done by
 the caller for this request, gives the same Stat.  A rename of the file or of any ancestor, a
 replacement, an in-place write (through any hard link, from any process or host), a chmod, a
 ``setxattr`` (checksums, dead properties) each change one of those fields, so each makes the
 next request miss.  Listing membership is never cached: a listing reads its directory every
-time and looks each member's fragment up by that member's fresh Stat.
+time and looks each member's fragment up by that member's fresh Stat.  The one exception, a
+whole Depth 1 body kept with a :class:`~se.storage.dirwatch.Token`, is trusted only while
+inotify reports nothing about the directory's and every member's inode (see that module).
 
 Timestamp granularity.  A file rewritten with the same size within one tick of the
 filesystem's clock (a jiffy on ext4/xfs/tmpfs, a second or two on some network and legacy
@@ -34,9 +36,11 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
+from se.storage.dirwatch import Token
 from se.storage.types import CachedFile, Identity, Stat
 
 __all__ = ["DEFAULT_SETTLE_NS", "FileCache", "ListingCache", "settled"]
@@ -106,12 +110,24 @@ class FileCache:
         self._bytes = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Group:
+    size: int
+    fragments: Mapping[str, tuple[Identity, bytes]]
+    whole: tuple[Token, bytes] | None
+
+
 class ListingCache:
     """Rendered fragments of collection members, grouped per listing.
 
     A group maps a member's name to the (Stat identity, fragment) it was rendered from; a group is
     never changed once published (a listing builds a new one), so a pool thread may read
     the one it was handed while the event loop replaces it.
+
+    A group may also hold the whole rendered body of the listing with the
+    :class:`~se.storage.dirwatch.Token` that tells whether anything it was read from has
+    changed since; ``on_drop`` is called with each such token when its group is replaced or
+    evicted (so its watches can end).
     """
 
     def __init__(
@@ -119,14 +135,14 @@ class ListingCache:
         max_dirs: int,
         max_bytes: int = 64 * 1024 * 1024,
         settle_ns: int = DEFAULT_SETTLE_NS,
+        on_drop: Callable[[Token], None] | None = None,
     ) -> None:
         self.max_dirs = max_dirs
         self.max_bytes = max_bytes
         self.settle_ns = settle_ns
+        self._on_drop = on_drop
         self._bytes = 0
-        self._groups: OrderedDict[Hashable, tuple[int, Mapping[str, tuple[Identity, bytes]]]] = (
-            OrderedDict()
-        )
+        self._groups: OrderedDict[Hashable, _Group] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -141,27 +157,52 @@ class ListingCache:
         if got is None:
             return _EMPTY
         self._groups.move_to_end(key)
-        return got[1]
+        return got.fragments
 
-    def replace(self, key: Hashable, fragments: dict[str, tuple[Identity, bytes]]) -> None:
+    def whole(self, key: Hashable) -> tuple[Token, bytes] | None:
+        """The body kept for one listing with its token (None when there is none)."""
+        got = self._groups.get(key)
+        if got is None:
+            return None
+        self._groups.move_to_end(key)
+        return got.whole
+
+    def replace(
+        self,
+        key: Hashable,
+        fragments: dict[str, tuple[Identity, bytes]],
+        whole: tuple[Token, bytes] | None = None,
+    ) -> None:
         """Publish the fragments of the listing just made (members changed too recently
-        are left out by the caller with :meth:`keepable`)."""
-        old = self._groups.pop(key, None)
-        if old is not None:
-            self._bytes -= old[0]
-        if not self.enabled or not fragments:
+        are left out by the caller with :meth:`keepable`), and maybe its whole body."""
+        self._drop(self._groups.pop(key, None))
+        if not self.enabled or not (fragments or whole):
+            self._drop_token(whole)
             return
         size = sum(len(frag) + 128 for _st, frag in fragments.values())
+        if whole is not None:
+            size += len(whole[1]) + 256
         if size > self.max_bytes // 4:
+            self._drop_token(whole)
             return
-        self._groups[key] = (size, MappingProxyType(fragments))
+        self._groups[key] = _Group(size, MappingProxyType(fragments), whole)
         self._bytes += size
         while self._groups and (len(self._groups) > self.max_dirs or self._bytes > self.max_bytes):
-            self._bytes -= self._groups.popitem(last=False)[1][0]
+            self._drop(self._groups.popitem(last=False)[1])
+
+    def _drop(self, group: _Group | None) -> None:
+        if group is not None:
+            self._bytes -= group.size
+            self._drop_token(group.whole)
+
+    def _drop_token(self, whole: tuple[Token, bytes] | None) -> None:
+        if whole is not None and self._on_drop is not None:
+            self._on_drop(whole[0])
 
     def keepable(self, st: Stat, now_ns: int) -> bool:
         return settled(st, now_ns, self.settle_ns)
 
     def clear(self) -> None:
-        self._groups.clear()
+        while self._groups:
+            self._drop(self._groups.popitem()[1])
         self._bytes = 0

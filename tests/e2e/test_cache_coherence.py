@@ -179,6 +179,72 @@ def test_listing_shows_a_change_made_through_a_hard_link(se_cached: SEProcess) -
     assert m and int(m.group(1)) == 6
 
 
+
+# -- the kept listing body (inotify, se.storage.dirwatch), changed behind the server's back --
+
+WATCHES_OFF = CACHED + "[webdav]\nlisting_watches = 0\n"
+
+
+def member_props(srv: SEProcess, path: str, name: str) -> str:
+    r = call("PROPFIND", srv.url + path, headers={"Depth": "1"})
+    assert r.status_code == 207, r.text
+    m = re.search(rf"<D:response><D:href>[^<]*/{name}/?</D:href>.*?</D:response>", r.text, re.S)
+    assert m, r.text
+    return m.group(0)
+
+
+def many(srv: SEProcess, name: str) -> Path:
+    d = srv.root / name
+    d.mkdir()
+    for i in range(N):
+        (d / f"f{i:02d}").write_bytes(b"z")
+    (d / "sub").mkdir()
+    return d
+
+
+@pytest.mark.parametrize("config", [CACHED, WATCHES_OFF], ids=["watched", "stat-validated"])
+def test_kept_listing_sees_a_link_made_later_and_written_through(
+    se_factory: Callable[..., SEProcess], tmp_path: Path, config: str
+) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    srv = se_factory(config=config, root=root)
+    d = many(srv, "m")
+    settle()
+    for _ in range(3):
+        assert "<D:getcontentlength>1<" in member_props(srv, "/m/", "f05")
+    os.link(d / "f05", srv.root / "hidden-link")  # made after the listing was kept
+    with open(srv.root / "hidden-link", "ab") as fh:
+        fh.write(b"grown")
+    assert "<D:getcontentlength>6<" in member_props(srv, "/m/", "f05")
+
+
+def test_kept_listing_sees_times_and_subdirectories_change(se_cached: SEProcess) -> None:
+    srv = se_cached
+    d = many(srv, "t")
+    settle()
+    before_file = member_props(srv, "/t/", "f03")
+    before_sub = member_props(srv, "/t/", "sub")
+    assert member_props(srv, "/t/", "f03") == before_file
+    os.utime(d / "f03", (1_000_000_000, 1_000_000_000))  # same size, an old mtime
+    after_file = member_props(srv, "/t/", "f03")
+    assert after_file != before_file and "2001" in after_file
+    (d / "sub" / "x").write_bytes(b"")  # the subdirectory's mtime, shown in t's listing
+    os.utime(d / "sub", ns=(10**18, 10**18))
+    assert member_props(srv, "/t/", "sub") != before_sub
+
+
+def test_kept_listing_after_a_put_and_a_delete_through_the_server(se_cached: SEProcess) -> None:
+    srv = se_cached
+    many(srv, "p")
+    settle()
+    listed(srv, "/p/")
+    put(srv, "/p/zz", b"new")
+    assert "zz" in listed(srv, "/p/")
+    assert call("DELETE", srv.url + "/p/f00").status_code == 204
+    assert "f00" not in listed(srv, "/p/")
+    assert "zz" in listed(srv, "/p/")
+
 # -- the rule against timestamp granularity, on the caches themselves --------------------
 def _stat(mtime_ns: int, ctime_ns: int, size: int = 3) -> Stat:
     return Stat(False, size, mtime_ns, ctime_ns, 7, 1)
