@@ -179,7 +179,6 @@ def test_listing_shows_a_change_made_through_a_hard_link(se_cached: SEProcess) -
     assert m and int(m.group(1)) == 6
 
 
-
 # -- the kept listing body (inotify, se.storage.dirwatch), changed behind the server's back --
 
 WATCHES_OFF = CACHED + "[webdav]\nlisting_watches = 0\n"
@@ -244,6 +243,7 @@ def test_kept_listing_after_a_put_and_a_delete_through_the_server(se_cached: SEP
     assert call("DELETE", srv.url + "/p/f00").status_code == 204
     assert "f00" not in listed(srv, "/p/")
     assert "zz" in listed(srv, "/p/")
+
 
 # -- the rule against timestamp granularity, on the caches themselves --------------------
 def _stat(mtime_ns: int, ctime_ns: int, size: int = 3) -> Stat:
