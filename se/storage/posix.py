@@ -49,7 +49,7 @@ from se.storage import beneath, checksums, xattrs
 from se.storage.dirwatch import DirWatch, Token
 from se.storage.paths import RESERVED_PREFIX, TEMP_PREFIX, DavPath, is_reserved, is_temp_name
 from se.storage.statcache import FileCache
-from se.storage.types import CachedFile, DirEntry, Identity, OpenFile, Stat
+from se.storage.types import CachedFile, DirEntry, Identity, OpenFile, Stat, identity_of
 
 __all__ = [
     "PosixBackend",
@@ -615,9 +615,13 @@ class PosixBackend:
         cache = self.file_cache
         if not use_cache or cache is None or not p.segments:
             return self._open_read(p)
-        fs = self.fs_path(p)
-        if cache.peek(fs) is not None:
-            hit = cache.get(fs, self._identity(fs))
+        key = p.segments
+        if cache.peek(key) is not None:
+            try:  # relative to the root's descriptor: one lookup less than the full path
+                current: Identity | None = identity_of(os.stat(p.rel, dir_fd=self._rootfd()))
+            except OSError:
+                current = None
+            hit = cache.get(key, current)
             if hit is not None:
                 return hit
         opened = self._open_read(p)
@@ -635,16 +639,8 @@ class PosixBackend:
             return opened
         opened.close()
         cached = CachedFile(st, p, data)
-        cache.put(fs, cached)  # refused if it changed less than settle_ns before now
+        cache.put(key, cached)  # refused if it changed less than settle_ns before now
         return cached
-
-    @staticmethod
-    def _identity(fs: str) -> Stat | None:
-        """What identifies the bytes a path names now (None if it names nothing)."""
-        try:
-            return Stat.of(os.stat(fs))
-        except OSError:
-            return None
 
     def _open_read(self, p: DavPath) -> OpenFile | Stat:
         """Open p (a regular file) for reading, or the Stat of a collection; anything else
@@ -844,8 +840,7 @@ class PosixBackend:
                 is_dir = s_isdir(mode)
                 if not (is_dir or s_isreg(mode)):
                     continue  # FIFOs, sockets, devices are not resources
-                size, ino, dev = raw.st_size, raw.st_ino, raw.st_dev
-                append((name, (is_dir, size, raw.st_mtime_ns, raw.st_ctime_ns, ino, dev)))
+                append((name, identity_of(raw)))
             if token is not None and token.stale:
                 assert watcher is not None
                 watcher.release(token)

@@ -56,50 +56,51 @@ def settled(st: Stat, now_ns: int, settle_ns: int) -> bool:
 
 
 class FileCache:
-    """Small files' bytes, by filesystem path, valid while the path stats the same."""
+    """Small files' bytes, by path, valid while the path stats the same."""
 
     def __init__(self, max_bytes: int, settle_ns: int = DEFAULT_SETTLE_NS) -> None:
         self.max_bytes = max_bytes
         self.settle_ns = settle_ns
         self._bytes = 0
-        self._files: OrderedDict[str, CachedFile] = OrderedDict()
+        self._files: OrderedDict[Hashable, tuple[Identity, CachedFile]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._files)
 
-    def get(self, key: str, current: Stat | None) -> CachedFile | None:
-        """The file kept for ``key`` if ``current`` (a stat of it made for this request)
-        is exactly the Stat it was read with; anything else drops it."""
-        hit = self._files.get(key)
-        if hit is None:
+    def get(self, key: Hashable, current: Identity | None) -> CachedFile | None:
+        """The file kept for ``key`` if ``current`` (the identity of a stat of it made for
+        this request) is exactly the one it was read with; anything else drops it."""
+        got = self._files.get(key)
+        if got is None:
             return None
-        if current != hit.stat:
+        if current != got[0]:
             self.discard(key)
             return None
         self._files.move_to_end(key)
-        return hit
+        return got[1]
 
-    def peek(self, key: str) -> CachedFile | None:
+    def peek(self, key: Hashable) -> CachedFile | None:
         """The entry for ``key`` without validating it (the caller compares Stats)."""
-        return self._files.get(key)
+        got = self._files.get(key)
+        return got[1] if got is not None else None
 
-    def discard(self, key: str) -> None:
+    def discard(self, key: Hashable) -> None:
         old = self._files.pop(key, None)
         if old is not None:
-            self._bytes -= len(old.data)
+            self._bytes -= len(old[1].data)
 
     def storable(self, st: Stat, now_ns: int | None = None) -> bool:
         return st.size <= self.max_bytes // 4 and settled(
             st, time.time_ns() if now_ns is None else now_ns, self.settle_ns
         )
 
-    def put(self, key: str, f: CachedFile) -> bool:
+    def put(self, key: Hashable, f: CachedFile) -> bool:
         """Keep ``f`` (read with ``f.stat`` checked before and after reading) unless it
         changed too recently to be told apart from a later change."""
         if len(f.data) != f.stat.size or not self.storable(f.stat):
             return False
         self.discard(key)
-        self._files[key] = f
+        self._files[key] = (f.stat.identity, f)
         self._bytes += len(f.data)
         while self._bytes > self.max_bytes and self._files:
             self.discard(next(iter(self._files)))

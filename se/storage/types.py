@@ -12,11 +12,23 @@ from dataclasses import dataclass, field
 
 from se.storage.paths import DavPath
 
-__all__ = ["CachedFile", "DirEntry", "Identity", "OpenFile", "Stat"]
+__all__ = ["CachedFile", "DirEntry", "Identity", "OpenFile", "Stat", "identity_of"]
 
 # A Stat as a plain tuple, in field order: what a listing compares for each member, built
 # straight from a stat result without making objects (see PosixBackend.member_identities).
 Identity = tuple[bool, int, int, int, int, int]
+
+
+def identity_of(st: os.stat_result) -> Identity:
+    """The identity of a stat result (that of ``Stat.of(st)``), without making a Stat."""
+    return (
+        stat_mod.S_ISDIR(st.st_mode),
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        st.st_dev,
+    )
 
 
 @dataclass(frozen=True, slots=True)

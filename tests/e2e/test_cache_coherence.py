@@ -259,10 +259,10 @@ def test_recently_changed_files_are_never_kept() -> None:
     assert not cache.put("/x/f", future)
     old = CachedFile(_stat(now - 10**10, now - 3 * 10**9), DavPath(("f",)), b"abc")
     assert cache.put("/x/f", old)
-    assert cache.get("/x/f", old.stat) is old
+    assert cache.get("/x/f", old.stat.identity) is old
     # any field of the identity differing is a miss, and drops the entry
-    assert cache.get("/x/f", _stat(now - 10**10, now - 3 * 10**9 + 1)) is None
-    assert cache.get("/x/f", old.stat) is None
+    assert cache.get("/x/f", _stat(now - 10**10, now - 3 * 10**9 + 1).identity) is None
+    assert cache.get("/x/f", old.stat.identity) is None
     assert not settled(fresh.stat, now, 2_000_000_000)
     listing = ListingCache(4, settle_ns=2_000_000_000)
     assert not listing.keepable(fresh.stat, now) and listing.keepable(old.stat, now)

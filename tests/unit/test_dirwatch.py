@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import xattr
 
 from se.storage import dirwatch
 from se.storage.dirwatch import (
@@ -159,7 +158,7 @@ def _chmod(t: Path) -> None:
 
 
 def _setxattr(t: Path) -> None:
-    xattr.setxattr(str(t / "d" / "f4"), "user.se.prop.x", b"v")
+    os.setxattr(str(t / "d" / "f4"), "user.se.prop.x", b"v")
 
 
 def _truncate(t: Path) -> None:
@@ -233,7 +232,7 @@ def test_a_temp_file_in_the_listed_directory_changes_nothing_listed(
     tmp = tree / "d" / ".se-upload-1"
     with open(tmp, "wb") as f:
         f.write(b"data" * 1000)
-    xattr.setxattr(str(tmp), "user.se.checksum.adler32", b"1")
+    os.setxattr(str(tmp), "user.se.checksum.adler32", b"1")
     os.unlink(tmp)
     assert current(watch, token, tree / "d")
 
