@@ -461,6 +461,7 @@ async def _localities(request: web.Request, entries: list[DirEntry]) -> dict[str
 
 # Fragments of smaller listings are not kept; the cache is for the expensive ones.
 LISTING_CACHE_MIN_ENTRIES = 32
+_JOIN_BELOW = 64 * 1024  # bytes of listing below which a multistatus is sent joined
 _PLAIN_LIVE = frozenset(n for n in propfind.LIVE if n != (propfind.DCACHE, "Checksums"))
 
 
@@ -502,7 +503,20 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
     if not self_entry.stat.is_dir or depth is Depth.ZERO:
         return _multistatus(propfind.wrap_multistatus(head))
     children = await _children(request, path, self_entry.stat, req, depth)
-    return _multistatus(propfind.wrap_multistatus(head, children))
+    if len(children) < _JOIN_BELOW:
+        return _multistatus(propfind.wrap_multistatus(head, children))
+    # A large listing (often a kept one) is sent in its pieces: joining them would copy
+    # (and page-fault in) the whole body once more for every request.
+    response = web.StreamResponse(status=207)
+    response.content_type = "application/xml"
+    response.charset = "utf-8"
+    parts = propfind.multistatus_parts(head, children)
+    response.content_length = sum(len(part) for part in parts)
+    await response.prepare(request)
+    for part in parts:
+        await response.write(part)
+    await response.write_eof()
+    return response
 
 
 async def _children(

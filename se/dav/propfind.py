@@ -351,7 +351,12 @@ _TAIL_B = _TAIL.encode("utf-8")
 
 
 def wrap_multistatus(*parts: bytes) -> bytes:
-    return b"".join((_HEAD_B, *parts, _TAIL_B))
+    return b"".join(multistatus_parts(*parts))
+
+
+def multistatus_parts(*parts: bytes) -> tuple[bytes, ...]:
+    """The pieces of a multistatus document, for sending without joining them first."""
+    return (_HEAD_B, *parts, _TAIL_B)
 
 
 _REASONS = {
