@@ -19,10 +19,11 @@ from aiohttp import hdrs, web
 
 from se import __version__
 from se.auth.cache import GrantCache
+from se.auth.clientcert import CertificateAuth
 from se.auth.macaroons import SecretStore
-from se.auth.policy import Grant, Op, Rule, ops_named
+from se.auth.policy import Grant, Op, Rule, denied_ops, ops_named
 from se.auth.wlcg import TokenVerifier
-from se.config import Config, state_dir
+from se.config import Config, ConfigError, PublicRule, state_dir
 from se.dav import handlers
 from se.dav.macaroon_requests import post
 from se.errors import ExpectationFailed, MethodNotAllowed, SEError
@@ -161,7 +162,13 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
     tokens = TokenVerifier(auth, cfg.tls.ca_dir) if auth is not None and auth.issuers else None
     public = None
     if auth is not None and auth.public:
-        public = Grant.of(Rule(confine(p.path), ops_named(p.allow)) for p in auth.public)
+        public = Grant.of(_public_rules(auth.public))
+    certificates = None
+    if auth is not None and cfg.tls.client_certs != "none":
+        try:
+            certificates = CertificateAuth(cfg)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"client certificates: {exc}") from None
     sources: list[MetricSource] = [tpc]
     if scitags is not None:
         sources.append(metrics.SciTagMetrics(scitags))
@@ -176,6 +183,7 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
         tokens=tokens,
         public=public,
         grants=GrantCache(auth.token_cache_entries if auth is not None else 10000),
+        certificates=certificates,
         scitags=scitags,
         tape=tape,
         metric_sources=tuple(sources),
@@ -218,6 +226,16 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
     app.on_shutdown.append(stop_transfers)
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def _public_rules(public: tuple[PublicRule, ...]) -> list[Rule]:
+    rules = []
+    for p in public:
+        if p.allow:
+            rules.append(Rule(confine(p.path), ops_named(p.allow)))
+        if p.deny:
+            rules.append(Rule(confine(p.path), denied_ops(p.deny), deny=True))
+    return rules
 
 
 def _log_sweep(task: asyncio.Future[int]) -> None:

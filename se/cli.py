@@ -119,7 +119,8 @@ def _token(args: argparse.Namespace) -> int:
 
 def check_components(cfg: Config) -> None:
     """The checks components make of their own settings, beyond what ``se.config`` can see
-    (the simulated tape library builds itself from ``[tape]``); ConfigError naming the key."""
+    (the simulated tape library builds itself from ``[tape]``, the X.509 rules parse their
+    FQAN patterns and DNs); ConfigError naming the key."""
     if cfg.tape.enabled:
         from se.tape.service import library_config
 
@@ -127,6 +128,13 @@ def check_components(cfg: Config) -> None:
             library_config(cfg.tape)
         except ValueError as exc:
             raise ConfigError(f"tape: {exc}") from None
+    if cfg.auth is not None and cfg.auth.x509:
+        from se.auth.gridmap import GridMap
+
+        try:
+            GridMap(cfg.auth.x509)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def build_config(args: argparse.Namespace) -> Config:

@@ -35,6 +35,7 @@ __all__ = [
     "TapeConfig",
     "TapePoolConfig",
     "WebDAVConfig",
+    "X509Rule",
     "is_loopback",
     "load_file",
     "load_mapping",
@@ -145,8 +146,13 @@ class WebDAVConfig:
 class TLSConfig:
     cert: str = ""
     key: str = ""
-    # CA directory (hashed, like /etc/grid-security/certificates) for outgoing connections.
+    # CA directory (hashed, like /etc/grid-security/certificates, with fetch-crl's CRLs):
+    # the trust for outgoing connections and for client certificates.
     ca_dir: str = ""
+    # Client certificates (X.509, RFC 3820 proxies): "none" (not asked for), "optional"
+    # (asked for; a client without one is served by its token or the anonymous rules) or
+    # "required" (the TLS handshake fails without one).
+    client_certs: str = "none"
 
     @property
     def enabled(self) -> bool:
@@ -244,11 +250,28 @@ OPERATION_NAMES = ("read", "create", "modify", "stage", "poll")
 
 @dataclass(frozen=True, slots=True)
 class GroupRule:
-    """Members of ``group`` (a ``wlcg.groups`` entry) may do ``allow`` below ``path``."""
+    """Members of ``group`` (a ``wlcg.groups`` entry) may do ``allow`` below ``path`` and
+    may not do ``deny`` there (the most specific path decides; see se.auth.policy)."""
 
     group: str
     path: str = "/"  # relative to the issuer's base_path
-    allow: tuple[str, ...] = ("read",)
+    allow: tuple[str, ...] = ("read",)  # () when only deny is given
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class X509Rule:
+    """Holders of a certificate or proxy whose VOMS attributes carry an FQAN matching
+    ``fqan``, and/or whose end-entity DN is ``dn``, may do ``allow`` below ``path`` and may
+    not do ``deny`` there.  FQAN patterns: ``/atlas`` (the group, no role),
+    ``/atlas/Role=production``, ``*`` as a wildcard (``/atlas/*``, ``/atlas/Role=*``).
+    DNs in slash (``/DC=org/CN=Alice``) or RFC 4514 form."""
+
+    fqan: str = ""
+    dn: str = ""
+    path: str = "/"
+    allow: tuple[str, ...] = ("read",)  # () when only deny is given
+    deny: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,10 +286,12 @@ class IssuerConfig:
 
 @dataclass(frozen=True, slots=True)
 class PublicRule:
-    """What requests without credentials may do below ``path``."""
+    """What requests without credentials may (``allow``) and may not (``deny``) do below
+    ``path``, over the anonymous level."""
 
     path: str
-    allow: tuple[str, ...] = ("read",)
+    allow: tuple[str, ...] = ("read",)  # () when only deny is given
+    deny: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +311,14 @@ class AuthConfig:
     jwks_refresh: float = 3600.0  # seconds before a JWKS is fetched again
     jwks_retry: float = 60.0  # at most one fetch per issuer this often (unknown kid, failures)
     fetch_timeout: float = 10.0
+    # X.509 client certificates and VOMS proxies (tls.client_certs): rules, the VOMS
+    # servers' .lsc files (<vomsdir>/<vo>/<host>.lsc), how many proxy certificates may
+    # stand above the end-entity certificate, and whether a CA without a current CRL in
+    # tls.ca_dir revokes nothing ("if_present") or refuses everything it issued ("require").
+    x509: tuple[X509Rule, ...] = ()
+    vomsdir: str = "/etc/grid-security/vomsdir"
+    max_proxy_depth: int = 10
+    crl_mode: str = "if_present"
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +481,8 @@ def _section(cls: type[Any], data: Any, name: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
+    if "deny" in known and "deny" in data and "allow" not in data:
+        values["allow"] = ()  # a deny-only rule allows nothing by itself
     for key, value in data.items():
         if key not in known:
             raise ConfigError(f"unknown config key: {name}.{key}")
@@ -511,8 +546,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError("storage.cache_settle_time: must be between 0.05 and 86400 seconds")
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         raise ConfigError("tls: cert and key must be set together")
+    if cfg.tls.client_certs not in ("none", "optional", "required"):
+        raise ConfigError("tls.client_certs: must be one of none, optional, required")
+    if cfg.tls.client_certs != "none" and not (cfg.tls.enabled and cfg.tls.ca_dir):
+        raise ConfigError("tls.client_certs: needs tls.cert, tls.key and tls.ca_dir")
     if cfg.auth is not None:
         _validate_auth(cfg.auth)
+        if cfg.auth.x509 and cfg.tls.client_certs == "none":
+            raise ConfigError("auth.x509: rules need tls.client_certs = optional or required")
     if cfg.tape.enabled:
         _validate_tape(cfg.tape)
     if cfg.webdav.max_proppatch_ops < 1 or cfg.webdav.max_property_size < 1:
@@ -647,12 +688,28 @@ def _validate_auth(a: AuthConfig) -> None:
             raise ConfigError(f"{where}.base_path: must be an absolute path")
         for j, rule in enumerate(iss.groups):
             _check_allow(rule.allow, f"{where}.groups[{j}].allow")
+            _check_allow(rule.deny, f"{where}.groups[{j}].deny")
             if not rule.group.startswith("/") or not rule.path.startswith("/"):
                 raise ConfigError(f"{where}.groups[{j}]: group and path must start with /")
     for i, pub in enumerate(a.public):
         _check_allow(pub.allow, f"auth.public[{i}].allow")
+        _check_allow(pub.deny, f"auth.public[{i}].deny")
         if not pub.path.startswith("/"):
             raise ConfigError(f"auth.public[{i}].path: must be an absolute path")
+    for i, x in enumerate(a.x509):
+        where = f"auth.x509[{i}]"
+        _check_allow(x.allow, f"{where}.allow")
+        _check_allow(x.deny, f"{where}.deny")
+        if not x.fqan and not x.dn:
+            raise ConfigError(f"{where}: needs an fqan or a dn")
+        if x.fqan and not x.fqan.startswith("/"):
+            raise ConfigError(f"{where}.fqan: must start with / (like /atlas/Role=production)")
+        if not x.path.startswith("/"):
+            raise ConfigError(f"{where}.path: must be an absolute path")
+    if not 0 <= a.max_proxy_depth <= 100:
+        raise ConfigError("auth.max_proxy_depth: must be between 0 and 100")
+    if a.crl_mode not in ("if_present", "require"):
+        raise ConfigError("auth.crl_mode: must be if_present or require")
 
 
 def _check_allow(allow: tuple[str, ...], where: str) -> None:

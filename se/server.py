@@ -28,8 +28,9 @@ from typing import TextIO
 import uvloop
 from aiohttp import web
 
-from se.accesslog import RedactTokens
+from se.accesslog import AccessLogger, RedactTokens
 from se.app import METHODS, create_app
+from se.auth.x509 import configure_server_context
 from se.config import Config, ConfigError, is_loopback
 from se.web.protocol import HeadBudget, SEHandler
 
@@ -53,10 +54,17 @@ def make_ssl_context(cfg: Config) -> ssl.SSLContext | None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A TLS 1.2 connection's client certificate cannot change under a kept identity.
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     try:
         ctx.load_cert_chain(cfg.tls.cert, cfg.tls.key)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"tls: cannot load certificate/key: {exc}") from exc
+    if cfg.tls.client_certs != "none":
+        try:
+            configure_server_context(ctx, cfg.tls.ca_dir, cfg.tls.client_certs)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"tls.ca_dir: cannot load {cfg.tls.ca_dir}: {exc}") from exc
     return ctx
 
 
@@ -142,6 +150,7 @@ async def _serve(cfg: Config, sock: socket.socket, first: bool) -> None:
     runner = web.AppRunner(
         app,
         access_log=access if cfg.logging.access_log else None,
+        access_log_class=AccessLogger,
         handler_cancellation=False,
         # WLCG tokens with many groups exceed aiohttp's 8 KiB field default; the token
         # size limit proper (auth.max_token_bytes) answers 401 with a reason.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pki import Pki, build_pki
 from tests.support import SEProcess, start_se
 
 # Quiet, RFC-strict-enough defaults for tests; individual tests add to this.
@@ -44,3 +45,9 @@ def need(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         pytest.skip(f"not installed: {', '.join(missing)}")
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The test grid PKI (tests/pki.py): CA directory, vomsdir, host, users, proxies."""
+    return build_pki(tmp_path_factory.mktemp("pki"))

@@ -1,5 +1,6 @@
 """Verified credentials, remembered: raw token (and the URL it was presented to, since the
-audience check depends on it) -> grant, until the token expires or five minutes pass.
+audience check depends on it) -> grant, until the token expires or five minutes (or the
+given time) pass.
 Bounded (least recently used first out).  Pure."""
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ CACHE_SECONDS = 300.0
 
 
 class GrantCache:
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, seconds: float = CACHE_SECONDS) -> None:
         self._max = max_entries
+        self._seconds = seconds
         self._data: collections.OrderedDict[tuple[str, str], tuple[Grant, float]] = (
             collections.OrderedDict()
         )
@@ -37,7 +39,7 @@ class GrantCache:
         if self._max <= 0:
             return
         now = time.time() if now is None else now
-        until = now + CACHE_SECONDS
+        until = now + self._seconds
         if grant.expires:
             until = min(until, grant.expires)
         self._data[(token, where)] = (grant, until)

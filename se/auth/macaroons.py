@@ -27,15 +27,14 @@ from pathlib import Path
 
 import jwt
 
-from se.auth.policy import Grant, Op, Rule, require
-from se.errors import BadRequest, Forbidden, SEError, Unauthorized
+from se.auth.policy import Grant, Op, Rule
+from se.errors import BadRequest, SEError, Unauthorized
 from se.storage.paths import DavPath, confine
 
 __all__ = [
     "ACTIVITIES",
     "MacaroonRequest",
     "SecretStore",
-    "holds",
     "issue",
     "load_secret",
     "parse_instant",
@@ -151,28 +150,6 @@ def parse_request(body: bytes) -> MacaroonRequest:
         if seconds <= 0:
             raise BadRequest("validity must be positive")
     return MacaroonRequest(tuple(dict.fromkeys(activities or ())), seconds, path, before)
-
-
-def holds(op: Op, path: DavPath, anonymous: str, grant: Grant | None, public: Grant | None) -> bool:
-    """Whether ``op`` is allowed on ``path`` and on everything below it: what a token issued
-    for ``path`` would allow.  Stricter than :func:`se.auth.policy.require`, which lets the
-    ancestors of a granted path be stat'ed (and created): a token for ``/a`` must never
-    yield one for ``/`` (that would stat every path)."""
-    try:
-        require(op, DavPath(()), anonymous)  # the anonymous level holds everywhere
-        return True
-    except (Unauthorized, Forbidden):
-        pass
-    return any(
-        _rule_covers(rule, op, path) for g in (grant, public) if g is not None for rule in g.rules
-    )
-
-
-def _rule_covers(rule: Rule, op: Op, path: DavPath) -> bool:
-    if op not in rule.ops or not path.is_within(rule.path):
-        return False
-    # A directory-only scope allows no file at its own path.
-    return not (rule.dir_only and path == rule.path and op in (Op.CREATE, Op.MODIFY))
 
 
 def issue(

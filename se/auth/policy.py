@@ -1,9 +1,16 @@
 """The one allow/deny decision.  Pure.
 
 Principals: the anonymous one (the configured anonymous level, plus explicit public rules)
-and the holder of a bearer token (a WLCG JWT, or a token this server issued), whose
-permissions arrive as a :class:`Grant`: rules of operations on namespace paths.  Handlers
-call :func:`require` and nothing else decides.
+and the holder of a credential (a WLCG JWT, a token this server issued, or an X.509
+certificate or VOMS proxy), whose permissions arrive as a :class:`Grant`: rules of
+operations on namespace paths.  Handlers call :func:`require` and nothing else decides.
+
+A rule allows or denies its operations at its path and below.  For one operation on one
+path, the rules of a grant that cover it (path at or above, operation among theirs) are
+looked at: the most specific path decides, and at equal paths a deny wins.  With no covering
+rule, the ancestors of an allowing rule's path may be stat'ed (and created where it allows
+creating), as clients do before writing below them.  Without deny rules this is the plain
+union of the rules.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from dataclasses import dataclass
 from se.errors import Forbidden, Unauthorized
 from se.storage.paths import DavPath
 
-__all__ = ["OPS_OF", "Grant", "Op", "Rule", "ops_named", "require"]
+__all__ = ["OPS_OF", "Grant", "Op", "Rule", "denied_ops", "holds", "ops_named", "require"]
 
 
 class Op(enum.Enum):
@@ -49,6 +56,16 @@ def ops_named(names: Iterable[str], stage_implies_read: bool = False) -> frozens
     return frozenset(ops)
 
 
+def denied_ops(names: Iterable[str]) -> frozenset[Op]:
+    """The operations a deny list takes away: what each name adds beyond stat ("read" takes
+    stat too), so that denying writes below a path still lets it be listed."""
+    ops: set[Op] = set()
+    for name in names:
+        named = OPS_OF.get(name, frozenset())
+        ops |= named if name == "read" else named - {Op.STAT}
+    return frozenset(ops)
+
+
 _ANONYMOUS: dict[str, frozenset[Op]] = {
     "none": frozenset(),
     "read": frozenset({Op.STAT, Op.READ}),
@@ -58,38 +75,90 @@ _ANONYMOUS: dict[str, frozenset[Op]] = {
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """``ops`` on ``path`` and everything below it (whole segments)."""
+    """``ops`` on ``path`` and everything below it (whole segments), allowed or denied."""
 
     path: DavPath
     ops: frozenset[Op]
     dir_only: bool = False  # the path itself may only be a collection
+    deny: bool = False
+
+    def covers(self, op: Op, path: DavPath) -> bool:
+        """Whether this rule speaks for ``op`` on ``path`` (is at or above it)."""
+        if op not in self.ops or not path.is_within(self.path):
+            return False
+        # A directory-only scope allows no file at its own path (and says nothing there).
+        return self.deny or not (self.dir_only and path == self.path and op in _FILE_OPS)
 
     def allows(self, op: Op, path: DavPath) -> bool:
-        if path.is_within(self.path):
-            if self.dir_only and path == self.path and op in (Op.CREATE, Op.MODIFY):
-                return False  # no file at a directory-only scope path
-            return op in self.ops
-        if self.path.is_within(path):
-            # Ancestors of the rule's path: stat them, and create them (mkdir -p) where the
-            # rule allows creating, as gfal2 does before writing a file it has a token for.
+        """This rule alone: whether it lets ``op`` be done on ``path``."""
+        if self.deny:
+            return False
+        if self.covers(op, path):
+            return True
+        return self._ancestor_allows(op, path)
+
+    def _ancestor_allows(self, op: Op, path: DavPath) -> bool:
+        # Ancestors of the rule's path: stat them, and create them (mkdir -p) where the
+        # rule allows creating, as gfal2 does before writing a file it has a token for.
+        if self.path.is_within(path) and path != self.path:
             return op is Op.STAT or (op is Op.MKDIR and Op.MKDIR in self.ops)
         return False
 
 
+_FILE_OPS = (Op.CREATE, Op.MODIFY)
+_NO_OPS: frozenset[Op] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What a credential allows; ``subject`` and ``expires`` are for logs and limits."""
+    """What a credential allows; ``subject`` and ``expires`` are for logs and limits,
+    ``kind`` names the credential in refusals ("token", "certificate"), ``attributes`` are
+    its VOMS FQANs (for logs; the rules already say what they allow)."""
 
     rules: tuple[Rule, ...]
     subject: str = ""
     expires: float = 0.0  # Unix time the credential ends (0: unknown)
+    kind: str = "token"
+    attributes: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, rules: Iterable[Rule], subject: str = "", expires: float = 0.0) -> Grant:
-        return cls(tuple(rules), subject, expires)
+    def of(
+        cls, rules: Iterable[Rule], subject: str = "", expires: float = 0.0, kind: str = "token"
+    ) -> Grant:
+        return cls(tuple(rules), subject, expires, kind)
 
-    def allows(self, op: Op, path: DavPath) -> bool:
-        return any(rule.allows(op, path) for rule in self.rules)
+    @property
+    def has_deny(self) -> bool:
+        return any(rule.deny for rule in self.rules)
+
+    def allows(self, op: Op, path: DavPath, floor: frozenset[Op] = _NO_OPS) -> bool:
+        """The decision for ``op`` on ``path``; ``floor``: operations allowed at the root
+        (the anonymous level), which the grant's deny rules can take away below it."""
+        verdict = self._decide(op, path, floor)
+        if verdict is not None:
+            return verdict
+        return any(not rule.deny and rule._ancestor_allows(op, path) for rule in self.rules)
+
+    def holds(self, op: Op, path: DavPath, floor: frozenset[Op] = _NO_OPS) -> bool:
+        """Whether ``op`` is allowed on ``path`` and on everything below it (no ancestor
+        allowance): what a token restricted to ``path`` may be issued for."""
+        if self._decide(op, path, floor) is not True:
+            return False
+        return not any(r.deny and op in r.ops and r.path.is_within(path) for r in self.rules)
+
+    def _decide(self, op: Op, path: DavPath, floor: frozenset[Op]) -> bool | None:
+        """The most specific covering rule's verdict (deny wins ties); None: no rule covers."""
+        best = 0 if op in floor else -1  # segments of the most specific covering path
+        verdict = best == 0
+        for rule in self.rules:
+            if not rule.covers(op, path):
+                continue
+            length = len(rule.path.segments)
+            if length > best:
+                best, verdict = length, not rule.deny
+            elif length == best and rule.deny:
+                verdict = False
+        return verdict if best >= 0 else None
 
 
 def require(
@@ -101,12 +170,15 @@ def require(
 ) -> None:
     """Raise unless the request may do ``op`` on ``path``.
 
-    Without a credential: the anonymous level or a public rule, else 401 with a challenge.
-    With one: its grant (or what anyone may do), else 403.
+    What anyone may do (the anonymous level, with the public rules' allows and denies over
+    it) is allowed to every request.  Beyond that: without a credential, 401 with a
+    challenge; with one, its grant decides, else 403.
     """
-    if op in _ANONYMOUS.get(anonymous, frozenset()):
-        return
-    if public is not None and public.allows(op, path):
+    floor = _ANONYMOUS.get(anonymous, _NO_OPS)
+    if public is None:
+        if op in floor:
+            return
+    elif public.allows(op, path, floor):
         return
     if grant is None:
         raise Unauthorized(
@@ -115,6 +187,19 @@ def require(
         )
     if not grant.allows(op, path):
         raise Forbidden(
-            f"the token does not allow {op.value} access to {path}",
+            f"the {grant.kind} does not allow {op.value} access to {path}",
             headers={"WWW-Authenticate": 'Bearer realm="se", error="insufficient_scope"'},
         )
+
+
+def holds(op: Op, path: DavPath, anonymous: str, grant: Grant | None, public: Grant | None) -> bool:
+    """Whether ``op`` is allowed on ``path`` and everything below it, for a request with
+    this grant: what a token issued for ``path`` would allow.  Stricter than
+    :func:`require`, which lets the ancestors of a granted path be stat'ed (and created):
+    a token for ``/a`` must never yield one for ``/`` (that would stat every path), nor one
+    for ``/a`` when a rule denies ``op`` somewhere below it."""
+    floor = _ANONYMOUS.get(anonymous, _NO_OPS)
+    anyone = Grant(()) if public is None else public
+    if anyone.holds(op, path, floor):
+        return True
+    return grant is not None and grant.holds(op, path)

@@ -21,7 +21,7 @@ import jwt
 
 from se.auth import scopes
 from se.auth.keys import KeyStore, NoKey
-from se.auth.policy import Grant, Rule, ops_named
+from se.auth.policy import Grant, Rule, denied_ops, ops_named
 from se.config import AuthConfig, IssuerConfig
 from se.errors import Unauthorized
 from se.storage.paths import DavPath, confine
@@ -68,7 +68,10 @@ def grant_from_claims(
         for rule in issuer.groups:
             if rule.group in groups:
                 path = _join(base, confine(rule.path).segments)
-                rules.append(Rule(path, ops_named(rule.allow, stage_implies_read)))
+                if rule.allow:
+                    rules.append(Rule(path, ops_named(rule.allow, stage_implies_read)))
+                if rule.deny:
+                    rules.append(Rule(path, denied_ops(rule.deny), deny=True))
     subject = f"{claims.get('sub', '')}@{issuer.issuer}"
     return Grant.of(rules, subject, float(claims.get("exp", 0)))
 

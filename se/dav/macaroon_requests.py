@@ -3,7 +3,7 @@
 Any other POST is refused with 405 (never handled as something else: a server that once
 answered an unknown POST with the file's content is why gfal2 checks this).  The caller
 gets at most what it may do itself: each requested activity must be allowed to it on the
-path and everything below it (:func:`se.auth.macaroons.holds`); activities it does not hold
+path and everything below it (:func:`se.auth.policy.holds`); activities it does not hold
 are dropped.  Caveats the client asks for narrow the token (``activity:``, ``path:``) or cap
 its life (``before:``, ``validity``); any other caveat is refused with a 400.
 """
@@ -16,7 +16,7 @@ import time
 from aiohttp import hdrs, web
 
 from se.auth import macaroons
-from se.auth.policy import Op
+from se.auth.policy import Op, holds
 from se.dav.handlers import ALLOW
 from se.errors import (
     BadRequest,
@@ -64,7 +64,7 @@ async def post(request: web.Request) -> web.StreamResponse:
         activity
         for activity in asked
         if all(
-            macaroons.holds(op, scope, ctx.anonymous, grant, ctx.public)
+            holds(op, scope, ctx.anonymous, grant, ctx.public)
             for op in macaroons.ACTIVITIES[activity]
         )
     ]

@@ -1,10 +1,20 @@
-"""Who is asking: the request's bearer token (if any) turned into a grant, and the call
-into the one policy function that every handler (WebDAV, TPC, tokens) goes through.
+"""Who is asking: the request's bearer token or client certificate (if any) turned into a
+grant, and the call into the one policy function that every handler (WebDAV, TPC, tokens)
+goes through.
 
 :func:`authenticate` runs once per request, before its handler (and before a
-100-continue is answered): a token that is present is always checked, and an invalid one
-is a 401 even where anonymous access would do (RFC 6750; no silent fallback).  Handlers
-then call the synchronous :func:`authorise`.
+100-continue is answered).  Precedence, when both may come:
+
+* a bearer token that is present decides alone: it is always checked, an invalid one is a
+  401 even where anonymous access would do or a valid certificate came with it (RFC 6750;
+  no silent fallback), and a valid one's grant is the request's (the certificate is not
+  looked at: a client that sends a token asks for its rights);
+* without a token, a client certificate or proxy (when ``tls.client_certs`` asks for one)
+  decides: a chain that cannot be trusted is a 401 with the reason, a trusted one gets the
+  grant of the ``[[auth.x509]]`` rules;
+* with neither, the request is anonymous.
+
+Handlers then call the synchronous :func:`authorise`.
 """
 
 from __future__ import annotations
@@ -68,6 +78,10 @@ async def authenticate(request: web.Request) -> None:
     request[_GRANT_KEY] = None
     token = bearer_token(request)
     if token is None:
+        certificates = context(request).certificates
+        if certificates is not None and request.transport is not None:
+            ssl_object = request.transport.get_extra_info("ssl_object")
+            request[_GRANT_KEY] = await certificates.grant_for(ssl_object)
         return
     ctx = context(request)
     own = _own_audiences(request, ctx.cfg.server.local_hosts)

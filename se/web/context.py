@@ -18,6 +18,7 @@ from typing import Protocol
 from aiohttp import web
 
 from se.auth.cache import GrantCache
+from se.auth.clientcert import CertificateAuth
 from se.auth.macaroons import SecretStore
 from se.auth.policy import Grant
 from se.auth.wlcg import TokenVerifier
@@ -63,6 +64,7 @@ class Context:
     tokens: TokenVerifier | None  # WLCG JWTs, when issuers are configured
     public: Grant | None  # explicit anonymous rules ([[auth.public]])
     grants: GrantCache  # verified tokens
+    certificates: CertificateAuth | None = None  # client certificates, when asked for
     scitags: SciTagService | None  # fireflies and flow labels, when enabled
     tape: TapeGate | None = None  # the simulated tape tier, when enabled
     metric_sources: tuple[MetricSource, ...] = ()  # in the order the metrics page shows them

@@ -41,6 +41,12 @@ def one_line(text: str) -> str:
 
 
 # -- check-config ---------------------------------------------------------------------------
+_X509 = (
+    '[tls]\ncert = "c.pem"\nkey = "k.pem"\nca_dir = "/etc/grid-security/certificates"\n'
+    'client_certs = "optional"\n[auth]\n[[auth.x509]]\n'
+)
+
+
 def test_check_config_valid(tmp_path: Path) -> None:
     cfg = tmp_path / "ok.toml"
     cfg.write_text(
@@ -62,6 +68,12 @@ def test_check_config_valid(tmp_path: Path) -> None:
         ("[frobnicate]\nx = 1\n", "frobnicate"),
         ('[server]\nport = "http"\n', "server.port"),
         ("[server\n", "invalid TOML"),
+        (_X509 + 'fqan = "/dteam/Role=x/sub"\n', "auth.x509[0]"),
+        (_X509 + 'dn = "not a dn"\n', "auth.x509[0]"),
+        (_X509 + 'fqan = "dteam"\n', "auth.x509[0].fqan"),
+        (_X509 + 'fqan = "/dteam"\ndeny = ["write"]\n', "auth.x509[0].deny"),
+        (_X509.replace("optional", "sometimes") + 'fqan = "/d"\n', "tls.client_certs"),
+        (_X509.replace('client_certs = "optional"\n', "") + 'fqan = "/d"\n', "auth.x509"),
     ],
 )
 def test_check_config_invalid(tmp_path: Path, content: str, needle: str) -> None:

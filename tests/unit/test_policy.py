@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from se.auth.policy import OPS_OF, Grant, Op, Rule, ops_named, require
+from se.auth.policy import OPS_OF, Grant, Op, Rule, denied_ops, holds, ops_named, require
 from se.errors import Forbidden, SEError, Unauthorized
 from se.storage.paths import DavPath
 
@@ -162,3 +162,158 @@ def test_rule_never_grants_outside_its_path(
         assert allowed == (op is Op.STAT or (op is Op.MKDIR and Op.MKDIR in OPS_OF[name]))
     else:
         assert not allowed
+
+
+# --- deny rules: the most specific path decides, a deny wins ties -------------------------
+
+ATLAS = DavPath(("atlas",))
+PROTECTED = DavPath(("atlas", "protected"))
+EXCEPT = Grant.of(
+    [
+        Rule(ATLAS, OPS_OF["modify"] | OPS_OF["read"]),
+        Rule(PROTECTED, denied_ops(["modify"]), deny=True),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("op", "segments", "allowed"),
+    [
+        (Op.CREATE, ("atlas", "f"), True),
+        (Op.DELETE, ("atlas", "f"), True),
+        (Op.CREATE, ("atlas", "protected", "f"), False),
+        (Op.DELETE, ("atlas", "protected", "f"), False),
+        (Op.MKDIR, ("atlas", "protected", "d"), False),
+        (Op.DELETE, ("atlas", "protected"), False),  # the subtree's root is inside it
+        (Op.READ, ("atlas", "protected", "f"), True),  # denying writes leaves reads alone
+        (Op.STAT, ("atlas", "protected"), True),
+        (Op.CREATE, ("atlas", "protectedness"), True),  # whole segments only
+    ],
+)
+def test_a_group_may_write_its_area_except_a_protected_subtree(
+    op: Op, segments: tuple[str, ...], allowed: bool
+) -> None:
+    assert EXCEPT.allows(op, DavPath(segments)) is allowed
+
+
+def test_a_more_specific_allow_reopens_a_denied_subtree() -> None:
+    grant = Grant.of([*EXCEPT.rules, Rule(PROTECTED.child("drop"), OPS_OF["create"])])
+    assert grant.allows(Op.CREATE, PROTECTED.child("drop").child("f"))
+    assert not grant.allows(Op.CREATE, PROTECTED.child("other"))
+
+
+def test_deny_wins_a_tie_and_beats_the_ancestor_allowance() -> None:
+    grant = Grant.of(
+        [
+            Rule(ATLAS, OPS_OF["read"]),
+            Rule(ATLAS, denied_ops(["read"]), deny=True),
+            Rule(DavPath(("x",)), denied_ops(["read"]), deny=True),
+            Rule(DavPath(("x", "y", "z")), OPS_OF["create"]),
+        ]
+    )
+    assert not grant.allows(Op.READ, ATLAS.child("f"))
+    # /x/y is an ancestor of an allowed path, but a deny covers it: no stat there.
+    assert not grant.allows(Op.STAT, DavPath(("x", "y")))
+    assert grant.allows(Op.STAT, DavPath(("x", "y", "z")))
+
+
+def test_denied_ops_keep_stat_unless_read_is_denied() -> None:
+    assert Op.STAT not in denied_ops(["modify", "create", "stage", "poll"])
+    assert denied_ops(["read"]) == {Op.STAT, Op.READ}
+    assert Op.DELETE in denied_ops(["modify"])
+
+
+def test_public_deny_takes_away_from_the_anonymous_level() -> None:
+    public = Grant.of([Rule(PROTECTED, denied_ops(["read"]), deny=True)])
+    require(Op.READ, ATLAS.child("f"), "read", None, public)
+    with pytest.raises(Unauthorized):
+        require(Op.READ, PROTECTED.child("f"), "read", None, public)
+    # A credential that allows it still may: the public rules say what anyone may do.
+    grant = Grant.of([Rule(PROTECTED, OPS_OF["read"])])
+    require(Op.READ, PROTECTED.child("f"), "read", grant, public)
+
+
+def test_refusals_name_the_credential() -> None:
+    grant = Grant.of([], "/DC=org/CN=Alice", kind="certificate")
+    with pytest.raises(Forbidden) as info:
+        require(Op.READ, ATLAS, "none", grant)
+    assert "certificate" in info.value.reason
+
+
+def test_a_delegated_token_never_spans_a_denied_subtree() -> None:
+    assert holds(Op.CREATE, ATLAS.child("f"), "none", EXCEPT, None)
+    assert not holds(Op.CREATE, ATLAS, "none", EXCEPT, None)  # /atlas/protected is below
+    assert not holds(Op.CREATE, PROTECTED, "none", EXCEPT, None)
+    assert holds(Op.READ, ATLAS, "none", EXCEPT, None)
+    assert not holds(Op.STAT, DavPath(()), "none", EXCEPT, None)  # no ancestor allowance
+    public = Grant.of([Rule(PROTECTED, denied_ops(["read"]), deny=True)])
+    assert holds(Op.READ, ATLAS.child("f"), "read", None, public)
+    assert not holds(Op.READ, ATLAS, "read", None, public)
+
+
+_OPS = st.sampled_from(list(Op))
+_RULES = st.lists(st.tuples(_PATHS, st.sampled_from(sorted(OPS_OF)), st.booleans()), max_size=6)
+
+
+def _model(rules: list[tuple[DavPath, str, bool]], op: Op, path: DavPath) -> bool:
+    """The documented semantics, written the slow way: the covering rules of the greatest
+    depth decide, a deny among them wins; without any, an ancestor allowance."""
+    covering = [
+        (len(p.segments), deny)
+        for p, name, deny in rules
+        if path.segments[: len(p.segments)] == p.segments
+        and op in (denied_ops([name]) if deny else OPS_OF[name])
+    ]
+    if covering:
+        depth = max(d for d, _ in covering)
+        return not any(deny for d, deny in covering if d == depth)
+    return any(
+        not deny
+        and p.segments[: len(path.segments)] == path.segments
+        and p != path
+        and (op is Op.STAT or (op is Op.MKDIR and Op.MKDIR in OPS_OF[name]))
+        for p, name, deny in rules
+    )
+
+
+def _grant(rules: list[tuple[DavPath, str, bool]]) -> Grant:
+    return Grant.of(
+        Rule(p, denied_ops([name]) if deny else OPS_OF[name], deny=deny) for p, name, deny in rules
+    )
+
+
+@given(_RULES, _PATHS, _OPS)
+def test_decision_matches_the_documented_model(
+    rules: list[tuple[DavPath, str, bool]], path: DavPath, op: Op
+) -> None:
+    assert _grant(rules).allows(op, path) == _model(rules, op, path)
+
+
+@given(_RULES, _PATHS, _OPS)
+def test_without_deny_rules_a_grant_is_the_union_of_its_rules(
+    rules: list[tuple[DavPath, str, bool]], path: DavPath, op: Op
+) -> None:
+    allows = [(p, name, False) for p, name, _ in rules]
+    grant = _grant(allows)
+    assert grant.allows(op, path) == any(r.allows(op, path) for r in grant.rules)
+
+
+@given(_RULES, _PATHS, _PATHS, _OPS)
+def test_a_held_path_allows_everything_below_it(
+    rules: list[tuple[DavPath, str, bool]], path: DavPath, below: DavPath, op: Op
+) -> None:
+    """What a macaroon for ``path`` would allow is allowed by the grant it came from."""
+    grant = _grant(rules)
+    if grant.holds(op, path):
+        inner = DavPath(path.segments + below.segments)
+        assert grant.allows(op, inner)
+
+
+@given(_RULES, _PATHS, _OPS)
+def test_adding_a_deny_never_allows_more(
+    rules: list[tuple[DavPath, str, bool]], path: DavPath, op: Op
+) -> None:
+    grant = _grant(rules)
+    for deny_path, name, _ in rules:
+        denied = Grant.of([*grant.rules, Rule(deny_path, denied_ops([name]), deny=True)])
+        assert not denied.allows(op, path) or grant.allows(op, path)
