@@ -16,7 +16,9 @@ dropped, so every FQAN is a group and an optional role.  A pattern is the same s
 A rule applies when any FQAN of the identity matches (all of them count, in the AC's order,
 not only the first as XRootD does) and, where it names one, the DN is the identity's;
 a rule may name both.  The matching rules' allows and denies together are the grant, judged
-by :mod:`se.auth.policy` like a token's.
+by :mod:`se.auth.policy` like a token's; the rules naming the same FQAN pattern and DN are
+one principal (a deny of ``/atlas`` rules takes away what ``/atlas`` rules give, not what
+``/atlas/Role=production`` rules give).
 """
 
 from __future__ import annotations
@@ -103,11 +105,14 @@ class GridMap:
             except ValueError as exc:
                 raise ValueError(f"auth.x509[{i}]: {exc}") from None
             path = confine(rule.path)
+            # The principal a deny weighs against: the same FQAN pattern and DN.
+            who = f"x509 {rule.fqan} {dn}"
             made = []
             if rule.allow:
-                made.append(Rule(path, ops_named(rule.allow, stage_implies_read)))
+                ops = ops_named(rule.allow, stage_implies_read)
+                made.append(Rule(path, ops, principal=who))
             if rule.deny:
-                made.append(Rule(path, denied_ops(rule.deny), deny=True))
+                made.append(Rule(path, denied_ops(rule.deny), deny=True, principal=who))
             entries.append(_Entry(pattern, dn, tuple(made)))
         self._entries = tuple(entries)
 

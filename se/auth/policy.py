@@ -5,12 +5,16 @@ and the holder of a credential (a WLCG JWT, a token this server issued, or an X.
 certificate or VOMS proxy), whose permissions arrive as a :class:`Grant`: rules of
 operations on namespace paths.  Handlers call :func:`require` and nothing else decides.
 
-A rule allows or denies its operations at its path and below.  For one operation on one
-path, the rules of a grant that cover it (path at or above, operation among theirs) are
-looked at: the most specific path decides, and at equal paths a deny wins.  With no covering
-rule, the ancestors of an allowing rule's path may be stat'ed (and created where it allows
-creating), as clients do before writing below them.  Without deny rules this is the plain
-union of the rules.
+A rule allows or denies its operations at its path and below, for one principal the
+credential holds (a token group, an FQAN pattern, a DN, or "anyone" for the anonymous level
+and the public rules).  For one operation on one path, each principal's rules that cover it
+(path at or above, operation among theirs) are looked at: the most specific path decides,
+and at equal paths a deny wins.  The request may if any principal's decision allows it: a
+deny takes away what the same principal's broader rules give, never what another principal
+grants (a member of /wlcg and /wlcg/test writes where /wlcg/test may, even where /wlcg is
+denied).  With no covering rule at all, the ancestors of an allowing rule's path may be
+stat'ed (and created where it allows creating), as clients do before writing below them.
+Without deny rules this is the plain union of the rules.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class Rule:
     ops: frozenset[Op]
     dir_only: bool = False  # the path itself may only be a collection
     deny: bool = False
+    principal: str = ""  # whose rule: a deny weighs only against the same principal's rules
 
     def covers(self, op: Op, path: DavPath) -> bool:
         """Whether this rule speaks for ``op`` on ``path`` (is at or above it)."""
@@ -127,10 +132,6 @@ class Grant:
     ) -> Grant:
         return cls(tuple(rules), subject, expires, kind)
 
-    @property
-    def has_deny(self) -> bool:
-        return any(rule.deny for rule in self.rules)
-
     def allows(self, op: Op, path: DavPath, floor: frozenset[Op] = _NO_OPS) -> bool:
         """The decision for ``op`` on ``path``; ``floor``: operations allowed at the root
         (the anonymous level), which the grant's deny rules can take away below it."""
@@ -139,26 +140,36 @@ class Grant:
             return verdict
         return any(not rule.deny and rule._ancestor_allows(op, path) for rule in self.rules)
 
-    def holds(self, op: Op, path: DavPath, floor: frozenset[Op] = _NO_OPS) -> bool:
-        """Whether ``op`` is allowed on ``path`` and on everything below it (no ancestor
-        allowance): what a token restricted to ``path`` may be issued for."""
-        if self._decide(op, path, floor) is not True:
-            return False
-        return not any(r.deny and op in r.ops and r.path.is_within(path) for r in self.rules)
-
     def _decide(self, op: Op, path: DavPath, floor: frozenset[Op]) -> bool | None:
-        """The most specific covering rule's verdict (deny wins ties); None: no rule covers."""
-        best = 0 if op in floor else -1  # segments of the most specific covering path
-        verdict = best == 0
+        """True if some principal's most specific covering rule allows (deny wins ties
+        within a principal), False if rules cover but none allows, None if none covers.
+        The floor belongs to the principal "" (anyone)."""
+        best: dict[str, tuple[int, bool]] = {"": (0, True)} if op in floor else {}
         for rule in self.rules:
             if not rule.covers(op, path):
                 continue
             length = len(rule.path.segments)
-            if length > best:
-                best, verdict = length, not rule.deny
-            elif length == best and rule.deny:
-                verdict = False
-        return verdict if best >= 0 else None
+            seen = best.get(rule.principal)
+            if seen is None or length > seen[0]:
+                best[rule.principal] = (length, not rule.deny)
+            elif length == seen[0] and rule.deny:
+                best[rule.principal] = (length, False)
+        if not best:
+            return None
+        return any(verdict for _, verdict in best.values())
+
+    def holds(self, op: Op, path: DavPath, floor: frozenset[Op] = _NO_OPS) -> bool:
+        """Whether ``op`` is allowed on ``path`` and on everything below it (no ancestor
+        allowance): what a token restricted to ``path`` may be issued for.  One principal
+        must hold it on the whole subtree (no deny of its own below ``path``)."""
+        principals = {rule.principal for rule in self.rules} | ({""} if op in floor else set())
+        for principal in principals:
+            own = Grant(tuple(r for r in self.rules if r.principal == principal))
+            if own._decide(op, path, floor if principal == "" else _NO_OPS) is not True:
+                continue
+            if not any(r.deny and op in r.ops and r.path.is_within(path) for r in own.rules):
+                return True
+        return False
 
 
 def require(

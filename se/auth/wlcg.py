@@ -68,10 +68,12 @@ def grant_from_claims(
         for rule in issuer.groups:
             if rule.group in groups:
                 path = _join(base, confine(rule.path).segments)
+                who = f"group {rule.group}"
                 if rule.allow:
-                    rules.append(Rule(path, ops_named(rule.allow, stage_implies_read)))
+                    ops = ops_named(rule.allow, stage_implies_read)
+                    rules.append(Rule(path, ops, principal=who))
                 if rule.deny:
-                    rules.append(Rule(path, denied_ops(rule.deny), deny=True))
+                    rules.append(Rule(path, denied_ops(rule.deny), deny=True, principal=who))
     subject = f"{claims.get('sub', '')}@{issuer.issuer}"
     return Grant.of(rules, subject, float(claims.get("exp", 0)))
 

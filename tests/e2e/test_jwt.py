@@ -3,11 +3,11 @@
 The issuer (tests/e2e/jwt_issuer.py) serves OIDC discovery and its JWKS over HTTPS from a
 thread and mints RS256/ES256 tokens.  Each server maps the issuer to the storage area
 ``/wlcg`` and reproduces the policy of the WLCG JWT compliance suite
-(indigo-iam/wlcg-jwt-compliance-tests) with group rules whose *union* gives the intended
-result (no first-match semantics assumed):
+(indigo-iam/wlcg-jwt-compliance-tests) as the suite states it, with a deny rule:
 
-- ``/wlcg``: read on ``/``; read, create and modify on ``/wlcg-jwt-compliance``;
-- ``/wlcg/test``: read, create and modify on ``/protected``.
+- ``/wlcg``: read, create and modify on ``/``, except create and modify on ``/protected``;
+- ``/wlcg/test``: read, create and modify on ``/protected`` (a member of both groups
+  writes there: a deny weighs only against its own group's rules).
 
 Anonymous access is "none" (apart from one public rule), so everything that works, works
 because of a token.  Two deployments run the same compliance table and negative cases: one
@@ -80,12 +80,12 @@ base_path = "/wlcg"
 [[auth.issuers.groups]]
 group = "/wlcg"
 path = "/"
-allow = ["read"]
+allow = ["read", "create", "modify"]
 
 [[auth.issuers.groups]]
 group = "/wlcg"
-path = "/wlcg-jwt-compliance"
-allow = ["read", "create", "modify"]
+path = "/protected"
+deny = ["create", "modify"]
 
 [[auth.issuers.groups]]
 group = "/wlcg/test"
@@ -890,7 +890,13 @@ def test_token_cli_keygen_issue_roundtrip(
         "/wlcg/test",
     ]
     assert call("GET", url + "/f.txt", grouped).status == 200
-    assert call("PUT", url + "/protected-by-group", grouped, UPLOAD).status == 403
+    assert call("PUT", url + "/protected/by-group", grouped, UPLOAD).status == 201
+    wlcg_only = _se(
+        "token", "issue", "--key", key, "--issuer", iss, "--scope", "openid",
+        "--groups", "/wlcg", "--aud", srv.url,
+    ).strip()  # fmt: skip
+    assert call("PUT", url + "/protected/by-wlcg", wlcg_only, UPLOAD).status == 403
+    assert call("PUT", url + "/by-wlcg", wlcg_only, UPLOAD).status == 201
     # A token of another key (same issuer string) is refused.
     other = tmp_path / "other"
     _se("token", "keygen", "--out", other, "--alg", alg)

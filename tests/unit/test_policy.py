@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from se.auth.policy import OPS_OF, Grant, Op, Rule, denied_ops, holds, ops_named, require
@@ -252,55 +252,67 @@ def test_a_delegated_token_never_spans_a_denied_subtree() -> None:
 
 
 _OPS = st.sampled_from(list(Op))
-_RULES = st.lists(st.tuples(_PATHS, st.sampled_from(sorted(OPS_OF)), st.booleans()), max_size=6)
+_RULES = st.lists(
+    st.tuples(_PATHS, st.sampled_from(sorted(OPS_OF)), st.booleans(), st.sampled_from("pq")),
+    max_size=6,
+)
+_RuleSpec = tuple[DavPath, str, bool, str]
 
 
-def _model(rules: list[tuple[DavPath, str, bool]], op: Op, path: DavPath) -> bool:
-    """The documented semantics, written the slow way: the covering rules of the greatest
-    depth decide, a deny among them wins; without any, an ancestor allowance."""
-    covering = [
-        (len(p.segments), deny)
-        for p, name, deny in rules
-        if path.segments[: len(p.segments)] == p.segments
-        and op in (denied_ops([name]) if deny else OPS_OF[name])
-    ]
-    if covering:
-        depth = max(d for d, _ in covering)
-        return not any(deny for d, deny in covering if d == depth)
+def _model(rules: list[_RuleSpec], op: Op, path: DavPath) -> bool:
+    """The documented semantics, written the slow way: per principal, the covering rules of
+    the greatest depth decide and a deny among them wins; allowed if any principal allows;
+    without any covering rule, an ancestor allowance."""
+    verdicts = []
+    for principal in {who for *_, who in rules}:
+        covering = [
+            (len(p.segments), deny)
+            for p, name, deny, who in rules
+            if who == principal
+            and path.segments[: len(p.segments)] == p.segments
+            and op in (denied_ops([name]) if deny else OPS_OF[name])
+        ]
+        if covering:
+            depth = max(d for d, _ in covering)
+            verdicts.append(not any(deny for d, deny in covering if d == depth))
+    if verdicts:
+        return any(verdicts)
     return any(
         not deny
         and p.segments[: len(path.segments)] == path.segments
         and p != path
         and (op is Op.STAT or (op is Op.MKDIR and Op.MKDIR in OPS_OF[name]))
-        for p, name, deny in rules
+        for p, name, deny, _ in rules
     )
 
 
-def _grant(rules: list[tuple[DavPath, str, bool]]) -> Grant:
+def _grant(rules: list[_RuleSpec]) -> Grant:
     return Grant.of(
-        Rule(p, denied_ops([name]) if deny else OPS_OF[name], deny=deny) for p, name, deny in rules
+        Rule(p, denied_ops([name]) if deny else OPS_OF[name], deny=deny, principal=who)
+        for p, name, deny, who in rules
     )
 
 
+@settings(max_examples=1000, deadline=None)
 @given(_RULES, _PATHS, _OPS)
 def test_decision_matches_the_documented_model(
-    rules: list[tuple[DavPath, str, bool]], path: DavPath, op: Op
+    rules: list[_RuleSpec], path: DavPath, op: Op
 ) -> None:
     assert _grant(rules).allows(op, path) == _model(rules, op, path)
 
 
 @given(_RULES, _PATHS, _OPS)
 def test_without_deny_rules_a_grant_is_the_union_of_its_rules(
-    rules: list[tuple[DavPath, str, bool]], path: DavPath, op: Op
+    rules: list[_RuleSpec], path: DavPath, op: Op
 ) -> None:
-    allows = [(p, name, False) for p, name, _ in rules]
+    allows = [(p, name, False, who) for p, name, _, who in rules]
     grant = _grant(allows)
     assert grant.allows(op, path) == any(r.allows(op, path) for r in grant.rules)
 
 
 @given(_RULES, _PATHS, _PATHS, _OPS)
 def test_a_held_path_allows_everything_below_it(
-    rules: list[tuple[DavPath, str, bool]], path: DavPath, below: DavPath, op: Op
+    rules: list[_RuleSpec], path: DavPath, below: DavPath, op: Op
 ) -> None:
     """What a macaroon for ``path`` would allow is allowed by the grant it came from."""
     grant = _grant(rules)
@@ -310,10 +322,27 @@ def test_a_held_path_allows_everything_below_it(
 
 
 @given(_RULES, _PATHS, _OPS)
-def test_adding_a_deny_never_allows_more(
-    rules: list[tuple[DavPath, str, bool]], path: DavPath, op: Op
-) -> None:
+def test_adding_a_deny_never_allows_more(rules: list[_RuleSpec], path: DavPath, op: Op) -> None:
     grant = _grant(rules)
-    for deny_path, name, _ in rules:
-        denied = Grant.of([*grant.rules, Rule(deny_path, denied_ops([name]), deny=True)])
+    for deny_path, name, _, who in rules:
+        extra = Rule(deny_path, denied_ops([name]), deny=True, principal=who)
+        denied = Grant.of([*grant.rules, extra])
         assert not denied.allows(op, path) or grant.allows(op, path)
+
+
+def test_a_deny_weighs_only_against_its_own_principal() -> None:
+    """The WLCG JWT compliance suite's policy: /wlcg may write everywhere but /protected,
+    /wlcg/test may write /protected; a member of both writes there."""
+    wlcg = [
+        Rule(DavPath(()), OPS_OF["modify"] | OPS_OF["read"], principal="/wlcg"),
+        Rule(DavPath(("protected",)), denied_ops(["modify"]), deny=True, principal="/wlcg"),
+    ]
+    test = [Rule(DavPath(("protected",)), OPS_OF["modify"], principal="/wlcg/test")]
+    target = DavPath(("protected", "f"))
+    assert not Grant.of(wlcg).allows(Op.CREATE, target)
+    assert Grant.of(wlcg + test).allows(Op.CREATE, target)
+    assert Grant.of(test).allows(Op.CREATE, target)
+    # Both principals together hold writes on /protected for a delegated token; /wlcg
+    # alone does not hold them on / (its own deny lies below).
+    assert Grant.of(wlcg + test).holds(Op.CREATE, DavPath(("protected",)))
+    assert not Grant.of(wlcg + test).holds(Op.CREATE, DavPath(()))
