@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import sys
 import time
@@ -469,3 +470,39 @@ def test_tape_stage_requests_belong_to_the_dn(site: Site) -> None:
     listing = run_ok([sys.executable, "-m", "se", "tape", "ls", "--config", config])
     line = next(row for row in listing.stdout.splitlines() if rid in row)
     assert site.bob.dn in line
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_a_resumed_session_keeps_its_identity(site: Site, version: str) -> None:
+    """Clients such as davix offer to resume TLS sessions: a resumed session would carry no
+    client chain, so a listener that asks for certificates issues no session tickets and
+    keeps no session cache.  The client's offer is declined, the handshake is full, and the
+    proxy is judged again on every connection."""
+    proxy = site.pki.proxy(site.bob, fqans=("/dteam/Role=production",))
+    ctx = ssl.create_default_context(cafile=str(site.pki.ca_cert))
+    ctx.load_cert_chain(str(proxy))
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    session = None
+    reused = []
+    for attempt in range(3):
+        conn = http.client.HTTPSConnection("localhost", site.se.port, context=ctx, timeout=30)
+        conn.connect()
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        if session is not None:
+            # http.client has no session argument: wrap a fresh socket with the session.
+            conn.close()
+            raw = socket.create_connection(("localhost", site.se.port), timeout=30)
+            sock = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+            conn = http.client.HTTPSConnection("localhost", site.se.port, context=ctx)
+            conn.sock = sock
+        path = f"/dteam/resumed-{version}-{attempt}.txt"
+        conn.request("PUT", path, body=b"r")
+        answer = conn.getresponse()
+        body = answer.read()
+        assert answer.status == 201, (attempt, answer.status, body)
+        reused.append(sock.session_reused)
+        session = sock.session
+        conn.close()
+    assert session is not None
+    assert reused == [False, False, False]
