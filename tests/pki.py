@@ -3,34 +3,64 @@ once something is revoked), a rogue CA nobody trusts, a host certificate for loc
 users, VOMS server certificates with their ``.lsc`` files, and proxies.
 
 VOMS proxies are made by Debian's ``voms-proxy-fake`` (voms-clients), so their bytes are what
-real VOMS clients send; the cases it cannot make (a tampered AC in a validly signed proxy) are
-made with ``cryptography`` from one of its proxies.
+real VOMS clients send.  What it cannot make is made with ``cryptography``/``asn1crypto``
+from one of its proxies: proxies of proxies (``depth``), a tampered AC in a validly signed
+proxy, an AC transplanted from another user's proxy, and an AC with a targeting extension
+(``voms-proxy-fake -target`` crashes), re-signed by the VOMS server's key.
+
+Notes on voms-proxy-fake: proxies start 5 minutes in the past, ACs now; ``-hours`` and
+``-vomslife`` take whole hours (given here as at least 1); ``-pastproxy``/``-pastac H:MM``
+move the start back, which with a lifetime of one hour gives an expired proxy or AC;
+without ``-rfc`` it still makes RFC proxies unless ``-proxyver 2`` (legacy Globus,
+``CN=proxy``) or ``3`` (pre-RFC draft) is given; its RFC proxies carry a path length
+constraint of 1 unless ``-path-length`` says otherwise.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
+from asn1crypto import cms, core  # type: ignore[import-untyped]
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["VOMS_HOST", "VOMS_PORT", "Pki", "User", "build_pki", "dn_of"]
+__all__ = [
+    "VOMS_HOST",
+    "VOMS_PORT",
+    "Authority",
+    "Pki",
+    "User",
+    "build_pki",
+    "dn_of",
+    "make_ca",
+    "subject_hash",
+]
 
 VOMS_HOST = "voms.se-test.org"
 VOMS_PORT = 15000
 _VOMS_OID = x509.ObjectIdentifier("1.3.6.1.4.1.8005.100.100.5")
+_PROXY_CERT_INFO = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
+# ProxyCertInfo (RFC 3820): no path length constraint, policy language id-ppl-inheritAll.
+_INHERIT_ALL = bytes.fromhex("300c300a06082b06010505071501")
 _DAY = dt.timedelta(days=1)
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 def dn_of(*cns: str, org: str = "se-test") -> x509.Name:
+    """``/DC=org/DC=<org>/CN=...`` as a name."""
     attrs = [
         x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "org"),
         x509.NameAttribute(NameOID.DOMAIN_COMPONENT, org),
@@ -40,6 +70,7 @@ def dn_of(*cns: str, org: str = "se-test") -> x509.Name:
 
 
 def _slash(name: x509.Name) -> str:
+    # Written here independently of se.auth.cadir, for the simple names this PKI makes.
     short = {NameOID.DOMAIN_COMPONENT: "DC", NameOID.COMMON_NAME: "CN"}
     return "".join(f"/{short[a.oid]}={a.value!s}" for a in name)
 
@@ -48,14 +79,16 @@ def _key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
+def _key_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
     )
+
+
+def _write_key(path: Path, key: PrivateKey) -> None:
+    path.write_bytes(_key_pem(key))
     path.chmod(0o600)
 
 
@@ -63,21 +96,38 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def _usage(*, sign: bool, encipher: bool, cert_sign: bool = False) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=sign,
+        content_commitment=False,
+        key_encipherment=encipher,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 @dataclass
-class _Authority:
+class Authority:
+    """A CA: its certificate and key."""
+
     cert: x509.Certificate
     key: rsa.RSAPrivateKey
 
     def issue(
         self,
         subject: x509.Name,
-        key: rsa.RSAPrivateKey,
+        key: PrivateKey,
         *,
         server: str | None = None,
         client: bool = True,
         expired: bool = False,
         serial: int | None = None,
     ) -> x509.Certificate:
+        """An end-entity certificate for ``key`` (a host one with SANs if ``server``)."""
         now = dt.datetime.now(dt.UTC)
         start, end = (now - 30 * _DAY, now - _DAY) if expired else (now - _DAY, now + 365 * _DAY)
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
@@ -93,18 +143,7 @@ class _Authority:
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
+                _usage(sign=True, encipher=isinstance(key, rsa.RSAPrivateKey)), critical=True
             )
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(
@@ -114,8 +153,6 @@ class _Authority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         )
         if server:
-            import ipaddress
-
             builder = builder.add_extension(
                 x509.SubjectAlternativeName(
                     [
@@ -129,39 +166,34 @@ class _Authority:
         return builder.sign(self.key, hashes.SHA256())
 
 
-def _make_ca(subject: x509.Name) -> _Authority:
+def make_ca(
+    subject: x509.Name, parent: Authority | None = None, *, path_length: int | None = None
+) -> Authority:
+    """A self-signed root CA, or (``parent``) an intermediate CA issued by ``parent``."""
     key = _key()
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    signer_key = parent.key if parent else key
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(subject)
+        .issuer_name(parent.cert.subject if parent else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _DAY)
         .not_valid_after(now + 3650 * _DAY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_usage(sign=False, encipher=False, cert_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
     )
-    return _Authority(cert, key)
+    if parent:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(parent.key.public_key()), False
+        )
+    return Authority(builder.sign(signer_key, hashes.SHA256()), key)
 
 
-def _subject_hash(pem: Path) -> str:
+def subject_hash(pem: Path) -> str:
+    """OpenSSL's subject hash of a PEM certificate: the name capath lookups use."""
     res = subprocess.run(
         ["openssl", "x509", "-hash", "-noout", "-in", str(pem)],
         capture_output=True,
@@ -170,6 +202,53 @@ def _subject_hash(pem: Path) -> str:
         timeout=30,
     )
     return res.stdout.strip()
+
+
+def install_ca(folder: Path, cert: x509.Certificate) -> Path:
+    """Put a CA certificate in a hashed CA directory as ``<hash>.N`` (the first free N)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "incoming.pem.tmp"
+    tmp.write_bytes(_pem(cert))
+    digest = subject_hash(tmp)
+    index = 0
+    while (folder / f"{digest}.{index}").exists():
+        index += 1
+    target = folder / f"{digest}.{index}"
+    shutil.move(tmp, target)
+    target.chmod(0o644)
+    return target
+
+
+def crl_pem(
+    authority: Authority,
+    serials: Sequence[int],
+    *,
+    next_update: dt.timedelta = 7 * _DAY,
+    number: int = 1,
+) -> bytes:
+    """A CRL of ``authority`` listing ``serials`` (a past ``next_update`` gives an expired
+    one), with the extensions fetch-crl'd CRLs carry."""
+    now = dt.datetime.now(dt.UTC)
+    this_update = min(now - dt.timedelta(minutes=5), now + next_update - dt.timedelta(hours=1))
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(authority.cert.subject)
+        .last_update(this_update)
+        .next_update(now + next_update)
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()), False
+        )
+    )
+    for serial in sorted(serials):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(this_update)
+            .build()
+        )
+    crl = builder.sign(authority.key, hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.PEM)
 
 
 @dataclass(frozen=True)
@@ -190,8 +269,8 @@ class Pki:
     host_key: Path
     ca_cert: Path
     rogue_ca_dir: Path
-    _ca: _Authority
-    _rogue: _Authority
+    ca: Authority
+    rogue: Authority
     _voms: dict[str, tuple[Path, Path]] = field(default_factory=dict)
     _users: dict[str, User] = field(default_factory=dict)
     _revoked: set[int] = field(default_factory=set)
@@ -200,7 +279,8 @@ class Pki:
     # -- people ------------------------------------------------------------------------
 
     def user(self, name: str, *, rogue: bool = False, expired: bool = False) -> User:
-        """A user certificate (created once per name) issued by the CA (or the rogue one)."""
+        """A user certificate (created once per name) issued by the CA (or the rogue one);
+        its DN is ``/DC=org/DC=se-test/CN=<Name> Tester``."""
         known = self._users.get(name)
         if known is not None:
             return known
@@ -208,7 +288,7 @@ class Pki:
         folder.mkdir(parents=True)
         key = _key()
         subject = dn_of(f"{name.title()} Tester")
-        cert = (self._rogue if rogue else self._ca).issue(subject, key, expired=expired)
+        cert = (self.rogue if rogue else self.ca).issue(subject, key, expired=expired)
         (folder / "usercert.pem").write_bytes(_pem(cert))
         _write_key(folder / "userkey.pem", key)
         user = User(
@@ -222,27 +302,14 @@ class Pki:
         return user
 
     def revoke(self, user: User) -> None:
-        """(Re)write the CA's CRL in the CA directory, listing ``user`` too."""
+        """(Re)write the CA's CRL ``<hash>.r0`` in the CA directory, listing ``user`` too
+        (by rename, as fetch-crl does)."""
         self._revoked.add(user.serial)
-        now = dt.datetime.now(dt.UTC)
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self._ca.cert.subject)
-            .last_update(now - dt.timedelta(minutes=5))
-            .next_update(now + 7 * _DAY)
-        )
-        for serial in sorted(self._revoked):
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder()
-                .serial_number(serial)
-                .revocation_date(now - dt.timedelta(minutes=5))
-                .build()
-            )
-        crl = builder.sign(self._ca.key, hashes.SHA256())
-        target = self.ca_dir / f"{_subject_hash(self.ca_cert)}.r0"
+        target = self.ca_dir / f"{subject_hash(self.ca_cert)}.r0"
         tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-        os.replace(tmp, target)  # as fetch-crl does
+        tmp.write_bytes(crl_pem(self.ca, sorted(self._revoked), number=len(self._revoked)))
+        tmp.chmod(0o644)
+        os.replace(tmp, target)
 
     # -- proxies -----------------------------------------------------------------------
 
@@ -261,51 +328,62 @@ class Pki:
         limited: bool = False,
         depth: int = 1,
         tamper_ac: bool = False,
+        proxyver: int | None = None,
+        targets: Sequence[str] = (),
+        ac_of: User | None = None,
     ) -> Path:
         """A proxy file as X509_USER_PROXY holds it (proxy cert, its key, the chain down to
-        the user certificate).  ``vo=None``: no VOMS attributes.  ``voms``: "good", or
-        "unlisted" (a VOMS server of the CA that no .lsc names), or "rogue" (the good
-        server's name, certified by the rogue CA).  ``depth`` > 1: proxies of the proxy."""
+        the user certificate), mode 0600.
+
+        ``vo=None``: no VOMS attributes.  ``voms``: "good", "unlisted" (a server of the CA
+        that no .lsc names), "rogue" (the good server's name, certified by the rogue CA) or
+        "ec" (the good name, an EC P-256 key).  ``rfc=False``: a legacy Globus proxy
+        (``CN=proxy``); ``proxyver``: voms-proxy-fake's ``-proxyver`` (3: pre-RFC draft).
+        ``depth`` > 1: proxies of the proxy.  ``tamper_ac``: one FQAN byte changed after
+        signing; ``targets``: the AC re-signed with a targeting extension naming them;
+        ``ac_of``: the AC of a proxy of that other user, in this user's proxy."""
         self._count += 1
         out = self.root / "proxies" / f"{user.name}-{self._count}.pem"
         out.parent.mkdir(exist_ok=True)
-        args = [
-            "voms-proxy-fake",
-            "-q",
-            "-cert",
-            str(user.cert),
-            "-key",
-            str(user.key),
-            "-certdir",
-            str(self.ca_dir),
-            "-out",
-            str(out),
-            "-hours",
-            str(max(1, round(hours))),
-            "-bits",
-            "2048",
-        ]
-        if rfc:
+        args = ["voms-proxy-fake", "-q", "-cert", str(user.cert), "-key", str(user.key)]
+        args += ["-certdir", str(self.ca_dir), "-out", str(out), "-bits", "2048"]
+        if expired:
+            args += ["-hours", "1", "-pastproxy", "2:00"]
+        else:
+            args += ["-hours", str(max(1, round(hours)))]
+        if proxyver is not None:
+            args += ["-proxyver", str(proxyver)]
+        elif rfc:
             args.append("-rfc")
+        else:
+            args += ["-proxyver", "2"]
         if limited:
             args.append("-limited")
         if depth > 1:
-            # voms-proxy-fake writes a path length constraint of 1 unless told otherwise.
             args += ["-path-length", str(depth)]
-        if expired:
-            args += ["-hours", "1", "-pastproxy", "2:00"]
         if vo is not None:
             host_cert, host_key = self._voms_cert(voms)
             args += ["-voms", vo, "-uri", f"{VOMS_HOST}:{VOMS_PORT}"]
             args += ["-hostcert", str(host_cert), "-hostkey", str(host_key)]
-            args += ["-vomslife", str(max(1, round(ac_hours)))]
-            for fqan in fqans:
-                args += ["-fqan", fqan]
             if ac_expired:
                 args += ["-vomslife", "1", "-pastac", "2:00"]
+            else:
+                args += ["-vomslife", str(max(1, round(ac_hours)))]
+            for fqan in fqans:
+                args += ["-fqan", fqan]
         _run(args)
-        if tamper_ac:
-            _tamper_ac(out, user)
+        if vo is not None and (tamper_ac or targets):
+            value = _voms_value(out)
+            if targets:
+                value = _with_targets(value, targets, self._voms_cert(voms)[1])
+            if tamper_ac:
+                index = value.find(f"/{vo}".encode())
+                assert index >= 0, "no FQAN to tamper with"
+                value = value[: index + 1] + b"X" + value[index + 2 :]
+            _replace_voms(out, user, value)
+        if ac_of is not None:
+            other = self.proxy(ac_of, vo=vo or "dteam", fqans=fqans, voms=voms)
+            _replace_voms(out, user, _voms_value(other))
         for level in range(1, depth):
             deeper = out.with_name(f"{out.stem}-d{level + 1}.pem")
             _delegate(out, deeper)
@@ -314,16 +392,17 @@ class Pki:
         return out
 
     def _voms_cert(self, kind: str) -> tuple[Path, Path]:
-        """The certificate and key of a VOMS server: "good" (listed in the .lsc), "unlisted",
-        "rogue" (the good name, issued by the rogue CA)."""
+        """The certificate and key of a VOMS server of that kind (see :meth:`proxy`)."""
         known = self._voms.get(kind)
         if known is not None:
             return known
+        if kind not in ("good", "unlisted", "rogue", "ec"):
+            raise ValueError(f"no VOMS server kind {kind!r}")
         folder = self.root / "voms" / kind
         folder.mkdir(parents=True)
-        key = _key()
+        key: PrivateKey = ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else _key()
         name = VOMS_HOST if kind != "unlisted" else "voms-unlisted.se-test.org"
-        authority = self._rogue if kind == "rogue" else self._ca
+        authority = self.rogue if kind == "rogue" else self.ca
         cert = authority.issue(dn_of(name), key, server=name, client=False)
         (folder / "hostcert.pem").write_bytes(_pem(cert))
         _write_key(folder / "hostkey.pem", key)
@@ -337,18 +416,25 @@ def _run(args: list[str]) -> None:
         raise RuntimeError(f"{' '.join(args)} -> {res.returncode}: {res.stdout} {res.stderr}")
 
 
-def _tamper_ac(path: Path, user: User) -> None:
-    """Change one FQAN byte inside the proxy's AC and sign the proxy again with the user's
-    key: a proxy the TLS layer accepts whose AC signature no longer verifies."""
+def _load_proxy(path: Path) -> tuple[list[x509.Certificate], PrivateKey]:
     data = path.read_bytes()
-    certs = x509.load_pem_x509_certificates(data)
+    key = serialization.load_pem_private_key(data, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
+    return x509.load_pem_x509_certificates(data), key
+
+
+def _voms_value(path: Path) -> bytes:
+    proxy = _load_proxy(path)[0][0]
+    value = proxy.extensions.get_extension_for_oid(_VOMS_OID).value
+    assert isinstance(value, x509.UnrecognizedExtension)
+    return value.value
+
+
+def _replace_voms(path: Path, user: User, value: bytes) -> None:
+    """The proxy in ``path`` with its VOMS extension value replaced, signed again with the
+    user's key: a proxy the TLS layer accepts, whatever its AC says."""
+    certs, proxy_key = _load_proxy(path)
     proxy = certs[0]
-    proxy_key = serialization.load_pem_private_key(data, password=None)
-    ext = proxy.extensions.get_extension_for_oid(_VOMS_OID)
-    raw = ext.value.value  # type: ignore[attr-defined]
-    index = raw.find(b"/dteam")
-    assert index >= 0, "no FQAN to tamper with"
-    changed = raw[: index + 1] + b"D" + raw[index + 2 :]
     builder = (
         x509.CertificateBuilder()
         .subject_name(proxy.subject)
@@ -359,33 +445,74 @@ def _tamper_ac(path: Path, user: User) -> None:
         .not_valid_after(proxy.not_valid_after_utc)
     )
     for extension in proxy.extensions:
-        value = extension.value
+        ext_value = extension.value
         if extension.oid == _VOMS_OID:
-            value = x509.UnrecognizedExtension(_VOMS_OID, changed)
-        builder = builder.add_extension(value, extension.critical)
+            ext_value = x509.UnrecognizedExtension(_VOMS_OID, value)
+        builder = builder.add_extension(ext_value, extension.critical)
     user_key = serialization.load_pem_private_key(user.key.read_bytes(), password=None)
-    signed = builder.sign(user_key, hashes.SHA256())  # type: ignore[arg-type]
-    key_pem = proxy_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
+    assert isinstance(user_key, rsa.RSAPrivateKey)
+    signed = builder.sign(user_key, hashes.SHA256())
+    path.write_bytes(_pem(signed) + _key_pem(proxy_key) + b"".join(_pem(c) for c in certs[1:]))
+
+
+class _ACs(core.SequenceOf):  # type: ignore[misc]
+    _child_spec = cms.AttributeCertificateV2
+
+
+class _ACLists(core.SequenceOf):  # type: ignore[misc]
+    _child_spec = _ACs
+
+
+class _TargetChoice(core.Choice):  # type: ignore[misc]
+    _alternatives: ClassVar[list[tuple[str, type, dict[str, int]]]] = [
+        ("target_name", asn1_x509.GeneralName, {"explicit": 0}),
+    ]
+
+
+class _TargetSeq(core.SequenceOf):  # type: ignore[misc]
+    _child_spec = _TargetChoice
+
+
+class _TargetInfo(core.SequenceOf):  # type: ignore[misc]
+    _child_spec = _TargetSeq
+
+
+def _with_targets(value: bytes, targets: Sequence[str], voms_key_file: Path) -> bytes:
+    """The VOMS extension value with its first AC restricted to ``targets`` (RFC 5755
+    targeting, critical, names as URIs as the VOMS server writes them) and re-signed by
+    the VOMS server's key."""
+    lists = _ACLists.load(value)
+    ac = lists[0][0]
+    info = ac["ac_info"]
+    names = [
+        _TargetChoice(
+            name="target_name",
+            value=asn1_x509.GeneralName(name="uniform_resource_identifier", value=t),
+        )
+        for t in targets
+    ]
+    extension = asn1_x509.Extension(
+        {
+            "extn_id": "2.5.29.55",
+            "critical": True,
+            "extn_value": core.ParsableOctetString(_TargetInfo([_TargetSeq(names)]).dump()),
+        }
     )
-    path.write_bytes(_pem(signed) + key_pem + b"".join(_pem(c) for c in certs[1:]))
-
-
-# ProxyCertInfo (RFC 3820) with the inherit-all policy and no path length limit.
-_PROXY_CERT_INFO = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
-_INHERIT_ALL = bytes.fromhex("300c300a06082b06010505071501")
+    info["extensions"] = asn1_x509.Extensions([*info["extensions"], extension])
+    signed_part = info.dump(force=True)
+    key = serialization.load_pem_private_key(voms_key_file.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    assert ac["signature_algorithm"].hash_algo == "sha256"
+    ac["signature"] = key.sign(signed_part, padding.PKCS1v15(), hashes.SHA256())
+    return bytes(lists.dump(force=True))
 
 
 def _delegate(signer_file: Path, out: Path) -> None:
     """A proxy of the proxy in ``signer_file`` (as a delegation to a service makes one)."""
-    data = signer_file.read_bytes()
-    chain = x509.load_pem_x509_certificates(data)
-    signer_key = serialization.load_pem_private_key(data, password=None)
+    chain, signer_key = _load_proxy(signer_file)
     signer = chain[0]
     key = _key()
-    serial = x509.random_serial_number() >> 128
+    serial = secrets.randbelow(2**31 - 1) + 1
     subject = x509.Name([*signer.subject, x509.NameAttribute(NameOID.COMMON_NAME, str(serial))])
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -396,48 +523,29 @@ def _delegate(signer_file: Path, out: Path) -> None:
         .serial_number(serial)
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(min(now + dt.timedelta(hours=6), signer.not_valid_after_utc))
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_usage(sign=True, encipher=True), critical=True)
         .add_extension(x509.UnrecognizedExtension(_PROXY_CERT_INFO, _INHERIT_ALL), critical=True)
-        .sign(signer_key, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(signer_key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    out.write_bytes(_pem(cert) + key_pem + b"".join(_pem(c) for c in chain))
+    out.write_bytes(_pem(cert) + _key_pem(key) + b"".join(_pem(c) for c in chain))
     out.chmod(0o600)
 
 
-def _hashed_dir(folder: Path, ca: _Authority) -> Path:
-    folder.mkdir(parents=True)
-    pem = folder / "ca.pem.tmp"
-    pem.write_bytes(_pem(ca.cert))
-    shutil.move(pem, folder / f"{_subject_hash(pem)}.0")
-    return folder
-
-
 def build_pki(root: Path) -> Pki:
-    """The CA, the rogue CA, the host certificate and the vomsdir, under ``root``."""
-    ca = _make_ca(dn_of("se-test CA"))
-    rogue = _make_ca(dn_of("se-test CA", org="rogue"))
+    """The CA, the rogue CA, the host certificate and the vomsdir, under ``root``.
+
+    ``certificates/`` holds the CA as ``<hash>.0`` (no intermediates, no signing_policy);
+    ``rogue-certificates/`` the rogue CA the same way; ``vomsdir/{dteam,atlas}/`` an .lsc
+    for the VOMS server; ``host/`` the localhost certificate and key (0600).
+    """
+    ca = make_ca(dn_of("se-test CA"))
+    rogue = make_ca(dn_of("se-test CA", org="rogue"))
     ca_cert = root / "ca.pem"
     ca_cert.write_bytes(_pem(ca.cert))
-    ca_dir = _hashed_dir(root / "certificates", ca)
-    rogue_dir = _hashed_dir(root / "rogue-certificates", rogue)
+    ca_dir = root / "certificates"
+    install_ca(ca_dir, ca.cert)
+    rogue_dir = root / "rogue-certificates"
+    install_ca(rogue_dir, rogue.cert)
     host_key = _key()
     host = ca.issue(dn_of("localhost"), host_key, server="localhost")
     (root / "host").mkdir()
@@ -456,6 +564,6 @@ def build_pki(root: Path) -> Pki:
         host_key=root / "host" / "hostkey.pem",
         ca_cert=ca_cert,
         rogue_ca_dir=rogue_dir,
-        _ca=ca,
-        _rogue=rogue,
+        ca=ca,
+        rogue=rogue,
     )

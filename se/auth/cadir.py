@@ -351,6 +351,24 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return constraints.ca
 
 
+def _may_issue(cert: x509.Certificate) -> bool:
+    """A CA certificate whose key usage (if given) allows signing certificates."""
+    if not _is_ca(cert):
+        return False
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return usage.key_cert_sign
+
+
+def _path_length(cert: x509.Certificate) -> int | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    except x509.ExtensionNotFound:
+        return None
+
+
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
@@ -627,35 +645,54 @@ class TrustStore:
         """The path from ``cert`` to a self-signed CA of the directory, checked.
 
         Issuers are taken from the directory first, then from ``untrusted`` (only CA
-        certificates; each link's signature verified); every certificate of the path must be
-        within its validity at ``now``, and none but the anchor revoked by its issuer's CRL.
-        Raises :class:`TrustError` naming the first problem; ``what`` names ``cert`` in it.
+        certificates whose key usage allows certificate signing; each link's signature
+        verified); every certificate of the path must be within its validity at ``now``, the
+        CAs' path length constraints must hold, and none but the anchor may be revoked by its
+        issuer's CRL.  The anchor is a self-signed certificate of the directory.  Raises
+        :class:`TrustError` naming the first problem; ``what`` names ``cert`` in it.
         """
         snapshot = self._current()
         extra = [c for c in untrusted if _is_ca(c)]
         path = [cert]
         current = cert
         while True:
-            problem = validity_problem(current, now, what if current is cert else "CA certificate")
+            name = what if current is cert else "CA certificate"
+            problem = validity_problem(current, now, name)
             if problem:
                 raise TrustError(problem)
-            fp = _fingerprint(current)
-            if fp in snapshot.fingerprints and current.issuer == current.subject:
+            # CAs between the leaf and this one must be within this one's path length.
+            limit = _path_length(current) if len(path) > 2 else None
+            if limit is not None and len(path) - 2 > limit:
+                raise TrustError(
+                    f"CA certificate {openssl_dn(current.subject)} allows {limit} CAs below it, "
+                    f"the chain of {openssl_dn(cert.subject)} has {len(path) - 2}"
+                )
+            self_signed = current.issuer == current.subject
+            if self_signed and _fingerprint(current) in snapshot.fingerprints:
                 return path
+            if self_signed and _issued_by(current, current):
+                if current.subject in snapshot.by_subject:
+                    raise TrustError(
+                        f"{name} {openssl_dn(current.subject)} is not the trusted CA of that "
+                        "name (another key)"
+                    )
+                raise TrustError(
+                    f"{name} {openssl_dn(current.subject)} is self-signed and not a trusted CA"
+                )
             if len(path) >= _MAX_PATH:
                 raise TrustError(f"chain of {openssl_dn(cert.subject)} too long")
             candidates = list(snapshot.by_subject.get(current.issuer, ()))
             candidates += [c for c in extra if c.subject == current.issuer and c not in candidates]
-            issuer = next((c for c in candidates if _is_ca(c) and _issued_by(current, c)), None)
+            issuer = next((c for c in candidates if _may_issue(c) and _issued_by(current, c)), None)
             if issuer is None:
                 if candidates:
                     raise TrustError(
-                        f"signature of {openssl_dn(current.subject)} does not verify with its CA"
+                        f"signature of {name} {openssl_dn(current.subject)} does not verify "
+                        f"with the key of CA {openssl_dn(current.issuer)}"
                     )
                 raise TrustError(
-                    f"{what if current is cert else 'CA certificate'} "
-                    f"{openssl_dn(current.subject)}: issuer {openssl_dn(current.issuer)} "
-                    "is not a trusted CA"
+                    f"{name} {openssl_dn(current.subject)}: issuer "
+                    f"{openssl_dn(current.issuer)} is not a trusted CA"
                 )
             problem = self.revocation_problem(current, issuer, now)
             if problem:
