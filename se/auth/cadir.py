@@ -320,18 +320,47 @@ def _parse_rfc4514(text: str) -> _Rdns:
     return rdns
 
 
+def _der_length(size: int) -> bytes:
+    if size < 0x80:
+        return bytes([size])
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(octets)]) + octets
+
+
+def _ava_order(ava: tuple[str, bytes]) -> tuple[int, bytes]:
+    """The place of an attribute in a multi-valued RDN: a SET OF, which DER orders by the
+    encodings of its AttributeTypeAndValues (here with the value as a UTF8String; the
+    string type cannot decide between attributes of different types).  Types without an
+    OID (no certificate has them) go last."""
+    kind, value = ava
+    oid = _OID_OF_SHORT.get(kind, kind)
+    if not _OID_TEXT.fullmatch(oid):
+        return 1, kind.encode() + b"=" + value
+    body = core.ObjectIdentifier(oid).dump() + b"\x0c" + _der_length(len(value)) + value
+    return 0, b"\x30" + _der_length(len(body)) + body
+
+
 def normalise_dn(text: str) -> str:
     """The slash form of a DN given in slash or RFC 4514 form (config rules take either).
 
     Attribute types are matched without regard to case and known aliases (``E``,
-    ``Email``, ``userid``, long names) become OpenSSL's short names; whitespace around the
-    whole text is dropped.  ``""`` stays ``""``; text of neither form raises ``ValueError``.
+    ``Email``, ``userid``, long names) become OpenSSL's short names; the attributes of a
+    multi-valued RDN are put in the order a certificate has them (DER's), so that either
+    order matches (OpenSSL's RFC 2253 output reverses them); whitespace around the whole
+    text is dropped, but for an escaped space ending an RFC 4514 value (``CN=x\\ ``).
+    ``""`` stays ``""``; text of neither form raises ``ValueError``.
     """
-    text = text.strip()
-    if not text:
+    stripped = text.strip()
+    if not stripped:
         return ""
-    rdns = _parse_slash(text) if text.startswith("/") else _parse_rfc4514(text)
-    return _format_slash(rdns)
+    if stripped.startswith("/"):
+        rdns = _parse_slash(stripped)
+    else:
+        end = len(text) - len(text.lstrip()) + len(stripped)
+        if end < len(text) and (len(stripped) - len(stripped.rstrip("\\"))) % 2:
+            stripped += text[end]  # the escaped space the strip cut off
+        rdns = _parse_rfc4514(stripped)
+    return _format_slash([sorted(rdn, key=_ava_order) if len(rdn) > 1 else rdn for rdn in rdns])
 
 
 # --------------------------------------------------------------------------------------

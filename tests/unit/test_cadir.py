@@ -143,6 +143,45 @@ def test_normalise_dn_refuses_text_that_is_no_dn(text: str) -> None:
         normalise_dn(text)
 
 
+def test_a_multi_valued_rdn_matches_in_either_order(tmp_path: Path) -> None:
+    # Built in the "wrong" order: the certificate's DER sorts each SET OF (CN before UID,
+    # the shorter OU before the longer), and OpenSSL's RFC 2253 output reverses them again.
+    name = x509.Name(
+        [
+            _rdn((NameOID.DOMAIN_COMPONENT, "org")),
+            _rdn((NameOID.ORGANIZATIONAL_UNIT_NAME, "bb"), (NameOID.ORGANIZATIONAL_UNIT_NAME, "a")),
+            _rdn((NameOID.USER_ID, "jdoe"), (NameOID.COMMON_NAME, "John Doe")),
+        ]
+    )
+    der = _self_signed(name).public_bytes(serialization.Encoding.DER)
+    cert = x509.load_der_x509_certificate(der)  # as a client's certificate is read
+    slash = "/DC=org/OU=a+OU=bb/CN=John Doe+UID=jdoe"
+    assert openssl_dn(cert.subject) == _openssl_subject(cert, tmp_path) == slash
+    rfc2253 = subprocess.run(
+        ["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253"],
+        input=cert.public_bytes(serialization.Encoding.PEM),
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    assert rfc2253.strip() == "subject=UID=jdoe+CN=John Doe,OU=bb+OU=a,DC=org"
+    for given in (
+        rfc2253.strip().removeprefix("subject="),
+        "CN=John Doe+UID=jdoe,OU=a+OU=bb,DC=org",
+        "/DC=org/OU=bb+OU=a/UID=jdoe+CN=John Doe",
+        slash,
+    ):
+        assert normalise_dn(given) == slash, given
+
+
+def test_an_escaped_space_ending_rfc4514_text_is_kept() -> None:
+    name = x509.Name([_rdn((NameOID.DOMAIN_COMPONENT, "org ")), _rdn((NameOID.COMMON_NAME, "x"))])
+    assert rfc4514_dn(name) == "CN=x,DC=org\\ "
+    assert normalise_dn(rfc4514_dn(name)) == openssl_dn(name) == "/DC=org /CN=x"
+    assert normalise_dn(" CN=x,DC=org\\ \n") == "/DC=org /CN=x"
+    # An escaped backslash before the space: the space was not escaped, and goes.
+    assert normalise_dn("CN=x,DC=org\\\\ ") == "/DC=org\\/CN=x"
+
+
 def test_times_and_validity_reasons(pki: Pki) -> None:
     assert iso_time(0) == "1970-01-01T00:00:00Z"
     assert iso_time(dt.datetime(2026, 12, 7, 5, tzinfo=dt.UTC)) == "2026-12-07T05:00:00Z"
