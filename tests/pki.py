@@ -43,7 +43,10 @@ __all__ = [
     "Pki",
     "User",
     "build_pki",
+    "crl_pem",
+    "delegate",
     "dn_of",
+    "install_ca",
     "make_ca",
     "subject_hash",
 ]
@@ -386,7 +389,7 @@ class Pki:
             _replace_voms(out, user, _voms_value(other))
         for level in range(1, depth):
             deeper = out.with_name(f"{out.stem}-d{level + 1}.pem")
-            _delegate(out, deeper)
+            delegate(out, deeper)
             out = deeper
         out.chmod(0o600)
         return out
@@ -507,7 +510,7 @@ def _with_targets(value: bytes, targets: Sequence[str], voms_key_file: Path) -> 
     return bytes(lists.dump(force=True))
 
 
-def _delegate(signer_file: Path, out: Path) -> None:
+def delegate(signer_file: Path, out: Path) -> None:
     """A proxy of the proxy in ``signer_file`` (as a delegation to a service makes one)."""
     chain, signer_key = _load_proxy(signer_file)
     signer = chain[0]

@@ -9,9 +9,11 @@ so that an expired proxy gets a 401 with its reason rather than a bare TLS alert
 
 * every proxy (RFC 3820, with the ProxyCertInfo extension; the pre-RFC draft one; or a
   legacy Globus proxy named ``CN=proxy``/``CN=limited proxy``) is signed by the next
-  certificate, is named as its issuer plus one ``CN``, is within its validity, its issuer's
-  key usage (if any) allows signing, and the path length constraints of the proxies above
-  it hold; at most ``max_proxy_depth`` proxies;
+  certificate, is named as its issuer plus one ``CN``, is not a CA, is within its validity,
+  its issuer's key usage (if any) allows signing, and the path length constraints of the
+  proxies above it hold; an RFC proxy's ProxyCertInfo is critical and its policy language
+  inherits the issuer's rights (inheritAll or Globus' limited; independent proxies and
+  application policies are refused); at most ``max_proxy_depth`` proxies;
 * the EEC is not a CA and chains to a CA of the CA directory (signatures, validity, CRLs:
   :meth:`se.auth.cadir.TrustStore.verify_path`);
 * the leaf-most certificate with a VOMS extension gives the attribute certificate, verified
@@ -19,13 +21,18 @@ so that an expired proxy gets a 401 with its reason rather than a bare TLS alert
   and the identity keeps its DN.
 
 The identity is the EEC's: its DN, not the proxy's.
+
+Over TLS only RFC 3820 proxies get this far: OpenSSL (even with ``VERIFY_ALLOW_PROXY_CERTS``)
+refuses legacy Globus proxies (an end-entity certificate as an issuer) and draft proxies (an
+unknown critical extension) at the handshake.  :meth:`X509Verifier.identify` still takes
+them, for chains that reach it otherwise.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 import time
+from _ssl import ENCODING_DER  # the encoding argument of the private certificate objects
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -57,6 +64,13 @@ __all__ = [
 PROXY_CERT_INFO = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
 _DRAFT_PROXY_CERT_INFO = x509.ObjectIdentifier("1.3.6.1.4.1.3536.1.222")
 _LEGACY_PROXY_CNS = ("proxy", "limited proxy")
+# Policy languages of proxies that carry their issuer's rights: id-ppl-inheritAll (RFC 3820)
+# and Globus' limited proxy.  id-ppl-independent (1.3.6.1.5.5.7.21.2) and application
+# policies are refused: such a proxy does not speak for its end-entity certificate here.
+_RIGHTS_POLICIES = {
+    "1.3.6.1.5.5.7.21.1": "inheritAll",
+    "1.3.6.1.4.1.3536.1.1.1.9": "limited",
+}
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME: validity is judged here, with a reason for the client.
 _NO_CHECK_TIME = 0x200000
 
@@ -99,16 +113,30 @@ def _extension(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> Any:
         return None
 
 
-def _path_len(cert: x509.Certificate) -> int | None:
-    """The ProxyCertInfo path length constraint of an RFC proxy (None: unlimited)."""
-    value = _extension(cert, PROXY_CERT_INFO)
-    if not isinstance(value, x509.UnrecognizedExtension):
-        return None
+def _proxy_cert_info(cert: x509.Certificate) -> int | None:
+    """The path length constraint of an RFC 3820 proxy (None: unlimited; None for other
+    proxies too), after checking its ProxyCertInfo: critical, well formed, and a policy
+    language that inherits the issuer's rights."""
     try:
+        ext = cert.extensions.get_extension_for_oid(PROXY_CERT_INFO)
+    except x509.ExtensionNotFound:
+        return None
+    name = openssl_dn(cert.subject)
+    if not ext.critical:
+        raise X509Error(f"proxy {name}: ProxyCertInfo is not marked critical")
+    value = ext.value
+    try:
+        if not isinstance(value, x509.UnrecognizedExtension):
+            raise ValueError("not an extension value cryptography leaves undecoded")
         info = _ProxyCertInfo.load(value.value, strict=True)
         path_len = info["path_len"].native
-    except (ValueError, TypeError, KeyError) as exc:
-        raise X509Error(f"proxy {openssl_dn(cert.subject)}: malformed ProxyCertInfo") from exc
+        language = info["policy"]["policy_language"].dotted
+    except (ValueError, TypeError, KeyError):
+        raise X509Error(f"proxy {name}: malformed ProxyCertInfo") from None
+    if language not in _RIGHTS_POLICIES:
+        raise X509Error(f"proxy {name} has policy language {language}, not one that inherits")
+    if path_len is not None and int(path_len) < 0:
+        raise X509Error(f"proxy {name}: negative path length in ProxyCertInfo")
     return None if path_len is None else int(path_len)
 
 
@@ -199,7 +227,10 @@ class X509Verifier:
                 break
             proxies.append(cert)
         if len(proxies) == len(certs):
-            raise X509Error("the chain holds proxies but not the certificate they were made from")
+            raise X509Error(
+                f"the chain of {openssl_dn(certs[0].subject)} holds proxies but not the "
+                "certificate they were made from"
+            )
         eec = certs[len(proxies)]
         if len(proxies) > self.max_proxy_depth:
             raise X509Error(
@@ -212,7 +243,7 @@ class X509Verifier:
             issuer = proxies[index + 1] if index + 1 < len(proxies) else eec
             _check_proxy(proxy, issuer, when)
             # The proxies below this one (closer to the leaf) count against its limit.
-            limit = _path_len(proxy)
+            limit = _proxy_cert_info(proxy)
             if limit is not None and index > limit:
                 raise X509Error(
                     f"proxy {openssl_dn(proxy.subject)} allows {limit} proxies below it, "
@@ -227,10 +258,10 @@ class X509Verifier:
         not_after = min(c.not_valid_after_utc.timestamp() for c in (*proxies, *path))
         vo, problem = "", ""
         fqans: tuple[str, ...] = ()
-        for cert in (*proxies, eec):
-            extension = voms_extension(cert)
-            if extension is None:
-                continue
+        extension = next(
+            (found for found in map(voms_extension, (*proxies, eec)) if found is not None), None
+        )
+        if extension is not None:
             try:
                 ac = parse_voms_extension(extension)[0]
                 attrs = verify_ac(
@@ -238,10 +269,12 @@ class X509Verifier:
                 )
             except VomsError as exc:
                 problem = str(exc)
+            except (ValueError, TypeError, KeyError, OverflowError) as exc:
+                # Malformed content asn1crypto only notices when a part is first read.
+                problem = f"malformed VOMS attribute certificate: {exc}"
             else:
                 vo, fqans = attrs.vo, attrs.fqans
                 not_after = min(not_after, attrs.not_after)
-            break
         return X509Identity(
             dn=openssl_dn(eec.subject),
             dn_rfc4514=rfc4514_dn(eec.subject),
@@ -256,55 +289,78 @@ class X509Verifier:
 
 
 def configure_server_context(ctx: ssl.SSLContext, ca_dir: str, client_certs: str) -> None:
-    """Ask TLS clients for a certificate (``"optional"`` or ``"required"``), trusting the
-    hashed CA directory, proxies allowed.
+    """Set up a TLS server context to ask for client certificates.
 
-    Times are left to :meth:`X509Verifier.identify` (an expired proxy gets a 401 that says
-    so), and so are CRLs.  Resumed sessions must still show the client's chain: TLS 1.3
-    tickets and TLS 1.2 tickets carry the session without it, so neither is issued; a
-    TLS 1.2 client may still resume from the server's in-memory session cache, whose
-    sessions keep the chain they were verified with (:func:`peer_chain`).
+    ``client_certs``: ``"none"`` (never asked for; nothing else changes), ``"optional"``
+    (asked for; a client without one still connects) or ``"required"`` (a handshake without
+    one fails).  A certificate a client does present must chain to the hashed CA directory
+    ``ca_dir`` (RFC 3820 proxies allowed), or the handshake fails.
+
+    Left to :meth:`X509Verifier.identify`: validity times (so that an expired proxy gets a
+    401 saying so instead of a bare TLS alert), CRLs, strict RFC 5280 profile checks (old
+    proxy tools leave out extensions OpenSSL's strict mode demands), and partial chains
+    (only self-signed anchors are trusted, as there).
+
+    Session resumption keeps the client's chain or does not happen: a session restored from
+    a ticket (TLS 1.2 or 1.3) keeps none of the client's certificates but the leaf, so no
+    tickets are issued (``OP_NO_TICKET``, ``num_tickets = 0``; TLS 1.3 then does not resume
+    at all).  TLS 1.2 clients may still resume a session from OpenSSL's in-memory session-ID
+    cache (Python offers no switch for it); such a session keeps the certificates the client
+    sent, which :func:`peer_chain` returns when no verification ran.
     """
     if client_certs == "none":
+        ctx.verify_mode = ssl.CERT_NONE
         return
+    if client_certs not in ("optional", "required"):
+        raise ValueError(f"client_certs {client_certs!r} is not none, optional or required")
+    if ctx.protocol is not ssl.PROTOCOL_TLS_SERVER:
+        raise ValueError("client certificates need a PROTOCOL_TLS_SERVER context")
     ctx.verify_mode = ssl.CERT_REQUIRED if client_certs == "required" else ssl.CERT_OPTIONAL
     ctx.load_verify_locations(capath=ca_dir)
-    # (Clearing first: an IntFlag complement would drop the bit ssl has no name for.)
-    ctx.verify_flags &= ~(ssl.VERIFY_CRL_CHECK_LEAF | ssl.VERIFY_CRL_CHECK_CHAIN)
-    ctx.verify_flags |= ssl.VERIFY_ALLOW_PROXY_CERTS | _NO_CHECK_TIME
+    # As plain integers: "~" of a VerifyFlags value only spans the flags the ssl module
+    # names, so it would clear NO_CHECK_TIME too.
+    unwanted = int(
+        ssl.VERIFY_CRL_CHECK_LEAF
+        | ssl.VERIFY_CRL_CHECK_CHAIN
+        | ssl.VERIFY_X509_STRICT
+        | ssl.VERIFY_X509_PARTIAL_CHAIN
+    )
+    flags = (int(ctx.verify_flags) & ~unwanted) | int(ssl.VERIFY_ALLOW_PROXY_CERTS) | _NO_CHECK_TIME
+    ctx.verify_flags = ssl.VerifyFlags(flags)
     ctx.options |= ssl.OP_NO_TICKET
     ctx.num_tickets = 0
 
 
-def _der_chain(certs: Any) -> list[bytes]:
-    import _ssl
+def peer_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> list[bytes]:
+    """DER of the client's certificate chain, leaf first; [] without a client certificate.
 
-    # Without a client certificate the server side's unverified chain is [None].
-    return [cert.public_bytes(_ssl.ENCODING_DER) for cert in certs or () if cert is not None]
-
-
-def peer_chain(ssl_object: ssl.SSLObject | None) -> list[bytes]:
-    """DER of the client's chain, leaf first; [] without a client certificate.
-
-    The chain OpenSSL verified when there is one; on a resumed session (no verification
-    ran) the chain the session was verified with.  Either way :meth:`X509Verifier.identify`
-    checks it again.  Python 3.13 has these as public methods; before, the ``_sslobj``
-    behind an :class:`ssl.SSLObject` has them.
+    The chain OpenSSL verified (it ends with the trust anchor from the CA directory); if
+    there is none although the client sent certificates (a resumed session, which
+    :func:`configure_server_context` prevents), the certificates the client sent.  Either
+    way :meth:`X509Verifier.identify` checks them all again.  Python 3.13 has public
+    ``get_verified_chain``/``get_unverified_chain`` methods; before, the ``_sslobj`` behind
+    an :class:`ssl.SSLObject` or :class:`ssl.SSLSocket` has them.
     """
     if ssl_object is None:
         return []
-    chain = _call(ssl_object, "get_verified_chain")
-    if not chain:
-        chain = _call(ssl_object, "get_unverified_chain")
-    return _der_chain(chain)
+    chain = _chain(ssl_object, "get_verified_chain")
+    return chain or _chain(ssl_object, "get_unverified_chain")
 
 
-def _call(ssl_object: ssl.SSLObject, name: str) -> Any:
+def _chain(ssl_object: ssl.SSLObject | ssl.SSLSocket, name: str) -> list[bytes]:
     method = getattr(ssl_object, name, None)
     if method is None:
         method = getattr(getattr(ssl_object, "_sslobj", None), name, None)
     if method is None:
-        return None
-    with contextlib.suppress(ssl.SSLError, ValueError):
-        return method()
-    return None
+        return []
+    try:
+        certs = method()
+    except (ssl.SSLError, ValueError):  # no handshake yet, or the connection is gone
+        return []
+    # Without a client certificate the server side's chain is None, [] or [None]; the
+    # public methods give DER bytes, the private ones certificate objects.
+    return [
+        cert if isinstance(cert, bytes) else cert.public_bytes(ENCODING_DER)
+        for cert in certs or ()
+        if cert is not None
+    ]

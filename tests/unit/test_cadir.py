@@ -299,6 +299,35 @@ def test_intermediate_cas_from_the_chain_or_the_directory(pki: Pki, ca_dir: Path
     assert store.verify_path(user, [], NOW()) == [user, sub.cert, pki.ca.cert]
 
 
+def test_a_user_certificate_cannot_act_as_a_ca(pki: Pki, ca_dir: Path) -> None:
+    """basicConstraints (and key usage): a certificate signed with a user's key is not
+    trusted, even with the user's certificate in the chain or installed in the directory."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = dt.datetime.now(dt.UTC)
+    user = (  # no key usage extension: only basicConstraints says it is no CA
+        x509.CertificateBuilder()
+        .subject_name(dn_of("Plain Tester"))
+        .issuer_name(pki.ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(pki.ca.key, hashes.SHA256())
+    )
+    alice = pki.user("alice")
+    alice_key = serialization.load_pem_private_key(alice.key.read_bytes(), password=None)
+    assert isinstance(alice_key, rsa.RSAPrivateKey)
+    for issuer, issuer_key in ((user, key), (_cert(alice.cert), alice_key)):
+        victim = Authority(issuer, issuer_key).issue(dn_of("Fake Tester"), key)
+        store = TrustStore(ca_dir, check_interval=0)
+        with pytest.raises(TrustError, match="Tester is not a trusted CA"):
+            store.verify_path(victim, [issuer], NOW())
+        install_ca(ca_dir, issuer)
+        with pytest.raises(TrustError, match=r"does not verify with the key of CA .* Tester$"):
+            store.verify_path(victim, [], NOW())
+
+
 def test_ca_path_length_constraints_hold(pki: Pki, ca_dir: Path) -> None:
     store = TrustStore(ca_dir)
     upper = _intermediate(pki, "se-test Upper CA", path_length=0)
