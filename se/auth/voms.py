@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -166,8 +166,16 @@ def _crypto_name(name: asn1_x509.Name) -> x509.Name:
     return x509.Name(rdns)
 
 
-def _asn1_name(name: x509.Name) -> asn1_x509.Name:
-    return asn1_x509.Name.load(name.public_bytes())
+def _same_name(names: Iterable[x509.Name], other: asn1_x509.Name) -> bool:
+    """Whether one of ``names`` is ``other`` (RFC 5280 comparison); identical encodings,
+    the usual case, decide without asn1crypto's string preparation."""
+    encoded = [name.public_bytes() for name in names]
+    for der in encoded:
+        header = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+        # ``contents``: the encoding inside the SEQUENCE header (and any tag around it).
+        if der[header:] == other.contents:
+            return True
+    return any(asn1_x509.Name.load(der) == other for der in encoded)
 
 
 def voms_extension(cert: x509.Certificate) -> bytes | None:
@@ -397,7 +405,7 @@ def verify_ac(
     if ac.hash_name not in _HASHES or ac.signature_scheme not in ("rsassa_pkcs1v15", "ecdsa"):
         raise VomsError(f"AC signature algorithm {ac.hash_name}/{ac.signature_scheme} refused")
     local = _local_certs(folder, ac.vo)
-    named = [c for c in (*ac.certseq, *local) if _asn1_name(c.subject) == ac.issuer]
+    named = [c for c in (*ac.certseq, *local) if _same_name([c.subject], ac.issuer)]
     if not named:
         raise VomsError(f"no certificate of VOMS server {issuer_dn} in the AC nor in the vomsdir")
     signer = next((c for c in named if _verifies(ac, c)), None)
@@ -437,9 +445,8 @@ def verify_ac(
     # 5. The holder.
     if ac.holder_serial is None or len(ac.holder_issuers) != 1:
         raise VomsError("AC holder is not given as one issuer name and a serial")
-    if ac.holder_serial != holder.serial_number or ac.holder_issuers[0] not in (
-        _asn1_name(holder.issuer),
-        _asn1_name(holder.subject),
+    if ac.holder_serial != holder.serial_number or not _same_name(
+        (holder.issuer, holder.subject), ac.holder_issuers[0]
     ):
         raise VomsError(f"AC was issued to another certificate than {openssl_dn(holder.subject)}'s")
 
