@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from asn1crypto import x509 as asn1_x509  # type: ignore[import-untyped]
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -15,6 +16,7 @@ from se.auth.cadir import TrustStore
 from se.auth.voms import (
     AttributeCertificate,
     VomsError,
+    _same_name,
     parse_voms_extension,
     read_lsc,
     verify_ac,
@@ -242,3 +244,14 @@ def test_malformed_ac_der(pki: Pki, store: TrustStore) -> None:
 def test_certificates_without_the_extension(pki: Pki) -> None:
     assert voms_extension(chain_of(pki.proxy(pki.user("alice"), vo=None))[0]) is None
     assert voms_extension(x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())) is None
+
+
+def test_names_compare_as_rfc_5280_says() -> None:
+    """Encodings differing in string type and case still name the same server/holder."""
+    ours = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Alice  Tester")])
+    printable = asn1_x509.Name.build({"common_name": "alice tester"}, use_printable=True)
+    assert _same_name([ours], printable)
+    assert _same_name([ours], asn1_x509.Name.load(ours.public_bytes()))
+    other = asn1_x509.Name.build({"common_name": "Bob Tester"})
+    assert not _same_name([ours], other)
+    assert _same_name([x509.Name([]), ours], printable)
