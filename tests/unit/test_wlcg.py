@@ -68,8 +68,8 @@ async def test_valid_token_gives_rules_below_the_base_path(keys: tuple[Path, Pat
     ("claims", "needle"),
     [
         ({"exp": int(time.time()) - 120}, "expired"),
-        ({"nbf": int(time.time()) + 600}, "not yet valid"),
-        ({"iat": int(time.time()) + 600}, "not yet valid"),
+        ({"nbf": int(time.time()) + 86400}, "not yet valid"),  # (evaluated at collection)
+        ({"iat": int(time.time()) + 86400}, "not yet valid"),
         ({"wlcg.ver": "2.0"}, "wlcg.ver"),
         ({"wlcg.ver": None}, "wlcg.ver"),
         ({"jti": None}, "jti"),
