@@ -221,6 +221,13 @@ class X509Verifier:
             certs = [x509.load_der_x509_certificate(der) for der in chain_der]
         except ValueError:
             raise X509Error("a certificate of the chain cannot be read") from None
+        for cert in certs:
+            try:
+                cert.extensions  # noqa: B018 - parsed on first use; refuse bad ones here
+            except (ValueError, x509.DuplicateExtension) as exc:
+                raise X509Error(
+                    f"certificate {openssl_dn(cert.subject)} has malformed extensions: {exc}"
+                ) from None
         proxies: list[x509.Certificate] = []
         for cert in certs:
             if not is_proxy(cert):

@@ -343,6 +343,15 @@ def test_chains_that_are_no_client_chains(
         verifier.identify(der(proxy, bob))
 
 
+def test_a_malformed_extension_is_refused(
+    verifier: X509Verifier, alice: User, alice_cert: x509.Certificate
+) -> None:
+    junk = x509.UnrecognizedExtension(x509.KeyUsage.oid, b"junk")
+    proxy = make_proxy(alice_cert, user_key(alice), extensions=[junk])
+    with pytest.raises(X509Error, match=f"certificate {ALICE}/CN=4242 has malformed extensions"):
+        verifier.identify(der(proxy, alice_cert))
+
+
 def test_intermediate_ca_sent_by_the_client(pki: Pki, verifier: X509Verifier) -> None:
     sub = make_ca(dn_of("se-test Sub CA"), pki.ca)
     key = spare_key()
