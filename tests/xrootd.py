@@ -24,6 +24,7 @@ what ``se`` stores (files 0644, directories 0755) but cannot write into director
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import os
@@ -49,11 +50,14 @@ from tests.support import SEProcess
 
 __all__ = [
     "XROOTD_USER",
+    "GridSite",
     "Netns",
     "TLSLike",
     "TPCReply",
     "XRootD",
+    "find_plugin",
     "give_to_xrootd",
+    "grid_site",
     "parse_perf_markers",
     "scratch_dir",
     "start_se_in",
@@ -104,6 +108,15 @@ def xrootd_available() -> str | None:
     finally:
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             _ip(["netns", "del", probe])
+    return None
+
+
+def find_plugin(name: str) -> Path | None:
+    """The installed XRootD plugin library ``name`` (e.g. ``libXrdVoms-5.so``), or None."""
+    for folder in _LIB_DIRS:
+        path = Path(folder, name)
+        if path.is_file():
+            return path
     return None
 
 
@@ -411,6 +424,7 @@ def start_xrootd(
     *,
     tls: TLSLike | None = None,
     extra_config: str = "",
+    env: Mapping[str, str] | None = None,
     timeout: float = 30.0,
 ) -> XRootD:
     """Start XRootD serving ``data_dir`` over http and https on ``port`` inside ``netns``.
@@ -418,7 +432,8 @@ def start_xrootd(
     Its files go to ``workdir/xrootd-<port>``; ``data_dir`` (created if missing) and all it
     holds are chowned to the xrootd user. Both must lie below :func:`scratch_dir` or another
     directory the xrootd user can enter. Without ``tls`` a throwaway CA and a certificate for
-    127.0.0.1 are made; pass the same ``tls`` to other peers so they trust each other."""
+    127.0.0.1 are made; pass the same ``tls`` to other peers so they trust each other.
+    ``env`` is added to XRootD's environment (e.g. ``X509_VOMS_DIR`` for libXrdVoms)."""
     home = workdir / f"xrootd-{port}"
     home.mkdir(parents=True)
     (home / "admin").mkdir()
@@ -437,6 +452,7 @@ def start_xrootd(
             ["xrootd", "-R", XROOTD_USER, "-n", f"p{port}", "-c", cfg],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **env} if env else None,
         )
     srv = XRootD(port, data_dir, home, netns, proc, ca)
     deadline = time.monotonic() + timeout
@@ -451,6 +467,69 @@ def start_xrootd(
             srv.stop(signal.SIGKILL)
             raise RuntimeError(f"xrootd not ready after {timeout} s:\n{srv.log()[-3000:]}")
         time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class GridSite:
+    """``extra_config`` and ``env`` for :func:`start_xrootd`: an XRootD that authenticates
+    grid proxies (see :func:`grid_site`)."""
+
+    extra_config: str
+    env: dict[str, str]
+
+
+def grid_site(
+    home: Path,
+    ca_dir: Path,
+    vomsdir: Path,
+    authdb: str,
+    *,
+    macaroons: bool = False,
+    voms: bool = True,
+) -> GridSite:
+    """Configuration for an XRootD that wants VOMS proxies, its files in ``home`` (created
+    here; put it below :func:`scratch_dir`).  Pass the host certificate as ``tls``.
+
+    * ``xrd.tlsca certdir <copy of ca_dir> proxies``: client chains, proxies included, verified
+      against the hashed CA directory;
+    * ``http.secxtractor libXrdVoms.so grpopt=0``: VOMS attributes through libvomsapi (which
+      reads ``X509_VOMS_DIR`` and ``X509_CERT_DIR``, hence ``env``).  ``grpopt=0`` keeps the
+      first FQAN only: with the default (every FQAN, as a "vertically sliced" tuple) a proxy
+      holding ``/dteam/Role=production`` and ``/dteam`` has an empty role in its second
+      column, XrdAcc refuses the entity ("missing attrs in col 1") and answers 403.  Without
+      ``voms`` nothing is extracted and XrdHttp names a client by the subject hash of its
+      end-entity certificate (``openssl x509 -hash`` plus ``.0``), for ``u`` rules;
+    * ``ofs.authorize 1`` with ``authdb`` as the XrdAcc database (e.g. ``o dteam /dteam a``:
+      everything below /dteam for the dteam VO, nothing for anyone else; ``u *`` would match
+      anonymous clients too);
+    * ``xrootd.chksum adler32``;
+    * with ``macaroons``, the macaroons plugin issues macaroons to authenticated clients and
+      accepts them, chained in front of XrdAcc; XrdHttp 5.5 passes a bearer token of a plain
+      request to it only with ``http.header2cgi Authorization authz`` (a COPY's own token
+      reaches the TPC handler without it).
+    """
+    home.mkdir(parents=True)
+    shutil.copytree(ca_dir, home / "certificates")
+    shutil.copytree(vomsdir, home / "vomsdir")
+    (home / "authdb").write_text(authdb if authdb.endswith("\n") else authdb + "\n")
+    lines = [f"xrd.tlsca certdir {home / 'certificates'} proxies"]
+    if voms:
+        lines.append("http.secxtractor libXrdVoms.so grpopt=0")
+    lines += ["ofs.authorize 1", f"acc.authdb {home / 'authdb'}", "xrootd.chksum adler32"]
+    if macaroons:
+        secret = home / "macaroon-secret"
+        secret.write_bytes(base64.b64encode(os.urandom(64)) + b"\n")
+        secret.chmod(0o600)
+        lines += [
+            "all.sitename se-test",
+            "ofs.authlib libXrdMacaroons.so",
+            "http.exthandler xrdmacaroons libXrdMacaroons.so",
+            f"macaroons.secretkey {secret}",
+            "http.header2cgi Authorization authz",
+        ]
+    give_to_xrootd(home)
+    env = {"X509_VOMS_DIR": str(home / "vomsdir"), "X509_CERT_DIR": str(home / "certificates")}
+    return GridSite("\n".join(lines) + "\n", env)
 
 
 # --------------------------------------------------------------------------- se in the namespace
