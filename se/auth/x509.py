@@ -308,12 +308,14 @@ def configure_server_context(ctx: ssl.SSLContext, ca_dir: str, client_certs: str
     proxy tools leave out extensions OpenSSL's strict mode demands), and partial chains
     (only self-signed anchors are trusted, as there).
 
-    Session resumption keeps the client's chain or does not happen: a session restored from
-    a ticket (TLS 1.2 or 1.3) keeps none of the client's certificates but the leaf, so no
-    tickets are issued (``OP_NO_TICKET``, ``num_tickets = 0``; TLS 1.3 then does not resume
-    at all).  TLS 1.2 clients may still resume a session from OpenSSL's in-memory session-ID
-    cache (Python offers no switch for it); such a session keeps the certificates the client
-    sent, which :func:`peer_chain` returns when no verification ran.
+    Session resumption keeps the client's chain: a session restored from a stateless ticket
+    (TLS 1.2 or 1.3) keeps none of the client's certificates but the leaf, so tickets are
+    stateful (``OP_NO_TICKET``): TLS 1.2 resumes by session ID, TLS 1.3 by a ticket that
+    names a session of OpenSSL's in-memory cache, and such a session keeps the certificates
+    the client sent, which :func:`peer_chain` returns when no verification ran.  One TLS 1.3
+    ticket is still sent after each handshake: without anything from the server after its
+    Finished, a client without ``TCP_NODELAY`` waits a delayed ACK (~40 ms) before its
+    request leaves.
     """
     if client_certs == "none":
         ctx.verify_mode = ssl.CERT_NONE
@@ -335,7 +337,7 @@ def configure_server_context(ctx: ssl.SSLContext, ca_dir: str, client_certs: str
     flags = (int(ctx.verify_flags) & ~unwanted) | int(ssl.VERIFY_ALLOW_PROXY_CERTS) | _NO_CHECK_TIME
     ctx.verify_flags = ssl.VerifyFlags(flags)
     ctx.options |= ssl.OP_NO_TICKET
-    ctx.num_tickets = 0
+    ctx.num_tickets = 1
 
 
 def peer_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> list[bytes]:

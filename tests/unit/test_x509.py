@@ -476,7 +476,7 @@ def test_configure_server_context_flags(pki: Pki) -> None:
         assert ctx.verify_flags & ssl.VERIFY_ALLOW_PROXY_CERTS
         assert ctx.verify_flags & 0x200000  # X509_V_FLAG_NO_CHECK_TIME
         assert not ctx.verify_flags & (ssl.VERIFY_CRL_CHECK_LEAF | ssl.VERIFY_X509_STRICT)
-        assert ctx.options & ssl.OP_NO_TICKET and ctx.num_tickets == 0
+        assert ctx.options & ssl.OP_NO_TICKET and ctx.num_tickets == 1
     plain = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     configure_server_context(plain, str(pki.ca_dir), "none")
     assert plain.verify_mode == ssl.CERT_NONE and plain.num_tickets == 2  # untouched
@@ -712,19 +712,16 @@ def test_tls_without_a_client_certificate(
 def test_tls_every_connection_has_the_chain_resumed_or_not(
     pki: Pki, tls_server: Callable[..., TlsServer], alice: User, version: str
 ) -> None:
-    """No tickets: TLS 1.3 does not resume; TLS 1.2 resumes from the server's session-ID
-    cache, whose session keeps the certificates the client sent (not the CA from the
-    directory that the verified chain ends with)."""
+    """Stateful tickets: TLS 1.2 (session ID) and TLS 1.3 (a ticket naming a cached
+    session) resume from the server's session cache, whose session keeps the certificates
+    the client sent (not the CA from the directory that the verified chain ends with)."""
     server = tls_server("optional")
     ctx = client_context(pki, pki.proxy(alice, depth=2), version=version)
     first, session, _ = fetch(server, ctx)
     second, _, reused = fetch(server, ctx, session=session)
     assert first["version"] == second["version"] == version.replace("_", ".")
     assert first["chain"] == 4 and not first["reused"]
-    if version == "TLSv1_3":
-        assert not reused and not second["reused"] and second["chain"] == 4
-    else:
-        assert reused and second["reused"] and second["chain"] == 3
+    assert reused and second["reused"] and second["chain"] == 3
     assert (second["dn"], second["depth"], second["fqans"]) == (ALICE, 2, ["/dteam"])
 
 
@@ -732,8 +729,8 @@ def test_tls_every_connection_has_the_chain_resumed_or_not(
 def test_tls_why_resumption_is_off(
     pki: Pki, tls_server: Callable[..., TlsServer], alice: User, version: str
 ) -> None:
-    """With session tickets (Python's default) a resumed session has lost the proxy chain:
-    at most the leaf is left, and a proxy alone identifies nobody."""
+    """With stateless session tickets (Python's default) a resumed session has lost the
+    proxy chain: at most the leaf is left, and a proxy alone identifies nobody."""
     server = tls_server("optional", tickets=True)
     ctx = client_context(pki, pki.proxy(alice, depth=2), version=version)
     first, session, _ = fetch(server, ctx)
