@@ -514,7 +514,15 @@ def run_wrk(
     except subprocess.TimeoutExpired:
         server.error(f"wrk {path}: timed out")
         return None
-    for line in proc.stdout.splitlines():
+    result = parse_wrk(proc.stdout)
+    if result is None:
+        server.error(f"wrk {path}: no result (exit {proc.returncode}): {proc.stderr.strip()[:300]}")
+    return result
+
+
+def parse_wrk(stdout: str) -> WrkResult | None:
+    """The result line our Lua scripts print (``BENCH {json}``), or None."""
+    for line in stdout.splitlines():
         if line.startswith("BENCH "):
             d = json.loads(line[len("BENCH ") :])
             return WrkResult(
@@ -525,7 +533,6 @@ def run_wrk(
                 non_2xx=int(d["status"]),
                 bad_status=int(d["bad_status"]),
             )
-    server.error(f"wrk {path}: no result (exit {proc.returncode}): {proc.stderr.strip()[:300]}")
     return None
 
 

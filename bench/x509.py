@@ -65,6 +65,7 @@ from bench.run import (  # noqa: E402
     format_markdown,
     format_text,
     log,
+    parse_wrk,
     tool_version,
     warm_page_cache,
 )
@@ -175,17 +176,7 @@ class Setup:
 
 def se_config(pki: Pki, jwks: Path) -> str:
     q = json.dumps
-    return f"""
-[tls]
-cert = {q(str(pki.host_cert))}
-key = {q(str(pki.host_key))}
-ca_dir = {q(str(pki.ca_dir))}
-client_certs = "optional"
-
-[auth]
-anonymous = "none"
-vomsdir = {q(str(pki.vomsdir))}
-
+    rules = f"""
 [[auth.x509]]
 fqan = "/dteam"
 path = "/dteam"
@@ -195,6 +186,7 @@ allow = ["read"]
 issuer = {q(ISSUER)}
 jwks_file = {q(str(jwks))}
 """
+    return pki.se_config(rules)
 
 
 def haproxy_config(se_port: int, pki: Pki, proxy: Path) -> str:
@@ -294,18 +286,7 @@ def wrk(
         proc = setup.ns.run(cmd, timeout=seconds + WRK_SLACK)
     except subprocess.TimeoutExpired:
         return None
-    for line in proc.stdout.splitlines():
-        if line.startswith("BENCH "):
-            d = json.loads(line[len("BENCH ") :])
-            return WrkResult(
-                requests=int(d["requests"]),
-                seconds=d["duration_us"] / 1e6,
-                latency_ms=d["latency_mean_us"] / 1e3,
-                socket_errors=int(d["connect"] + d["read"] + d["write"] + d["timeout"]),
-                non_2xx=int(d["status"]),
-                bad_status=int(d["bad_status"]),
-            )
-    return None
+    return parse_wrk(proc.stdout)
 
 
 def _one_get(ctx: ssl.SSLContext, host: str, port: int, request: bytes, want: int) -> None:

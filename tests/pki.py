@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -303,6 +304,25 @@ class Pki:
         )
         self._users[name] = user
         return user
+
+    def se_config(self, rules: str = "", *, auth: str = "") -> str:
+        """The ``[tls]`` and ``[auth]`` sections of an ``se`` that asks clients for
+        certificates and trusts this PKI (anonymous: none), with ``auth`` (more ``[auth]``
+        keys) and ``rules`` (``[[auth.x509]]`` and other tables) after them."""
+        q = json.dumps
+        return f"""
+[tls]
+cert = {q(str(self.host_cert))}
+key = {q(str(self.host_key))}
+ca_dir = {q(str(self.ca_dir))}
+client_certs = "optional"
+
+[auth]
+anonymous = "none"
+vomsdir = {q(str(self.vomsdir))}
+{auth}
+{rules}
+"""
 
     def revoke(self, user: User) -> None:
         """(Re)write the CA's CRL ``<hash>.r0`` in the CA directory, listing ``user`` too

@@ -49,22 +49,7 @@ path = "/tape"
 
 def server_config(pki: Pki, jwks: Path, alice: User, extra: str = "") -> str:
     q = json.dumps
-    return f"""
-[logging]
-access_log = true
-level = "info"
-
-[tls]
-cert = {q(str(pki.host_cert))}
-key = {q(str(pki.host_key))}
-ca_dir = {q(str(pki.ca_dir))}
-client_certs = "optional"
-
-[auth]
-anonymous = "none"
-vomsdir = {q(str(pki.vomsdir))}
-max_proxy_depth = 2
-
+    rules = f"""
 [[auth.public]]
 path = "/public"
 allow = ["read"]
@@ -94,6 +79,8 @@ issuer = {q(ISSUER)}
 jwks_file = {q(str(jwks))}
 {extra}
 """
+    logging = '[logging]\naccess_log = true\nlevel = "info"\n'
+    return logging + pki.se_config(rules, auth="max_proxy_depth = 2")
 
 
 @dataclass

@@ -34,7 +34,6 @@ Two XRootD instances differ in one thing, the macaroons plugin:
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import zlib
@@ -116,22 +115,7 @@ def start_grid_xrootd(ns: Netns, scratch: Path, pki: Pki, port: int, macaroons: 
 
 
 def se_config(pki: Pki) -> str:
-    q = json.dumps
-    return f"""
-[logging]
-access_log = true
-level = "info"
-
-[tls]
-cert = {q(str(pki.host_cert))}
-key = {q(str(pki.host_key))}
-ca_dir = {q(str(pki.ca_dir))}
-client_certs = "optional"
-
-[auth]
-anonymous = "none"
-vomsdir = {q(str(pki.vomsdir))}
-
+    rules = """
 [[auth.x509]]
 fqan = "/dteam"
 path = "/dteam"
@@ -141,6 +125,7 @@ allow = ["read", "create", "modify"]
 marker_period = 0.5
 stall_timeout = 20.0
 """
+    return '[logging]\naccess_log = true\nlevel = "info"\n' + pki.se_config(rules)
 
 
 @pytest.fixture(scope="module")
