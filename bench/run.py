@@ -663,6 +663,18 @@ def tool_version(cmd: Sequence[str]) -> str:
     return text[0] if text else "?"
 
 
+def log_errors(errors: list[str], findings: list[str]) -> None:
+    """The errors of a run and the error lines of the servers' logs, or "no errors"."""
+    if errors or findings:
+        log(f"\n{len(errors)} error(s):")
+        for e in errors:
+            log(f"  - {e}")
+        for f in findings:
+            log(f"  - log: {f}")
+    else:
+        log("\nno errors")
+
+
 def error_lines(logs: list[Path]) -> list[str]:
     """Lines from server logs that look like errors, one summary per log file."""
     found = []

@@ -49,6 +49,7 @@ from bench.run import (  # noqa: E402
     format_markdown,
     format_text,
     log,
+    log_errors,
     same_samples,
     tool_version,
     warm_page_cache,
@@ -505,14 +506,7 @@ def report(results: Results, peers: list[Peer], args: argparse.Namespace, se_con
     log("")
     log(format_text(rows, HEADER))
     findings = log_findings(peers)
-    if results.errors or findings:
-        log(f"\n{len(results.errors)} error(s):")
-        for e in results.errors:
-            log(f"  - {e}")
-        for f in findings:
-            log(f"  - log: {f}")
-    else:
-        log("\nno errors")
+    log_errors(results.errors, findings)
     knobs = " ".join(line.strip() for line in se_config.splitlines() if "=" in line)
     log("\n<!-- markdown -->")
     log(

@@ -65,6 +65,7 @@ from bench.run import (  # noqa: E402
     format_markdown,
     format_text,
     log,
+    log_errors,
     parse_wrk,
     tool_version,
     warm_page_cache,
@@ -132,15 +133,6 @@ class Row:
     target: str
     met: Callable[[float], bool] | None  # judged on the ratio measured/reference
     digits: int = 0
-
-
-@dataclass(frozen=True)
-class HostTLS:
-    """The PKI's host certificate as tests.xrootd.start_xrootd takes it."""
-
-    ca_pem: Path
-    cert_pem: Path
-    key_pem: Path
 
 
 @dataclass
@@ -624,14 +616,7 @@ def report(results: Results, args: argparse.Namespace, logs: list[Path], load: s
             runs = ", ".join(f"{v:,.{row.digits}f}" for v in results.runs(row.key, side))
             log(f"  {row.key} {side}: {runs or '-'}")
     findings = error_lines(logs)
-    if results.errors or findings:
-        log(f"\n{len(results.errors)} error(s):")
-        for e in results.errors:
-            log(f"  - {e}")
-        for f in findings:
-            log(f"  - log: {f}")
-    else:
-        log("\nno errors")
+    log_errors(results.errors, findings)
     log("\n<!-- markdown -->")
     log(
         f"Median of {args.repeat} interleaved round(s) after one warm-up, {os.cpu_count()} CPUs, "
@@ -699,7 +684,7 @@ def run(args: argparse.Namespace, results: Results) -> int:
             issuer.load_key(key), ISSUER, "storage.read:/dteam", ["https://wlcg.cern.ch/jwt/v1/any"],
             3600, "bench",
         )  # fmt: skip
-        tls = HostTLS(pki.ca_cert, pki.host_cert, pki.host_key)
+        tls = pki.host_tls()
         site = grid_site(base / "grid", pki.ca_dir, pki.vomsdir, "o dteam /dteam a")
         xrd = start_xrootd(
             ns, base, data, XRD_PORT, tls=tls, extra_config=site.extra_config, env=site.env

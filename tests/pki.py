@@ -41,6 +41,7 @@ __all__ = [
     "VOMS_HOST",
     "VOMS_PORT",
     "Authority",
+    "HostTLS",
     "Pki",
     "User",
     "build_pki",
@@ -256,6 +257,15 @@ def crl_pem(
 
 
 @dataclass(frozen=True)
+class HostTLS:
+    """The PKI's host certificate as :func:`tests.xrootd.start_xrootd` takes it."""
+
+    ca_pem: Path
+    cert_pem: Path
+    key_pem: Path
+
+
+@dataclass(frozen=True)
 class User:
     name: str
     cert: Path
@@ -304,6 +314,9 @@ class Pki:
         )
         self._users[name] = user
         return user
+
+    def host_tls(self) -> HostTLS:
+        return HostTLS(self.ca_cert, self.host_cert, self.host_key)
 
     def se_config(self, rules: str = "", *, auth: str = "") -> str:
         """The ``[tls]`` and ``[auth]`` sections of an ``se`` that asks clients for

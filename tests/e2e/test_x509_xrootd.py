@@ -68,15 +68,6 @@ COPY_TIMEOUT = 60.0
 FQANS = ("/dteam/Role=production", "/dteam")
 
 
-@dataclass(frozen=True)
-class HostTLS:
-    """The test PKI's host certificate as :func:`tests.xrootd.start_xrootd` takes it."""
-
-    ca_pem: Path
-    cert_pem: Path
-    key_pem: Path
-
-
 @dataclass
 class Grid:
     ns: Netns
@@ -108,7 +99,7 @@ def start_grid_xrootd(ns: Netns, scratch: Path, pki: Pki, port: int, macaroons: 
         scratch,
         data,
         port,
-        tls=HostTLS(pki.ca_cert, pki.host_cert, pki.host_key),
+        tls=pki.host_tls(),
         extra_config=site.extra_config,
         env=site.env,
     )
