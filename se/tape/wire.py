@@ -179,8 +179,9 @@ def parse_stage(
     """The files of a STAGE request: ``(path, diskLifetime seconds, our metadata)``.
 
     Paths are sanitised and duplicates dropped (the first entry wins).  Unknown fields are
-    ignored, and so are ``targetedMetadata`` entries for other sites or that are not JSON
-    objects.  TapeProblem 400 for a malformed body, 413 above ``max_files`` distinct paths.
+    ignored, and so are ``targetedMetadata`` entries for other sites (neither our sitename
+    nor ``"default"``) or that are not JSON objects.  TapeProblem 400 for a malformed body,
+    413 above ``max_files`` distinct paths.
     """
     data = _load(body)
     files = data.get("files")
@@ -225,11 +226,16 @@ def _lifetime(value: object, where: str) -> int | None:
 
 
 def _metadata(entry: dict[str, Any], sitename: str) -> dict[str, Any] | None:
+    """Our entry of ``targetedMetadata``: keyed by our sitename, else by ``"default"`` (what
+    Rucio sends, as agreed with FTS and EOSCTA); the sitename's wins when both are there."""
     targeted = entry.get("targetedMetadata")
     if not isinstance(targeted, dict):
         return None
-    ours = targeted.get(sitename)
-    return ours if isinstance(ours, dict) else None
+    for key in (sitename, "default"):
+        ours = targeted.get(key)
+        if isinstance(ours, dict):
+            return ours
+    return None
 
 
 def parse_paths(body: bytes, max_paths: int | None) -> list[str]:

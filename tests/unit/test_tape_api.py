@@ -244,6 +244,18 @@ def test_parse_stage_targeted_metadata_never_rejects() -> None:
     assert parse_stage(body, SITE, 10) == [("/f", None, {"k": [1]})]
 
 
+def test_parse_stage_default_metadata_as_rucio_sends_it() -> None:
+    def stage(targeted: object) -> dict[str, object] | None:
+        body = json.dumps({"files": [{"path": "/f", "targetedMetadata": targeted}]}).encode()
+        return parse_stage(body, SITE, 10)[0][2]
+
+    assert stage({"default": {"activity": "T0"}}) == {"activity": "T0"}
+    assert stage({"default": {"a": 1}, SITE: {"b": 2}}) == {"b": 2}  # ours wins
+    assert stage({"default": "x", SITE: {"b": 2}}) == {"b": 2}
+    assert stage({"default": "not an object"}) is None
+    assert stage({"other-site": {"a": 1}}) is None
+
+
 def test_parse_stage_unknown_fields_ignored() -> None:
     body = (
         b'{"files": [{"path": "/f", "onDisk": true, "priority": 3, "x": {"y": null}}],'
