@@ -15,7 +15,7 @@ from aiohttp.web_response import StreamResponse
 from se.auth.policy import Grant
 from se.web.access import grant_of
 
-__all__ = ["AccessLogger", "RedactTokens", "identity_of", "redact_query"]
+__all__ = ["AccessLogger", "RedactTokens", "identity_label", "redact_query"]
 
 _SECRET_PARAM = re.compile(r"(?i)([?&](?:authz|access_token)=)[^&\s\"]*")
 
@@ -38,7 +38,7 @@ def _quoted(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def identity_of(grant: Grant | None) -> str:
+def identity_label(grant: Grant | None) -> str:
     """Who the request was judged as: ``-`` (anonymous), ``sub@iss`` for a token, the DN
     and the primary FQAN for a certificate or proxy."""
     if grant is None:
@@ -77,6 +77,6 @@ class AccessLogger(AbstractAccessLogger):
             response.body_length,
             _quoted(headers.get("Referer", "-")),
             _quoted(headers.get("User-Agent", "-")),
-            _quoted(identity_of(grant_of(request))),  # type: ignore[arg-type]
+            _quoted(identity_label(grant_of(request))),
             time * 1000.0,
         )

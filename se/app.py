@@ -21,9 +21,9 @@ from se import __version__
 from se.auth.cache import GrantCache
 from se.auth.clientcert import CertificateAuth
 from se.auth.macaroons import SecretStore
-from se.auth.policy import Grant, Op, Rule, denied_ops, ops_named
+from se.auth.policy import Grant, Op, named_rules
 from se.auth.wlcg import TokenVerifier
-from se.config import Config, ConfigError, PublicRule, state_dir
+from se.config import Config, ConfigError, state_dir
 from se.dav import handlers
 from se.dav.macaroon_requests import post
 from se.errors import ExpectationFailed, MethodNotAllowed, SEError
@@ -162,7 +162,9 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
     tokens = TokenVerifier(auth, cfg.tls.ca_dir) if auth is not None and auth.issuers else None
     public = None
     if auth is not None and auth.public:
-        public = Grant.of(_public_rules(auth.public))
+        public = Grant.of(
+            rule for p in auth.public for rule in named_rules(confine(p.path), p.allow, p.deny)
+        )
     certificates = None
     if auth is not None and cfg.tls.client_certs != "none":
         try:
@@ -226,16 +228,6 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
     app.on_shutdown.append(stop_transfers)
     app.cleanup_ctx.append(lifecycle)
     return app
-
-
-def _public_rules(public: tuple[PublicRule, ...]) -> list[Rule]:
-    rules = []
-    for p in public:
-        if p.allow:
-            rules.append(Rule(confine(p.path), ops_named(p.allow)))
-        if p.deny:
-            rules.append(Rule(confine(p.path), denied_ops(p.deny), deny=True))
-    return rules
 
 
 def _log_sweep(task: asyncio.Future[int]) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from se.auth.cache import GrantCache
 from se.auth.gridmap import GridMap
 from se.auth.policy import Grant
-from se.auth.x509 import X509Error, X509Identity, X509Verifier, peer_chain
+from se.auth.x509 import X509Error, X509Verifier, peer_chain
 from se.config import Config
 from se.errors import Unauthorized
 
@@ -95,9 +95,6 @@ class CertificateAuth:
             raise refused(str(exc)) from None
         if identity.ac_problem:
             log.warning("VOMS attributes of %s ignored: %s", identity.dn, identity.ac_problem)
-        grant = self.grant_of(identity)
+        grant = self.rules.grant(identity.dn, identity.fqans, identity.not_after)
         self._grants.put(key, "x509", grant)
         return grant
-
-    def grant_of(self, identity: X509Identity) -> Grant:
-        return self.rules.grant(identity.dn, identity.fqans, identity.not_after)

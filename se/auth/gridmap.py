@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from se.auth.cadir import normalise_dn
-from se.auth.policy import Grant, Rule, denied_ops, ops_named
+from se.auth.policy import Grant, Rule, named_rules
 from se.config import X509Rule
 from se.storage.paths import confine
 
@@ -107,12 +107,7 @@ class GridMap:
             path = confine(rule.path)
             # The principal a deny weighs against: the same FQAN pattern and DN.
             who = f"x509 {rule.fqan} {dn}"
-            made = []
-            if rule.allow:
-                ops = ops_named(rule.allow, stage_implies_read)
-                made.append(Rule(path, ops, principal=who))
-            if rule.deny:
-                made.append(Rule(path, denied_ops(rule.deny), deny=True, principal=who))
+            made = named_rules(path, rule.allow, rule.deny, who, stage_implies_read)
             entries.append(_Entry(pattern, dn, tuple(made)))
         self._entries = tuple(entries)
 

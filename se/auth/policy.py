@@ -26,7 +26,17 @@ from dataclasses import dataclass
 from se.errors import Forbidden, Unauthorized
 from se.storage.paths import DavPath
 
-__all__ = ["OPS_OF", "Grant", "Op", "Rule", "denied_ops", "holds", "ops_named", "require"]
+__all__ = [
+    "OPS_OF",
+    "Grant",
+    "Op",
+    "Rule",
+    "denied_ops",
+    "holds",
+    "named_rules",
+    "ops_named",
+    "require",
+]
 
 
 class Op(enum.Enum):
@@ -70,6 +80,24 @@ def denied_ops(names: Iterable[str]) -> frozenset[Op]:
     return frozenset(ops)
 
 
+def named_rules(
+    path: DavPath,
+    allow: Iterable[str],
+    deny: Iterable[str],
+    principal: str = "",
+    stage_implies_read: bool = False,
+) -> list[Rule]:
+    """The rules of one configured entry: its allowed and its denied operations at
+    ``path``, for one principal (token group rules, ``[[auth.x509]]``, public rules)."""
+    allow, deny = tuple(allow), tuple(deny)
+    rules = []
+    if allow:
+        rules.append(Rule(path, ops_named(allow, stage_implies_read), principal=principal))
+    if deny:
+        rules.append(Rule(path, denied_ops(deny), deny=True, principal=principal))
+    return rules
+
+
 _ANONYMOUS: dict[str, frozenset[Op]] = {
     "none": frozenset(),
     "read": frozenset({Op.STAT, Op.READ}),
@@ -93,14 +121,6 @@ class Rule:
             return False
         # A directory-only scope allows no file at its own path (and says nothing there).
         return self.deny or not (self.dir_only and path == self.path and op in _FILE_OPS)
-
-    def allows(self, op: Op, path: DavPath) -> bool:
-        """This rule alone: whether it lets ``op`` be done on ``path``."""
-        if self.deny:
-            return False
-        if self.covers(op, path):
-            return True
-        return self._ancestor_allows(op, path)
 
     def _ancestor_allows(self, op: Op, path: DavPath) -> bool:
         # Ancestors of the rule's path: stat them, and create them (mkdir -p) where the

@@ -21,7 +21,7 @@ import jwt
 
 from se.auth import scopes
 from se.auth.keys import KeyStore, NoKey
-from se.auth.policy import Grant, Rule, denied_ops, ops_named
+from se.auth.policy import Grant, Rule, named_rules, ops_named
 from se.config import AuthConfig, IssuerConfig
 from se.errors import Unauthorized
 from se.storage.paths import DavPath, confine
@@ -69,11 +69,7 @@ def grant_from_claims(
             if rule.group in groups:
                 path = _join(base, confine(rule.path).segments)
                 who = f"group {rule.group}"
-                if rule.allow:
-                    ops = ops_named(rule.allow, stage_implies_read)
-                    rules.append(Rule(path, ops, principal=who))
-                if rule.deny:
-                    rules.append(Rule(path, denied_ops(rule.deny), deny=True, principal=who))
+                rules += named_rules(path, rule.allow, rule.deny, who, stage_implies_read)
     subject = f"{claims.get('sub', '')}@{issuer.issuer}"
     return Grant.of(rules, subject, float(claims.get("exp", 0)))
 

@@ -130,7 +130,7 @@ def _own_audiences(request: web.Request, local_hosts: tuple[str, ...]) -> tuple[
     return tuple(own)
 
 
-def grant_of(request: web.Request) -> Grant | None:
+def grant_of(request: web.BaseRequest) -> Grant | None:
     grant: Grant | None = request.get(_GRANT_KEY)
     return grant
 

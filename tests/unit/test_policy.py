@@ -152,7 +152,7 @@ def test_rule_never_grants_outside_its_path(
     Ancestors: at most stat and mkdir.  Anywhere else (siblings such as /foobar for /foo):
     nothing."""
     rule = Rule(scope, OPS_OF[name], dir_only)
-    allowed = rule.allows(op, path)
+    allowed = Grant.of([rule]).allows(op, path)
     inside = path.segments[: len(scope.segments)] == scope.segments
     ancestor = scope.segments[: len(path.segments)] == path.segments
     if inside:
@@ -307,7 +307,7 @@ def test_without_deny_rules_a_grant_is_the_union_of_its_rules(
 ) -> None:
     allows = [(p, name, False, who) for p, name, _, who in rules]
     grant = _grant(allows)
-    assert grant.allows(op, path) == any(r.allows(op, path) for r in grant.rules)
+    assert grant.allows(op, path) == any(Grant.of([r]).allows(op, path) for r in grant.rules)
 
 
 @given(_RULES, _PATHS, _PATHS, _OPS)
