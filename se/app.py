@@ -20,6 +20,7 @@ from aiohttp import hdrs, web
 from se import __version__
 from se.auth.cache import GrantCache
 from se.auth.clientcert import CertificateAuth
+from se.auth.delegation import DelegationStore
 from se.auth.macaroons import SecretStore
 from se.auth.policy import Grant, Op, named_rules
 from se.auth.wlcg import TokenVerifier
@@ -34,6 +35,7 @@ from se.storage.posix import PosixBackend
 from se.storage.statcache import FileCache, ListingCache
 from se.tape import http as tape_http
 from se.tape.service import TapeService
+from se.tpc import delegation
 from se.tpc.handler import third_party_copy
 from se.tpc.request import parse_copy
 from se.tpc.service import TPC_SERVICE, TPCService
@@ -100,9 +102,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if request.method in _CREATES:
         _check_new_names(request)
     await authenticate(request)
-    tape = tape_http.route(request)
-    if tape is not None:
-        return await tape()
+    front = tape_http.route(request) or delegation.route(request)
+    if front is not None:
+        return await front()
     if request.path == metrics.METRICS_PATH and request.method in (
         hdrs.METH_GET,
         hdrs.METH_HEAD,
@@ -171,6 +173,7 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
             certificates = CertificateAuth(cfg)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"client certificates: {exc}") from None
+        tpc.delegations = DelegationStore(state_dir(cfg) / "delegation", certificates.verifier)
     sources: list[MetricSource] = [tpc]
     if scitags is not None:
         sources.append(metrics.SciTagMetrics(scitags))

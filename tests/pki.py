@@ -35,6 +35,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
@@ -543,11 +544,18 @@ def _with_targets(value: bytes, targets: Sequence[str], voms_key_file: Path) -> 
     return bytes(lists.dump(force=True))
 
 
-def delegate(signer_file: Path, out: Path) -> None:
-    """A proxy of the proxy in ``signer_file`` (as a delegation to a service makes one)."""
+def sign_proxy(
+    signer_file: Path,
+    public_key: CertificatePublicKeyTypes,
+    *,
+    hours: float = 6,
+    signer_chain: bool = True,
+) -> bytes:
+    """A proxy of the proxy in ``signer_file`` for ``public_key``, as a client answering a
+    delegation request signs it: the new certificate, then (``signer_chain``) the signer's
+    chain, PEM."""
     chain, signer_key = _load_proxy(signer_file)
     signer = chain[0]
-    key = _key()
     serial = secrets.randbelow(2**31 - 1) + 1
     subject = x509.Name([*signer.subject, x509.NameAttribute(NameOID.COMMON_NAME, str(serial))])
     now = dt.datetime.now(dt.UTC)
@@ -555,15 +563,23 @@ def delegate(signer_file: Path, out: Path) -> None:
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(signer.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(serial)
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(min(now + dt.timedelta(hours=6), signer.not_valid_after_utc))
+        .not_valid_after(min(now + dt.timedelta(hours=hours), signer.not_valid_after_utc))
         .add_extension(_usage(sign=True, encipher=True), critical=True)
         .add_extension(x509.UnrecognizedExtension(_PROXY_CERT_INFO, _INHERIT_ALL), critical=True)
         .sign(signer_key, hashes.SHA256())
     )
-    out.write_bytes(_pem(cert) + _key_pem(key) + b"".join(_pem(c) for c in chain))
+    return _pem(cert) + (b"".join(_pem(c) for c in chain) if signer_chain else b"")
+
+
+def delegate(signer_file: Path, out: Path) -> None:
+    """A proxy of the proxy in ``signer_file`` (as a delegation to a service makes one)."""
+    key = _key()
+    signed = sign_proxy(signer_file, key.public_key())
+    first = signed.index(b"-----END CERTIFICATE-----\n") + len(b"-----END CERTIFICATE-----\n")
+    out.write_bytes(signed[:first] + _key_pem(key) + signed[first:])
     out.chmod(0o600)
 
 

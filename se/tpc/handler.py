@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +25,7 @@ from se.storage import checksums
 from se.storage.paths import DavPath, confine
 from se.storage.types import OpenFile, Stat
 from se.tpc import markers
+from se.tpc.delegation import client_dn, delegate_first
 from se.tpc.pull import SourceInfo, probe, pull
 from se.tpc.push import push
 from se.tpc.remote import RemoteRefused, TransferFailed, redact
@@ -56,7 +58,11 @@ async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.Stre
         svc.policy.check_url(spec.remote)
     except RemoteRefused as exc:
         raise Forbidden(str(exc)) from None
+    client_ssl = await _delegated(request, svc) if spec.delegated else None
+    if spec.delegated and client_ssl is None:
+        return delegate_first(request)
     transfer = Transfer(spec, path, svc.scitags)
+    transfer.client_ssl = client_ssl
     svc.admit()
     try:
         if spec.mode is Mode.PULL:
@@ -64,6 +70,23 @@ async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.Stre
         return await _push(request, svc, transfer, path)
     finally:
         svc.release()
+
+
+async def _delegated(request: web.Request, svc: TPCService) -> ssl.SSLContext | None:
+    """The TLS context presenting the client's delegated proxy; None: not delegated yet."""
+    store = svc.delegations
+    if store is None:
+        raise BadRequest(
+            "Credential: gridsite needs client certificates, which this server does not take "
+            "(tls.client_certs)"
+        )
+    dn = await client_dn(request)
+
+    def find() -> ssl.SSLContext | None:
+        proxy = store.usable(dn)
+        return None if proxy is None else svc.client_ssl(proxy)
+
+    return await asyncio.get_running_loop().run_in_executor(None, find)
 
 
 async def _pull(request: web.Request, svc: TPCService, transfer: Transfer) -> web.StreamResponse:

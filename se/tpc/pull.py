@@ -138,6 +138,7 @@ async def _request(
             credentials_for=transfer.spec.remote,
             flow_label=transfer.flow_label(),
             bound=transfer.spec.headers,
+            client_ssl=transfer.client_ssl,
         )
         if resp.status != 405 or not transfer.ask_digest:
             return resp, final

@@ -148,6 +148,7 @@ async def push(svc: TPCService, transfer: Transfer, f: OpenFile, local: dict[str
             on_peer=transfer.peer,
             flow_label=transfer.flow_label(),
             bound=spec.headers,
+            client_ssl=transfer.client_ssl,
         )
     except TransferFailed as exc:
         cause = exc.__cause__
@@ -189,6 +190,7 @@ async def _verify(svc: TPCService, transfer: Transfer, url: str, local: dict[str
             "destination",
             credentials_for=transfer.spec.remote,
             bound=transfer.spec.headers,
+            client_ssl=transfer.client_ssl,
         )
     except TransferFailed:
         if required:
@@ -229,6 +231,7 @@ async def _delete(svc: TPCService, transfer: Transfer, url: str) -> None:
             "destination",
             credentials_for=transfer.spec.remote,
             bound=transfer.spec.headers,
+            client_ssl=transfer.client_ssl,
         )
         resp.release()
     except (TransferFailed, aiohttp.ClientError, OSError):

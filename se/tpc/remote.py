@@ -221,6 +221,18 @@ def ssl_context(verify: bool, ca_dir: str) -> ssl.SSLContext | bool:
     return ctx
 
 
+def client_cert_context(verify: bool, ca_dir: str, cert_file: str) -> ssl.SSLContext:
+    """A client context that presents ``cert_file`` (certificate, key, chain in one PEM)."""
+    ctx = ssl_context(verify, ca_dir)
+    if not isinstance(ctx, ssl.SSLContext):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file)
+    return ctx
+
+
 def make_session(
     policy: NetworkPolicy,
     verify_tls: bool,
@@ -292,6 +304,7 @@ async def open_remote(
     credentials_for: str | None = None,
     flow_label: Callable[[], int] | None = None,
     bound: Iterable[tuple[str, str]] = (),
+    client_ssl: ssl.SSLContext | None = None,
 ) -> tuple[aiohttp.ClientResponse, str]:
     """Send one request, following redirects by hand; returns (response, final URL).
 
@@ -301,7 +314,9 @@ async def open_remote(
     cookies, ``X-Auth-Token`` ...) and any ``Authorization`` or ``Cookie`` among
     ``headers`` are sent only to the origin of ``credentials_for`` (default: ``url``), so
     neither a redirect hop nor a later request to a URL learned from a redirect carries
-    them (except ``SciTag``, which names the flow, not a credential).  The caller must
+    them (except ``SciTag``, which names the flow, not a credential).  ``client_ssl``: the
+    TLS context of every hop when the transfer presents a client certificate (a delegated
+    proxy proves itself on each connection without leaving this server).  The caller must
     release the response.  Raises TransferFailed on a network error, a refused address, a
     redirect loop or a redirect without Location.
     """
@@ -319,6 +334,8 @@ async def open_remote(
             send = [(k, v) for k, v in bound_items if k.lower() in _UNBOUND]
             send += [(k, v) for k, v in hdr_items if k.lower() not in _CREDENTIALS]
         kwargs: dict[str, Any] = {"headers": send, "allow_redirects": False}
+        if client_ssl is not None:
+            kwargs["ssl"] = client_ssl
         if body is not None:
             kwargs["data"] = body()
             kwargs["expect100"] = expect_continue

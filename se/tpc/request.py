@@ -61,6 +61,8 @@ class TransferSpec:
     want_digest: tuple[str, ...]  # algorithms the client named in Want-(Repr-)Digest
     expected: dict[str, bytes] = field(default_factory=dict)  # client's Repr-Digest/Digest
     client_info: str = ""
+    # Credential: gridsite -- act with the client's delegated proxy (se.tpc.delegation).
+    delegated: bool = False
 
 
 def forwarded_headers(items: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -87,12 +89,16 @@ def _streams(value: str | None) -> int:
     return max(1, int(text))
 
 
-def _credential(value: str | None) -> None:
-    if value is not None and value.strip().lower() != "none":
+def _credential(value: str | None) -> bool:
+    """Whether the copy acts with the client's delegated proxy (``Credential: gridsite``);
+    ``none`` (or no header): with the forwarded ``TransferHeader*`` credentials only."""
+    text = (value or "none").strip().lower()
+    if text not in ("none", "gridsite"):
         raise BadRequest(
-            f"unsupported Credential {value.strip()[:40]!r}: only 'none' is accepted "
-            "(send the remote's token in TransferHeaderAuthorization)"
+            f"unsupported Credential {text[:40]!r}: 'none' (send the remote's token in "
+            "TransferHeaderAuthorization) or 'gridsite' (a delegated proxy) are accepted"
         )
+    return text == "gridsite"
 
 
 def _want(headers: Mapping[str, str]) -> tuple[str, ...]:
@@ -149,7 +155,7 @@ def parse_copy(
         if remote.is_local:
             return None
         mode = Mode.PUSH
-    _credential(headers.get("Credential"))
+    delegated = _credential(headers.get("Credential"))
     scitag = headers.get("SciTag")
     if scitag is None:
         for key, value in items:
@@ -173,4 +179,5 @@ def parse_copy(
         want_digest=_want(headers),
         expected=_expected(headers),
         client_info=headers.get("ClientInfo", "")[:200],
+        delegated=delegated,
     )

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import aiohttp
 from aiohttp import web
 
+from se.auth.delegation import Delegated, DelegationStore
 from se.config import Config, checksum_algorithms, is_loopback
 from se.errors import ServiceUnavailable
 from se.scitags.service import SciTagService
 from se.storage.posix import PosixBackend
 from se.tpc.hostaddrs import HostAddresses
-from se.tpc.remote import NetworkPolicy, make_session
+from se.tpc.remote import NetworkPolicy, client_cert_context, make_session
 from se.web.metrics import head, line
 
 __all__ = ["TPC_SERVICE", "TPCService", "refuses_local_remotes"]
@@ -51,6 +53,9 @@ class TPCService:
         self.succeeded = 0
         self.failed = 0
         self.stopping = False  # the server is shutting down: running transfers abort
+        # Delegated proxies (Credential: gridsite), when client certificates are taken.
+        self.delegations: DelegationStore | None = None
+        self._client_contexts: dict[tuple[str, int], ssl.SSLContext] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -60,6 +65,18 @@ class TPCService:
                 self.policy, self.cfg.verify_tls, self._ca_dir, self.cfg.connect_timeout, labeller
             )
         return self._session
+
+    def client_ssl(self, proxy: Delegated) -> ssl.SSLContext:
+        """The TLS context presenting a delegated proxy, made once per version of its file
+        (blocking: reads the file)."""
+        key = (str(proxy.path), proxy.path.stat().st_mtime_ns)
+        ctx = self._client_contexts.get(key)
+        if ctx is None:
+            if len(self._client_contexts) >= 256:
+                self._client_contexts.clear()
+            ctx = client_cert_context(self.cfg.verify_tls, self._ca_dir, str(proxy.path))
+            self._client_contexts[key] = ctx
+        return ctx
 
     async def close(self) -> None:
         if self._session is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,9 @@ class Transfer:
         self.last_progress = self.created
         self.failure: str | None = None  # set by the watchdog before it cancels the data path
         self._guess: str | None = None  # address taken from the URL before a connection
+        # The client's delegated proxy as this server's TLS client certificate
+        # (Credential: gridsite), else None.
+        self.client_ssl: ssl.SSLContext | None = None
         self.ask_digest = True  # send Want-Digest (dropped when the source refuses it)
         self._hops = 0
         self._streams = 1  # several streams share the connection list
