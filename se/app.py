@@ -3,8 +3,9 @@
 Routing is one catch-all route (aiohttp's class views reject non-standard verbs such as
 PROPFIND) whose :func:`dispatch` authenticates every request once, then hands it to the
 front that owns it: the tape REST API (``se.tape.http``), the metrics page
-(``se.web.metrics``), third-party copy (``se.tpc``) for a COPY naming a remote, and WebDAV
-(``se.dav``) for the rest.  This module is the only one that knows all the fronts.
+(``se.web.metrics``), the GridSite delegation endpoint (``se.tpc.delegation``),
+third-party copy (``se.tpc``) for a COPY naming a remote, and WebDAV (``se.dav``) for the
+rest.  This module is the only one that knows all the fronts.
 """
 
 from __future__ import annotations

@@ -128,6 +128,7 @@ def request(
     key: Path | None = None,
     token: str | None = None,
     body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Answer:
     """One request with Python's ssl client (a new TLS connection each time)."""
     ctx = ssl.create_default_context(cafile=str(site.pki.ca_cert))
@@ -135,9 +136,10 @@ def request(
         ctx.load_cert_chain(str(cert), str(key or cert))
     port = site.se.port
     conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=30)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    sent = {"Authorization": f"Bearer {token}"} if token else {}
+    sent.update(headers or {})
     try:
-        conn.request(method, path, body=body, headers=headers)
+        conn.request(method, path, body=body, headers=sent)
         resp = conn.getresponse()
         return Answer(resp.status, resp.read(), dict(resp.getheaders()))
     finally:
@@ -398,6 +400,140 @@ def test_gfal_third_party_copy_with_a_proxy(
         assert not (other.root / "dteam" / "protected" / f"tpc-{mode}.bin").exists()
     finally:
         other.stop()
+
+
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_gfal_third_party_copy_with_gridsite_delegation(
+    site: Site, mode: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """gfal2 told not to fetch macaroons (as when the other side cannot issue one) sends
+    ``Credential: gridsite``: the active se answers 307 + X-Delegate-To, davix delegates the
+    proxy to se's delegation endpoint and repeats the COPY, and se presents the delegated
+    proxy (a proxy of the proxy, with its VOMS AC) to the other se."""
+    from tests.e2e.clients import need_gfal
+
+    need_gfal("gfal-copy")
+    work = tmp_path_factory.mktemp(f"x509-dlg-{mode}")
+    config = server_config(site.pki, site.issuer.write_jwks(), site.alice)
+    other = start_se(work, root=work / "data", config=config)
+    no_tokens = ["-D", "HTTP PLUGIN:RETRIEVE_BEARER_TOKEN=false"]
+    try:
+        proxy = site.pki.proxy(site.bob, fqans=("/dteam/Role=production", "/dteam"))
+        data = bytes(range(256)) * 3000
+        (site.se.root / "dteam" / f"dlg-{mode}.bin").write_bytes(data)
+        src = davs_url(url(site, f"/dteam/dlg-{mode}.bin"))
+        dst = davs_url(f"https://localhost:{other.port}/dteam/in/dlg-{mode}.bin")
+        active = site.se if mode == "push" else other
+        active_path = f"/dteam/{'' if mode == 'push' else 'in/'}dlg-{mode}.bin"
+        res = run_ok(
+            ["gfal-copy", *no_tokens, "-vvv", "-p", "--copy-mode", mode, src, dst],
+            grid_env(site, proxy),
+        )
+        assert "Credential: gridsite" in res.stderr + res.stdout
+        assert (other.root / "dteam" / "in" / f"dlg-{mode}.bin").read_bytes() == data
+        log = active.stderr()
+        assert f'"COPY {active_path} HTTP/1.1" 307 ' in log, log[-3000:]
+        assert '"POST /.well-known/se/gridsite-delegation HTTP/1.1" 200 ' in log
+        assert f'"COPY {active_path} HTTP/1.1" 202 ' in log
+        # The passive side saw the delegated proxy: Bob's DN and his VOMS attributes.
+        passive, method = (other, "PUT") if mode == "push" else (site.se, "GET")
+        passive_path = f"/dteam/in/dlg-{mode}.bin" if mode == "push" else f"/dteam/dlg-{mode}.bin"
+        line = next(
+            x for x in passive.stderr().splitlines() if f'"{method} {passive_path} HTTP' in x
+        )
+        assert f'"{site.bob.dn} /dteam/Role=production"' in line, line
+        # What the delegated proxy may not do, it may not do: the passive side refuses.
+        denied = run(
+            ["gfal-copy", *no_tokens, "--copy-mode", mode, src, dst.replace("/in/", "/protected/")],
+            grid_env(site, proxy),
+        )
+        assert denied.returncode != 0
+        assert not (other.root / "dteam" / "protected" / f"dlg-{mode}.bin").exists()
+    finally:
+        other.stop()
+
+
+def _soap(
+    op: str, args: str = "", ns: str = "http://www.gridsite.org/namespaces/delegation-2"
+) -> bytes:
+    return (
+        '<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+        f'xmlns:d="{ns}"><s:Body><d:{op}>{args}</d:{op}></s:Body></s:Envelope>'
+    ).encode()
+
+
+def _return(answer: Answer, op: str) -> str:
+    import xml.etree.ElementTree as ET
+
+    assert answer.status == 200, answer.body
+    assert answer.headers["Content-Type"].startswith("text/xml")
+    found = ET.fromstring(answer.body).find(f".//{op}Return")
+    assert found is not None, answer.body
+    return "".join(found.itertext())
+
+
+def test_delegation_endpoint(site: Site) -> None:
+    """The delegation service as a SOAP client sees it, and what it refuses."""
+    from cryptography import x509 as cx509
+
+    from tests.pki import sign_proxy
+
+    path = "/.well-known/se/gridsite-delegation"
+    carol = site.pki.user("carol")
+    proxy = site.pki.proxy(carol, fqans=("/dteam",))
+
+    def call(body: bytes, cert: Path | None = proxy) -> Answer:
+        return request(
+            site, "POST", path, cert=cert, body=body, headers={"Content-Type": "text/xml"}
+        )
+
+    assert _return(call(_soap("getInterfaceVersion")), "getInterfaceVersion") == "2.0.0"
+    none_yet = call(_soap("getTerminationTime", "<delegationID>1234</delegationID>"))
+    assert none_yet.status == 500 and b"no delegated proxy with ID" in none_yet.body
+    assert b"<faultstring>" in none_yet.body
+    csr = _return(call(_soap("getProxyReq", "<delegationID>1234</delegationID>")), "getProxyReq")
+    key = cx509.load_pem_x509_csr(csr.encode()).public_key()
+    # Somebody else's proxy, signed for this request, is refused ...
+    foreign = sign_proxy(site.pki.proxy(site.alice, fqans=("/dteam",)), key).decode()
+    put = "<delegationID>1234</delegationID><proxy>{}</proxy>"
+    refused = call(_soap("putProxy", put.format(foreign)))
+    assert refused.status == 500 and f"not of the caller {carol.dn}".encode() in refused.body
+    # ... the caller's own is kept.
+    own = sign_proxy(proxy, key).decode()
+    assert call(_soap("putProxy", put.format(own))).status == 200
+    ends = _return(
+        call(_soap("getTerminationTime", "<delegationID>1234</delegationID>")), "getTerminationTime"
+    )
+    assert ends.endswith("Z") and ends > time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    new = call(_soap("getNewProxyReq"))
+    assert b"<proxyRequest>-----BEGIN CERTIFICATE REQUEST-----" in new.body
+    assert call(_soap("destroy", "<delegationID>1234</delegationID>")).status == 200
+    # Interface 1 has getProxyReq and putProxy only.
+    v1 = "http://www.gridsite.org/namespaces/delegation-1"
+    assert _return(call(_soap("getProxyReq", "<delegationID>v1</delegationID>", v1)), "getProxyReq")
+    assert call(_soap("destroy", "", v1)).status == 400
+    # Not SOAP, no certificate, another method.
+    assert call(b"{}").status == 400
+    anonymous = call(_soap("getVersion"), cert=None)
+    assert anonymous.status == 403 and b"needs a client certificate" in anonymous.body
+    assert request(site, "GET", path, cert=proxy).status == 405
+    # A gridsite COPY without a certificate cannot be delegated for.
+    copy = request(
+        site,
+        "COPY",
+        "/dteam/in/x.bin",
+        headers={"Source": "https://localhost:9/x", "Credential": "gridsite"},
+        token=None,
+    )
+    assert copy.status in (401, 403), copy.body
+    bogus = request(
+        site,
+        "COPY",
+        "/dteam/d.txt",
+        cert=proxy,
+        headers={"Destination": "https://localhost:9/x", "Credential": "x509"},
+    )
+    assert bogus.status == 400 and b"unsupported Credential 'x509'" in bogus.body
 
 
 def test_macaroon_issued_to_a_proxy_is_no_wider_than_its_rules(site: Site) -> None:

@@ -23,13 +23,11 @@ Two XRootD instances differ in one thing, the macaroons plugin:
   ``TransferHeaderAuthorization`` with ``Credential: none``.
 * ``xrd`` (port 1094) has no macaroons plugin: its answer to gfal2's macaroon request is 501.
   When XRootD is the active side (the COPY goes to XRootD), ``se`` is the passive side and
-  issues the macaroon, so the copy works.  When ``se`` is the active side, gfal2 2.21 has no
-  token for XRootD and sends the COPY to ``se`` with ``Credential: gridsite`` (davix then
-  delegates only if the COPY's answer carries ``X-Delegate-To`` and a redirect); ``se``
-  refuses it with 400, as XRootD does for any Credential other than ``none``.  Those two
-  copies would need GridSite delegation to ``se``: a delegation endpoint that takes the
-  client's proxy, and ``se`` presenting it as its TLS client certificate to XRootD.  The
-  tests pin that answer.
+  issues the macaroon.  When ``se`` is the active side, gfal2 2.21 has no token for XRootD
+  and sends the COPY to ``se`` with ``Credential: gridsite``: ``se`` answers 307 with
+  ``X-Delegate-To``, davix delegates the proxy to ``se``'s GridSite delegation endpoint and
+  repeats the COPY, and ``se`` presents the delegated proxy to XRootD as its TLS client
+  certificate (XRootD judges it by its VOMS AC like any proxy).  All four copies work.
 """
 
 from __future__ import annotations
