@@ -92,7 +92,7 @@ def _streams(value: str | None) -> int:
 def _credential(value: str | None) -> bool:
     """Whether the copy acts with the client's delegated proxy (``Credential: gridsite``);
     ``none`` (or no header): with the forwarded ``TransferHeader*`` credentials only."""
-    text = (value or "none").strip().lower()
+    text = "none" if value is None else value.strip().lower()
     if text not in ("none", "gridsite"):
         raise BadRequest(
             f"unsupported Credential {text[:40]!r}: 'none' (send the remote's token in "

@@ -479,8 +479,8 @@ def test_delegation_endpoint(site: Site) -> None:
     from tests.pki import sign_proxy
 
     path = "/.well-known/se/gridsite-delegation"
-    carol = site.pki.user("carol")
-    proxy = site.pki.proxy(carol, fqans=("/dteam",))
+    dave = site.pki.user("dave")
+    proxy = site.pki.proxy(dave, fqans=("/dteam",))
 
     def call(body: bytes, cert: Path | None = proxy) -> Answer:
         return request(
@@ -497,7 +497,7 @@ def test_delegation_endpoint(site: Site) -> None:
     foreign = sign_proxy(site.pki.proxy(site.alice, fqans=("/dteam",)), key).decode()
     put = "<delegationID>1234</delegationID><proxy>{}</proxy>"
     refused = call(_soap("putProxy", put.format(foreign)))
-    assert refused.status == 500 and f"not of the caller {carol.dn}".encode() in refused.body
+    assert refused.status == 500 and f"not of the caller {dave.dn}".encode() in refused.body
     # ... the caller's own is kept.
     own = sign_proxy(proxy, key).decode()
     assert call(_soap("putProxy", put.format(own))).status == 200

@@ -175,8 +175,8 @@ def test_pull_source_must_be_absolute() -> None:
     assert "Source" in reason
 
 
-@pytest.mark.parametrize("value", ["gridsite", "oidc", "", "nonesuch", "none,gridsite"])
-def test_credential_other_than_none(value: str) -> None:
+@pytest.mark.parametrize("value", ["oidc", "", "nonesuch", "none,gridsite", "gridsite2"])
+def test_credential_other_than_none_or_gridsite(value: str) -> None:
     reason = _bad(("Source", SRC), ("Credential", value))
     assert "Credential" in reason
     reason = _bad(("Destination", DST), ("Credential", value))
@@ -185,7 +185,14 @@ def test_credential_other_than_none(value: str) -> None:
 
 @pytest.mark.parametrize("value", ["none", "None", "NONE", " none "])
 def test_credential_none(value: str) -> None:
-    assert _pull(("Credential", value)).mode is Mode.PULL
+    spec = _pull(("Credential", value))
+    assert spec.mode is Mode.PULL and not spec.delegated
+
+
+@pytest.mark.parametrize("value", ["gridsite", "GridSite", " gridsite "])
+def test_credential_gridsite_asks_for_the_delegated_proxy(value: str) -> None:
+    assert _pull(("Credential", value)).delegated
+    assert not _pull().delegated
 
 
 def test_credential_absent() -> None:
