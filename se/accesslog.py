@@ -12,10 +12,9 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from se.auth.policy import Grant
-from se.web.access import grant_of
+from se.web.access import grant_of, identity_label
 
-__all__ = ["AccessLogger", "RedactTokens", "identity_label", "redact_query"]
+__all__ = ["AccessLogger", "RedactTokens", "redact_query"]
 
 _SECRET_PARAM = re.compile(r"(?i)([?&](?:authz|access_token)=)[^&\s\"]*")
 
@@ -36,16 +35,6 @@ class RedactTokens(logging.Filter):
 
 def _quoted(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def identity_label(grant: Grant | None) -> str:
-    """Who the request was judged as: ``-`` (anonymous), ``sub@iss`` for a token, the DN
-    and the primary FQAN for a certificate or proxy."""
-    if grant is None:
-        return "-"
-    if grant.attributes:
-        return f"{grant.subject} {grant.attributes[0]}"
-    return grant.subject or "-"
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -29,6 +29,8 @@ from se.config import Config, ConfigError, state_dir
 from se.dav import handlers
 from se.dav.macaroon_requests import post
 from se.errors import ExpectationFailed, MethodNotAllowed, SEError
+from se.events import EventLog
+from se.faults import FaultState
 from se.scitags.service import SciTagService
 from se.storage.dirwatch import DirWatch
 from se.storage.paths import DavPath, check_new_name, confine, is_reserved
@@ -40,7 +42,7 @@ from se.tpc import delegation
 from se.tpc.handler import third_party_copy
 from se.tpc.request import parse_copy
 from se.tpc.service import TPC_SERVICE, TPCService
-from se.web import metrics
+from se.web import metrics, testpoints
 from se.web.access import authenticate, authorise
 from se.web.context import CONTEXT, Context, MetricSource, context
 from se.web.error_handling import error_response, handle_errors
@@ -103,7 +105,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if request.method in _CREATES:
         _check_new_names(request)
     await authenticate(request)
-    front = tape_http.route(request) or delegation.route(request)
+    if context(request).faults is not None:
+        injected = await testpoints.gate(request)
+        if injected is not None:
+            return injected
+    front = tape_http.route(request) or delegation.route(request) or testpoints.route(request)
     if front is not None:
         return await front()
     if request.path == metrics.METRICS_PATH and request.method in (
@@ -175,6 +181,14 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
         except (OSError, ValueError) as exc:
             raise ConfigError(f"client certificates: {exc}") from None
         tpc.delegations = DelegationStore(state_dir(cfg) / "delegation", certificates.verifier)
+    faults = events = None
+    if cfg.faults.enabled:
+        try:
+            faults = FaultState(state_dir(cfg) / "faults", cfg.faults.rules)
+        except ValueError as exc:
+            raise ConfigError(f"faults.rules: {exc}") from None
+    if cfg.events.enabled:
+        events = EventLog(state_dir(cfg) / "events", cfg.events.max_bytes // 2)
     sources: list[MetricSource] = [tpc]
     if scitags is not None:
         sources.append(metrics.SciTagMetrics(scitags))
@@ -193,14 +207,17 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
         scitags=scitags,
         tape=tape,
         metric_sources=tuple(sources),
+        faults=faults,
+        events=events,
     )
     app[TPC_SERVICE] = tpc
     if tape is not None:
         app[tape_http.TAPE_SERVICE] = tape
     # [\s\S], not ".": a name with a line feed in it (made on disk) must still route.
-    app.router.add_route(
-        "*", r"/{tail:[\s\S]*}", handle_errors(dispatch), expect_handler=expect_handler
-    )
+    handler = handle_errors(dispatch)
+    if events is not None:
+        handler = _recorded(handler)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handler, expect_handler=expect_handler)
     app.on_response_prepare.append(on_prepare)
     do_sweep = cfg.storage.sweep_on_start if sweep is None else sweep
 
@@ -217,6 +234,10 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
             await tape.close()
         if scitags is not None:
             scitags.close()
+        if faults is not None:
+            faults.close()
+        if events is not None:
+            events.close()
         if tokens is not None:
             await tokens.close()
         if task is not None and not task.done():
@@ -232,6 +253,21 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
     app.on_shutdown.append(stop_transfers)
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def _recorded(handler: Handler) -> Handler:
+    """Write each request's event once it is answered (events enabled)."""
+
+    async def recorded(request: web.Request) -> web.StreamResponse:
+        testpoints.started(request)
+        response: web.StreamResponse | None = None
+        try:
+            response = await handler(request)
+            return response
+        finally:
+            testpoints.record_request(request, response)
+
+    return recorded
 
 
 def _log_sweep(task: asyncio.Future[int]) -> None:

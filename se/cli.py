@@ -128,6 +128,13 @@ def check_components(cfg: Config) -> None:
             library_config(cfg.tape)
         except ValueError as exc:
             raise ConfigError(f"tape: {exc}") from None
+    for i, rule in enumerate(cfg.faults.rules):
+        from se.faults import parse_rule
+
+        try:
+            parse_rule(rule, f"cfg-{i}", "config")
+        except ValueError as exc:
+            raise ConfigError(f"faults.rules[{i}]: {exc}") from None
     if cfg.auth is not None and cfg.auth.x509:
         from se.auth.gridmap import GridMap
 

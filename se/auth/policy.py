@@ -32,6 +32,7 @@ __all__ = [
     "Op",
     "Rule",
     "denied_ops",
+    "explain",
     "holds",
     "named_rules",
     "ops_named",
@@ -221,6 +222,46 @@ def require(
             f"the {grant.kind} does not allow {op.value} access to {path}",
             headers={"WWW-Authenticate": 'Bearer realm="se", error="insufficient_scope"'},
         )
+
+
+def _describe(rule: Rule, who: str) -> str:
+    ops = ",".join(sorted(op.value for op in rule.ops))
+    return f"{rule.principal or who}: {'deny' if rule.deny else 'allow'} {ops} on {rule.path}"
+
+
+def _deciding(grant: Grant, op: Op, path: DavPath) -> Rule | None:
+    """The rule of ``grant`` that decided ``op`` on ``path`` (the most specific covering
+    one of the principal whose verdict stands), or None (an ancestor allowance)."""
+    verdict = grant._decide(op, path, _NO_OPS)
+    best: Rule | None = None
+    for rule in grant.rules:
+        if not rule.covers(op, path) or rule.deny == bool(verdict):
+            continue
+        if best is None or len(rule.path.segments) > len(best.path.segments):
+            best = rule
+    return best
+
+
+def explain(
+    op: Op, path: DavPath, anonymous: str, grant: Grant | None = None, public: Grant | None = None
+) -> str:
+    """Which rule made :func:`require`'s decision, in words (for events, not for clients):
+    ``anonymous level read``, ``public: allow read,stat on /pub``, ``group /atlas: deny
+    ... on /atlas/protected``, ``token: allow ... on /data`` ..."""
+    floor = _ANONYMOUS.get(anonymous, _NO_OPS)
+    if public is None and op in floor:
+        return f"anonymous level {anonymous}"
+    if public is not None and public.allows(op, path, floor):
+        rule = _deciding(public, op, path)
+        return _describe(rule, "public") if rule is not None else f"anonymous level {anonymous}"
+    if grant is None:
+        return "no credential"
+    rule = _deciding(grant, op, path)
+    if rule is not None:
+        return _describe(rule, grant.kind)
+    if grant.allows(op, path):
+        return f"{grant.kind}: parent of an allowed path"
+    return f"{grant.kind}: no rule covers {op.value} on {path}"
 
 
 def holds(op: Op, path: DavPath, anonymous: str, grant: Grant | None, public: Grant | None) -> bool:

@@ -22,15 +22,25 @@ from __future__ import annotations
 from aiohttp import hdrs, web
 
 from se.auth import macaroons
-from se.auth.policy import Grant, Op, require
+from se.auth.policy import Grant, Op, explain, require
 from se.errors import BadRequest, Forbidden, Unauthorized
 from se.storage.paths import DavPath
 from se.web.context import context
 
-__all__ = ["authenticate", "authorise", "authorise_write", "bearer_token", "grant_of"]
+__all__ = [
+    "authenticate",
+    "authorise",
+    "authorise_write",
+    "bearer_token",
+    "decision_of",
+    "grant_of",
+    "identity_label",
+]
 
 # The grant found for this request (None: anonymous), set once by authenticate().
 _GRANT_KEY: web.RequestKey[Grant | None] = web.RequestKey("se_grant", Grant)
+# The last authorisation decision of this request (events on): see decision_of().
+_DECISION_KEY: web.RequestKey[tuple[str, str, str, str]] = web.RequestKey("se_decision", tuple)
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -130,15 +140,43 @@ def _own_audiences(request: web.Request, local_hosts: tuple[str, ...]) -> tuple[
     return tuple(own)
 
 
+def identity_label(grant: Grant | None) -> str:
+    """Who the request was judged as: ``-`` (anonymous), ``sub@iss`` for a token, the DN
+    and the primary FQAN for a certificate or proxy."""
+    if grant is None:
+        return "-"
+    if grant.attributes:
+        return f"{grant.subject} {grant.attributes[0]}"
+    return grant.subject or "-"
+
+
 def grant_of(request: web.BaseRequest) -> Grant | None:
     grant: Grant | None = request.get(_GRANT_KEY)
     return grant
 
 
 def authorise(request: web.Request, op: Op, path: DavPath) -> None:
-    """Raise unless this request may do ``op`` on ``path``."""
+    """Raise unless this request may do ``op`` on ``path``.  With events on, the decision
+    and the rule that made it are kept for the request's event (:func:`decision_of`)."""
     ctx = context(request)
-    require(op, path, ctx.anonymous, grant_of(request), ctx.public)
+    grant = grant_of(request)
+    if ctx.events is None:
+        require(op, path, ctx.anonymous, grant, ctx.public)
+        return
+    try:
+        require(op, path, ctx.anonymous, grant, ctx.public)
+    except (Unauthorized, Forbidden):
+        why = explain(op, path, ctx.anonymous, grant, ctx.public)
+        request[_DECISION_KEY] = (op.value, str(path), "deny", why)
+        raise
+    why = explain(op, path, ctx.anonymous, grant, ctx.public)
+    request[_DECISION_KEY] = (op.value, str(path), "allow", why)
+
+
+def decision_of(request: web.BaseRequest) -> tuple[str, str, str, str] | None:
+    """(operation, path, "allow"|"deny", the rule in words) of the request's last
+    authorisation, when events are on."""
+    return request.get(_DECISION_KEY)
 
 
 def authorise_write(request: web.Request, path: DavPath, overwrite: bool) -> None:

@@ -23,6 +23,8 @@ from se.auth.macaroons import SecretStore
 from se.auth.policy import Grant
 from se.auth.wlcg import TokenVerifier
 from se.config import Config
+from se.events import EventLog
+from se.faults import FaultState
 from se.scitags.service import SciTagService
 from se.storage.paths import DavPath
 from se.storage.posix import PosixBackend
@@ -68,6 +70,8 @@ class Context:
     scitags: SciTagService | None  # fireflies and flow labels, when enabled
     tape: TapeGate | None = None  # the simulated tape tier, when enabled
     metric_sources: tuple[MetricSource, ...] = ()  # in the order the metrics page shows them
+    faults: FaultState | None = None  # fault injection (faults.enabled)
+    events: EventLog | None = None  # events for tests (events.enabled)
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("se_context", Context)
