@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "GroupRule",
     "IssuerConfig",
+    "Listener",
     "LoggingConfig",
     "PublicRule",
     "SciTagsConfig",
@@ -37,6 +38,7 @@ __all__ = [
     "WebDAVConfig",
     "X509Rule",
     "is_loopback",
+    "listener_configs",
     "load_file",
     "load_mapping",
     "state_dir",
@@ -430,6 +432,8 @@ class Config:
     auth: AuthConfig | None = None
     tape: TapeConfig = field(default_factory=TapeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # [[listeners]]: further endpoints of the same process (see listener_configs).
+    listeners: tuple[Listener, ...] = ()
 
     def anonymous_access(self) -> str:
         """The anonymous policy in force: explicit [auth], else read-write (guarded at start)."""
@@ -506,10 +510,16 @@ def load_mapping(data: Mapping[str, Any]) -> Config:
     for name, value in data.items():
         if name not in hints:
             raise ConfigError(f"unknown config section: [{name}]")
+        if name == "listeners":
+            continue  # below, once [tls] is known
         tp = hints[name]
         if isinstance(tp, types.UnionType):  # AuthConfig | None
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
         sections[name] = _section(tp, value, name)
+    if "listeners" in data:
+        sections["listeners"] = _parse_listeners(
+            data["listeners"], sections.get("tls", TLSConfig())
+        )
     cfg = Config(**sections)
     validate(cfg)
     return cfg
@@ -603,6 +613,7 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"scitags.{name}: {item!r} is not key=value")
     if cfg.logging.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("logging.level: must be one of debug, info, warning, error")
+    _validate_listeners(cfg)
 
 
 def _validate_tape(t: TapeConfig) -> None:
@@ -741,3 +752,193 @@ def checksum_algorithms(cfg: Config) -> tuple[str, ...]:
     algs = ["adler32"]
     algs += [a for a in cfg.checksums.algorithms if a != "adler32"]
     return tuple(algs)
+
+
+# --------------------------------------------------------------------------- [[listeners]]
+# More endpoints served by the same process.  Each one is a derived Config (listener_configs):
+# the top-level one with the listener's overrides, its storage root <root>/<base>.
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One ``[[listeners]]`` table: a further host:port of ``se serve``.  None (or a key left
+    out) inherits the top-level value; ``tls`` is resolved against the file's ``[tls]`` when
+    read (None: ``[tls]`` as it is)."""
+
+    port: int  # 0 = an ephemeral port, printed at start
+    host: str | None = None
+    name: str = ""  # shown in messages only
+    base: str = "/"  # this listener's "/" is <storage.root><base>
+    tls: TLSConfig | None = None
+    anonymous: str | None = None  # "none" | "read" | "read-write"
+    issuers: tuple[str, ...] | None = None  # [[auth.issuers]] whose tokens count here; [] = none
+    audiences: tuple[str, ...] | None = None  # replaces auth.audiences here
+    accept_any_audience: bool | None = None
+    local_hosts: tuple[str, ...] | None = None  # replaces server.local_hosts here
+
+
+_LISTENER_TYPES: dict[str, Any] = {
+    "port": int,
+    "host": str,
+    "name": str,
+    "base": str,
+    "anonymous": str,
+    "issuers": tuple[str, ...],
+    "audiences": tuple[str, ...],
+    "accept_any_audience": bool,
+    "local_hosts": tuple[str, ...],
+}
+_LISTENER_TLS_TYPES: dict[str, Any] = {
+    "cert": str,
+    "key": str,
+    "ca_dir": str,
+    "client_certs": str,
+}
+
+
+def _parse_listeners(value: Any, tls: TLSConfig) -> tuple[Listener, ...]:
+    """``[[listeners]]`` from TOML; ``tls`` is the file's ``[tls]``, which a listener's
+    ``tls`` table overrides key by key (``tls = false``: plain HTTP)."""
+    if not isinstance(value, list):
+        raise ConfigError("listeners: expected a list of tables ([[listeners]])")
+    out: list[Listener] = []
+    for i, item in enumerate(value):
+        where = f"listeners[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"[{where}] must be a table")
+        values: dict[str, Any] = {}
+        for key, raw in item.items():
+            if key == "tls":
+                values["tls"] = _listener_tls(raw, tls, f"{where}.tls")
+            elif key in _LISTENER_TYPES:
+                values[key] = _coerce(raw, _LISTENER_TYPES[key], f"{where}.{key}")
+            else:
+                raise ConfigError(f"unknown config key: {where}.{key}")
+        if "port" not in values:
+            raise ConfigError(f"{where}: missing key port (0 picks a free one)")
+        out.append(Listener(**values))
+    return tuple(out)
+
+
+def _listener_tls(raw: Any, tls: TLSConfig, where: str) -> TLSConfig:
+    if raw is False:
+        return TLSConfig(ca_dir=tls.ca_dir)  # plain HTTP; the CA directory still verifies TPC
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected false (plain HTTP) or a table")
+    values: dict[str, Any] = {}
+    for key, item in raw.items():
+        if key not in _LISTENER_TLS_TYPES:
+            raise ConfigError(f"unknown config key: {where}.{key}")
+        values[key] = _coerce(item, _LISTENER_TLS_TYPES[key], f"{where}.{key}")
+    return dataclasses.replace(tls, **values)
+
+
+def listener_configs(cfg: Config) -> tuple[Config, ...]:
+    """The configuration of every endpoint: ``cfg`` itself (its ``[server]`` host and port),
+    then one derived configuration per ``[[listeners]]`` table."""
+    return (cfg, *(_derive(cfg, lst) for lst in cfg.listeners))
+
+
+def _derive(cfg: Config, lst: Listener) -> Config:
+    s = cfg.server
+    server = dataclasses.replace(
+        s,
+        host=s.host if lst.host is None else lst.host,
+        port=lst.port,
+        local_hosts=s.local_hosts if lst.local_hosts is None else lst.local_hosts,
+    )
+    segments = _base_segments(lst.base)
+    root = str(Path(cfg.storage.root).joinpath(*segments)) if segments else cfg.storage.root
+    auth = cfg.auth
+    if auth is None:
+        # No [auth]: anonymous read-write (guarded to loopback at start) unless narrowed here.
+        if lst.anonymous not in (None, "read-write"):
+            auth = AuthConfig(anonymous=lst.anonymous)
+    else:
+        wanted = lst.issuers
+        auth = dataclasses.replace(
+            auth,
+            anonymous=auth.anonymous if lst.anonymous is None else lst.anonymous,
+            issuers=auth.issuers
+            if wanted is None
+            else tuple(i for i in auth.issuers if i.issuer in wanted),
+            audiences=auth.audiences if lst.audiences is None else lst.audiences,
+            accept_any_audience=auth.accept_any_audience
+            if lst.accept_any_audience is None
+            else lst.accept_any_audience,
+        )
+    return dataclasses.replace(
+        cfg,
+        server=server,
+        storage=dataclasses.replace(cfg.storage, root=root),
+        tls=cfg.tls if lst.tls is None else lst.tls,
+        auth=auth,
+        listeners=(),
+    )
+
+
+def _base_segments(base: str) -> tuple[str, ...]:
+    return tuple(seg for seg in base.split("/") if seg)
+
+
+def _validate_listeners(cfg: Config) -> None:
+    """Each listener on its own (one line naming it), then what they must not share."""
+    seen: dict[tuple[str, int], str] = {}
+    names: set[str] = set()
+    databases: dict[str, tuple[str, str]] = {}  # tape database -> (storage root, who)
+    for index, derived in enumerate(listener_configs(cfg)):
+        if index == 0:
+            who = "server"
+        else:
+            lst = cfg.listeners[index - 1]
+            who = f"listeners[{index - 1}]" + (f" ({lst.name})" if lst.name else "")
+            _validate_listener(cfg, lst, derived, who)
+            if lst.name:
+                if lst.name in names:
+                    raise ConfigError(f"{who}.name: {lst.name!r} is used twice")
+                names.add(lst.name)
+        host, port = derived.server.host, derived.server.port
+        if port != 0:
+            for (other_host, other_port), other in seen.items():
+                if port == other_port and (host == other_host or _WILDCARD & {host, other_host}):
+                    raise ConfigError(f"{who}: {host}:{port} is also {other}'s address")
+            seen[(host, port)] = who
+        if cfg.tape.enabled:
+            db = cfg.tape.database or str(state_dir(derived) / "tape.sqlite")
+            root = str(Path(derived.storage.root))
+            if db in databases and databases[db][0] != root:
+                raise ConfigError(
+                    f"{who}: shares the tape database {db} with {databases[db][1]}, whose "
+                    "base differs (set a base of its own, or leave storage.state_dir and "
+                    "tape.database unset)"
+                )
+            databases.setdefault(db, (root, who))
+
+
+_WILDCARD = frozenset(("", "0.0.0.0", "::", "[::]"))
+
+
+def _validate_listener(cfg: Config, lst: Listener, derived: Config, who: str) -> None:
+    if not 0 <= lst.port <= 65535:
+        raise ConfigError(f"{who}.port: {lst.port} is not a TCP port")
+    if lst.host is not None and not lst.host.strip():
+        raise ConfigError(f"{who}.host: must not be empty (leave it out to use server.host)")
+    base = lst.base
+    if not base.startswith("/") or "//" in base or "\\" in base:
+        raise ConfigError(f"{who}.base: an absolute path like /xrd1 (got {base!r})")
+    for seg in _base_segments(base):
+        if seg in (".", "..") or seg.startswith(".se-") or not seg.isprintable():
+            raise ConfigError(f"{who}.base: {seg!r} cannot be a directory of the base")
+    if lst.anonymous is not None and lst.anonymous not in ("none", "read", "read-write"):
+        raise ConfigError(f"{who}.anonymous: must be one of none, read, read-write")
+    known = {i.issuer for i in cfg.auth.issuers} if cfg.auth is not None else set()
+    for iss in lst.issuers or ():
+        if iss not in known:
+            raise ConfigError(f"{who}.issuers: {iss} is not one of the [[auth.issuers]]")
+    tls = derived.tls
+    if bool(tls.cert) != bool(tls.key):
+        raise ConfigError(f"{who}.tls: cert and key must be set together")
+    if tls.client_certs not in ("none", "optional", "required"):
+        raise ConfigError(f"{who}.tls.client_certs: must be one of none, optional, required")
+    if tls.client_certs != "none" and not (tls.enabled and tls.ca_dir):
+        raise ConfigError(f"{who}.tls.client_certs: needs tls.cert, tls.key and tls.ca_dir")

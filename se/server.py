@@ -1,9 +1,13 @@
-"""Process management: listening socket, TLS, uvloop, worker processes.
+"""Process management: listening sockets, TLS, uvloop, worker processes.
 
 One process per worker, each with its own uvloop event loop.  The parent binds the first
-socket (learning the port when 0 was asked for), prints the address, and forks; with more
-than one worker every worker listens on its own ``SO_REUSEPORT`` socket so the kernel
-spreads connections evenly.  The parent forwards SIGTERM/SIGINT and waits.
+socket of every listener (``[server]``, then each ``[[listeners]]`` table; learning the port
+when 0 was asked for), prints one address line per listener, and forks; with more than one
+worker every worker listens on its own ``SO_REUSEPORT`` sockets so the kernel spreads
+connections evenly.  Every worker serves every listener, each with its own application
+(se.app.create_app on the listener's derived configuration); what must happen once per
+storage root or tape database (the sweep of interrupted uploads, the simulated tape library)
+is given to one listener of the first worker.  The parent forwards SIGTERM/SIGINT and waits.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from multiprocessing import connection as mp_connection
 from multiprocessing.process import BaseProcess
 from typing import TextIO
@@ -31,10 +35,11 @@ from aiohttp import web
 from se.accesslog import AccessLogger, RedactTokens
 from se.app import METHODS, create_app
 from se.auth.x509 import configure_server_context
-from se.config import Config, ConfigError, is_loopback
+from se.config import Config, ConfigError, is_loopback, listener_configs
+from se.tape.service import database_path
 from se.web.protocol import HeadBudget, SEHandler
 
-__all__ = ["check_startup", "run", "serve_url"]
+__all__ = ["Endpoint", "check_startup", "plan", "run", "serve_url"]
 
 log = logging.getLogger("se")
 ALLOW = ", ".join(METHODS)
@@ -141,8 +146,42 @@ class _Site(web.SockSite):
         )
 
 
-async def _serve(cfg: Config, sock: socket.socket, first: bool) -> None:
-    app = create_app(cfg, sweep=cfg.storage.sweep_on_start and first, primary=first)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One listener as every worker serves it: its configuration (with its real port) and
+    what it does for its root in the first worker."""
+
+    cfg: Config
+    sweep: bool  # sweeps its storage root at start (one listener per root)
+    library: bool  # may run the simulated tape library (one listener per tape database)
+
+
+def plan(cfgs: Sequence[Config]) -> tuple[Endpoint, ...]:
+    """Endpoints for the listeners' configurations, in order: the first listener of each
+    storage root sweeps it (none whose root lies below another listener's, which that one's
+    sweep covers), the first of each tape database runs the library."""
+    roots = [os.path.realpath(c.storage.root) for c in cfgs]
+    databases: set[str] = set()
+    out: list[Endpoint] = []
+    for i, cfg in enumerate(cfgs):
+        root = roots[i]
+        covered = any(
+            (other == root and j < i) or root.startswith(other.rstrip("/") + "/")
+            for j, other in enumerate(roots)
+            if j != i
+        )
+        database = database_path(cfg)
+        library = database not in databases
+        databases.add(database)
+        out.append(Endpoint(cfg, cfg.storage.sweep_on_start and not covered, library))
+    return tuple(out)
+
+
+async def _start(
+    endpoint: Endpoint, sock: socket.socket, first: bool, budget: HeadBudget
+) -> web.AppRunner:
+    cfg = endpoint.cfg
+    app = create_app(cfg, sweep=endpoint.sweep and first, primary=endpoint.library and first)
     access = logging.getLogger("se.access")
     if not any(isinstance(f, RedactTokens) for f in access.filters):
         access.addFilter(RedactTokens())
@@ -160,40 +199,73 @@ async def _serve(cfg: Config, sock: socket.socket, first: bool) -> None:
         keepalive_timeout=s.keepalive_timeout,
     )
     await runner.setup()
-    site = _Site(
-        runner,
-        sock,
-        ssl_context=make_ssl_context(cfg),
-        backlog=1024,
-        budget=HeadBudget(s.header_buffer_bytes),
-        max_head_bytes=s.max_header_bytes,
-        head_timeout=s.header_timeout,
-    )
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
+        site = _Site(
+            runner,
+            sock,
+            ssl_context=make_ssl_context(cfg),
+            backlog=1024,
+            budget=budget,
+            max_head_bytes=s.max_header_bytes,
+            head_timeout=s.header_timeout,
+        )
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def _serve(
+    endpoints: Sequence[Endpoint], socks: Sequence[socket.socket], first: bool
+) -> None:
+    # One budget for the unfinished request heads of all the listeners of this worker.
+    budget = HeadBudget(endpoints[0].cfg.server.header_buffer_bytes)
+    runners: list[web.AppRunner] = []
+    try:
+        for endpoint, sock in zip(endpoints, socks, strict=True):
+            runners.append(await _start(endpoint, sock, first, budget))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
-        await runner.cleanup()
+        # All at once: each waits for its own connections while the others do the same.
+        results = await asyncio.gather(*(r.cleanup() for r in runners), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("stopping a listener failed: %r", result)
 
 
 def _worker(
-    cfg: Config,
-    sock: socket.socket | None,
+    endpoints: Sequence[Endpoint],
+    socks: Sequence[socket.socket] | None,
     index: int,
-    inherited: socket.socket | None = None,
+    inherited: Sequence[socket.socket] = (),
 ) -> None:
-    if inherited is not None and inherited is not sock:
-        # The first worker's socket, copied by fork: kept open here, it would stay in the
-        # SO_REUSEPORT group after that worker died, and take connections no one accepts.
-        inherited.close()
-    if sock is None:
-        sock = bind(cfg.server.host, cfg.server.port, reuse_port=True)
+    if socks is None:
+        # The first worker's sockets, copied by fork: kept open here, they would stay in
+        # the SO_REUSEPORT groups after that worker died, and take connections no one
+        # accepts.
+        for sock in inherited:
+            sock.close()
+        socks = bind_all([e.cfg for e in endpoints], reuse_port=True)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(cfg, sock, index == 0))
+        runner.run(_serve(endpoints, socks, index == 0))
+
+
+def bind_all(cfgs: Sequence[Config], reuse_port: bool) -> list[socket.socket]:
+    """One listening socket per configuration, all or none."""
+    socks: list[socket.socket] = []
+    try:
+        for cfg in cfgs:
+            socks.append(bind(cfg.server.host, cfg.server.port, reuse_port))
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def setup_logging(cfg: Config) -> None:
@@ -206,24 +278,25 @@ def setup_logging(cfg: Config) -> None:
 
 def run(cfg: Config, out: TextIO = sys.stdout) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status."""
-    check_startup(cfg)
-    make_ssl_context(cfg)  # fail early on bad certificates
+    cfgs = listener_configs(cfg)
+    for each in cfgs:
+        check_startup(each)
+        make_ssl_context(each)  # fail early on bad certificates
     setup_logging(cfg)
-    os.makedirs(cfg.storage.root, exist_ok=True)
+    for each in cfgs:
+        os.makedirs(each.storage.root, exist_ok=True)
     workers = cfg.server.workers
-    sock = bind(cfg.server.host, cfg.server.port, reuse_port=workers > 1)
-    port = sock.getsockname()[1]
-    # Workers beyond the first bind the port that the first socket actually got.
-    cfg = _with_port(cfg, port)
-    print(
-        f"se: serving {os.path.abspath(cfg.storage.root)} at {serve_url(cfg, port)}",
-        file=out,
-        flush=True,
-    )
+    socks = bind_all(cfgs, reuse_port=workers > 1)
+    # Workers beyond the first bind the ports that the first sockets actually got.
+    cfgs = tuple(_with_port(c, s.getsockname()[1]) for c, s in zip(cfgs, socks, strict=True))
+    for each in cfgs:  # [server]'s line first, as before listeners existed
+        root = os.path.abspath(each.storage.root)
+        print(f"se: serving {root} at {serve_url(each, each.server.port)}", file=out, flush=True)
+    endpoints = plan(cfgs)
     if workers == 1:
-        _worker(cfg, sock, 0)
+        _worker(endpoints, socks, 0)
         return 0
-    return _supervise(cfg, sock, workers)
+    return _supervise(endpoints, socks, workers)
 
 
 # Supervision of --workers N: a worker that dies is started again after a pause that
@@ -243,21 +316,22 @@ def _exit_reason(code: int | None) -> str:
     return f"exited with status {code}"
 
 
-def _supervise(cfg: Config, sock: socket.socket, workers: int) -> int:
+def _supervise(endpoints: Sequence[Endpoint], socks: list[socket.socket], workers: int) -> int:
     ctx = multiprocessing.get_context("fork")
 
-    def spawn(index: int, first_sock: socket.socket | None) -> BaseProcess:
+    def spawn(index: int, first_socks: list[socket.socket] | None) -> BaseProcess:
         proc = ctx.Process(
             target=_worker,
-            args=(cfg, first_sock, index, sock),
+            args=(endpoints, first_socks, index, socks),
             name=f"se-worker-{index}",
             daemon=False,
         )
         proc.start()
         return proc
 
-    procs = {i: spawn(i, sock if i == 0 else None) for i in range(workers)}
-    sock.close()  # a restarted first worker binds its own SO_REUSEPORT socket
+    procs = {i: spawn(i, socks if i == 0 else None) for i in range(workers)}
+    for sock in socks:
+        sock.close()  # a restarted first worker binds its own SO_REUSEPORT sockets
     stopping = threading.Event()  # set by the signal handler
 
     def forward(signum: int, _frame: object) -> None:

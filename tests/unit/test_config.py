@@ -14,10 +14,13 @@ from se.config import (
     AuthConfig,
     Config,
     ConfigError,
+    TLSConfig,
     checksum_algorithms,
     is_loopback,
+    listener_configs,
     load_file,
     load_mapping,
+    state_dir,
     validate,
 )
 
@@ -318,3 +321,244 @@ def test_build_config_flag_values_are_validated() -> None:
         _build("--port", "70000")
     with pytest.raises(ConfigError, match=r"server\.workers"):
         _build("--workers", "0")
+
+
+# --------------------------------------------------------------------------- [[listeners]]
+
+LISTENERS = """
+[server]
+port = 2880
+local_hosts = ["se.example.org"]
+
+[storage]
+root = "/srv/grid"
+
+[tls]
+cert = "/etc/grid-security/hostcert.pem"
+key = "/etc/grid-security/hostkey.pem"
+ca_dir = "/etc/grid-security/certificates"
+
+[auth]
+anonymous = "read"
+audiences = ["https://se.example.org"]
+
+[[auth.issuers]]
+issuer = "https://iam-a.example.org/"
+jwks_file = "/etc/se/a.jwks"
+
+[[auth.issuers]]
+issuer = "https://iam-b.example.org/"
+jwks_file = "/etc/se/b.jwks"
+
+[[listeners]]
+name = "xrd1"
+port = 1094
+base = "/xrd1"
+anonymous = "none"
+issuers = ["https://iam-b.example.org/"]
+audiences = ["xrd1"]
+accept_any_audience = false
+local_hosts = ["xrd1"]
+tls.client_certs = "optional"
+
+[[listeners]]
+name = "web1"
+host = "::1"
+port = 0
+base = "/web1/"
+issuers = []
+tls = false
+"""
+
+
+def test_listeners_parse_and_derive() -> None:
+    cfg = load_mapping(tomllib.loads(LISTENERS))
+    top, xrd1, web1 = listener_configs(cfg)
+    assert top is cfg
+    assert [lst.name for lst in cfg.listeners] == ["xrd1", "web1"]
+    # xrd1: its own port, base, anonymous level, issuer, audiences, names; [tls] + client certs
+    assert (xrd1.server.host, xrd1.server.port) == ("127.0.0.1", 1094)
+    assert xrd1.storage.root == "/srv/grid/xrd1"
+    assert xrd1.server.local_hosts == ("xrd1",)
+    assert xrd1.tls == dataclasses.replace(cfg.tls, client_certs="optional")
+    assert xrd1.auth is not None and cfg.auth is not None
+    assert xrd1.auth.anonymous == "none"
+    assert [i.issuer for i in xrd1.auth.issuers] == ["https://iam-b.example.org/"]
+    assert xrd1.auth.audiences == ("xrd1",)
+    assert xrd1.auth.accept_any_audience is False
+    assert xrd1.listeners == ()
+    # web1: plain HTTP (the CA directory stays, for TPC), no tokens, the rest inherited
+    assert (web1.server.host, web1.server.port) == ("::1", 0)
+    assert web1.storage.root == "/srv/grid/web1"
+    assert web1.tls == TLSConfig(ca_dir="/etc/grid-security/certificates")
+    assert web1.auth is not None
+    assert web1.auth.issuers == ()
+    assert web1.auth.anonymous == "read"
+    assert web1.auth.audiences == cfg.auth.audiences
+    assert web1.server.local_hosts == ("se.example.org",)
+    # Everything else is the top-level configuration's.
+    for derived in (xrd1, web1):
+        assert derived.tpc == cfg.tpc and derived.webdav == cfg.webdav
+        assert derived.server.workers == cfg.server.workers
+        assert state_dir(derived) == Path(derived.storage.root) / ".se-state"
+
+
+def test_listeners_without_auth_section() -> None:
+    cfg = load_mapping(
+        {"listeners": [{"port": 0, "anonymous": "read"}, {"port": 0}, {"port": 0, "base": "/b"}]}
+    )
+    top, read_only, same, other = listener_configs(cfg)
+    assert top.auth is None and top.anonymous_access() == "read-write"
+    assert read_only.auth == AuthConfig(anonymous="read")
+    # Not narrowed: still no [auth], so the loopback-only guard of se serve applies.
+    assert same.auth is None and same.storage.root == cfg.storage.root
+    assert other.storage.root == str(Path(cfg.storage.root) / "b")
+
+
+def test_listener_flags_follow_the_top_level() -> None:
+    """--host and --root change [server] and [storage]; listeners inherit at derive time."""
+    cfg = load_mapping({"listeners": [{"port": 0, "base": "/x"}]})
+    cfg = dataclasses.replace(
+        cfg,
+        server=dataclasses.replace(cfg.server, host="::1"),
+        storage=dataclasses.replace(cfg.storage, root="/flag"),
+    )
+    validate(cfg)
+    derived = listener_configs(cfg)[1]
+    assert (derived.server.host, derived.storage.root) == ("::1", "/flag/x")
+
+
+@pytest.mark.parametrize(
+    ("listeners", "needle"),
+    [
+        ({"port": 0}, "listeners: expected a list of tables"),
+        ([1], "[listeners[0]] must be a table"),
+        ([{"base": "/x"}], "listeners[0]: missing key port"),
+        ([{"port": 0, "prot": 1}], "unknown config key: listeners[0].prot"),
+        ([{"port": 0, "tls": {"certs": "x"}}], "unknown config key: listeners[0].tls.certs"),
+        ([{"port": 0, "tls": True}], "listeners[0].tls: expected false (plain HTTP) or a table"),
+        ([{"port": "1094"}], "listeners[0].port: expected an integer"),
+        ([{"port": 0, "issuers": "x"}], "listeners[0].issuers: expected a list of strings"),
+        ([{"port": 70000}], "listeners[0].port: 70000 is not a TCP port"),
+        ([{"port": 0, "host": " "}], "listeners[0].host: must not be empty"),
+        ([{"port": 0, "base": "xrd1"}], "listeners[0].base: an absolute path"),
+        ([{"port": 0, "base": "/a//b"}], "listeners[0].base: an absolute path"),
+        ([{"port": 0, "base": "/a/../b"}], "listeners[0].base: '..' cannot be"),
+        ([{"port": 0, "base": "/.se-state"}], "listeners[0].base: '.se-state' cannot be"),
+        ([{"port": 0, "base": "/a\nb"}], "cannot be a directory of the base"),
+        ([{"port": 0, "anonymous": "write"}], "listeners[0].anonymous: must be one of"),
+        ([{"port": 0, "issuers": ["https://x/"]}], "https://x/ is not one of the"),
+        ([{"port": 0, "tls": {"cert": "/c"}}], "listeners[0].tls: cert and key must be set"),
+        (
+            [{"port": 0, "tls": {"cert": "/c", "key": "/k", "client_certs": "always"}}],
+            "listeners[0].tls.client_certs: must be one of",
+        ),
+        (
+            [{"port": 0, "tls": {"cert": "/c", "key": "/k", "client_certs": "required"}}],
+            "listeners[0].tls.client_certs: needs tls.cert, tls.key and tls.ca_dir",
+        ),
+        ([{"port": 8080}], "listeners[0]: 127.0.0.1:8080 is also server's address"),
+        (
+            [{"port": 1094, "name": "a"}, {"port": 1094, "host": "0.0.0.0", "name": "b"}],
+            "listeners[1] (b): 0.0.0.0:1094 is also listeners[0] (a)'s address",
+        ),
+        ([{"port": 0, "name": "a"}, {"port": 0, "name": "a"}], "listeners[1] (a).name: 'a'"),
+    ],
+)
+def test_listener_errors_are_one_line_and_named(listeners: Any, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_mapping({"listeners": listeners})
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_listeners_may_share_a_port_number_on_other_addresses() -> None:
+    cfg = load_mapping(
+        {"listeners": [{"port": 8080, "host": "127.0.0.2"}, {"port": 0}, {"port": 0}]}
+    )
+    assert len(listener_configs(cfg)) == 4
+
+
+def test_listeners_and_the_tape_database() -> None:
+    # Listeners on one root share its tape database (the library runs once, se.server.plan).
+    load_mapping({"tape": {"enabled": True}, "listeners": [{"port": 0}, {"port": 0}]})
+    # Each base has its own .se-state, so its own database.
+    load_mapping({"tape": {"enabled": True}, "listeners": [{"port": 0, "base": "/t"}]})
+    # One database for two roots would let one library act on files of the other.
+    for shared in ({"database": "/var/lib/se/tape.sqlite"}, {}):
+        data: dict[str, Any] = {
+            "tape": {"enabled": True, **shared},
+            "listeners": [{"port": 0, "base": "/t"}],
+        }
+        if not shared:
+            data["storage"] = {"state_dir": "/var/lib/se"}
+        with pytest.raises(ConfigError, match=r"listeners\[0\]: shares the tape database"):
+            load_mapping(data)
+    # Without tape, a shared state_dir is fine.
+    load_mapping({"storage": {"state_dir": "/s"}, "listeners": [{"port": 0, "base": "/t"}]})
+
+
+def test_listener_plan_runs_sweep_and_library_once(tmp_path: Path) -> None:
+    from se.server import plan
+
+    cfg = load_mapping(
+        {
+            "storage": {"root": str(tmp_path)},
+            "tape": {"enabled": True},
+            "listeners": [
+                {"port": 0, "base": "/a"},
+                {"port": 0},
+                {"port": 0, "base": "/a"},
+                {"port": 0, "base": "/b"},
+            ],
+        }
+    )
+    for each in listener_configs(cfg):
+        Path(each.storage.root).mkdir(exist_ok=True)
+    endpoints = plan(listener_configs(cfg))
+    # / sweeps everything below it; /a and /b are in it.  One library per root.
+    assert [e.sweep for e in endpoints] == [True, False, False, False, False]
+    assert [e.library for e in endpoints] == [True, True, False, False, True]
+    alone = plan(listener_configs(dataclasses.replace(cfg, listeners=cfg.listeners[2:])))
+    assert [e.sweep for e in alone] == [True, False, False]
+
+
+@pytest.mark.parametrize(
+    ("mode", "host", "refused"),
+    [
+        ("auto", "127.0.0.1", False),
+        ("auto", "0.0.0.0", True),
+        ("refuse", "127.0.0.1", True),
+        ("allow", "0.0.0.0", False),
+    ],
+)
+def test_listener_local_remotes_follow_its_own_address(mode: str, host: str, refused: bool) -> None:
+    """tpc.local_remotes = "auto" is decided per listener: a loopback listener in a process
+    that also listens on a public address still takes loopback remotes, the public one
+    does not."""
+    from se.tpc.service import refuses_local_remotes
+
+    cfg = load_mapping(
+        {
+            "auth": {"anonymous": "read"},
+            "tpc": {"local_remotes": mode},
+            "listeners": [{"port": 0, "host": host}],
+        }
+    )
+    top, derived = listener_configs(cfg)
+    assert refuses_local_remotes(top) is (mode == "refuse")
+    assert refuses_local_remotes(derived) is refused
+
+
+def test_check_config_names_listener_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from se.cli import main
+
+    f = tmp_path / "se.toml"
+    f.write_text('[[listeners]]\nport = 0\nbase = "../up"\n')
+    assert main(["check-config", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("se: listeners[0].base: an absolute path") and err.count("\n") == 1
+    f.write_text('[[listeners]]\nport = 0\nbase = "/xrd1"\n')
+    assert main(["check-config", str(f)]) == 0
