@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import select
@@ -101,11 +102,19 @@ def _guarded_paths(cfg: Config, root_prefix: str) -> tuple[tuple[str, ...], tupl
     return tuple(d for d in dirs if d), tuple(f for f in files if f)
 
 
-def _create_temp(directory: str, dir_fd: int | None = None) -> tuple[str, int]:
-    """Create a new upload temp file in ``directory`` and hold an exclusive flock on it for
-    as long as it is open: a temp file that can be locked has no live writer (its process
-    is gone), so the start-up sweep removes it at once.  Returns (path, fd)."""
-    name = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+def _temp_prefix(target_name: str) -> str:
+    """The start of the temp file names of writes into ``target_name`` (in its directory):
+    a short hash of the name, so that another process can tell a write is in progress."""
+    tag = hashlib.blake2b(os.fsencode(target_name), digest_size=8).hexdigest()
+    return f"{TEMP_PREFIX}{tag}-"
+
+
+def _create_temp(directory: str, target_name: str, dir_fd: int | None = None) -> tuple[str, int]:
+    """Create a new upload temp file for ``target_name`` in ``directory`` and hold an
+    exclusive flock on it for as long as it is open: a temp file that can be locked has no
+    live writer (its process is gone), so the start-up sweep removes it at once.  Returns
+    (path, fd)."""
+    name = f"{_temp_prefix(target_name)}{uuid.uuid4().hex}"
     path = os.path.join(directory, name)
     where = name if dir_fd is not None else path
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -938,7 +947,7 @@ class PosixBackend:
         try:
             if self.create_parents:
                 os.makedirs(parent, exist_ok=True)
-            temp, fd = _create_temp(parent)
+            temp, fd = _create_temp(parent, os.path.basename(target))
         except (FileExistsError, NotADirectoryError):
             raise Conflict(f"{p.parent}: parent is not a collection") from None
         except OSError as exc:
@@ -1090,7 +1099,7 @@ class PosixBackend:
 
     def _copy_file(self, src_fd: int, dir_fd: int, name: str) -> None:
         """Copy the open regular file src_fd to ``name`` in dir_fd, atomically."""
-        temp, out = _create_temp("", dir_fd)
+        temp, out = _create_temp("", name, dir_fd)
         try:
             st = os.fstat(src_fd)
             known = xattrs.read_checksums(src_fd, st.st_size, st.st_mtime_ns)
@@ -1217,6 +1226,40 @@ class PosixBackend:
                 return exc.index, 403, reason
             raise map_oserror(exc.error, str(p)) from None
         return None
+
+    def writing(self, p: DavPath) -> bool:
+        """Whether a write into p (PUT, TPC pull, COPY) is in progress in any process: a
+        temp file named for p in p's directory that a live writer holds locked (a temp
+        file left by a dead writer can be locked, and does not count).  Blocking: on the
+        pool."""
+        if p.is_root:
+            return False
+        try:
+            directory, name = os.path.split(self._checked(p))
+            prefix = _temp_prefix(name)
+            with os.scandir(directory) as it:
+                temps = [de.name for de in it if de.name.startswith(prefix)]
+        except (SEError, OSError):
+            return False
+        cutoff_ns = time.time_ns() - int(self._stale_age * 1e9)
+        for temp in temps:
+            try:
+                fd = os.open(
+                    os.path.join(directory, temp),
+                    os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                )
+            except OSError:
+                continue  # renamed into place or removed meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS:  # EWOULDBLOCK: its writer holds it
+                    return True
+                if os.fstat(fd).st_mtime_ns > cutoff_ns:  # no locks: recent means live
+                    return True
+            finally:
+                os.close(fd)
+        return False
 
     # -- maintenance -----------------------------------------------------------------
     def iter_temp_files(self) -> Iterator[str]:

@@ -339,9 +339,23 @@ async def _archiveinfo(request: web.Request, tape: TapeService, _rid: str) -> we
     visible = [
         path if refusal is None else None for path, refusal in zip(paths, refusals, strict=True)
     ]
-    stats = await ctx.backend.run(_stat_all, ctx, visible)
-    items = await tape.archive_info(list(zip(spellings, visible, stats, strict=True)))
+    stats, writing = await ctx.backend.run(_stat_or_writing, ctx, visible)
+    items = await tape.archive_info(list(zip(spellings, visible, stats, strict=True)), writing)
     return _json(wire.format_archiveinfo(items))
+
+
+def _stat_or_writing(
+    ctx: Context, paths: Sequence[DavPath | None]
+) -> tuple[list[Stat | None], set[DavPath]]:
+    """The stats of the paths, and those of the missing ones that a write in progress (a
+    PUT or a TPC pull, in any worker) is about to create."""
+    stats = _stat_all(ctx, paths)
+    writing = {
+        path
+        for path, stat in zip(paths, stats, strict=True)
+        if path is not None and stat is None and ctx.backend.writing(path)
+    }
+    return stats, writing
 
 
 # -- /.well-known/se/tape -------------------------------------------------------------------

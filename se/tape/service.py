@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from se.config import Config, TapeConfig, state_dir
@@ -332,10 +332,16 @@ class TapeService:
         await self.store.release_owner(owner, keys)
 
     async def archive_info(
-        self, files: Sequence[tuple[str, DavPath | None, Stat | None]]
+        self,
+        files: Sequence[tuple[str, DavPath | None, Stat | None]],
+        writing: Collection[DavPath] = (),
     ) -> list[ArchiveItem]:
         """ARCHIVEINFO of (spelling, path, stat) triples; the path is None when invalid or
-        not visible to the caller, the stat None when the file is missing."""
+        not visible to the caller, the stat None when the file is missing.
+
+        A missing file in ``writing`` (an upload or TPC pull into it is in progress) is on
+        disk only: DISK, so that FTS may clean up after a transfer it gives up on.  Once the
+        write ends, the file's own locality applies (a failed write leaves it missing)."""
         on_tape = [
             (path, stat.size)
             for _spelling, path, stat in files
@@ -344,7 +350,9 @@ class TapeService:
         localities = await self.localities(on_tape)
         items: list[ArchiveItem] = []
         for spelling, path, stat in files:
-            if path is None or stat is None:
+            if path is not None and stat is None and path in writing:
+                items.append((spelling, Locality.DISK, None))
+            elif path is None or stat is None:
                 items.append((spelling, None, ERR_MISSING))
             elif stat.is_dir:
                 items.append((spelling, None, ERR_DIRECTORY))

@@ -17,22 +17,26 @@ at the end pin down bugs found (and fixed) in the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 from yarl import URL
 
+from se.tape.stores import open_store
 from tests.conftest import BASE_CONFIG, need
 from tests.e2e.clients import run_ok
 from tests.e2e.jwt_issuer import JWTIssuer
-from tests.support import SEProcess
+from tests.support import SEProcess, poll_async, temp_files
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -1233,3 +1237,271 @@ async def test_anonymous_stage_of_invalid_paths_is_refused(tokens: TokenSetup) -
     anonymous = tokens.client(None)
     reply = await anonymous.stage_reply("/tape/a%2Fb", "/tape/c%2Fd")
     assert reply.status == 401, (reply.status, reply.body[:200])
+
+
+# --------------------------------------------------------------------------- writes in progress,
+# reads during a stage, targetedMetadata (issue 14), with two worker processes
+
+TWO_WORKERS = ["--workers", "2"]
+T = TypeVar("T")
+
+
+def start_two_workers(
+    se_factory: Callable[..., SEProcess], tmp_path: Path, **tape: object
+) -> SEProcess:
+    return se_factory(tape_config(tape), root=data_root(tmp_path), extra_args=TWO_WORKERS)
+
+
+def fresh_session() -> aiohttp.ClientSession:
+    """A session whose every request opens a new connection (so that both workers answer)."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=20))
+
+
+async def on_library(tape: Tape, switches: Mapping[str, object]) -> None:
+    """POST admin switches until the worker that runs the library has applied them (with
+    --workers 2 only the first one does: flush and evict need it); 200 tries at most."""
+    for _ in range(200):
+        if (await tape.admin(switches))["library"]:
+            return
+    raise AssertionError("the library worker never answered")
+
+
+async def per_worker(url: str, action: Callable[[Tape], Awaitable[T]]) -> dict[bool, T]:
+    """What ``action`` gets from each of the two workers: on one connection the admin status
+    says which worker it is (the library's or not), then ``action`` runs there.  Asks on new
+    connections until both answered (the second one binds a moment after the server reports
+    its URL); 100 tries and 15 s at most."""
+    seen: dict[bool, T] = {}
+    deadline = time.monotonic() + 15.0
+    for _ in range(100):
+        if len(seen) == 2 or time.monotonic() > deadline:
+            break
+        connector = aiohttp.TCPConnector(limit=1)  # one connection: one worker
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
+            tape = Tape(s, url)
+            library = bool((await tape.admin())["library"])
+            if library not in seen:
+                seen[library] = await action(tape)
+    assert set(seen) == {True, False}, "both workers should have answered"
+    return seen
+
+
+async def archiveinfo_per_worker(url: str, *paths: str) -> dict[bool, list[dict[str, Any]]]:
+    """ARCHIVEINFO of ``paths`` as each of the two workers answers it."""
+    return await per_worker(url, lambda tape: tape.archiveinfo(*paths))
+
+
+class SlowPut:
+    """A PUT on a raw connection whose body is sent in two parts: the head and a first part
+    now, the rest (or nothing: the client goes away) when the test says."""
+
+    def __init__(self, url: str, path: str, first: bytes, total: int) -> None:
+        self.port = int(url.rsplit(":", 1)[1])
+        self.path = path
+        self.first = first
+        self.total = total
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def begin(self, root: Path) -> None:
+        """Send the head and the first part; return once the server's temp file exists."""
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        head = (
+            f"PUT {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+            f"Content-Length: {self.total}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + self.first)
+        await self.writer.drain()
+        assert await poll_async(lambda: bool(temp_files(root)), 10.0), "no upload temp file"
+
+    async def finish(self, rest: bytes) -> int:
+        """Send the rest; the status of the answer."""
+        assert self.reader is not None and self.writer is not None
+        assert len(self.first) + len(rest) == self.total
+        self.writer.write(rest)
+        await self.writer.drain()
+        line = await asyncio.wait_for(self.reader.readline(), 20)
+        self.writer.close()
+        return int(line.split()[1])
+
+    def abort(self) -> None:
+        assert self.writer is not None
+        self.writer.transport.abort()
+
+
+async def test_archiveinfo_of_a_file_being_uploaded_is_disk(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    """FTS cleans up a destination only when its locality is DISK: a file whose PUT is still
+    running (temp file, not yet renamed into place) is DISK, as either worker sees it; once
+    the upload ends, the file's own locality applies."""
+    srv = start_two_workers(se_factory, tmp_path)
+    async with fresh_session() as s:
+        tape = Tape(s, srv.url)
+        part = b"p" * 65536
+        upload = SlowPut(srv.url, "/tape/slow", part, 3 * len(part))
+        await upload.begin(srv.root / "tape")
+        answers = await archiveinfo_per_worker(srv.url, "/tape/slow", "/tape/absent")
+        for items in answers.values():
+            assert items[0] == {"path": "/tape/slow", "locality": "DISK"}, items
+            assert items[1] == {"path": "/tape/absent", "error": ERR_MISSING}, items
+        assert not (srv.root / "tape" / "slow").exists()
+        assert await upload.finish(2 * part) == 201
+        assert (srv.root / "tape" / "slow").read_bytes() == 3 * part
+        assert temp_files(srv.root) == []
+        assert await tape.locality("/tape/slow") == "DISK"
+        await on_library(tape, {"flush": True})
+        await tape.wait_locality("/tape/slow", "DISK_AND_TAPE")
+
+
+async def test_archiveinfo_after_an_aborted_upload_is_missing(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    srv = start_two_workers(se_factory, tmp_path)
+    async with fresh_session() as s:
+        tape = Tape(s, srv.url)
+        upload = SlowPut(srv.url, "/tape/broken", b"b" * 1000, 10_000)
+        await upload.begin(srv.root / "tape")
+        for items in (await archiveinfo_per_worker(srv.url, "/tape/broken")).values():
+            assert items == [{"path": "/tape/broken", "locality": "DISK"}], items
+        upload.abort()
+        assert await poll_async(lambda: not temp_files(srv.root), 10.0), "temp file left"
+        for items in (await archiveinfo_per_worker(srv.url, "/tape/broken")).values():
+            assert items == [{"path": "/tape/broken", "error": ERR_MISSING}], items
+        assert not (srv.root / "tape" / "broken").exists()
+        # A stage of it fails as for any missing file.
+        doc = await tape.wait_done(await tape.stage("/tape/broken"))
+        assert by_path(doc)["/tape/broken"]["error"] == ERR_MISSING
+
+
+async def test_archiveinfo_during_an_overwrite_is_that_of_the_file_there(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    """While an existing file is being replaced, archiveinfo reports the file that is there
+    (a tape copy is never passed off as DISK, which FTS would delete); the new one is DISK."""
+    srv = start_two_workers(se_factory, tmp_path)
+    async with fresh_session() as s:
+        tape = Tape(s, srv.url)
+        await tape.put("/tape/old", b"old data, on tape only")
+        await on_library(tape, {"flush": True, "evict": True})
+        await tape.wait_locality("/tape/old", "TAPE")
+        upload = SlowPut(srv.url, "/tape/old", b"n" * 100, 200)
+        await upload.begin(srv.root / "tape")
+        for items in (await archiveinfo_per_worker(srv.url, "/tape/old")).values():
+            assert items == [{"path": "/tape/old", "locality": "TAPE"}], items
+        assert await upload.finish(b"n" * 100) == 204
+        assert await tape.locality("/tape/old") == "DISK"
+
+
+async def test_a_temp_file_left_by_a_crash_is_not_a_write_in_progress(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    srv = start_two_workers(se_factory, tmp_path)
+    async with fresh_session() as s:
+        upload = SlowPut(srv.url, "/tape/crashed", b"c" * 1000, 10_000)
+        await upload.begin(srv.root / "tape")
+        assert await Tape(s, srv.url).locality("/tape/crashed") == "DISK"
+        srv.kill()
+        upload.abort()
+        (left,) = temp_files(srv.root)
+        # Dated after the next start, so that the start-up sweep keeps it: what tells a
+        # write in progress is its writer's lock, which died with the process.
+        future = time.time() + 3600
+        os.utime(left, (future, future))
+        again = start_two_workers(se_factory, tmp_path)
+        for items in (await archiveinfo_per_worker(again.url, "/tape/crashed")).values():
+            assert items == [{"path": "/tape/crashed", "error": ERR_MISSING}], items
+        assert left.exists()
+
+
+async def test_stage_of_a_file_on_disk_never_blocks_its_reads(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    """A large GET is running while a stage of the same file (on disk: DISK_AND_TAPE, and a
+    DISK one) is submitted and polled, on other connections: the stage completes at once and
+    is seen COMPLETED while the GET is still open; the GET then ends with every byte, and a
+    second GET meanwhile is served in full."""
+    srv = start_two_workers(se_factory, tmp_path)
+    big = os.urandom(24 << 20)
+    async with fresh_session() as s:
+        tape = Tape(s, srv.url)
+        async with s.put(srv.url + "/tape/big", data=io.BytesIO(big)) as resp:
+            assert resp.status == 201
+        await on_library(tape, {"flush": True})
+        await tape.wait_locality("/tape/big", "DISK_AND_TAPE")
+        await tape.put("/tape/fresh", b"on disk only")
+        staged = asyncio.Event()
+
+        async def read_slowly() -> bytes:
+            timeout = aiohttp.ClientTimeout(total=60)
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as reader,
+                reader.get(srv.url + "/tape/big") as resp,
+            ):
+                assert resp.status == 200
+                head = await resp.content.readexactly(1 << 20)
+                await asyncio.wait_for(staged.wait(), 30)  # paused mid-body
+                return head + await resp.content.read()  # the rest, to the end
+
+        reading = asyncio.ensure_future(read_slowly())
+        try:
+
+            async def stage_and_poll(client: Tape) -> dict[str, Any]:
+                return await client.poll(await client.stage("/tape/big", "/tape/fresh"))
+
+            for doc in (await per_worker(srv.url, stage_and_poll)).values():
+                assert "completedAt" in doc, doc  # at the first poll
+                assert states(doc) == {"/tape/big": "COMPLETED", "/tape/fresh": "COMPLETED"}
+            assert not reading.done(), "the GET ended before the stage was seen complete"
+            second = await tape.get("/tape/big")
+            assert second.status == 200 and second.body == big
+            staged.set()
+            body = await asyncio.wait_for(reading, 60)
+            assert len(body) == len(big) and body == big
+        finally:
+            reading.cancel()
+            with contextlib.suppress(BaseException):
+                await reading
+
+
+async def test_targeted_metadata_is_stored_with_the_request(
+    start: Start, session: aiohttp.ClientSession
+) -> None:
+    """targetedMetadata under our sitename, or under "default" (as Rucio sends it), is kept
+    with the file in the request; ours wins over "default".  Polls never show it (the API
+    has no field for it)."""
+    srv = start()
+    tape = Tape(session, srv.url)
+    for name in ("a", "b", "c"):
+        await tape.put(f"/tape/{name}", name.encode())
+    reply = await tape.call(
+        "POST",
+        f"{API}/stage",
+        {
+            "files": [
+                {"path": "/tape/a", "targetedMetadata": {"default": {"activity": "T0"}}},
+                {
+                    "path": "/tape/b",
+                    "targetedMetadata": {"default": {"x": 1}, SITENAME: {"activity": "ours"}},
+                },
+                {"path": "/tape/c", "targetedMetadata": {"other-site": {"y": 2}}},
+            ]
+        },
+    )
+    assert reply.status == 201, reply.body
+    rid = reply.json()["requestId"]
+    doc = await tape.poll(rid)
+    assert all(set(f) <= {"path", "state", "startedAt", "finishedAt"} for f in doc["files"])
+    store = await open_store(srv.root / ".se-state" / "tape.sqlite")
+    try:
+        req = await store.get_request(rid)
+    finally:
+        await store.close()
+    assert req is not None
+    assert {f.path: f.metadata for f in req.files} == {
+        "/tape/a": {"activity": "T0"},
+        "/tape/b": {"activity": "ours"},
+        "/tape/c": None,
+    }
