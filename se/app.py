@@ -127,6 +127,7 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     if expect != "100-continue":
         return error_response(ExpectationFailed(f"unsupported Expect: {expect}"))
     if request.method == hdrs.METH_PUT:
+        ctx = context(request)
         try:
             check_new_name(request.raw_path)
             await authenticate(request)
@@ -134,7 +135,16 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
         except SEError as exc:
             resp = error_response(exc)
             resp.force_close()  # the client may still send the body it was refused
+            if ctx.events is not None:
+                testpoints.record_request(request, resp)
             return resp
+        if ctx.faults is not None:  # an injected refusal comes before the body, too
+            injected = await testpoints.gate(request)
+            if injected is not None:
+                injected.force_close()
+                if ctx.events is not None:
+                    testpoints.record_request(request, injected)
+                return injected
     if request.version >= (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the response proper has not started

@@ -414,6 +414,32 @@ class TapeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FaultsConfig:
+    """Fault injection for test targets (se.faults); off by default."""
+
+    enabled: bool = False
+    # Faults on a listener that is not loopback-only are refused at start unless this is set
+    # (a test grid on a private network), so a production site cannot be hurt by accident.
+    allow_non_loopback: bool = False
+    # Who may use /.well-known/se/faults besides a caller with modify on "/": token
+    # subjects ("sub" or "sub@iss") and certificate DNs.
+    admins: tuple[str, ...] = ()
+    # Rules in force from the start, ids cfg-0, cfg-1, ... (keys: README "Fault injection").
+    rules: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """Recent events as JSON at /.well-known/se/events (se.events); off by default."""
+
+    enabled: bool = False
+    # Who may read them besides a caller with modify on "/" (as faults.admins).
+    admins: tuple[str, ...] = ()
+    # Bytes of events kept per worker process (two generations of half this each).
+    max_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "info"
     access_log: bool = True
@@ -431,6 +457,8 @@ class Config:
     # None when the file has no [auth] section: then anonymous read-write on loopback only.
     auth: AuthConfig | None = None
     tape: TapeConfig = field(default_factory=TapeConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # [[listeners]]: further endpoints of the same process (see listener_configs).
     listeners: tuple[Listener, ...] = ()
@@ -456,6 +484,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list of tables")
         item_type = typing.get_args(tp)[0]
         return tuple(_section(item_type, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is tuple and typing.get_origin(typing.get_args(tp)[0]) is dict:
+        # Tables kept as they are, checked by their component (fault rules).
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{where}: expected a list of tables")
+        return tuple(value)
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected a list of strings")
@@ -566,6 +599,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError("auth.x509: rules need tls.client_certs = optional or required")
     if cfg.tape.enabled:
         _validate_tape(cfg.tape)
+    if cfg.faults.enabled and not cfg.faults.allow_non_loopback and not is_loopback(s.host):
+        raise ConfigError(
+            f"faults.enabled: refusing fault injection on non-loopback address {s.host} "
+            "(set faults.allow_non_loopback = true for a test grid)"
+        )
+    if cfg.events.max_bytes < 4096:
+        raise ConfigError("events.max_bytes: must be at least 4096")
     if cfg.webdav.max_proppatch_ops < 1 or cfg.webdav.max_property_size < 1:
         raise ConfigError("webdav: max_proppatch_ops and max_property_size must be positive")
     if cfg.webdav.listing_watches < -1:

@@ -35,7 +35,9 @@ from aiohttp import web
 from se.accesslog import AccessLogger, RedactTokens
 from se.app import METHODS, create_app
 from se.auth.x509 import configure_server_context
-from se.config import Config, ConfigError, is_loopback, listener_configs
+from se.config import Config, ConfigError, is_loopback, listener_configs, state_dir
+from se.events import reset_events
+from se.faults import reset_state
 from se.tape.service import database_path
 from se.web.protocol import HeadBudget, SEHandler
 
@@ -52,6 +54,15 @@ def check_startup(cfg: Config) -> None:
             f"refusing to serve anonymous read-write on non-loopback address {cfg.server.host}: "
             "add an [auth] section or pass --insecure-anonymous"
         )
+
+
+def forget_test_state(cfg: Config) -> None:
+    """Run-time fault rules, fault counts and events start empty with each server run
+    (before the workers, which share them)."""
+    if cfg.faults.enabled:
+        reset_state(state_dir(cfg) / "faults")
+    if cfg.events.enabled:
+        reset_events(state_dir(cfg) / "events")
 
 
 def make_ssl_context(cfg: Config) -> ssl.SSLContext | None:
@@ -285,6 +296,8 @@ def run(cfg: Config, out: TextIO = sys.stdout) -> int:
     setup_logging(cfg)
     for each in cfgs:
         os.makedirs(each.storage.root, exist_ok=True)
+    for each in cfgs:
+        forget_test_state(each)
     workers = cfg.server.workers
     socks = bind_all(cfgs, reuse_port=workers > 1)
     # Workers beyond the first bind the ports that the first sockets actually got.

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import socket
+import struct
 import threading
 import time
 
@@ -28,11 +30,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from se.errors import BadRequest, RequestTimeout, SEError
+from se.faults import Rule
 from se.storage.posix import PosixBackend, Upload
 from se.storage.sendfile import drain_transport, sendfile_blocking
 from se.storage.types import CachedFile, OpenFile
 
-__all__ = ["receive_body", "send_file_range", "write_file_range"]
+__all__ = ["receive_body", "send_file_range", "send_with_faults", "write_file_range"]
 
 
 async def write_file_range(
@@ -50,6 +53,65 @@ async def write_file_range(
         await resp.write(data)
         offset += len(data)
         count -= len(data)
+
+
+async def send_with_faults(
+    request: web.Request,
+    resp: web.StreamResponse,
+    backend: PosixBackend,
+    file: OpenFile | CachedFile,
+    offset: int,
+    count: int,
+    rule: Rule,
+) -> bool:
+    """Send a byte range the way a fault rule says (se.faults): stall, throttle, flip the
+    byte at ``corrupt_at``, then reset (RST, what curl reports as error 56) or close (FIN,
+    short of Content-Length) after so many body bytes.  False when the connection was
+    ended on purpose (the response must not be finished)."""
+    transport = request.transport
+    began = time.monotonic()
+    pos, end, sent = offset, offset + count, 0
+    stalled = rule.stall_after is None
+    chunk = 64 << 10
+    if rule.throttle is not None:
+        chunk = max(1, min(chunk, rule.throttle // 10))
+    while True:
+        if not stalled and rule.stall_after is not None and sent >= rule.stall_after:
+            await resp.drain()
+            await asyncio.sleep(rule.stall)
+            stalled = True
+        cut = rule.reset_after if rule.reset_after is not None else rule.truncate_after
+        if transport is not None and cut is not None and sent >= cut:
+            await drain_transport(transport)
+            if rule.reset_after is not None:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+            else:
+                transport.close()
+            return False
+        if pos >= end:
+            return True
+        n = min(chunk, end - pos)
+        for limit in (cut, None if stalled else rule.stall_after):
+            if limit is not None and limit > sent:
+                n = min(n, limit - sent)
+        data = await backend.read_range(file, pos, n)
+        if not data:
+            return True
+        at = rule.corrupt_at
+        if at is not None and pos <= at < pos + len(data):
+            flipped = bytearray(data)
+            flipped[at - pos] ^= 0xFF
+            data = bytes(flipped)
+        await resp.write(data)
+        pos += len(data)
+        sent += len(data)
+        if rule.throttle is not None:
+            ahead = began + sent / rule.throttle - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
 
 
 async def send_file_range(

@@ -17,7 +17,7 @@ from aiohttp import hdrs, web
 
 from se.auth.policy import Op
 from se.dav import listing, propfind
-from se.dav.body import receive_body, send_file_range, write_file_range
+from se.dav.body import receive_body, send_file_range, send_with_faults, write_file_range
 from se.dav.ranges import (
     closing,
     content_range,
@@ -41,6 +41,7 @@ from se.scitags import http as scitags_http
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
 from se.storage.types import CachedFile, DirEntry, Identity, OpenFile, Stat
+from se.web import testpoints
 from se.web.access import authorise, authorise_write, grant_of
 from se.web.body import read_body
 from se.web.context import context
@@ -183,6 +184,9 @@ async def _get_file(request: web.Request, file: OpenFile | CachedFile) -> web.St
     if want or want_repr:
         assert isinstance(file, OpenFile)  # opened without the cache when digests are wanted
         digests = await ctx.backend.checksums(file, tuple(want + want_repr))
+        rule = testpoints.fired(request) if ctx.faults is not None else None
+        if rule is not None and rule.wrong_digest:
+            digests = {alg: bytes(b ^ 0x5A for b in raw) for alg, raw in digests.items()}
         for alg in want:
             headers["Digest"] = checksums.format_digest(alg, digests[alg])
         for alg in want_repr:
@@ -236,6 +240,17 @@ async def _send(
         await resp.write_eof()
         return resp
     flow = scitags_http.begin(request, ctx.scitags, sending=True, subject=_subject(request))
+    rule = testpoints.fired(request) if ctx.faults is not None else None
+    if rule is not None and rule.has_body_action:
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = count
+        await resp.prepare(request)
+        finished = await send_with_faults(request, resp, ctx.backend, file, offset, count, rule)
+        if flow is not None:
+            flow.end(resp.body_length)
+        if finished:
+            await resp.write_eof()
+        return resp
     if count <= ctx.backend.inline_read_max or isinstance(file, CachedFile):
         body = ctx.backend.read_small(file, offset, count)
         if flow is not None:

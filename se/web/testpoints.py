@@ -40,6 +40,7 @@ __all__ = [
     "FAULTS_PATH",
     "facts_of",
     "fired",
+    "fired_markers",
     "gate",
     "record_request",
     "route",
@@ -49,6 +50,7 @@ __all__ = [
 FAULTS_PATH = "/.well-known/se/faults"
 EVENTS_PATH = "/.well-known/se/events"
 _FIRED: web.RequestKey[Rule] = web.RequestKey("se_fault", Rule)
+_GATED: web.RequestKey[bool] = web.RequestKey("se_fault_gated", bool)
 _STARTED: web.RequestKey[float] = web.RequestKey("se_started", float)
 _RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)")
 _TPC_AGENTS = re.compile(r".*tpc|dcache|storm", re.I)
@@ -57,6 +59,12 @@ _TPC_AGENTS = re.compile(r".*tpc|dcache|storm", re.I)
 def fired(request: web.BaseRequest) -> Rule | None:
     """The fault rule that fired for this request, if any."""
     return request.get(_FIRED)
+
+
+def fired_markers(request: web.BaseRequest) -> bool:
+    """Whether a third-party copy sends its performance markers (a rule may withhold them)."""
+    rule = request.get(_FIRED)
+    return rule is None or rule.markers
 
 
 def _identities(grant: Grant | None) -> tuple[str, ...]:
@@ -109,8 +117,9 @@ async def gate(request: web.Request) -> web.StreamResponse | None:
     """Apply the fault rules to a request: a response to send instead, or None."""
     ctx = context(request)
     faults = ctx.faults
-    if faults is None or not faults.rules():
+    if faults is None or _GATED in request or not faults.rules():
         return None
+    request[_GATED] = True  # once per request (the 100-continue hook may have been first)
     facts = facts_of(request)
     candidates = faults.candidates(facts)
     if not candidates:
