@@ -32,7 +32,8 @@ __all__ = ["EVENTS_PATH", "FAULTS_PATH", "EventsClient", "FaultsClient", "SEAPIE
 
 FAULTS_PATH = "/.well-known/se/faults"
 EVENTS_PATH = "/.well-known/se/events"
-MAX_PAGES = 1000  # pages one get() follows (each page ends at the server's own limit)
+PAGE = 1000  # events asked for per request
+MAX_PAGES = 1000  # pages one get() follows
 
 Token = str | Callable[[], str | None] | None
 
@@ -202,9 +203,9 @@ class EventsClient(_Client):
         out: list[dict[str, Any]] = []
         cursor = since
         for _ in range(MAX_PAGES):
-            events, cursor_next = self.page(cursor, kind, path)
+            events, cursor_next = self.page(cursor, kind, path, PAGE)
             out.extend(events)
-            if not events or cursor_next == cursor:
+            if len(events) < PAGE or cursor_next == cursor:
                 return out, cursor_next
             cursor = cursor_next
         return out, cursor

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from se.testing.issuer import JWTIssuer
 
-__all__ = ["ADMIN_SCOPES", "SEServer", "SEServerFactory", "TLSFiles", "deep_merge"]
+__all__ = ["ADMIN_SCOPES", "BASE_CONFIG", "SEServer", "SEServerFactory", "TLSFiles", "deep_merge"]
 
 _SERVING = re.compile(r"^se: serving (.*) at (\S+)$", re.MULTILINE)
 START_TIMEOUT = 30.0  # seconds until the "serving" line
@@ -52,6 +52,8 @@ STOP_TIMEOUT = 10.0  # seconds after SIGTERM before SIGKILL
 # What the fault-injection and events clients of a server with an issuer present.
 ADMIN_SCOPES = ("storage.read:/", "storage.modify:/")
 ADMIN_SUB = "se-testing-admin"
+# Under every server's own config: the fault-injection and events APIs are on (loopback only).
+BASE_CONFIG: dict[str, Any] = {"faults": {"enabled": True}, "events": {"enabled": True}}
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,13 +185,17 @@ class SEServer:
 
     # ------------------------------------------------------------------ process
 
+    # The server process is reaped only by stop() and kill(), after any process left in its
+    # group is killed: until then its pid (the group id) cannot be taken by another process.
+
     @property
     def running(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc.returncode is None and not self._exited(0)
 
     @property
     def returncode(self) -> int | None:
-        return self.proc.poll()
+        """The exit status, once :meth:`stop` or :meth:`kill` has reaped the server."""
+        return self.proc.returncode
 
     def log(self) -> str:
         """Everything the server wrote to stdout and stderr so far (the access log too)."""
@@ -199,22 +205,47 @@ class SEServer:
             return ""
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM, then SIGKILL to the process group after ``timeout`` s; the exit status."""
-        if self.proc.poll() is None:
+        """SIGTERM; SIGKILL to the process group if the server has not exited after
+        ``timeout`` s; then any process left in the group is killed.  The exit status."""
+        if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.wait(timeout)
+                os.kill(self.proc.pid, signal.SIGTERM)
+            if not self._exited(timeout):
+                self._kill_group()
+                self._exited(STOP_TIMEOUT)
+        return self._reap()
 
-    def kill(self) -> None:
-        """SIGKILL the whole process group (workers included) at once."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(STOP_TIMEOUT)
+    def kill(self) -> int:
+        """SIGKILL the whole process group (workers included) at once; the exit status."""
+        if self.proc.returncode is None:
+            self._kill_group()
+            self._exited(STOP_TIMEOUT)
+        return self._reap()
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def _exited(self, timeout: float, step: float = 0.02) -> bool:
+        """Whether the server has exited (waiting up to ``timeout`` s) without reaping it."""
+        if self.proc.returncode is not None:
+            return True
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        deadline = time.monotonic() + timeout
+        for _ in range(int(timeout / step) + 2):
+            if os.waitid(os.P_PID, self.proc.pid, flags) is not None:
+                return True
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(step)
+        return False
+
+    def _reap(self) -> int:
+        if self.proc.returncode is None:
+            if self._exited(0):
+                self._kill_group()  # workers the server left behind (it cannot have waited)
+            return self.proc.wait(STOP_TIMEOUT)
+        return self.proc.returncode
 
     def __enter__(self) -> SEServer:
         return self
@@ -260,7 +291,8 @@ class SEServerFactory:
     ) -> SEServer:
         """Start one server and wait until it serves.
 
-        ``config``: the TOML configuration as a dict (``{"tpc": {"marker_period": 0.5}}``);
+        ``config``: the TOML configuration as a dict (``{"tpc": {"marker_period": 0.5}}``),
+        over :data:`BASE_CONFIG` (fault injection and events on);
         ``workers``: ``--workers N``; ``issuer``: the issuer the server trusts (default: the
         factory's; None: no issuer); ``issuer_config``: more keys of its ``[[auth.issuers]]``
         table (``base_path``, ``audiences``, ``groups``); ``tls``: serve HTTPS; ``root``:
@@ -272,7 +304,7 @@ class SEServerFactory:
             workdir = self.workdir / f"se-{next(self._names)}"
         workdir.mkdir(parents=True, exist_ok=True)
         root = root if root is not None else workdir / "data"
-        cfg = copy.deepcopy(dict(config or {}))
+        cfg = deep_merge(BASE_CONFIG, config or {})
         the_issuer: JWTIssuer | None = self.issuer if issuer is _Unset.DEFAULT else issuer
         if the_issuer is not None:
             jwks = the_issuer.write_jwks(workdir / "jwks.json")
@@ -337,7 +369,7 @@ def _wait_serving(srv: SEServer, timeout: float, step: float = 0.02) -> str:
         m = _SERVING.search(srv.log())
         if m:
             return m.group(2)
-        if srv.proc.poll() is not None or time.monotonic() >= deadline:
+        if srv._exited(0) or time.monotonic() >= deadline:
             break
         time.sleep(step)
     m = _SERVING.search(srv.log())
@@ -345,6 +377,6 @@ def _wait_serving(srv: SEServer, timeout: float, step: float = 0.02) -> str:
         return m.group(2)
     srv.kill()
     raise RuntimeError(
-        f"se did not start (exit status {srv.proc.poll()}): {srv.log()[-3000:]}\n"
+        f"se did not start (exit status {srv.returncode}): {srv.log()[-3000:]}\n"
         f"config {srv.config_path}:\n{srv.config_path.read_text()}"
     )
