@@ -9,6 +9,10 @@ import pytest
 from tests.pki import Pki, build_pki
 from tests.support import SEProcess, start_se
 
+# The se.testing plugin (se_server, se_issuer, ...) is registered by its pytest11 entry point
+# once se is installed; named here too for a checkout whose install predates it.
+pytest_plugins = ["se.testing"]
+
 # Quiet, RFC-strict-enough defaults for tests; individual tests add to this.
 BASE_CONFIG = """
 [logging]
