@@ -199,6 +199,8 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
             raise ConfigError(f"faults.rules: {exc}") from None
     if cfg.events.enabled:
         events = EventLog(state_dir(cfg) / "events", cfg.events.max_bytes // 2)
+    if tape is not None:
+        tape.faults, tape.events = faults, events
     sources: list[MetricSource] = [tpc]
     if scitags is not None:
         sources.append(metrics.SciTagMetrics(scitags))

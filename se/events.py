@@ -76,11 +76,11 @@ class EventLog:
             try:
                 fd = self._open()
                 event = {
+                    **fields,
                     "id": f"{now:019d}-{os.getpid():07d}-{next(self._seq):08d}",
                     "time": now / 1e9,
                     "worker": os.getpid(),
                     "kind": kind,
-                    **fields,
                 }
                 line = (json.dumps(event, default=str, separators=(",", ":")) + "\n").encode()
                 if self._size + len(line) > self.max_bytes:

@@ -484,8 +484,10 @@ class FaultState:
                 return rule
         return None
 
-    def tape(self, operation: str, path: str) -> Rule | None:
-        """The first tape rule that fires for ``operation`` ("stage" or "archive") of a file."""
+    def tape(self, operation: str, path: str, count: bool = True) -> Rule | None:
+        """The first tape rule for ``operation`` ("stage" or "archive") of a file that fires
+        (``count``: a tape read, counted like a request; else a look that counts nothing,
+        such as an archive poll).  Blocking (SQLite) when counting."""
         for rule in self.rules():
             error = rule.stage_error if operation == "stage" else rule.archive_error
             delay = rule.stage_delay if operation == "stage" else rule.archive_delay
@@ -493,7 +495,7 @@ class FaultState:
                 continue
             if rule.path is not None and rule.path.match(path) is None:
                 continue
-            if self._count(rule):
+            if not count or self._count(rule):
                 return rule
         return None
 

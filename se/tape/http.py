@@ -235,6 +235,14 @@ async def _stage(request: web.Request, tape: TapeService, _rid: str) -> web.Stre
         )
     ]
     request_id = await tape.submit(_owner(request), items)
+    tape.event(
+        "tape",
+        operation="stage",
+        request=request_id,
+        paths=[str(p) if p is not None else s for s, p, _l, _m in files],
+        metadata=[meta for _s, _p, _l, meta in files if meta],
+        owner=_owner(request),
+    )
     location = f"{_base_uri(request, tape)}/stage/{request_id}"
     return _json({"requestId": request_id}, 201, {hdrs.LOCATION: location})
 
@@ -270,6 +278,7 @@ async def _poll_or_delete(request: web.Request, tape: TapeService, rid: str) -> 
         return _json(wire.format_request(req))
     await _visible_request(request, tape, rid, (Op.STAGE,))
     await tape.delete(rid)
+    tape.event("tape", operation="delete", request=rid)
     return web.Response(status=200)
 
 
@@ -294,6 +303,7 @@ async def _cancel(request: web.Request, tape: TapeService, rid: str) -> web.Stre
             " no modification has been made to this request",
         )
     await tape.cancel(rid, keys)
+    tape.event("tape", operation="cancel", request=rid, paths=keys)
     return web.Response(status=200)
 
 

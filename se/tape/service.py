@@ -35,6 +35,8 @@ from typing import Any
 
 from se.config import Config, TapeConfig, state_dir
 from se.errors import BadRequest, ServiceUnavailable
+from se.events import EventLog
+from se.faults import FaultState, Rule
 from se.storage.paths import DavPath, confine
 from se.storage.types import Stat
 from se.tape.buffer import BufferConfig, DiskBuffer
@@ -137,6 +139,10 @@ class TapeService:
         self.library: TapeLibrary | None = None
         self.buffer: DiskBuffer | None = None
         self.cartridge_states: dict[str, CartridgeState] = {}
+        # Set by the application when enabled: per-path tape faults, and tape events.
+        self.faults: FaultState | None = None
+        self.events: EventLog | None = None
+        self._archive_faulted: set[str] = set()  # paths whose archive fault was recorded
         self.settings: dict[str, object] = {}
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
@@ -160,12 +166,51 @@ class TapeService:
         if self.run_library:
             self.buffer = DiskBuffer(self._store, buffer_config(self.cfg))
             self.library = TapeLibrary(self._store, library_config(self.cfg), buffer=self.buffer)
+            if self.faults is not None:
+                self.library.stage_fault = self._stage_fault
+            if self.events is not None:
+                self.library.on_settled = self._settled
             await self.library.start()
             queued = await self.library.sync()  # resumes what a previous run left pending
             if queued:
                 log.info("tape: resumed %d pending recall(s)", queued)
         await self._refresh()
         self._task = asyncio.create_task(self._run(), name="tape-service")
+
+    async def _stage_fault(self, path: str) -> tuple[str | None, float] | None:
+        """A fault rule for the tape read of ``path``: (error, delay), recorded as an event."""
+        assert self.faults is not None
+        loop = asyncio.get_running_loop()
+        rule = await loop.run_in_executor(None, self.faults.tape, "stage", path)
+        if rule is None:
+            return None
+        self.event("fault", rule=rule.id, actions=["stage"], method="STAGE", path=path)
+        return rule.stage_error, rule.stage_delay
+
+    def _archive_fault(self, path: str) -> Rule | None:
+        """The archive rule of ``path`` (a look: archive polls and flushes do not count)."""
+        if self.faults is None:
+            return None
+        rule = self.faults.tape("archive", path, count=False)
+        if rule is not None and path not in self._archive_faulted:
+            self._archive_faulted.add(path)
+            self.event("fault", rule=rule.id, actions=["archive"], method="ARCHIVE", path=path)
+        return rule
+
+    def _settled(self, request_id: str, path: str, state: FileState, error: str | None) -> None:
+        self.event(
+            "tape",
+            operation="recall",
+            request=request_id,
+            path=path,
+            state=state.value,
+            error=error,
+        )
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Record a tape event (events enabled)."""
+        if self.events is not None:
+            self.events.record(kind, **fields)
 
     async def close(self) -> None:
         tasks = [task for task in (self._task, *self._background) if task is not None]
@@ -363,7 +408,10 @@ class TapeService:
                 # any file not yet on tape.)
                 items.append((spelling, Locality.DISK, None))
             else:
-                items.append((spelling, localities.get(str(path)), None))
+                locality = localities.get(str(path))
+                rule = self._archive_fault(str(path)) if locality is Locality.DISK else None
+                error = rule.archive_error if rule is not None else None
+                items.append((spelling, locality, error))
         return items
 
     # -- run-time switches and status -------------------------------------------------------
@@ -522,7 +570,10 @@ class TapeService:
             )
             if not due:
                 continue
-            for path, size, _written in files:
+            for path, size, written in files:
+                rule = self._archive_fault(path)
+                if rule is not None and (rule.archive_error or now - written < rule.archive_delay):
+                    continue  # held on disk by a fault rule (failed, or not yet due)
                 try:
                     entry = await library.archive(path, size, pool, if_unchanged=True)
                 except TapeFullError as exc:

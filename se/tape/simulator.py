@@ -58,7 +58,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal, overload
 
@@ -274,6 +274,10 @@ class TapeLibrary:
         )
         self._timing = config.timing
         self._on_read = on_read
+        # Per-path stage faults (se.faults): path -> (error or None, delay in real seconds),
+        # None when no rule fires; and who hears of each file's final state.
+        self.stage_fault: Callable[[str], Awaitable[tuple[str | None, float] | None]] | None = None
+        self.on_settled: Callable[[str, str, FileState, str | None], None] | None = None
         self._queues: dict[str, dict[_Key, _Job]] = {vid: {} for vid in config.vids}
         self._jobs: dict[_Key, _Job] = {}  # queued or in a session's batch
         self._sessions: dict[str, _Session] = {}
@@ -392,6 +396,10 @@ class TapeLibrary:
             return ERR_UNAVAILABLE
         return None
 
+    def _settled(self, job: _Job, state: FileState, error: str | None) -> None:
+        if self.on_settled is not None:
+            self.on_settled(job.request_id, job.path, state, error)
+
     async def _fail(self, jobs: Sequence[_Job], error: str) -> None:
         await self._set_states(jobs, FileState.FAILED, error)
 
@@ -403,6 +411,7 @@ class TapeLibrary:
         for job in jobs:
             if not job.cancelled:
                 by_request.setdefault(job.request_id, []).append((job.path, state, error, None))
+                self._settled(job, state, error)
         at = _now()
         for request_id, updates in by_request.items():
             await self.store.set_file_states(request_id, updates, at)
@@ -840,6 +849,20 @@ class TapeLibrary:
 
     async def _read(self, vid: str, job: _Job) -> int:
         """Read one file (with retries); settle it in the store; the head position after it."""
+        if self.stage_fault is not None:
+            fault = await self.stage_fault(job.path)
+            if fault is not None:
+                error, delay = fault
+                if delay:
+                    await asyncio.sleep(delay)
+                if error:
+                    self._files_failed += 1
+                    await self.store.set_file_state(
+                        job.request_id, job.path, FileState.FAILED, _now(), error
+                    )
+                    self._jobs.pop((job.request_id, job.path), None)
+                    self._settled(job, FileState.FAILED, error)
+                    return job.position
         attempts = 1 + self.config.read_retries
         for attempt in range(attempts):
             if attempt:
@@ -855,6 +878,7 @@ class TapeLibrary:
             await self.store.set_file_state(job.request_id, job.path, FileState.FAILED, at, error)
             await self.store.set_locality(job.path, Locality.LOST, job.size, vid, job.position)
             self._jobs.pop((job.request_id, job.path), None)
+            self._settled(job, FileState.FAILED, error)
             return job.position + job.size
         self._files_recalled += 1
         self._bytes_recalled += job.size
@@ -870,6 +894,9 @@ class TapeLibrary:
             await self.store.set_file_state(
                 job.request_id, job.path, FileState.FAILED, at, ERR_GONE
             )
+        self._settled(
+            job, FileState.COMPLETED if known else FileState.FAILED, None if known else ERR_GONE
+        )
         # Only now: a sync() meanwhile still sees the job and does not queue the file again.
         self._jobs.pop((job.request_id, job.path), None)
         if self._on_read is not None:

@@ -370,3 +370,72 @@ def test_no_leftover_rules_after_restart(tmp_path: Path) -> None:
         assert poll(lambda: True)
     finally:
         again.stop()
+
+
+# --------------------------------------------------------------------------- tape
+
+
+def tape_server(se_factory: Callable[..., SEProcess], tmp_path: Path) -> Any:
+    from tests.e2e.test_tape_gfal import Server, tape_config
+
+    root = tmp_path / "data"
+    (root / "tape").mkdir(parents=True)
+    config = tape_config() + "\n[faults]\nenabled = true\n[events]\nenabled = true\n"
+    return Server(se_factory(config, root=root))
+
+
+def test_tape_stage_failure_and_delay_seen_by_gfal_bringonline(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    from tests.e2e.test_tape_gfal import gfal_ok, results
+
+    need_gfal("gfal-bringonline")
+    server = tape_server(se_factory, tmp_path)
+    server.on_tape({"/tape/bad": b"x" * 1000, "/tape/slow": b"y" * 1000})
+    add(server.srv, path="/tape/bad", stage_error="cartridge damaged (injected)")
+    add(server.srv, path="/tape/slow", stage_delay=2)
+    bad = server.url + "/tape/bad"
+    res = gfal_ok("bringonline", "--polling-timeout", "30", bad)
+    assert results(res.stdout)[bad][-1] == "FAILED", res.stdout
+    assert "cartridge damaged (injected)" in res.stdout
+    slow = server.url + "/tape/slow"
+    began = time.monotonic()
+    res = gfal_ok("bringonline", "--polling-timeout", "30", slow)
+    words = results(res.stdout)[slow]
+    assert words[0] == "QUEUED" and words[-1] == "READY", res.stdout
+    assert time.monotonic() - began >= 2
+    assert server.locality("/tape/bad") == "TAPE"  # the file itself is not lost
+    tape = events(server.srv, kind="tape")
+    recalls = {e["path"]: e for e in tape if e["operation"] == "recall"}
+    assert recalls["/tape/bad"]["state"] == "FAILED"
+    assert recalls["/tape/bad"]["error"] == "cartridge damaged (injected)"
+    assert recalls["/tape/slow"]["state"] == "COMPLETED"
+    assert [e["paths"] for e in tape if e["operation"] == "stage"] == [
+        ["/tape/bad"],
+        ["/tape/slow"],
+    ], tape
+    fired = {e["path"] for e in events(server.srv, kind="fault")}
+    assert fired == {"/tape/bad", "/tape/slow"}
+
+
+def test_tape_archive_failure_seen_by_gfal_archivepoll(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    from tests.e2e.test_tape_gfal import gfal_ok, results
+
+    need_gfal("gfal-archivepoll")
+    server = tape_server(se_factory, tmp_path)
+    server.put("/tape/never", b"stays on disk")
+    server.put("/tape/fine", b"goes to tape")
+    add(server.srv, path="/tape/never", archive_error="tape write error (injected)")
+    server.flush()
+    assert server.locality("/tape/fine") == "DISK_AND_TAPE"
+    assert server.locality("/tape/never") == "DISK"
+    url = server.url + "/tape/never"
+    res = gfal_ok("archivepoll", url)
+    assert results(res.stdout)[url][-1] == "FAILED", res.stdout
+    assert "tape write error (injected)" in res.stdout
+    # Removing the rule lets the next flush archive it.
+    assert api(server.srv, "DELETE", "/.well-known/se/faults")[0] == 204
+    server.flush()
+    assert server.locality("/tape/never") == "DISK_AND_TAPE"
