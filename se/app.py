@@ -206,6 +206,8 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
         sources.append(metrics.SciTagMetrics(scitags))
     if tape is not None:
         sources.append(tape)
+    if faults is not None:
+        sources.append(metrics.FaultMetrics(faults))
     app[CONTEXT] = Context(
         cfg=cfg,
         backend=backend,

@@ -13,6 +13,7 @@ import os
 
 from aiohttp import web
 
+from se.faults import FaultState
 from se.scitags.service import SciTagService
 from se.web.context import Context
 
@@ -31,6 +32,22 @@ def line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
 def head(name: str, kind: str, text: str) -> tuple[str, str]:
     """The HELP and TYPE lines of a metric family."""
     return (f"# HELP {name} {text}", f"# TYPE {name} {kind}")
+
+
+class FaultMetrics:
+    """Fault firings by rule (se.faults keeps one count for all workers; every worker shows
+    it whole, labelled with the rule)."""
+
+    def __init__(self, faults: FaultState) -> None:
+        self.faults = faults
+
+    def metric_lines(self) -> list[str]:
+        out = list(
+            head("se_fault_hits_total", "counter", "Fault rule firings (all workers), by rule.")
+        )
+        for rule in self.faults.listing():
+            out.append(line("se_fault_hits_total", rule["hits"], {"rule": str(rule["id"])}))
+        return out
 
 
 class SciTagMetrics:

@@ -127,6 +127,8 @@ def test_rules_are_shared_by_the_workers_and_counted_globally(srv: SEProcess) ->
         r for r in api(srv, "GET", "/.well-known/se/faults")[1]["rules"] if r["id"] == rule
     ]
     assert listed["matches"] == 9 and listed["hits"] == 3
+    page = curl(f"{srv.url}/.well-known/se/metrics").stdout.decode()
+    assert f'rule="{rule}"}} 3' in page, page
     workers = {e["worker"] for e in events(srv, kind="request", path="/f.bin")}
     assert len(workers) == 2  # both processes served (and recorded) requests
 
