@@ -7,10 +7,11 @@ small-GET benchmark decides this); bulk work (uploads, listings, checksum comput
 recursive copy/delete, fsync) runs on the I/O thread pool.  OS errors are translated into
 ``se.errors`` here, in :func:`map_oserror`, and nowhere else.
 
-Uploads are atomic: bytes go to a hidden temp file in the target directory while every
-configured checksum is updated, then fsync, checksum xattrs, and a rename (or a link when
-overwriting is forbidden).  Any failure unlinks the temp file; temp files orphaned by a
-crash are swept at start.
+Uploads are atomic: bytes go to a hidden temp file in the target directory (its name has a
+hash of the target's name, so :meth:`PosixBackend.writing` tells a write in progress from any
+process) while every configured checksum is updated, then fsync, checksum xattrs, and a
+rename (or a link when overwriting is forbidden).  Any failure unlinks the temp file; temp
+files orphaned by a crash are swept at start.
 """
 
 from __future__ import annotations

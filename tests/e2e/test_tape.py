@@ -11,7 +11,9 @@ per-file errors, duplicates, percent-encoded paths), malformed requests (400/413
 cancel, DELETE, release (with a request id and gfal2's placeholder id), ARCHIVEINFO localities,
 the failure switches, persistence over a clean restart and over SIGKILL, the WebDAV namespace
 operations the catalogue follows (MOVE, overwrite, DELETE), and WLCG token scopes.  The tests
-at the end pin down bugs found (and fixed) in the server.
+at the end pin down bugs found (and fixed) in the server, then, with ``--workers 2``: ARCHIVEINFO
+of a file whose PUT or TPC pull is in progress (DISK), after an aborted or crashed upload, during
+an overwrite; a stage of on-disk files during a large GET; targetedMetadata kept in the store.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from se.tape.stores import open_store
 from tests.conftest import BASE_CONFIG, need
 from tests.e2e.clients import run_ok
 from tests.e2e.jwt_issuer import JWTIssuer
+from tests.e2e.tpc_remote import Remote
 from tests.support import SEProcess, poll_async, temp_files
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -1505,3 +1508,36 @@ async def test_targeted_metadata_is_stored_with_the_request(
         "/tape/b": {"activity": "ours"},
         "/tape/c": None,
     }
+
+
+async def test_archiveinfo_of_a_file_being_pulled_is_disk(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    """A third-party-copy pull writes through the same temp file as a PUT: DISK while the
+    source is still sending, as either worker sees it."""
+    srv = start_two_workers(se_factory, tmp_path)
+    data = os.urandom(1 << 20)
+    with Remote() as remote:
+        remote.files["pulled"] = data
+        async with fresh_session() as s:
+            tape = Tape(s, srv.url)
+
+            async def pull() -> tuple[int, str]:
+                headers = {"Source": f"{remote.url}/gate/pulled"}  # half now, half at the gate
+                async with s.request("COPY", srv.url + "/tape/pulled", headers=headers) as resp:
+                    return resp.status, await resp.text()
+
+            copying = asyncio.ensure_future(pull())
+            try:
+                assert await poll_async(lambda: bool(temp_files(srv.root / "tape")), 10.0)
+                for items in (await archiveinfo_per_worker(srv.url, "/tape/pulled")).values():
+                    assert items == [{"path": "/tape/pulled", "locality": "DISK"}], items
+                remote.open_gate()
+                status, body = await asyncio.wait_for(copying, 30)
+            finally:
+                copying.cancel()
+                with contextlib.suppress(BaseException):
+                    await copying
+            assert status == 202 and "success: Created" in body, (status, body[-300:])
+            assert (srv.root / "tape" / "pulled").read_bytes() == data
+            assert await tape.locality("/tape/pulled") == "DISK"

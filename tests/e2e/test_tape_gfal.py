@@ -1,7 +1,9 @@
 """gfal2's tape commands against a real ``se`` with the WLCG Tape REST API enabled.
 
 gfal-bringonline, gfal-archivepoll, gfal-xattr (``user.status``, ``taperestapi.*``) and
-gfal-evict, anonymous and with a WLCG token (``BEARER_TOKEN``).  Each test starts its own
+gfal-evict, anonymous and with a WLCG token (``BEARER_TOKEN``); with ``--workers 2``, the
+status of a file whose PUT is in progress or was aborted, gfal-bringonline during a large GET,
+and ``--staging-metadata`` keyed "default" kept with the request.  Each test starts its own
 server with the tape pool ``/tape`` in a fast configuration; files are flushed to tape and
 evicted on demand through ``POST /.well-known/se/tape``.  Results are checked on the server
 (archiveinfo, the admin status, plain HTTP reads), not only in gfal's output: gfal-bringonline
@@ -14,8 +16,11 @@ expected failures until the server routes them (see test_tape.py).
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -26,11 +31,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from se.tape.stores import open_store
 from tests.conftest import BASE_CONFIG
 from tests.e2e.clients import client_env, run, run_ok
 from tests.e2e.jwt_issuer import JWTIssuer
 from tests.e2e.test_tape import auth_config as tape_auth_config
-from tests.support import SEProcess
+from tests.support import SEProcess, poll, temp_files
 
 pytestmark = [
     pytest.mark.clients,
@@ -448,3 +454,124 @@ def test_bringonline_and_status_with_bearer_token(tokens: Tokens) -> None:
     gfal_ok("evict", url, token=token)
     admin.evict()
     assert admin.locality("/tape/b") == "TAPE"
+
+
+# --------------------------------------------------------------------------- issue 14: writes in
+# progress, a stage during a read, staging metadata; two worker processes
+
+
+@pytest.fixture
+def two_workers(se_factory: Callable[..., SEProcess], tmp_path: Path) -> Server:
+    root = tmp_path / "data"
+    (root / "tape").mkdir(parents=True, exist_ok=True)
+    return Server(se_factory(tape_config(), root=root, extra_args=["--workers", "2"]))
+
+
+def on_library(server: Server, switches: Mapping[str, object]) -> None:
+    """Admin switches, until the worker running the library applied them; 200 tries."""
+    for _ in range(200):
+        if server.admin(switches)["library"]:
+            return
+    raise AssertionError("the library worker never answered")
+
+
+class SlowPut:
+    """A PUT on a raw socket: head and a first part now, the rest (or nothing) later."""
+
+    def __init__(self, server: Server, path: str, first: bytes, total: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", server.srv.port), timeout=20)
+        head = (
+            f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.srv.port}\r\n"
+            f"Content-Length: {total}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + first)
+        assert poll(lambda: bool(temp_files(server.srv.root)), 10.0), "no upload temp file"
+
+    def finish(self, rest: bytes) -> int:
+        with self.sock:
+            self.sock.sendall(rest)
+            line = self.sock.makefile("rb").readline()
+        return int(line.split()[1])
+
+    def abort(self) -> None:
+        self.sock.close()
+
+
+def test_status_and_archivepoll_of_an_upload_in_progress(two_workers: Server) -> None:
+    """While a PUT is still sending, gfal sees the file on disk (ONLINE, archiving ongoing),
+    whichever worker answers it; after the upload the file's own state; after an aborted one,
+    no file."""
+    server = two_workers
+    url = server.url + "/tape/slow"
+    upload = SlowPut(server, "/tape/slow", b"s" * 4096, 8192)
+    for _ in range(3):  # each gfal call is a new connection, to either worker
+        assert user_status(url) == "ONLINE"
+    res = gfal_ok("archivepoll", url)
+    assert results(res.stdout) == {url: ["QUEUED"]}, res.stdout
+    assert upload.finish(b"s" * 4096) == 201
+    assert user_status(url) == "ONLINE"
+    on_library(server, {"flush": True})
+    server.wait_locality("/tape/slow", "DISK_AND_TAPE")
+    res = gfal_ok("archivepoll", url)
+    assert results(res.stdout) == {url: ["READY"]}, res.stdout
+    # An aborted upload leaves nothing that says DISK.
+    gone = server.url + "/tape/gone"
+    upload = SlowPut(server, "/tape/gone", b"g" * 100, 1000)
+    assert user_status(gone) == "ONLINE"
+    upload.abort()
+    assert poll(lambda: not temp_files(server.srv.root), 10.0), "temp file left"
+    for _ in range(3):
+        assert gfal("xattr", gone, "user.status").returncode != 0
+    res = gfal_ok("archivepoll", gone)
+    assert results(res.stdout) == {gone: ["FAILED"]}, res.stdout
+
+
+def test_bringonline_of_a_file_being_read(two_workers: Server) -> None:
+    """gfal-bringonline of a file on disk completes at once while a large GET of it is
+    paused mid-body; the GET then ends with every byte."""
+    server = two_workers
+    big = os.urandom(16 << 20)
+    server.put("/tape/big", big)
+    on_library(server, {"flush": True})
+    server.wait_locality("/tape/big", "DISK_AND_TAPE")
+    u = urlsplit(server.url)
+    assert u.hostname is not None and u.port is not None
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request("GET", "/tape/big")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        head = resp.read(1 << 20)
+        url = server.url + "/tape/big"
+        res = gfal_ok("bringonline", "--polling-timeout", "10", url)
+        assert results(res.stdout)[url][-1] == "READY", res.stdout
+        assert user_status(url) == "ONLINE_AND_NEARLINE"
+        body = head + resp.read()
+    finally:
+        conn.close()
+    assert len(body) == len(big) and body == big
+
+
+def test_bringonline_staging_metadata_under_default_is_stored(start: Start) -> None:
+    """gfal sends --staging-metadata as the targetedMetadata object; an entry under
+    "default" (as Rucio keys it) is kept with the request (the API never shows it)."""
+    server = start()
+    server.put("/tape/m", b"metadata")
+    url = server.url + "/tape/m"
+    meta = {"default": {"activity": "T0 export"}, "other-site": {"x": 1}}
+    res = gfal_ok("bringonline", "--staging-metadata", json.dumps(meta), url)
+    assert results(res.stdout)[url][-1] in ("QUEUED", "READY"), res.stdout
+
+    async def stored() -> list[dict[str, Any] | None]:
+        store = await open_store(server.srv.root / ".se-state" / "tape.sqlite")
+        try:
+            found = []
+            for rid, *_rest in await store.request_summaries(10):
+                req = await store.get_request(rid)
+                assert req is not None
+                found += [f.metadata for f in req.files if f.path == "/tape/m"]
+            return found
+        finally:
+            await store.close()
+
+    assert asyncio.run(stored()) == [{"activity": "T0 export"}]
