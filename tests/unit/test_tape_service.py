@@ -20,7 +20,8 @@ import pytest
 from se.config import ConfigError, TapeConfig, load_mapping
 from se.errors import ServiceUnavailable
 from se.storage.paths import DavPath, confine
-from se.tape.model import CartridgeState, FileState, Locality
+from se.storage.types import Stat
+from se.tape.model import ERR_MISSING, CartridgeState, FileState, Locality
 from se.tape.service import TapeService, library_config
 from se.tape.simulator import LibraryConfig, TapeTiming
 from se.tape.store import TapeStore
@@ -555,3 +556,26 @@ def test_bad_tape_configs_are_rejected(tmp_path: Path, tape: dict[str, Any], key
 
 def test_bad_tape_config_ignored_when_disabled(tmp_path: Path) -> None:
     load_mapping(tape_mapping(tmp_path, enabled=False, time_scale=0, api_path="/x/"))
+
+
+async def test_archive_info_of_a_write_in_progress(make_service: MakeService) -> None:
+    """A missing file that a write in progress is creating is DISK; a file that exists keeps
+    its own locality while it is being overwritten; without the write, missing."""
+    svc = await make_service()
+    await write(svc, ("/tape/old", 10))
+    await svc.flush(force=True)
+    old = Stat(False, 10, 0, 0, 1, 1)
+    files = [
+        ("/tape/new", dav("/tape/new"), None),
+        ("/tape/old", dav("/tape/old"), old),
+        ("/other/new", dav("/other/new"), None),
+        ("/tape/none", dav("/tape/none"), None),
+    ]
+    writing = {dav("/tape/new"), dav("/tape/old"), dav("/other/new")}
+    assert await svc.archive_info(files, writing) == [
+        ("/tape/new", Locality.DISK, None),
+        ("/tape/old", Locality.DISK_AND_TAPE, None),
+        ("/other/new", Locality.DISK, None),
+        ("/tape/none", None, ERR_MISSING),
+    ]
+    assert (await svc.archive_info(files[:1]))[0] == ("/tape/new", None, ERR_MISSING)
