@@ -138,24 +138,35 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-def _timeout(svc: TPCService, transfer: Transfer, now: float) -> str | None:
-    """The failure reason of an expired timeout, if any."""
+def _timeout(svc: TPCService, transfer: Transfer, now: float) -> markers.Failure | None:
+    """Where and why an expired timeout ended the transfer, if one did."""
     if transfer.active_since is None:
         return None
     cfg = svc.cfg
     pull = transfer.spec.mode is Mode.PULL
+    side = "source" if pull else "destination"
     direction = "received from the source" if pull else "sent to the destination"
     if transfer.first_byte_at is None:
         if now - transfer.active_since > cfg.first_byte_timeout:
-            return f"first-byte timeout: no data {direction} within {cfg.first_byte_timeout:g} s"
+            return markers.Failure(
+                side,
+                "first byte",
+                f"timed out: no data {direction} within {cfg.first_byte_timeout:g} s "
+                "(tpc.first_byte_timeout)",
+            )
     elif now - transfer.last_progress > cfg.stall_timeout:
         size = f" of {transfer.size}" if transfer.size is not None else ""
-        return (
-            f"stall timeout: no data {direction} for {cfg.stall_timeout:g} s "
-            f"(stalled after {transfer.bytes}{size} bytes)"
+        return markers.Failure(
+            side,
+            "body",
+            f"timed out: no data {direction} for {cfg.stall_timeout:g} s, stalled after "
+            f"{transfer.bytes}{size} bytes (tpc.stall_timeout)",
         )
     if cfg.total_timeout and now - transfer.active_since > cfg.total_timeout:
-        return f"time limit: transfer took longer than {cfg.total_timeout:g} s"
+        return markers.Failure(
+            *transfer.where(),
+            f"timed out: the transfer took longer than {cfg.total_timeout:g} s (tpc.total_timeout)",
+        )
     return None
 
 
@@ -233,31 +244,34 @@ async def _close(
 
 
 async def _outcome(svc: TPCService, transfer: Transfer, task: asyncio.Future[None]) -> bytes:
+    reason: markers.Failure
     try:
         await task
     except asyncio.CancelledError:
-        message = transfer.failure or "transfer cancelled"
+        reason = transfer.failure or markers.Failure("local", "internal", "transfer cancelled")
     except TransferFailed as exc:
-        message = str(exc)
-    except SEError as exc:
-        message = exc.reason
+        reason = exc.failure(*transfer.where())
+    except SEError as exc:  # this server's storage, whatever the data path did not tag
+        local = "write" if transfer.spec.mode is Mode.PULL else "read"
+        reason = markers.Failure("local", local, exc.reason)
     except Exception as exc:
         log.exception("third-party copy failed unexpectedly")
-        message = f"internal error: {exc.__class__.__name__}"
+        reason = markers.Failure("local", "internal", f"internal error: {exc.__class__.__name__}")
     else:
         svc.succeeded += 1
         _log(transfer, "success", "")
         return markers.format_result("success", "Created")
     svc.failed += 1
-    _log(transfer, "failure", message)
-    return result_line(transfer, "failure", message)
+    _log(transfer, "failure", str(reason))
+    return result_line(transfer, "failure", reason)
 
 
-def result_line(transfer: Transfer, kind: str, message: str) -> bytes:
-    """The one format of every failure (and aborted) line: ``<kind>: <reason>; local=<path>
-    remote=<url without its query>`` -- whichever check, timeout or error ended the transfer.
+def result_line(transfer: Transfer, kind: str, reason: markers.Failure | str) -> bytes:
+    """The one format of every failure (and aborted) line, whichever check, timeout or
+    error ended the transfer: ``<kind>: [<tag>: ]<detail>; local=<path> remote=<url without
+    its query>`` (:func:`se.tpc.markers.format_failure`).
     """
-    return markers.format_failure(kind, message, str(transfer.local), redact(transfer.spec.remote))
+    return markers.format_failure(kind, reason, str(transfer.local), redact(transfer.spec.remote))
 
 
 class _Stream:

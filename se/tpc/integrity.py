@@ -84,8 +84,8 @@ def verify(
 ) -> list[str]:
     """Compare every algorithm both sides know; returns the algorithms that matched.
 
-    A mismatch always raises TransferFailed naming both values; with ``required``, so does
-    finding nothing to compare.
+    A mismatch always raises TransferFailed (phase ``checksum``) naming both values; with
+    ``required``, so does finding nothing to compare.
     """
     matched: list[str] = []
     for who, declared in ((remote_name, remote), ("the client", client)):
@@ -96,13 +96,17 @@ def verify(
             if got != want:
                 raise TransferFailed(
                     f"{alg} mismatch: {who} declared {_value(alg, want)}, "
-                    f"{local_name} has {_value(alg, got)}"
+                    f"{local_name} has {_value(alg, got)}",
+                    side="",
+                    phase="checksum",
                 )
             matched.append(alg)
     if required and not matched:
         offered = ", ".join(sorted({*remote, *client})) or "none"
         raise TransferFailed(
             f"checksum verification required but no common checksum with the {remote_name} "
-            f"(it offered: {offered})"
+            f"(it offered: {offered})",
+            side="",
+            phase="checksum",
         )
     return matched

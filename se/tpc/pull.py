@@ -21,6 +21,7 @@ from se.errors import NotFound, PreconditionFailed, SEError
 from se.storage import checksums
 from se.storage.posix import Upload
 from se.tpc import integrity
+from se.tpc.markers import os_error_text
 from se.tpc.remote import (
     TransferFailed,
     describe_client_error,
@@ -73,13 +74,14 @@ class Budget:
     async def start(self) -> None:
         declared, cap = self.declared, self.cap
         if declared is not None and cap and declared > cap:
-            raise TransferFailed(
-                f"source declares {declared} bytes, more than tpc.max_pull_bytes ({cap})"
+            raise _local_write(
+                f"the source declares {declared} bytes, more than tpc.max_pull_bytes ({cap})"
             )
         free = await self._free()
         if declared is not None and declared > free:
-            raise TransferFailed(
-                f"source declares {declared} bytes; the target filesystem has {free} bytes free"
+            raise _local_write(
+                f"not enough space: the source declares {declared} bytes; the target "
+                f"filesystem has {free} bytes free"
             )
         if declared is None:
             self._next_check = max(0, free - FREE_RESERVE) // 2
@@ -89,17 +91,35 @@ class Budget:
         declared, cap = self.declared, self.cap
         if declared is not None:
             if total > declared:
-                raise TransferFailed(f"source sent more than the {declared} bytes it declared")
+                raise _source_body(f"the source sent more than the {declared} bytes it declared")
             return
         if cap and total > cap:
-            raise TransferFailed(f"source sent more than tpc.max_pull_bytes ({cap} bytes)")
+            raise _local_write(f"the source sent more than tpc.max_pull_bytes ({cap} bytes)")
         if total >= self._next_check:
             free = await self._free()
             if free < FREE_RESERVE:
-                raise TransferFailed(
+                raise _local_write(
                     f"target filesystem full: {free} bytes free after {total} bytes received"
                 )
             self._next_check = total + (free - FREE_RESERVE) // 2
+
+
+def _local_write(detail: str) -> TransferFailed:
+    return TransferFailed(detail, side="local", phase="write")
+
+
+def _source_body(detail: str) -> TransferFailed:
+    return TransferFailed(detail, side="source", phase="body")
+
+
+def _stored(exc: SEError) -> TransferFailed:
+    """A storage error of the target as a ``local write`` failure, with the errno of the
+    operating-system error under it when there is one."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError):
+        where = exc.reason.rpartition(": ")[0] or exc.reason
+        return _local_write(f"{where}: {os_error_text(cause)}")
+    return _local_write(exc.reason)
 
 
 @dataclass(slots=True)
@@ -160,7 +180,9 @@ async def probe(svc: TPCService, transfer: Transfer) -> SourceInfo:
             resp, url = await _request(svc, transfer, "HEAD", spec.remote, [])
     except TimeoutError:
         raise TransferFailed(
-            f"source did not answer HEAD within {svc.cfg.head_timeout:g} s"
+            f"timed out: no answer within {svc.cfg.head_timeout:g} s (tpc.head_timeout)",
+            side="source",
+            phase="HEAD",
         ) from None
     try:
         if resp.status in (404, 410):
@@ -195,14 +217,17 @@ async def pull(svc: TPCService, transfer: Transfer, info: SourceInfo) -> None:
     """Fetch the source into ``transfer.local``; raises TransferFailed (or SEError) on failure."""
     block = svc.cfg.stream_block_size
     streams = min(transfer.spec.streams, svc.cfg.max_streams)
-    if streams > 1 and info.ranges and info.size is not None and info.size > block:
-        try:
-            await _pull_multi(svc, transfer, info, streams)
-            return
-        except _RangesIgnored:
-            # The source announced ranges but sends whole files: one stream will do.
-            log.info("source %s ignores Range; pulling with one stream", redact(info.url))
-    await _pull_single(svc, transfer, info)
+    try:
+        if streams > 1 and info.ranges and info.size is not None and info.size > block:
+            try:
+                await _pull_multi(svc, transfer, info, streams)
+                return
+            except _RangesIgnored:
+                # The source announced ranges but sends whole files: one stream will do.
+                log.info("source %s ignores Range; pulling with one stream", redact(info.url))
+        await _pull_single(svc, transfer, info)
+    except SEError as exc:  # only the target's storage raises these here
+        raise _stored(exc) from exc
 
 
 class _RangesIgnored(Exception):
@@ -220,7 +245,8 @@ async def _pull_single(svc: TPCService, transfer: Transfer, info: SourceInfo) ->
     try:
         if resp.status != 200:
             status = resp.status
-            raise TransferFailed(f"source answered GET with {await error_text(resp)}", status)
+            text = await error_text(resp)
+            raise TransferFailed(f"GET answered {text}", status, side="source", phase="first byte")
         size = resp.content_length if resp.content_length is not None else info.size
         declared = {**info.digests, **integrity.declared_digests(resp.headers, 200)}
         transfer.size = size
@@ -244,7 +270,7 @@ async def _pull_single(svc: TPCService, transfer: Transfer, info: SourceInfo) ->
             await asyncio.shield(upload.abort())
             raise
     except (aiohttp.ClientError, OSError) as exc:
-        raise TransferFailed(_describe(exc)) from exc
+        raise _describe(transfer, exc) from exc
     finally:
         resp.release()
 
@@ -288,9 +314,7 @@ async def _receive_direct(
         try:
             receiving.result()
         except (ConnectionError, TimeoutError) as exc:
-            raise TransferFailed(
-                f"the source ended the data early ({upload.received} of {size} bytes)"
-            ) from exc
+            raise _source_body(f"the data ended early ({upload.received} of {size} bytes)") from exc
     finally:
         stop.set()  # a worker thread still reading sees this within half a second
         if receiving is not None and not receiving.done():
@@ -298,8 +322,10 @@ async def _receive_direct(
         resp.close()  # the connection's framing is ours now: never reuse it
 
 
-def _describe(exc: BaseException) -> str:
-    return describe_client_error(exc, "source")
+def _describe(transfer: Transfer, exc: BaseException) -> TransferFailed:
+    """A network error while reading the source's answer."""
+    phase = "body" if transfer.bytes else "first byte"
+    return TransferFailed.of(describe_client_error(exc, "source", phase))
 
 
 async def _pull_multi(svc: TPCService, transfer: Transfer, info: SourceInfo, streams: int) -> None:
@@ -349,20 +375,21 @@ async def _stream(
                 raise _RangesIgnored()
             if resp.status != 206:
                 status = resp.status
+                text = await error_text(resp)
                 raise TransferFailed(
-                    f"source answered a range GET with {await error_text(resp)}", status
+                    f"range GET answered {text}", status, side="source", phase="first byte"
                 )
             crange = resp.headers.get("Content-Range", "")
             if not crange.startswith(f"bytes {start}-{end}/"):
-                raise TransferFailed(f"source sent the wrong range: {crange[:80]!r}")
+                raise _source_body(f"the source sent the wrong range: {crange[:80]!r}")
             offset = start
             buf = bytearray()
             key = conn_key(resp) or transfer.last_conn
             async for chunk in resp.content.iter_any():
                 transfer.progress(len(chunk), key)
                 if offset + len(buf) + len(chunk) > end + 1:
-                    raise TransferFailed(
-                        f"source sent more than the {end + 1 - start} bytes of a range"
+                    raise _source_body(
+                        f"the source sent more than the {end + 1 - start} bytes of a range"
                     )
                 buf += chunk
                 if len(buf) >= WRITE_BLOCK:
@@ -373,11 +400,11 @@ async def _stream(
                 await upload.write_at(offset, bytes(buf))
                 offset += len(buf)
             if offset != end + 1:
-                raise TransferFailed(
-                    f"source sent {offset - start} of {end + 1 - start} bytes of a range"
+                raise _source_body(
+                    f"the source sent {offset - start} of {end + 1 - start} bytes of a range"
                 )
         except (aiohttp.ClientError, OSError) as exc:
-            raise TransferFailed(_describe(exc)) from exc
+            raise _describe(transfer, exc) from exc
         finally:
             resp.release()
 
@@ -390,13 +417,10 @@ async def _finish(
     declared: dict[str, bytes],
 ) -> None:
     if size is not None and upload.received != size:
-        raise TransferFailed(f"received {upload.received} of {size} bytes from the source")
+        raise _source_body(f"the data ended early ({upload.received} of {size} bytes)")
     local = await upload.digests()
     required = transfer.spec.require_checksum
     if required is None:
         required = svc.cfg.require_checksum
     integrity.verify(local, declared, transfer.spec.expected, required, "source")
-    try:
-        await upload.commit({})
-    except SEError as exc:
-        raise TransferFailed(f"cannot store {transfer.local}: {exc.reason}") from exc
+    await upload.commit({})  # a storage error becomes "local write" in pull()

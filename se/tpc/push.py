@@ -79,7 +79,7 @@ class FileBody(payload.Payload):
                 os.pread, self._fd, min(READ_CHUNK, self._length - offset), offset
             )
             if not data:
-                raise TransferFailed(f"local file shrank while sending ({offset} bytes)")
+                raise _local_read(f"the file shrank while sending ({offset} bytes)")
             await writer.write(data)
             offset += len(data)
             self._t.progress(len(data), key)
@@ -113,12 +113,25 @@ class FileBody(payload.Payload):
             if not sending.done():
                 sending.cancel()
         if sent != self._length:
-            raise TransferFailed(f"local file shrank while sending ({sent} bytes)")
+            raise _local_read(f"the file shrank while sending ({sent} bytes)")
 
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
         await self.write(writer)
+
+
+def _local_read(detail: str) -> TransferFailed:
+    return TransferFailed(detail, side="local", phase="read")
+
+
+def _put_phase(transfer: Transfer) -> str:
+    """Where a PUT is: nothing of the body sent yet, part of it, or all of it."""
+    if transfer.bytes == 0:
+        return "first byte"
+    if transfer.size is not None and transfer.bytes >= transfer.size:
+        return "close"
+    return "body"
 
 
 async def push(svc: TPCService, transfer: Transfer, f: OpenFile, local: dict[str, bytes]) -> None:
@@ -154,11 +167,15 @@ async def push(svc: TPCService, transfer: Transfer, f: OpenFile, local: dict[str
         cause = exc.__cause__
         if isinstance(cause, TransferFailed):  # raised by the body itself
             raise cause from None
+        if exc.side == "destination" and exc.phase == "first byte":
+            exc.phase = _put_phase(transfer)  # the error came while sending the body
         raise
     try:
         if resp.status not in (200, 201, 204, 205):
             status = resp.status
-            raise TransferFailed(f"destination refused the PUT: {await error_text(resp)}", status)
+            phase = _put_phase(transfer)
+            text = await error_text(resp)
+            raise TransferFailed(f"PUT answered {text}", status, side="destination", phase=phase)
         # The answer may come while the last bytes are still being counted as sent; the
         # body's writer must finish before the response is released (that cancels it).
         if bodies:
@@ -169,7 +186,9 @@ async def push(svc: TPCService, transfer: Transfer, f: OpenFile, local: dict[str
         resp.release()
     if transfer.bytes != transfer.size:
         raise TransferFailed(
-            f"destination answered after {transfer.bytes} of {transfer.size} bytes"
+            f"PUT answered {resp.status} after {transfer.bytes} of {transfer.size} bytes",
+            side="destination",
+            phase="body",
         )
     await _verify(svc, transfer, final, local)
 
@@ -200,7 +219,11 @@ async def _verify(svc: TPCService, transfer: Transfer, url: str, local: dict[str
         if resp.status >= 300:
             if required:
                 raise TransferFailed(
-                    f"cannot verify the copy: destination answered HEAD with {resp.status}"
+                    f"cannot verify the copy: HEAD answered HTTP {resp.status} "
+                    f"{resp.reason or ''}".rstrip(),
+                    resp.status,
+                    side="destination",
+                    phase="HEAD",
                 )
             return
         remote = integrity.declared_digests(resp.headers, resp.status)
@@ -210,16 +233,21 @@ async def _verify(svc: TPCService, transfer: Transfer, url: str, local: dict[str
     try:
         if length is not None and length != transfer.size:
             raise TransferFailed(
-                f"verification failed: destination has {length} bytes, source {transfer.size}"
+                f"the destination has {length} bytes, the source {transfer.size}",
+                side="",
+                phase="checksum",
             )
         integrity.verify(remote, local, {}, required, "source", local_name="the destination's copy")
     except TransferFailed as exc:
-        await _delete(svc, transfer, url)
-        raise TransferFailed(f"verification failed: {exc}") from None
+        deleted = "deleted" if await _delete(svc, transfer, url) else "not deleted"
+        raise TransferFailed(
+            f"verification failed (the copy was {deleted}): {exc}", side="", phase="checksum"
+        ) from None
 
 
-async def _delete(svc: TPCService, transfer: Transfer, url: str) -> None:
-    """Remove a copy that failed verification (best effort; the failure says so)."""
+async def _delete(svc: TPCService, transfer: Transfer, url: str) -> bool:
+    """Remove a copy that failed verification (best effort); whether the destination
+    confirmed it."""
     try:
         resp, _ = await open_remote(
             svc.session,
@@ -235,4 +263,5 @@ async def _delete(svc: TPCService, transfer: Transfer, url: str) -> None:
         )
         resp.release()
     except (TransferFailed, aiohttp.ClientError, OSError):
-        pass
+        return False
+    return resp.status in (200, 202, 204)

@@ -26,11 +26,14 @@ from aiohttp.resolver import DefaultResolver
 
 from se.scitags.flowlabel import Labeller
 from se.tpc.hostaddrs import HostAddresses
+from se.tpc.markers import Failure, os_error_text
 
 __all__ = [
     "NetworkPolicy",
     "RemoteRefused",
     "TransferFailed",
+    "describe_client_error",
+    "error_text",
     "make_session",
     "open_remote",
     "redact",
@@ -40,11 +43,46 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class TransferFailed(Exception):
-    """The transfer cannot complete; the message becomes the ``failure:`` line."""
+    """The transfer cannot complete; becomes the ``failure:`` line.
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    ``str()`` is the detail; ``side`` and ``phase`` say where it failed (the tags of
+    :mod:`se.tpc.markers`: ``side=""`` with ``phase="checksum"``, ``side="local"`` with
+    ``write``/``read``/``internal``).  None: the raiser cannot tell (a network-policy refusal
+    does not know which party it concerns); :meth:`failure` then takes the caller's.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        *,
+        side: str | None = None,
+        phase: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status  # the remote's HTTP status, when it gave one
+        self.side = side
+        self.phase = phase
+
+    @classmethod
+    def of(cls, failure: Failure, status: int | None = None) -> TransferFailed:
+        return cls(failure.detail, status, side=failure.side, phase=failure.phase)
+
+    def failure(self, side: str, phase: str) -> Failure:
+        """Where and why, with ``side``/``phase`` where this exception does not say."""
+        return Failure(
+            self.side if self.side is not None else side,
+            self.phase if self.phase is not None else phase,
+            str(self),
+        )
+
+    def at(self, side: str, phase: str) -> TransferFailed:
+        """Fill in what the raiser could not tell (in place); returns self."""
+        if self.side is None:
+            self.side = side
+        if self.phase is None:
+            self.phase = phase
+        return self
 
 
 class RemoteRefused(TransferFailed):
@@ -270,23 +308,41 @@ def _origin(url: str) -> tuple[str, str, int]:
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
-def describe_client_error(exc: BaseException, what: str) -> str:
-    """A one-line reason for a failure to reach or read from the remote."""
+def describe_client_error(exc: BaseException, side: str, phase: str) -> Failure:
+    """Where and why a request to the remote failed: connection and TLS errors by their
+    type, anything else (a reset, a timeout, data that ended early) in ``phase``."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"TLS certificate of the {what} not trusted: {exc.certificate_error}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        os_error = exc.os_error
-        detail = os_error.strerror or str(os_error) if os_error is not None else str(exc)
-        return f"cannot connect to the {what} {exc.host}:{exc.port}: {detail}"
+        err = exc.certificate_error
+        why = getattr(err, "verify_message", None) or str(err)
+        return Failure(side, "TLS", f"certificate of {exc.host}:{exc.port} not trusted: {why}")
     if isinstance(exc, aiohttp.ClientSSLError):
-        return f"TLS error with the {what}: {exc}"
+        return Failure(
+            side, "TLS", f"TLS handshake with {exc.host}:{exc.port} failed: {exc.os_error}"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return Failure(side, "connect", f"cannot resolve {exc.host}: {os_error_text(exc.os_error)}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return Failure(
+            side,
+            "connect",
+            f"cannot connect to {exc.host}:{exc.port}: {os_error_text(exc.os_error)}",
+        )
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return Failure(side, "connect", "timed out connecting")
+    if isinstance(exc, ssl.SSLError):
+        return Failure(side, "TLS", f"TLS error: {exc}")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return f"the {what} closed the connection"
+        return Failure(side, phase, "the remote closed the connection")
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return f"the {what} ended the data early: {exc}"
+        # aiohttp wraps the parser's error ("Not enough data ... (received N of M bytes)").
+        inner = exc.__cause__
+        why = (getattr(inner, "message", None) or str(inner)) if inner is not None else str(exc)
+        return Failure(side, "body", f"the data ended early: {str(why).rstrip('.')}")
     if isinstance(exc, TimeoutError):
-        return f"timed out talking to the {what}"
-    return f"error talking to the {what}: {exc or exc.__class__.__name__}"
+        return Failure(side, phase, "timed out")
+    if isinstance(exc, OSError):
+        return Failure(side, phase, os_error_text(exc))
+    return Failure(side, phase, f"{exc or exc.__class__.__name__}")
 
 
 async def open_remote(
@@ -324,8 +380,12 @@ async def open_remote(
     hdr_items = list(headers.items() if isinstance(headers, Mapping) else headers)
     bound_items = list(bound)
     first_origin = _origin(credentials_for or url)
+    phase = "HEAD" if method == "HEAD" else "first byte"
     for _hop in range(max_redirects + 1):
-        policy.check_url(current)
+        try:
+            policy.check_url(current)
+        except RemoteRefused as exc:
+            raise exc.at(what, "connect") from None
         if on_hop is not None:
             on_hop(current)
         if _origin(current) == first_origin:
@@ -345,8 +405,10 @@ async def open_remote(
         label_token = _FLOW_LABEL.set(flow_label)
         try:
             resp = await session.request(method, current, **kwargs)
+        except RemoteRefused as exc:  # by the connector: the address actually reached
+            raise exc.at(what, "connect") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransferFailed(describe_client_error(exc, what)) from exc
+            raise TransferFailed.of(describe_client_error(exc, what, phase)) from exc
         finally:
             _FLOW_LABEL.reset(label_token)
             _PEER_SINK.reset(token)
@@ -355,17 +417,23 @@ async def open_remote(
             resp.release()
             nxt = urljoin(current, location)
             if urlsplit(nxt).scheme not in ("http", "https"):
-                raise TransferFailed(f"the {what} redirected to an unsupported URL")
+                raise TransferFailed(
+                    f"{method} redirected to an unsupported URL", side=what, phase=phase
+                )
             if resp.status == 303 and method not in ("GET", "HEAD"):
-                raise TransferFailed(f"the {what} answered {method} with 303 See Other")
+                raise TransferFailed(
+                    f"{method} answered HTTP 303 See Other", 303, side=what, phase=phase
+                )
             current = nxt
             continue
         return resp, current
-    raise TransferFailed(f"the {what} redirected more than {max_redirects} times")
+    raise TransferFailed(
+        f"{method} redirected more than {max_redirects} times", side=what, phase=phase
+    )
 
 
 async def error_text(resp: aiohttp.ClientResponse, limit: int = 300) -> str:
-    """``<status> <reason>[: start of the body]`` of an unexpected remote answer.
+    """``HTTP <status> <reason>[: start of the body]`` of an unexpected remote answer.
 
     The body is quoted only for error statuses: the body of a success is file data.
     """
@@ -378,5 +446,5 @@ async def error_text(resp: aiohttp.ClientResponse, limit: int = 300) -> str:
         pass
     finally:
         resp.release()
-    head = f"{resp.status} {resp.reason or ''}".strip()
+    head = f"HTTP {resp.status} {resp.reason or ''}".strip()
     return f"{head}: {text}" if text else head

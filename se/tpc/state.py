@@ -14,7 +14,7 @@ from se.scitags.firefly import Flow
 from se.scitags.service import SciTagService
 from se.scitags.tags import Tag
 from se.storage.paths import DavPath
-from se.tpc.markers import PerfMarker, format_connection
+from se.tpc.markers import Failure, PerfMarker, format_connection
 from se.tpc.request import TransferSpec
 
 __all__ = ["Transfer", "conn_key"]
@@ -54,7 +54,10 @@ class Transfer:
         self.active_since: float | None = None  # a transfer slot was granted
         self.first_byte_at: float | None = None
         self.last_progress = self.created
-        self.failure: str | None = None  # set by the watchdog before it cancels the data path
+        # Set by the watchdog before it cancels the data path.
+        self.failure: Failure | None = None
+        # "tcp:ip:port" of the remote and of this server's end of the latest connection.
+        self._stripe: tuple[str, str] | None = None
         self._guess: str | None = None  # address taken from the URL before a connection
         # The client's delegated proxy as this server's TLS client certificate
         # (Credential: gridsite), else None.
@@ -117,6 +120,8 @@ class Transfer:
             if local:
                 self._conns[int(local[1])] = (host, port, transport)
                 self.last_conn = int(local[1])
+                here = format_connection(str(local[0]), int(local[1]))
+                self._stripe = (format_connection(host, port), here)
         if self._guess is not None:  # the real address replaces the one from the URL
             self.connections.pop(self._guess, None)
             self._guess = None
@@ -156,13 +161,35 @@ class Transfer:
             self.progress(done() - seen, conn)
 
     def marker(self) -> PerfMarker:
+        source = destination = ""
+        if self._stripe is not None:
+            remote, here = self._stripe
+            pull = self.spec.mode.value == "pull"
+            source, destination = (remote, here) if pull else (here, remote)
         return PerfMarker(
             timestamp=int(time.time()),
             stripe_index=0,
             stripe_bytes=self.bytes,
             total_stripes=1,
             remote_connections=tuple(self.connections),
+            stripe_source=source,
+            stripe_destination=destination,
         )
+
+    def where(self) -> tuple[str, str]:
+        """The remote side and the phase this transfer is in, for a failure that does not
+        say: ``connect`` until a connection is up, ``first byte`` until data moved,
+        ``body`` while it moves; once all of a known size has moved, ``local write`` for a
+        pull (storing it) and ``close`` for a push (the destination's answer)."""
+        pull = self.spec.mode.value == "pull"
+        side = "source" if pull else "destination"
+        if self._stripe is None:
+            return side, "connect"
+        if self.bytes == 0:
+            return side, "first byte"
+        if self.size is not None and self.bytes >= self.size:
+            return ("local", "write") if pull else (side, "close")
+        return side, "body"
 
     def streaming(self, streams: int) -> None:
         self._streams = streams

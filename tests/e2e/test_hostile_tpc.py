@@ -22,7 +22,7 @@ from aiohttp import web
 
 from se.config import Config, ServerConfig, TPCConfig
 from se.tpc import hostaddrs
-from se.tpc.markers import MAX_LINE, format_failure
+from se.tpc.markers import MAX_LINE, Failure, format_failure, parse_failure
 from se.tpc.pull import FREE_RESERVE, Budget
 from se.tpc.remote import NetworkPolicy, TransferFailed, numeric_address
 from se.tpc.service import refuses_local_remotes
@@ -63,10 +63,12 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFarm]:
     f.stop()
 
 
-def assert_failure_line(r: Reply, *needles: str) -> str:
-    """A failure whose line has the one format: ``<reason>; local=... remote=...``."""
+def assert_failure_line(r: Reply, tag: str, *needles: str) -> str:
+    """A failure whose line has the one format: ``<tag>: <detail>; local=... remote=...``."""
     msg = assert_failure(r, *needles)
     assert SUFFIX.search(msg), msg
+    parsed = parse_failure(msg)
+    assert parsed is not None and parsed.tag == tag, msg
     return msg
 
 
@@ -122,7 +124,7 @@ def test_local_remote_by_name_is_refused(farm: ServerFarm, remote: Remote, name:
     remote.files[key] = b"answer of a loopback-only service"
     r = pull(f"{se.url}/{key}", f"http://{name}:{remote.port}/ok/{key}")
     if r.status != 403:  # a name is resolved when the transfer runs: refused there
-        assert_failure_line(r, "not allowed")
+        assert_failure_line(r, "source connect", "not allowed")
         assert all(m.stripe_bytes == 0 for m in r.markers)
     assert remote.seen(path=f"/ok/{key}") == []
     assert_nothing_kept(se.root, se.root / key)
@@ -141,7 +143,7 @@ def test_redirect_to_a_local_address_is_refused_at_the_hop(
     remote2.files["hop"] = b"secret"
     remote.redirects["to-v6"] = f"http://[::1]:{remote2.port}/ok/hop"
     r = pull(f"{se.url}/hop", f"{remote.url}/redirect/302/to-v6")
-    assert_failure_line(r, "::1", "not allowed")
+    assert_failure_line(r, "source connect", "::1", "not allowed")
     assert remote2.seen(path="/ok/hop") == []
     assert_nothing_kept(se.root, se.root / "hop")
 
@@ -324,14 +326,14 @@ def endless() -> Iterator[Endless]:
 def test_endless_source_stops_at_max_pull_bytes(farm: ServerFarm, endless: Endless) -> None:
     se = farm["small"]  # max_pull_bytes = 1 MiB
     r = pull(f"{se.url}/endless", f"{endless.url}/nolength/0", timeout=60)
-    assert_failure_line(r, "more than tpc.max_pull_bytes (1048576 bytes)")
+    assert_failure_line(r, "local write", "more than tpc.max_pull_bytes (1048576 bytes)")
     assert_nothing_kept(se.root, se.root / "endless")
 
 
 def test_endless_source_stops_at_its_declared_length(farm: ServerFarm, endless: Endless) -> None:
     se = farm["small"]
     r = pull(f"{se.url}/declared", f"{endless.url}/declared/100000", timeout=60)
-    assert_failure_line(r, "more than the 100000 bytes it declared")
+    assert_failure_line(r, "source body", "more than the 100000 bytes it declared")
     assert_nothing_kept(se.root, se.root / "declared")
 
 
@@ -340,7 +342,7 @@ def test_declared_length_above_max_pull_bytes_fails_before_writing(
 ) -> None:
     se = farm["small"]
     r = pull(f"{se.url}/huge", f"{endless.url}/declared/{1 << 40}", timeout=60)
-    assert_failure_line(r, "more than tpc.max_pull_bytes")
+    assert_failure_line(r, "local write", "more than tpc.max_pull_bytes")
     assert_nothing_kept(se.root, se.root / "huge")
 
 
@@ -352,7 +354,7 @@ def test_endless_range_answer_stops_at_the_range(farm: ServerFarm, endless: Endl
         "X-Number-Of-Streams: 2",
         timeout=60,
     )
-    assert_failure_line(r, "more than the 65536 bytes of a range")
+    assert_failure_line(r, "source body", "more than the 65536 bytes of a range")
     assert_nothing_kept(se.root, se.root / "ranges")
 
 
@@ -389,7 +391,7 @@ def test_stall_line_has_the_common_suffix(farm: ServerFarm, remote: Remote) -> N
     se = farm["small"]  # stall_timeout = 1 s
     remote.files["hostile-stall"] = random_bytes(100_000, seed=904)
     r = pull(f"{se.url}/stalled", f"{remote.url}/stall/hostile-stall")
-    msg = assert_failure_line(r, "stall timeout", "stalled after 50000 of 100000 bytes")
+    msg = assert_failure_line(r, "source body", "timed out", "stalled after 50000 of 100000 bytes")
     assert msg.endswith(f"; local=/stalled remote={remote.url}/stall/hostile-stall"), msg
     assert_nothing_kept(se.root, se.root / "stalled")
 
@@ -398,3 +400,6 @@ def test_a_long_reason_keeps_the_suffix() -> None:
     line = format_failure("failure", "x" * 5000, "/local/path", "http://remote/path?...")
     assert len(line) < MAX_LINE
     assert line.endswith(b"...; local=/local/path remote=http://remote/path?...\n"), line
+    tagged = Failure("source", "body", "x" * 5000)
+    line = format_failure("failure", tagged, "/local/path", "http://remote/path?...")
+    assert len(line) < MAX_LINE and line.startswith(b"failure: source body: xxx"), line

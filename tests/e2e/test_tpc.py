@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import errno
 import os
 import signal
+import socket
+import ssl
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -21,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from se.tpc.markers import PerfMarker, Result, parse_stream
+from se.tpc.markers import FailureLine, PerfMarker, Result, parse_failure, parse_stream
 from tests.conftest import BASE_CONFIG, need
 from tests.e2e.clients import adler32_hex, random_bytes, run_bytes
 from tests.e2e.tpc_remote import Remote, digest_of
@@ -54,7 +59,7 @@ CONFIGS: dict[str, str] = {
     # the usual active party: verbose logs (to check that no token leaks), 1 MiB stream blocks
     "active": DEBUG_LOGGING + _tpc(stream_block_size=MIB, stall_timeout=20.0),
     # short timeouts
-    "strict": BASE_CONFIG + _tpc(stall_timeout=1.0, first_byte_timeout=1.0),
+    "strict": BASE_CONFIG + _tpc(stall_timeout=1.0, first_byte_timeout=1.0, head_timeout=1.0),
     # large bodies read straight from the socket (tpc.direct_pull_min), short timeouts
     "direct": BASE_CONFIG
     + _tpc(direct_pull_min=4096, direct_push_min=4096, stall_timeout=1.0, first_byte_timeout=1.0),
@@ -162,7 +167,35 @@ def assert_failure(r: Reply, *needles: str) -> str:
     assert r.result is not None and r.result.kind == "failure", r.body[-500:]
     for needle in needles:
         assert needle in r.result.message, (needle, r.result.message)
+    # Every failure line says where it failed (se.tpc.markers: the failure-line grammar).
+    assert parse_failure(r.result.message) is not None, r.result.message
     return r.result.message
+
+
+def assert_failed_at(
+    r: Reply, tags: str | tuple[str, ...], *needles: str, status: int | None = None
+) -> FailureLine:
+    """A failure line with one of these tags (``source first byte`` ...), these words in
+    its detail, and (if given) this HTTP status."""
+    msg = assert_failure(r, *needles)
+    parsed = parse_failure(msg)
+    assert parsed is not None
+    assert parsed.tag in ((tags,) if isinstance(tags, str) else tags), msg
+    if status is not None:
+        assert parsed.status == status, msg
+    return parsed
+
+
+def assert_stripe(r: Reply, mode: str, port: int) -> None:
+    """The last marker names both ends of the data connection: the remote at ``port`` and
+    this server's end of that connection (another local port)."""
+    last = r.markers[-1]
+    remote = conn(port)
+    here = last.stripe_destination if mode == "pull" else last.stripe_source
+    there = last.stripe_source if mode == "pull" else last.stripe_destination
+    assert there == remote, last
+    assert here.startswith("tcp:127.0.0.1:") and here != remote, last
+    assert 0 < int(here.rsplit(":", 1)[1]) < 65536, last
 
 
 def assert_nothing_kept(root: Path, target: Path) -> None:
@@ -229,6 +262,7 @@ def test_pull_between_two_se(active: SEProcess, passive: SEProcess, size: int) -
     write(passive.root, f"src/pull-{size}", data)
     r = pull(f"{active.url}/dst/pull-{size}", f"{passive.url}/src/pull-{size}")
     assert_success(r, passive.port, size)
+    assert_stripe(r, "pull", passive.port)
     got = active.root / f"dst/pull-{size}"
     assert got.read_bytes() == data
     assert stored_adler32(got) == adler32_hex(data)
@@ -241,6 +275,7 @@ def test_push_between_two_se(active: SEProcess, passive: SEProcess, size: int) -
     write(active.root, f"out/push-{size}", data)
     r = push(f"{active.url}/out/push-{size}", f"{passive.url}/in/push-{size}")
     assert_success(r, passive.port, size)
+    assert_stripe(r, "push", passive.port)
     got = passive.root / f"in/push-{size}"
     assert got.read_bytes() == data
     assert stored_adler32(got) == adler32_hex(data)
@@ -341,7 +376,9 @@ def test_required_checksum_without_one_fails(active: SEProcess, remote: Remote) 
         f"{remote.url}/nodigest/nosum",
         "RequireChecksumVerification: true",
     )
-    assert_failure(r, "checksum verification required", f"remote={remote.url}/nodigest/nosum")
+    assert_failed_at(
+        r, "checksum", "checksum verification required", f"remote={remote.url}/nodigest/nosum"
+    )
     assert_nothing_kept(active.root, active.root / "cks/nosum")
 
 
@@ -373,7 +410,7 @@ def test_wrong_bytes_fail_naming_both_checksums(active: SEProcess, remote: Remot
     remote.files["wrongbytes"] = data
     bad = bytes(b ^ 0x5A for b in data)
     r = pull(f"{active.url}/cks/wrongbytes", f"{remote.url}/wrongbytes/wrongbytes")
-    assert_failure(r, "adler32", adler32_hex(data), adler32_hex(bad))
+    assert_failed_at(r, "checksum", "adler32 mismatch", adler32_hex(data), adler32_hex(bad))
     assert_nothing_kept(active.root, active.root / "cks/wrongbytes")
 
 
@@ -382,7 +419,7 @@ def test_wrong_digest_fails(active: SEProcess, remote: Remote) -> None:
     remote.files["wrongdigest"] = data
     r = pull(f"{active.url}/cks/wrongdigest", f"{remote.url}/wrongdigest/wrongdigest")
     declared = digest_of(data + b"not the file").split("=", 1)[1]
-    assert_failure(r, "adler32", declared, adler32_hex(data))
+    assert_failed_at(r, "checksum", "adler32 mismatch", declared, adler32_hex(data))
     assert_nothing_kept(active.root, active.root / "cks/wrongdigest")
 
 
@@ -429,8 +466,9 @@ def test_stall_timeout(farm: ServerFarm, remote: Remote) -> None:
     se = farm["strict"]
     remote.files["stall"] = random_bytes(100_000, seed=40)
     r = pull(f"{se.url}/stall", f"{remote.url}/stall/stall")
-    msg = assert_failure(r, "stall timeout", "stalled after 50000 of 100000 bytes")
-    assert msg.startswith("stall timeout"), msg
+    assert_failed_at(
+        r, "source body", "timed out", "stalled after 50000 of 100000 bytes", "tpc.stall_timeout"
+    )
     assert r.elapsed < 6, r.elapsed
     assert r.markers[-1].stripe_bytes == 50_000
     assert_nothing_kept(se.root, se.root / "stall")
@@ -440,8 +478,7 @@ def test_first_byte_timeout(farm: ServerFarm, remote: Remote) -> None:
     se = farm["strict"]
     remote.files["nobody"] = random_bytes(100_000, seed=41)
     r = pull(f"{se.url}/nobody", f"{remote.url}/nobody/nobody")
-    msg = assert_failure(r, "first-byte timeout")
-    assert msg.startswith("first-byte timeout"), msg
+    assert_failed_at(r, "source first byte", "timed out", "tpc.first_byte_timeout")
     assert r.elapsed < 6, r.elapsed
     assert all(m.stripe_bytes == 0 for m in r.markers)
     assert_nothing_kept(se.root, se.root / "nobody")
@@ -477,9 +514,8 @@ def test_direct_pull_stall_timeout(farm: ServerFarm, remote: Remote) -> None:
     se = farm["direct"]
     remote.files["d-stall"] = random_bytes(100_000, seed=72)
     r = pull(f"{se.url}/direct/stall", f"{remote.url}/stall/d-stall")
-    msg = assert_failure(r, "stall timeout", "stalled after 50000 of 100000 bytes")
+    assert_failed_at(r, "source body", "timed out", "stalled after 50000 of 100000 bytes")
     assert r.elapsed < 6, r.elapsed
-    assert msg.startswith("stall timeout"), msg
     assert_nothing_kept(se.root, se.root / "direct/stall")
 
 
@@ -487,7 +523,8 @@ def test_direct_pull_source_closes_early(farm: ServerFarm, remote: Remote) -> No
     se = farm["direct"]
     remote.files["d-short"] = random_bytes(100_000, seed=73)
     r = pull(f"{se.url}/direct/short", f"{remote.url}/short/d-short")
-    assert_failure(r, "50000 of 100000")
+    # Whether the close is seen by aiohttp's parser or by the direct reader, the same phase.
+    assert_failed_at(r, "source body", "the data ended early", "50000 of 100000 bytes")
     assert_nothing_kept(se.root, se.root / "direct/short")
 
 
@@ -837,7 +874,7 @@ def test_denied_network_by_name(farm: ServerFarm, remote: Remote) -> None:
     if r.status == 403:
         assert r.result is None
     else:
-        assert_failure(r, "not allowed")
+        assert_failed_at(r, "source connect", "not allowed")
         assert all(m.stripe_bytes == 0 for m in r.markers)
     assert remote.seen(path="/ok/denied-name") == []
     assert_nothing_kept(se.root, se.root / "denied-name")
@@ -850,7 +887,13 @@ def test_push_to_a_refusing_destination(active: SEProcess, remote: Remote) -> No
     data = random_bytes(100_000, seed=90)
     write(active.root, "out/refused", data)
     r = push(f"{active.url}/out/refused", f"{remote.url}/put403/refused")
-    assert_failure(r, "403", f"remote={remote.url}/put403/refused")
+    assert_failed_at(
+        r,
+        ("destination first byte", "destination body", "destination close"),
+        "PUT answered HTTP 403 Forbidden: no writing here",
+        f"remote={remote.url}/put403/refused",
+        status=403,
+    )
     assert [s.method for s in remote.seen(path="/put403/refused")] == ["PUT"]
     assert "refused" not in remote.stored
     assert (active.root / "out/refused").read_bytes() == data  # the source is untouched
@@ -860,7 +903,7 @@ def test_push_verification_failure_deletes_the_copy(active: SEProcess, remote: R
     data = random_bytes(100_000, seed=91)
     write(active.root, "out/badsum", data)
     r = push(f"{active.url}/out/badsum", f"{remote.url}/badsum/badsum")
-    assert_failure(r, "verification failed", adler32_hex(data))
+    assert_failed_at(r, "checksum", "verification failed (the copy was deleted)", adler32_hex(data))
     methods = [s.method for s in remote.seen(path="/badsum/badsum")]
     assert methods == ["PUT", "HEAD", "DELETE"], methods
     assert "badsum" not in remote.stored
@@ -922,7 +965,7 @@ def test_push_with_expect_continue(farm: ServerFarm, remote: Remote, passive: SE
     assert put.header("Expect") == "100-continue", put.headers
     # A refusal before the body: the 403 comes instead of 100 Continue.
     r = push(f"{se.url}/exp/src", f"{remote.url}/put403/exp-refused")
-    assert_failure(r, "403")
+    assert_failed_at(r, "destination first byte", "PUT answered HTTP 403", status=403)
     # And se itself as the destination.
     r = push(f"{se.url}/exp/src", f"{passive.url}/exp/dst")
     assert_success(r, passive.port, len(data))
@@ -980,3 +1023,172 @@ def test_remote_connections_over_ipv6(tmp_path: Path, active: SEProcess) -> None
         assert (v6.root / "back").read_bytes() == data
     finally:
         v6.stop()
+
+
+# --------------------------------------------------------------------------- failure phases
+# Each phase of the failure-line grammar (se.tpc.markers), provoked with a real remote.
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Listener:
+    """A TCP listener on loopback that never speaks HTTP: with ``tls``, it completes (or
+    fails) TLS handshakes with a certificate of a CA nobody trusts; without, it accepts and
+    holds each connection silently until :meth:`stop`.  The accept loop is bounded."""
+
+    def __init__(self, tls: bool) -> None:
+        self._ctx: ssl.SSLContext | None = None
+        if tls:
+            import trustme
+
+            self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            trustme.CA().issue_cert("127.0.0.1").configure_cert(self._ctx)
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self.port = int(self._sock.getsockname()[1])
+        self._stop = threading.Event()
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._run, name="tpc-listener", daemon=True)
+
+    def __enter__(self) -> Listener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for c in self._held:
+            c.close()
+        self._sock.close()
+
+    def _run(self) -> None:
+        for _ in range(3000):  # at most 5 minutes
+            if self._stop.is_set():
+                return
+            try:
+                c, _addr = self._sock.accept()
+            except TimeoutError:
+                continue
+            if self._ctx is None:
+                self._held.append(c)
+                continue
+            c.settimeout(5)
+            try:
+                self._ctx.wrap_socket(c, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                pass
+            finally:
+                c.close()
+
+
+def test_phase_connect(active: SEProcess) -> None:
+    port = _closed_port()
+    write(active.root, "phase/connect-src", b"data")
+    r = pull(f"{active.url}/phase/connect", f"http://127.0.0.1:{port}/f")
+    parsed = assert_failed_at(
+        r, "source connect", f"cannot connect to 127.0.0.1:{port}: Connection refused"
+    )
+    assert parsed.errno == errno.ECONNREFUSED
+    assert_nothing_kept(active.root, active.root / "phase/connect")
+    r = push(f"{active.url}/phase/connect-src", f"http://127.0.0.1:{port}/f")
+    parsed = assert_failed_at(r, "destination connect", "Connection refused")
+    assert parsed.errno == errno.ECONNREFUSED
+    assert parsed.local == "/phase/connect-src"
+
+
+def test_phase_tls(active: SEProcess) -> None:
+    write(active.root, "phase/tls-src", b"data")
+    with Listener(tls=True) as tls:
+        url = f"https://127.0.0.1:{tls.port}/f"
+        r = pull(f"{active.url}/phase/tls", url)
+        assert_failed_at(r, "source TLS", f"certificate of 127.0.0.1:{tls.port} not trusted")
+        r = push(f"{active.url}/phase/tls-src", url)
+        assert_failed_at(r, "destination TLS", "not trusted")
+    assert_nothing_kept(active.root, active.root / "phase/tls")
+
+
+def test_phase_head(farm: ServerFarm) -> None:
+    se = farm["strict"]  # head_timeout = 1 s
+    with Listener(tls=False) as silent:
+        r = pull(f"{se.url}/phase/head", f"http://127.0.0.1:{silent.port}/f")
+    assert_failed_at(r, "source HEAD", "timed out", "tpc.head_timeout")
+    assert_nothing_kept(se.root, se.root / "phase/head")
+
+
+@pytest.mark.parametrize("code", [403, 500])
+def test_phase_first_byte_names_the_status(active: SEProcess, remote: Remote, code: int) -> None:
+    r = pull(f"{active.url}/phase/status-{code}", f"{remote.url}/status/{code}/f")
+    assert_failed_at(
+        r, "source first byte", f"GET answered HTTP {code}", f"scripted {code}", status=code
+    )
+    assert_nothing_kept(active.root, active.root / f"phase/status-{code}")
+    methods = [s.method for s in remote.seen(path=f"/status/{code}/f")]
+    assert "GET" in methods, methods
+
+
+def test_phase_first_byte_of_a_push(farm: ServerFarm, remote: Remote) -> None:
+    se = farm["expect"]  # Expect: 100-continue: the answer comes before any byte
+    write(se.root, "phase/push-507", random_bytes(10_000, seed=201))
+    r = push(f"{se.url}/phase/push-507", f"{remote.url}/status/507/f")
+    assert_failed_at(r, "destination first byte", "PUT answered HTTP 507", status=507)
+
+
+def test_phase_body(active: SEProcess, remote: Remote) -> None:
+    remote.files["phase-short"] = random_bytes(100_000, seed=202)
+    r = pull(f"{active.url}/phase/body", f"{remote.url}/short/phase-short")
+    assert_failed_at(r, "source body", "the data ended early")
+    assert_nothing_kept(active.root, active.root / "phase/body")
+
+
+def test_phase_checksum(active: SEProcess, remote: Remote) -> None:
+    data = random_bytes(20_000, seed=203)
+    remote.files["phase-sum"] = data
+    r = pull(f"{active.url}/phase/checksum", f"{remote.url}/wrongdigest/phase-sum")
+    parsed = assert_failed_at(r, "checksum", "adler32 mismatch: source declared")
+    assert parsed.status is None and parsed.errno is None
+    assert_nothing_kept(active.root, active.root / "phase/checksum")
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str, read_only: bool = False) -> Iterator[None]:
+    """A small tmpfs mounted at ``path`` (skips where mounting is not allowed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    res = run_bytes(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], timeout=10)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode(errors='replace')}")
+    try:
+        if read_only:
+            ro = run_bytes(["mount", "-o", "remount,ro", str(path)], timeout=10)
+            assert ro.returncode == 0, ro.stderr
+        yield
+    finally:
+        run_bytes(["umount", "-l", str(path)], timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "read_only", "code"),
+    [
+        ("full", "size=1m,nr_inodes=1", False, errno.ENOSPC),  # no inode left: ENOSPC
+        ("readonly", "size=1m", True, errno.EROFS),
+    ],
+)
+def test_phase_local_write(
+    active: SEProcess,
+    remote: Remote,
+    name: str,
+    options: str,
+    read_only: bool,
+    code: int,
+) -> None:
+    remote.files[f"phase-{name}"] = random_bytes(10_000, seed=204)
+    mount = active.root / "phase" / name
+    with _tmpfs(mount, options, read_only):
+        r = pull(f"{active.url}/phase/{name}/x", f"{remote.url}/ok/phase-{name}")
+        parsed = assert_failed_at(r, "local write", f"(errno {code})")
+        assert parsed.errno == code
+        assert parsed.detail.startswith(f"/phase/{name}/x: {os.strerror(code)}"), parsed
+        assert os.listdir(mount) == []

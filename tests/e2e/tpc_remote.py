@@ -17,6 +17,8 @@ the behaviour, the rest names a file of :attr:`Remote.files` (what a GET serves)
 ``redirect``    ``/redirect/<code>/<key>`` answers ``<code>`` to ``Remote.redirects[key]``
 ``put403``      refuses a PUT with 403 (in answer to ``Expect: 100-continue``)
 ``badsum``      stores a PUT, then declares a wrong adler32 on HEAD; DELETE removes it
+``status``      ``/status/<code>/<name>`` answers every request with ``<code>`` and the text
+                ``scripted <code>``
 
 Nothing here blocks forever: stalled handlers wait for an event that :meth:`Remote.stop`
 sets, and the runner is cleaned up with a short shutdown timeout.
@@ -179,6 +181,9 @@ class Remote:
         self._record(request)
         mode = request.match_info["mode"]
         name = request.match_info["name"]
+        if mode == "status":
+            code = int(name.partition("/")[0])
+            return web.Response(status=code, text=f"scripted {code}")
         if request.method == "PUT" and mode in ("ok", "badsum"):
             return await self._put(request)
         if request.method == "DELETE" and mode in ("ok", "badsum"):

@@ -10,12 +10,19 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from se.tpc.markers import (
+    LOCAL_PHASES,
     MAX_LINE,
+    REMOTE_PHASES,
+    SIDES,
+    Failure,
     PerfMarker,
     Result,
     format_connection,
+    format_failure,
     format_marker,
     format_result,
+    os_error_text,
+    parse_failure,
     parse_stream,
 )
 
@@ -156,6 +163,8 @@ def perf_markers(draw: st.DrawFn) -> PerfMarker:
         stripe_bytes=draw(_COUNTS),
         total_stripes=draw(st.integers(min_value=1, max_value=8192)),
         remote_connections=tuple(draw(st.lists(_CONNECTIONS, max_size=3))),
+        stripe_source=draw(st.one_of(st.just(""), _CONNECTIONS)),
+        stripe_destination=draw(st.one_of(st.just(""), _CONNECTIONS)),
     )
 
 
@@ -442,3 +451,197 @@ def test_format_result_under_max_line() -> None:
     message = "x" * (MAX_LINE - len("failure: "))
     line = format_result("failure", message)
     assert len(line) - 1 < MAX_LINE
+
+
+# --------------------------------------------------------------------------- stripe ends
+
+
+def test_format_marker_with_stripe_ends_exact_text() -> None:
+    m = PerfMarker(
+        timestamp=1700000000,
+        stripe_bytes=7,
+        remote_connections=("tcp:192.0.2.1:1094",),
+        stripe_source="tcp:192.0.2.1:1094",
+        stripe_destination="tcp:[2001:db8::2]:40112",
+    )
+    assert format_marker(m) == (
+        b"Perf Marker\n"
+        b"Timestamp: 1700000000\n"
+        b"Stripe Index: 0\n"
+        b"Stripe Bytes Transferred: 7\n"
+        b"Total Stripe Count: 1\n"
+        b"RemoteConnections: tcp:192.0.2.1:1094\n"
+        b"Stripe Source: tcp:192.0.2.1:1094\n"
+        b"Stripe Destination: tcp:[2001:db8::2]:40112\n"
+        b"End\n"
+    )
+    markers, _ = parse_stream(format_marker(m).decode())
+    assert markers == [m] and markers[0].extra == {}
+
+
+# The prefixes davix (src/modules/copy/copy.cpp, monitorPerformanceMarkers) compares, in its
+# order, case-insensitively, after leading whitespace; anything else is logged and ignored.
+DAVIX_PREFIXES = (
+    "Perf Marker",
+    "Timestamp:",
+    "Stripe Index:",
+    "Stripe Bytes Transferred:",
+    "Total Stripe Count:",
+    "RemoteConnections:",
+    "End",
+    "success",
+    "aborted",
+    "failed",
+    "failure",
+)
+
+
+def _davix_reads(line: str) -> str | None:
+    text = line.lstrip().lower()
+    return next((p for p in DAVIX_PREFIXES if text.startswith(p.lower())), None)
+
+
+@given(perf_markers())
+def test_davix_ignores_the_stripe_end_lines(m: PerfMarker) -> None:
+    for line in format_marker(m).decode().splitlines():
+        if line.startswith(("Stripe Source:", "Stripe Destination:")):
+            assert _davix_reads(line) is None, line
+        else:
+            assert _davix_reads(line) is not None, line
+        assert len(line.encode()) < MAX_LINE
+
+
+# --------------------------------------------------------------------------- failure lines
+
+
+def test_failure_tags() -> None:
+    assert Failure("source", "first byte", "x").tag == "source first byte"
+    assert Failure("destination", "TLS", "x").tag == "destination TLS"
+    assert Failure("local", "write", "x").tag == "local write"
+    assert Failure("", "checksum", "x").tag == "checksum"
+    assert str(Failure("source", "body", "the data ended early")) == (
+        "source body: the data ended early"
+    )
+
+
+@pytest.mark.parametrize(
+    ("side", "phase"),
+    [("source", "write"), ("local", "body"), ("", "body"), ("remote", "connect"), ("", "")],
+)
+def test_failure_refuses_unknown_tags(side: str, phase: str) -> None:
+    with pytest.raises(ValueError, match="no failure tag"):
+        Failure(side, phase, "x")
+
+
+def test_format_failure_exact_lines() -> None:
+    line = format_failure(
+        "failure",
+        Failure(
+            "destination",
+            "connect",
+            "cannot connect to 127.0.0.1:9: Connection refused (errno 111)",
+        ),
+        "/data/f",
+        "http://127.0.0.1:9/x",
+    )
+    assert line == (
+        b"failure: destination connect: cannot connect to 127.0.0.1:9: Connection refused "
+        b"(errno 111); local=/data/f remote=http://127.0.0.1:9/x\n"
+    )
+    line = format_failure("aborted", "server shutting down", "/f", "https://h/f?...")
+    assert line == b"aborted: server shutting down; local=/f remote=https://h/f?...\n"
+
+
+def test_parse_failure_reads_back_status_and_errno() -> None:
+    line = format_failure(
+        "failure",
+        Failure("source", "first byte", "GET answered HTTP 404 Not Found: Unable to open /nope"),
+        "/local/x",
+        "https://src.example.org:1094/nope",
+    )
+    parsed = parse_failure(line.decode())
+    assert parsed is not None
+    assert (parsed.side, parsed.phase, parsed.tag) == ("source", "first byte", "source first byte")
+    assert parsed.status == 404 and parsed.errno is None
+    assert parsed.detail == "GET answered HTTP 404 Not Found: Unable to open /nope"
+    assert (parsed.local, parsed.remote) == ("/local/x", "https://src.example.org:1094/nope")
+
+    disk = Failure("local", "write", "/full/x: No space left on device (errno 28)")
+    parsed = parse_failure(format_failure("failure", disk, "/full/x", "http://h/f").decode())
+    assert parsed is not None
+    assert (parsed.tag, parsed.status, parsed.errno) == ("local write", None, 28)
+
+    # What davix hands gfal2 (and FTS shows): the line after "Transfer ".
+    _markers, result = parse_stream(format_failure("failure", disk, "/a b", "http://h/f").decode())
+    assert result is not None
+    parsed = parse_failure(result.message)
+    assert parsed is not None and parsed.local == "/a b" and parsed.tag == "local write"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "failure: Couldn't connect to server",  # XRootD
+        "failure: stall timeout: no data; local=/x remote=http://h/x",  # before the tags
+        "success: Created",
+        "failure: source first byte: no suffix",
+    ],
+)
+def test_parse_failure_of_other_lines(line: str) -> None:
+    assert parse_failure(line) is None
+
+
+_TAGGED = st.one_of(
+    st.builds(
+        Failure, st.sampled_from(SIDES), st.sampled_from(REMOTE_PHASES), st.text(max_size=2000)
+    ),
+    st.builds(Failure, st.just("local"), st.sampled_from(LOCAL_PHASES), st.text(max_size=2000)),
+    st.builds(Failure, st.just(""), st.just("checksum"), st.text(max_size=2000)),
+)
+_PATHS = st.text(st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp")), max_size=300)
+_URLS = st.from_regex(r"https?://[a-z0-9.:\[\]]{1,60}/[!-~]{0,400}", fullmatch=True)
+
+
+def _folded(text: str) -> str:
+    """What one line keeps of a text: printable characters, single spaces."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+@given(_TAGGED, _PATHS, _URLS)
+@example(Failure("source", "body", "x" * 5000), "/p" * 200, "http://h/" + "q" * 400)
+@example(Failure("", "checksum", "\u20ac" * 2000), "/f", "http://h/f")
+@example(Failure("source", "HEAD", "a; local=/evil remote=http://x/y"), "/f", "http://h/f")
+def test_failure_line_round_trip(failure: Failure, local: str, remote: str) -> None:
+    line = format_failure("failure", failure, local, remote)
+    assert line.endswith(b"\n") and b"\n" not in line[:-1]
+    assert len(line) - 1 <= MAX_LINE
+    parsed = parse_failure(line.decode())
+    assert parsed is not None, line
+    assert (parsed.side, parsed.phase) == (failure.side, failure.phase)
+    assert parsed.remote == remote
+    assert parsed.local == _folded(local)
+    want = _folded(failure.detail)
+    if parsed.detail.endswith("...") and parsed.detail != want:
+        assert want.startswith(parsed.detail[:-3]), (want, parsed.detail)
+    else:
+        assert parsed.detail == want
+
+
+def test_a_long_detail_keeps_the_tag_and_the_suffix() -> None:
+    line = format_failure(
+        "failure", Failure("source", "body", "x" * 5000), "/local/path", "http://remote/p?..."
+    )
+    assert len(line) <= MAX_LINE
+    assert line.startswith(b"failure: source body: xxx")
+    assert line.endswith(b"...; local=/local/path remote=http://remote/p?...\n"), line
+
+
+def test_os_error_text() -> None:
+    assert os_error_text(OSError(28, "whatever the call said")) == (
+        "No space left on device (errno 28)"
+    )
+    assert os_error_text(ConnectionRefusedError(111, "Connect call failed")) == (
+        "Connection refused (errno 111)"
+    )
+    assert os_error_text(OSError("no errno here")) == "no errno here"
+    assert os_error_text(OSError(-2, "Name or service not known")) == "Name or service not known"
