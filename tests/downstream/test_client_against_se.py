@@ -17,8 +17,6 @@ import pytest
 
 from se.testing import JWTIssuer, SEServer, SEServerFactory
 
-pytestmark = [pytest.mark.timeout(120)]
-
 
 def http(
     method: str, url: str, token: str | None = None, data: bytes | None = None

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import jwt
 import pytest
 
+from se.testing import SEServer, SEServerFactory
 from se.tpc.markers import parse_stream
 from tests.conftest import BASE_CONFIG, need
 from tests.e2e.clients import need_gfal, random_bytes, run, run_ok
@@ -782,17 +783,32 @@ def _curl_copy(url: str, headers: Sequence[str]) -> tuple[int, str]:
 
 @pytest.mark.clients
 def test_tpc_pull_between_token_protected_servers(
-    issuer: JWTIssuer, se_factory: Callable[..., SEProcess], tmp_path: Path
+    se_issuer: JWTIssuer, se_server_factory: SEServerFactory, tmp_path: Path
 ) -> None:
+    """Two servers from the se.testing plugin, trusting its issuer (a JWKS file) for /wlcg."""
     need("curl")
-    config = se_config(issuer.issuer, ca_file=issuer.ca_pem) + "\n[tpc]\nmarker_period = 0.3\n"
+    config = {"auth": {"anonymous": "none"}, "tpc": {"marker_period": 0.3}}
     src_root, dst_root = tmp_path / "src", tmp_path / "dst"
     data = random_bytes(2 * 1024 * 1024 + 1, 43)
     (src_root / "wlcg" / "tpc").mkdir(parents=True)
     (src_root / "wlcg" / "tpc" / "f.bin").write_bytes(data)
     (dst_root / "wlcg" / "tpc").mkdir(parents=True)
-    source = se_factory(config=config, root=src_root)
-    dest = se_factory(config=config, root=dst_root)
+    started = [
+        se_server_factory(config, root=root, issuer_config={"base_path": "/wlcg"})
+        for root in (src_root, dst_root)
+    ]
+    try:
+        source, dest = started
+        _tpc_pull(se_issuer, source, dest, data)
+    finally:
+        for srv in started:
+            srv.stop()
+
+
+def _tpc_pull(issuer: JWTIssuer, source: SEServer, dest: SEServer, data: bytes) -> None:
+    """Pull /wlcg/tpc/f.bin from source to dest with curl: with both tokens, without the
+    source's, and with a destination token that may not write."""
+    dst_root = dest.root
     src_token = issuer.mint("storage.read:/tpc/f.bin", aud=source.url)
     dst_token = issuer.mint("storage.create:/tpc", aud=dest.url)
     src_url = source.url + "/wlcg/tpc/f.bin"
@@ -825,8 +841,8 @@ def test_tpc_pull_between_token_protected_servers(
     assert code == 403, (code, body)
     assert not (dst_root / "wlcg" / "tpc" / "copy3.bin").exists()
     for srv in (source, dest):
-        assert src_token.split(".")[2] not in srv.stderr()
-        assert dst_token.split(".")[2] not in srv.stderr()
+        assert src_token.split(".")[2] not in srv.log()
+        assert dst_token.split(".")[2] not in srv.log()
 
 
 # --------------------------------------------------------------------------- se token CLI
