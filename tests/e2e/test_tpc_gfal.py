@@ -144,3 +144,21 @@ def test_gfal_tpc_over_davs_with_macaroons(
     assert "tpc pull" in dst.stderr() and "tpc push" in src.stderr()
     # The tokens themselves never reach the logs.
     assert "eyJ" not in logs
+
+
+def test_gfal_shows_where_a_pull_failed(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    """FTS sees what gfal2 reports: the failure line's phase tag and detail, unchanged."""
+    src = se_factory(config=FAST, root=tmp_path / "src")
+    dst = se_factory(config=FAST + "max_pull_bytes = 1000\n", root=tmp_path / "dst")
+    (src.root / "f").write_bytes(random_bytes(5000, 21))
+    res = run(["gfal-copy", "--copy-mode", "pull", f"{src.url}/f", f"{dst.url}/f"])
+    assert res.returncode != 0
+    out = res.stderr + res.stdout
+    assert (
+        "failure: local write: the source declares 5000 bytes, more than tpc.max_pull_bytes "
+        "(1000); local=/f remote=" in out
+    ), out
+    assert not (dst.root / "f").exists()
+    assert not leftovers(dst.root)
