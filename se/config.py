@@ -975,6 +975,12 @@ def _validate_listener(cfg: Config, lst: Listener, derived: Config, who: str) ->
     for iss in lst.issuers or ():
         if iss not in known:
             raise ConfigError(f"{who}.issuers: {iss} is not one of the [[auth.issuers]]")
+    host = derived.server.host
+    if cfg.faults.enabled and not cfg.faults.allow_non_loopback and not is_loopback(host):
+        raise ConfigError(
+            f"{who}.host: refusing fault injection on non-loopback address {host} "
+            "(set faults.allow_non_loopback = true for a test grid)"
+        )
     tls = derived.tls
     if bool(tls.cert) != bool(tls.key):
         raise ConfigError(f"{who}.tls: cert and key must be set together")

@@ -472,6 +472,14 @@ def test_listener_errors_are_one_line_and_named(listeners: Any, needle: str) -> 
     assert "\n" not in str(info.value)
 
 
+def test_listener_on_a_public_address_is_checked_for_faults() -> None:
+    public = {"port": 0, "host": "0.0.0.0"}
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.host: refusing fault injection"):
+        load_mapping({"faults": {"enabled": True}, "listeners": [public]})
+    load_mapping({"faults": {"enabled": True, "allow_non_loopback": True}, "listeners": [public]})
+    load_mapping({"faults": {"enabled": True}, "listeners": [{"port": 0}]})
+
+
 def test_listeners_may_share_a_port_number_on_other_addresses() -> None:
     cfg = load_mapping(
         {"listeners": [{"port": 8080, "host": "127.0.0.2"}, {"port": 0}, {"port": 0}]}
