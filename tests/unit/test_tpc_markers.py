@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from se.storage.paths import confine
 from se.tpc.markers import (
     LOCAL_PHASES,
     MAX_LINE,
@@ -25,6 +27,8 @@ from se.tpc.markers import (
     parse_failure,
     parse_stream,
 )
+from se.tpc.request import Mode, TransferSpec
+from se.tpc.state import Transfer
 
 # The body XRootD 5.5.3 streamed for a pull (from the capture xrootd-perfmarkers.txt,
 # receive timestamps removed): four markers, 5 s apart, then the result line.
@@ -645,3 +649,52 @@ def test_os_error_text() -> None:
     )
     assert os_error_text(OSError("no errno here")) == "no errno here"
     assert os_error_text(OSError(-2, "Name or service not known")) == "Name or service not known"
+
+
+# --------------------------------------------------------------------------- a transfer's
+
+
+def _spec(mode: Mode) -> TransferSpec:
+    return TransferSpec(mode, "http://127.0.0.1:1/f", True, None, 1, (), None, ())
+
+
+@pytest.mark.parametrize("mode", [Mode.PULL, Mode.PUSH])
+async def test_transfer_markers_name_both_ends_and_where_it_is(mode: Mode) -> None:
+    """Over a real loopback connection: the stripe ends in the marker, and the phase a
+    failure without a tag of its own is reported in."""
+
+    done = asyncio.Event()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        done.set()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        here = writer.transport.get_extra_info("sockname")[1]
+        t = Transfer(_spec(mode), confine("/f"))
+        side = "source" if mode is Mode.PULL else "destination"
+        assert t.where() == (side, "connect")
+        assert b"Stripe Source" not in format_marker(t.marker())  # no connection yet
+        t.peer("127.0.0.1", port, writer.transport)
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    m = t.marker()
+    ends = (f"tcp:127.0.0.1:{port}", f"tcp:127.0.0.1:{here}")
+    got = (m.stripe_source, m.stripe_destination)
+    assert got == (ends if mode is Mode.PULL else ends[::-1])
+    assert t.where() == (side, "first byte")
+    t.size = 10
+    t.progress(4)
+    assert t.where() == (side, "body")
+    t.progress(6)
+    assert t.where() == (("local", "write") if mode is Mode.PULL else (side, "close"))
+    assert Failure(*t.where(), "timed out").tag in {"local write", "destination close"}
