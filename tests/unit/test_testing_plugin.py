@@ -106,8 +106,10 @@ def test_server_basics(se_server: SEServer, se_issuer: JWTIssuer) -> None:
 
 
 def test_stop(se_server_factory: SEServerFactory) -> None:
-    srv = se_server_factory()
+    srv = se_server_factory(issuer=None)
     assert srv.running
+    # Once it has answered (its SIGTERM handler is set: the address line comes before it).
+    assert request(srv, "GET", "/")[0] == 200
     assert srv.stop() == 0
     assert srv.returncode == 0
     assert srv.stop() == 0  # again: nothing to do
