@@ -53,6 +53,7 @@ _FIRED: web.RequestKey[Rule] = web.RequestKey("se_fault", Rule)
 _GATED: web.RequestKey[bool] = web.RequestKey("se_fault_gated", bool)
 _STARTED: web.RequestKey[float] = web.RequestKey("se_started", float)
 _RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)")
+_OWN_PATHS = ("/.well-known/se/",)
 _TPC_AGENTS = re.compile(r".*tpc|dcache|storm", re.I)
 
 
@@ -119,6 +120,8 @@ async def gate(request: web.Request) -> web.StreamResponse | None:
     faults = ctx.faults
     if faults is None or _GATED in request or not faults.rules():
         return None
+    if request.path.startswith(_OWN_PATHS):
+        return None  # the fault, event and metrics endpoints stay usable whatever the rules
     request[_GATED] = True  # once per request (the 100-continue hook may have been first)
     facts = facts_of(request)
     candidates = faults.candidates(facts)

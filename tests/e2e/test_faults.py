@@ -166,6 +166,14 @@ def test_bad_rules_are_refused(srv: SEProcess, rule: dict[str, Any], reason: str
     assert status == 400 and reason in body, body
 
 
+def test_a_catch_all_rule_leaves_the_endpoints_usable(srv: SEProcess) -> None:
+    add(srv, status=503)
+    assert curl("-o", "/dev/null", "-w", "%{http_code}", f"{srv.url}/f.bin").stdout == b"503"
+    assert api(srv, "GET", "/.well-known/se/faults")[0] == 200
+    assert api(srv, "GET", "/.well-known/se/events?limit=1")[0] == 200
+    assert api(srv, "DELETE", "/.well-known/se/faults")[0] == 204
+
+
 def test_api_refusals(srv: SEProcess) -> None:
     assert api(srv, "DELETE", "/.well-known/se/faults/nosuchrule")[0] == 404
     status, body = api(srv, "DELETE", "/.well-known/se/faults/cfg-0")
