@@ -807,7 +807,7 @@ class Listener:
 
     port: int  # 0 = an ephemeral port, printed at start
     host: str | None = None
-    name: str = ""  # shown in messages only
+    name: str = ""  # in messages and in the name of its macaroon secret file
     base: str = "/"  # this listener's "/" is <storage.root><base>
     tls: TLSConfig | None = None
     anonymous: str | None = None  # "none" | "read" | "read-write"
@@ -876,10 +876,10 @@ def _listener_tls(raw: Any, tls: TLSConfig, where: str) -> TLSConfig:
 def listener_configs(cfg: Config) -> tuple[Config, ...]:
     """The configuration of every endpoint: ``cfg`` itself (its ``[server]`` host and port),
     then one derived configuration per ``[[listeners]]`` table."""
-    return (cfg, *(_derive(cfg, lst) for lst in cfg.listeners))
+    return (cfg, *(_derive(cfg, lst, i) for i, lst in enumerate(cfg.listeners, 1)))
 
 
-def _derive(cfg: Config, lst: Listener) -> Config:
+def _derive(cfg: Config, lst: Listener, index: int) -> Config:
     s = cfg.server
     server = dataclasses.replace(
         s,
@@ -907,13 +907,21 @@ def _derive(cfg: Config, lst: Listener) -> Config:
             if lst.accept_any_audience is None
             else lst.accept_any_audience,
         )
-    return dataclasses.replace(
+    derived = dataclasses.replace(
         cfg,
         server=server,
         storage=dataclasses.replace(cfg.storage, root=root),
         tls=cfg.tls if lst.tls is None else lst.tls,
         auth=auth,
         listeners=(),
+    )
+    # Its own macaroon secret beside the shared one (<stem>-<name or listener-N><suffix>): a
+    # macaroon that one listener issued (say to an anonymous caller) must not open another
+    # listener of the same state directory.
+    shared = Path(cfg.tpc.macaroon_secret_file or state_dir(derived) / "macaroon.secret")
+    secret = shared.with_name(f"{shared.stem}-{lst.name or f'listener-{index}'}{shared.suffix}")
+    return dataclasses.replace(
+        derived, tpc=dataclasses.replace(cfg.tpc, macaroon_secret_file=str(secret))
     )
 
 
@@ -926,6 +934,12 @@ def _validate_listeners(cfg: Config) -> None:
     seen: dict[tuple[str, int], str] = {}
     names: set[str] = set()
     databases: dict[str, tuple[str, str]] = {}  # tape database -> (storage root, who)
+    for i, lst in enumerate(cfg.listeners):  # names first: they name files when derived
+        name = lst.name
+        if name and not (
+            name.isascii() and name[0].isalnum() and all(c.isalnum() or c in "._-" for c in name)
+        ):
+            raise ConfigError(f"listeners[{i}] ({name}).name: ASCII letters, digits, '.', '_', '-'")
     for index, derived in enumerate(listener_configs(cfg)):
         if index == 0:
             who = "server"

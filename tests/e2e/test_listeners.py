@@ -149,6 +149,46 @@ async def test_three_listeners_with_two_workers(
     assert not (web1_root / "new0").exists()
 
 
+async def test_macaroons_open_only_the_listener_that_issued_them(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    """Two listeners on one base share its state directory, never a macaroon secret: what
+    an anonymous caller gets from the open listener does not open the token-only one."""
+    key, jwks = keys(tmp_path)
+    config = (
+        BASE_CONFIG
+        + auth_section(jwks)
+        + '\n[[listeners]]\nname = "open"\nport = 0\nanonymous = "read-write"\nissuers = []\n'
+    )
+    srv = se_factory(config)
+    (root, closed), (_same, open_) = serving_lines(srv, 2)
+    (root / "f").write_bytes(b"data")
+    request = json.dumps({"caveats": ["activity:DOWNLOAD,UPLOAD,LIST"], "validity": "PT10M"})
+    async with aiohttp.ClientSession() as s:
+        headers = {"Content-Type": "application/macaroon-request"}
+        async with s.post(f"{open_}/", data=request, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            macaroon = (await r.json())["macaroon"]
+        async with s.get(f"{open_}/f", headers=bearer(macaroon)) as r:
+            assert r.status == 200
+        async with s.get(f"{closed}/f", headers=bearer(macaroon)) as r:
+            assert r.status == 401, await r.text()
+        async with s.put(f"{closed}/g", headers=bearer(macaroon), data=b"x") as r:
+            assert r.status == 401
+        # The token-only listener issues macaroons to token holders, for itself alone.
+        token = mint(key, [closed])
+        async with s.post(f"{closed}/", data=request, headers={**headers, **bearer(token)}) as r:
+            assert r.status == 200, await r.text()
+            own = (await r.json())["macaroon"]
+        async with s.get(f"{closed}/f", headers=bearer(own)) as r:
+            assert r.status == 200
+        async with s.get(f"{open_}/f", headers=bearer(own)) as r:
+            assert r.status == 401
+    assert not (root / "g").exists()
+    secrets = sorted(p.name for p in (root / ".se-state").glob("macaroon*.secret"))
+    assert secrets == ["macaroon-open.secret", "macaroon.secret"]
+
+
 def tpc_config(tls: TLSFiles, jwks: Path) -> str:
     return (
         BASE_CONFIG

@@ -396,9 +396,13 @@ def test_listeners_parse_and_derive() -> None:
     assert web1.auth.anonymous == "read"
     assert web1.auth.audiences == cfg.auth.audiences
     assert web1.server.local_hosts == ("se.example.org",)
+    # Each listener has its own macaroon secret, in its state directory.
+    assert xrd1.tpc.macaroon_secret_file == "/srv/grid/xrd1/.se-state/macaroon-xrd1.secret"
+    assert web1.tpc.macaroon_secret_file == "/srv/grid/web1/.se-state/macaroon-web1.secret"
     # Everything else is the top-level configuration's.
     for derived in (xrd1, web1):
-        assert derived.tpc == cfg.tpc and derived.webdav == cfg.webdav
+        assert dataclasses.replace(derived.tpc, macaroon_secret_file="") == cfg.tpc
+        assert derived.webdav == cfg.webdav
         assert derived.server.workers == cfg.server.workers
         assert state_dir(derived) == Path(derived.storage.root) / ".se-state"
 
@@ -413,6 +417,18 @@ def test_listeners_without_auth_section() -> None:
     # Not narrowed: still no [auth], so the loopback-only guard of se serve applies.
     assert same.auth is None and same.storage.root == cfg.storage.root
     assert other.storage.root == str(Path(cfg.storage.root) / "b")
+    # Unnamed listeners' secrets are numbered; listeners of one base never share one.
+    secrets = [c.tpc.macaroon_secret_file for c in (read_only, same, other)]
+    assert [Path(f).name for f in secrets] == [
+        "macaroon-listener-1.secret",
+        "macaroon-listener-2.secret",
+        "macaroon-listener-3.secret",
+    ]
+    assert top.tpc.macaroon_secret_file == ""  # <state_dir>/macaroon.secret, as before
+    explicit = load_mapping(
+        {"tpc": {"macaroon_secret_file": "/etc/se/mac.key"}, "listeners": [{"port": 0}]}
+    )
+    assert listener_configs(explicit)[1].tpc.macaroon_secret_file == "/etc/se/mac-listener-1.key"
 
 
 def test_listener_flags_follow_the_top_level() -> None:
@@ -463,6 +479,8 @@ def test_listener_flags_follow_the_top_level() -> None:
             "listeners[1] (b): 0.0.0.0:1094 is also listeners[0] (a)'s address",
         ),
         ([{"port": 0, "name": "a"}, {"port": 0, "name": "a"}], "listeners[1] (a).name: 'a'"),
+        ([{"port": 0, "name": "../x"}], "listeners[0] (../x).name: ASCII letters, digits"),
+        ([{"port": 0, "name": "xrd1é"}], "listeners[0] (xrd1é).name: ASCII letters"),
     ],
 )
 def test_listener_errors_are_one_line_and_named(listeners: Any, needle: str) -> None:
