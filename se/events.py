@@ -26,7 +26,7 @@ from typing import Any
 __all__ = ["KINDS", "EventLog", "read_events", "reset_events"]
 
 KINDS = ("request", "tpc", "tape", "fault")
-_SECRET_HEADERS = re.compile(r"authorization|cookie|x-auth-token|.*token.*|.*secret.*", re.I)
+_SECRET_HEADERS = re.compile(r".*(authorization|cookie|token|secret|password|x-auth).*", re.I)
 
 
 def redact_headers(items: Collection[tuple[str, str]]) -> dict[str, str]:

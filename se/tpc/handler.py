@@ -21,6 +21,7 @@ from aiohttp import web
 
 from se.auth.policy import Op
 from se.errors import BadRequest, Forbidden, PreconditionFailed, SEError
+from se.events import EventLog, redact_headers
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
 from se.storage.types import OpenFile, Stat
@@ -32,12 +33,15 @@ from se.tpc.remote import RemoteRefused, TransferFailed, redact
 from se.tpc.request import Mode, TransferSpec
 from se.tpc.service import TPC_SERVICE, TPCService
 from se.tpc.state import Transfer
+from se.web import testpoints
 from se.web.access import authorise, authorise_write
 from se.web.context import context
 
 __all__ = ["result_line", "third_party_copy"]
 
 log = logging.getLogger("se.tpc")
+# The result line, kept on the response for the event.
+_RESULT: web.ResponseKey[str] = web.ResponseKey("se_tpc_result", str)
 TICK = 0.2  # seconds between checks of the client connection and the timeouts
 
 
@@ -64,12 +68,41 @@ async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.Stre
     transfer = Transfer(spec, path, svc.scitags)
     transfer.client_ssl = client_ssl
     svc.admit()
+    resp: web.StreamResponse | None = None
     try:
-        if spec.mode is Mode.PULL:
-            return await _pull(request, svc, transfer)
-        return await _push(request, svc, transfer, path)
+        rule = testpoints.fired(request)
+        if rule is not None and rule.tpc_failure is not None:
+            resp = await _injected_failure(request, svc, transfer, rule.tpc_failure)
+        elif spec.mode is Mode.PULL:
+            resp = await _pull(request, svc, transfer)
+        else:
+            resp = await _push(request, svc, transfer, path)
+        return resp
     finally:
         svc.release()
+        if ctx.events is not None:
+            _record(ctx.events, request, transfer, resp)
+
+
+async def _injected_failure(
+    request: web.Request, svc: TPCService, transfer: Transfer, text: str
+) -> web.StreamResponse:
+    """A fault rule's ``tpc_failure``: accepted (202, one marker), then ``failure: <text>``
+    without moving data."""
+    resp = web.StreamResponse(
+        status=202, headers={"Content-Type": "text/perf-marker-stream", "Cache-Control": "no-cache"}
+    )
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    state = _Stream(resp, quiet=not testpoints.fired_markers(request))
+    await state.marker(markers.format_marker(transfer.marker()))
+    svc.failed += 1
+    _log(transfer, "failure", f"{text} (fault injected)")
+    await state.send(markers.format_result("failure", text))
+    if not state.broken:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await resp.write_eof()
+    return resp
 
 
 async def _delegated(request: web.Request, svc: TPCService) -> ssl.SSLContext | None:
@@ -191,7 +224,7 @@ async def _drive(
             svc.release_slot()
 
     task = asyncio.ensure_future(active())
-    state = _Stream(resp)
+    state = _Stream(resp, quiet=not testpoints.fired_markers(request))
     next_marker = 0.0
     marked_connections = 0
     try:
@@ -199,7 +232,7 @@ async def _drive(
             now = time.monotonic()
             if now >= next_marker or len(transfer.connections) > marked_connections:
                 marked_connections = len(transfer.connections)
-                await state.send(markers.format_marker(transfer.marker()))
+                await state.marker(markers.format_marker(transfer.marker()))
                 next_marker = now + svc.cfg.marker_period
             if svc.stopping or state.broken or _client_gone(request):
                 task.cancel()
@@ -235,7 +268,7 @@ async def _close(
     resp: web.StreamResponse, state: _Stream, transfer: Transfer, line: bytes
 ) -> web.StreamResponse:
     """The last marker (with RemoteConnections), the result line, the end of the body."""
-    await state.send(markers.format_marker(transfer.marker()))
+    await state.marker(markers.format_marker(transfer.marker()))
     await state.send(line)
     if not state.broken:
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -274,14 +307,61 @@ def result_line(transfer: Transfer, kind: str, reason: markers.Failure | str) ->
     return markers.format_failure(kind, reason, str(transfer.local), redact(transfer.spec.remote))
 
 
+def _record(
+    events: EventLog,
+    request: web.Request,
+    transfer: Transfer,
+    resp: web.StreamResponse | None,
+) -> None:
+    """The ``tpc`` event of a finished third-party copy (events enabled)."""
+    spec = transfer.spec
+    forwarded = [(k, v) for k, v in request.headers.items() if k.lower().startswith("transfer")]
+    events.record(
+        "tpc",
+        mode=spec.mode.value,
+        local=str(transfer.local),
+        path=str(transfer.local),
+        remote=redact(spec.remote),
+        headers=redact_headers(
+            [
+                *forwarded,
+                *[
+                    (k, v)
+                    for k, v in request.headers.items()
+                    if k in ("Credential", "SciTag", "Overwrite")
+                ],
+            ]
+        ),
+        scitag=spec.scitag,
+        streams=spec.streams,
+        delegated=spec.delegated,
+        checksum={
+            "requested": list(spec.want_digest),
+            "client_declared": sorted(spec.expected),
+            "required": spec.require_checksum,
+            "compared": sorted(set(transfer.compared)),
+        },
+        bytes=transfer.bytes,
+        connections=list(transfer.connections),
+        result=resp.get(_RESULT) if resp is not None else None,
+    )
+
+
 class _Stream:
     """Writes to the marker stream, remembering (not raising) a client that went away."""
 
-    def __init__(self, resp: web.StreamResponse) -> None:
+    def __init__(self, resp: web.StreamResponse, quiet: bool = False) -> None:
         self.resp = resp
         self.broken = False
+        self.quiet = quiet  # performance markers withheld (a fault rule says so)
+
+    async def marker(self, data: bytes) -> None:
+        if not self.quiet:
+            await self.send(data)
 
     async def send(self, data: bytes) -> None:
+        if data.startswith((b"success", b"failure", b"aborted")):
+            self.resp[_RESULT] = data.decode("utf-8", "replace").strip()
         if self.broken:
             return
         try:

@@ -422,5 +422,7 @@ async def _finish(
     required = transfer.spec.require_checksum
     if required is None:
         required = svc.cfg.require_checksum
-    integrity.verify(local, declared, transfer.spec.expected, required, "source")
+    transfer.compared = integrity.verify(
+        local, declared, transfer.spec.expected, required, "source"
+    )
     await upload.commit({})  # a storage error becomes "local write" in pull()

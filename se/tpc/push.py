@@ -237,7 +237,9 @@ async def _verify(svc: TPCService, transfer: Transfer, url: str, local: dict[str
                 side="",
                 phase="checksum",
             )
-        integrity.verify(remote, local, {}, required, "source", local_name="the destination's copy")
+        transfer.compared = integrity.verify(
+            remote, local, {}, required, "source", local_name="the destination's copy"
+        )
     except TransferFailed as exc:
         deleted = "deleted" if await _delete(svc, transfer, url) else "not deleted"
         raise TransferFailed(

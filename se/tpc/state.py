@@ -63,6 +63,7 @@ class Transfer:
         # (Credential: gridsite), else None.
         self.client_ssl: ssl.SSLContext | None = None
         self.ask_digest = True  # send Want-Digest (dropped when the source refuses it)
+        self.compared: list[str] = []  # checksum algorithms compared and found equal
         self._hops = 0
         self._streams = 1  # several streams share the connection list
 
