@@ -238,8 +238,10 @@ async def _serve(
             runners.append(await _start(endpoint, sock, first, budget))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, stop.set)
+        # Held since before the address was printed: one sent meanwhile is delivered now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         await stop.wait()
     finally:
         # All at once: each waits for its own connections while the others do the same.
@@ -287,6 +289,9 @@ def setup_logging(cfg: Config) -> None:
     )
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def run(cfg: Config, out: TextIO = sys.stdout) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status."""
     cfgs = listener_configs(cfg)
@@ -302,6 +307,9 @@ def run(cfg: Config, out: TextIO = sys.stdout) -> int:
     socks = bind_all(cfgs, reuse_port=workers > 1)
     # Workers beyond the first bind the ports that the first sockets actually got.
     cfgs = tuple(_with_port(c, s.getsockname()[1]) for c, s in zip(cfgs, socks, strict=True))
+    # Whoever reads the address may stop the server at once: SIGTERM/SIGINT wait (blocked,
+    # inherited by the workers) until the handlers that stop cleanly are in place.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     for each in cfgs:  # [server]'s line first, as before listeners existed
         root = os.path.abspath(each.storage.root)
         print(f"se: serving {root} at {serve_url(each, each.server.port)}", file=out, flush=True)
@@ -355,6 +363,7 @@ def _supervise(endpoints: Sequence[Endpoint], socks: list[socket.socket], worker
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     crashes: collections.deque[float] = collections.deque()
     restart_at: dict[int, float] = {}  # worker index -> when to start it again
     while not stopping.is_set():

@@ -83,3 +83,15 @@ database = "{database}"
     assert "crashed 5 times within 60 s" in err, err[-3000:]
     assert "stopping the server" in err
     assert workers_of(se.proc.pid) == set()
+
+
+def test_sigterm_right_after_the_address_line_stops_cleanly(tmp_path: Path) -> None:
+    """A test harness may stop the server as soon as it printed its address: the signal
+    waits for the handlers that stop cleanly (exit status 0), with one worker or several."""
+    from tests.support import start_se
+
+    for workers in ("1", "2", "1", "2"):
+        srv = start_se(tmp_path, config=BASE_CONFIG, extra_args=["--workers", workers])
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(20) == 0, srv.stderr()[-2000:]
+        srv.stop()
