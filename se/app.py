@@ -105,8 +105,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if request.method in _CREATES:
         _check_new_names(request)
     await authenticate(request)
-    if context(request).faults is not None:
-        injected = await testpoints.gate(request)
+    faults = context(request).faults
+    if faults is not None:
+        injected = await testpoints.gate(request, faults)
         if injected is not None:
             return injected
     front = tape_http.route(request) or delegation.route(request) or testpoints.route(request)
@@ -139,7 +140,7 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
                 testpoints.record_request(request, resp)
             return resp
         if ctx.faults is not None:  # an injected refusal comes before the body, too
-            injected = await testpoints.gate(request)
+            injected = await testpoints.gate(request, ctx.faults)
             if injected is not None:
                 injected.force_close()
                 if ctx.events is not None:

@@ -9,10 +9,12 @@ the configuration (``[[faults.rules]]``, ids ``cfg-0``, ``cfg-1`` ...) and from 
 ``/.well-known/se/faults`` endpoint at run time.
 
 Every worker process sees the same rules and counts: run-time rules and all counters are
-kept in one SQLite file under the state directory (WAL, no fsync: test state), and a
-version file whose replacement tells each worker to reload (one ``stat`` per request while
-faults are enabled).  A rule's Nth-request and probability decisions use its global count
-of matching requests, so they are deterministic whichever worker serves a request.
+kept in one SQLite file under the state directory (WAL, no fsync: test state), with a
+rule-set version that each change increments in the same transaction and then writes to an
+8-byte file every worker maps: a request reads the version from memory (no system call)
+and the rules are reloaded only when it changed.  A rule's Nth-request and probability
+decisions use its global count of matching requests, so they are deterministic whichever
+worker serves a request.
 
 :func:`parse_rule`, :func:`criteria_match` and :func:`decide` are pure.
 """
@@ -23,6 +25,7 @@ import contextlib
 import fnmatch
 import hashlib
 import json
+import mmap
 import os
 import re
 import secrets
@@ -31,12 +34,13 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "BODY_ACTIONS",
     "TPC_ROLES",
     "Facts",
+    "FactsLike",
     "FaultState",
     "Rule",
     "criteria_match",
@@ -131,6 +135,24 @@ class Rule:
     def actions(self) -> list[str]:
         """The names of the actions this rule takes (for events)."""
         return [k for k in sorted(_ACTION_KEYS) if k in self.spec and k not in ("body", "stall")]
+
+
+class FactsLike(Protocol):
+    """What a rule can match about one request (see :class:`Facts`); the front's version
+    may work each one out only when a rule asks for it."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def identities(self) -> tuple[str, ...]: ...
+    @property
+    def vo(self) -> str: ...
+    @property
+    def tpc(self) -> str | None: ...
+    @property
+    def range(self) -> tuple[int, int | None] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,10 +301,12 @@ def parse_rule(data: Mapping[str, Any], rule_id: str, source: str) -> Rule:
     )
 
 
-def criteria_match(rule: Rule, facts: Facts) -> bool:
+def criteria_match(rule: Rule, facts: FactsLike) -> bool:
     """Whether a request is one the rule speaks of (before every/probability/times)."""
     if rule.methods is not None and facts.method not in rule.methods:
         return False
+    if rule.tpc in ("pull", "push") and facts.method != "COPY":
+        return False  # decided without working out the request's role
     if rule.path is not None and rule.path.match(facts.path) is None:
         return False
     if rule.identity is not None:
@@ -321,8 +345,9 @@ def reset_state(directory: Path) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
-    key: tuple[int, int] | None
+    key: int | None
     rules: tuple[Rule, ...]
+    request_rules: tuple[Rule, ...]  # those that act on requests (not tape-only)
 
 
 class FaultState:
@@ -337,6 +362,23 @@ class FaultState:
         self._lock = threading.Lock()  # the connection is shared with the executor
         self._loaded: _Loaded | None = None
         self._version_file = directory / VERSION_NAME
+        self._map: mmap.mmap | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            whole = self._version_file.stat().st_size >= 8
+        except FileNotFoundError:
+            whole = None
+        if not whole:
+            # Whole from the start (a reader maps its 8 bytes): written aside, then linked
+            # (or put in place of a short one left by an older version).
+            tmp = directory / f".{VERSION_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
+            tmp.write_bytes(bytes(8))
+            if whole is None:
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, self._version_file)
+                tmp.unlink()
+            else:
+                os.replace(tmp, self._version_file)
 
     # -- storage ---------------------------------------------------------------------------
 
@@ -356,36 +398,59 @@ class FaultState:
                 "CREATE TABLE IF NOT EXISTS counters (id TEXT PRIMARY KEY, "
                 "matches INTEGER NOT NULL DEFAULT 0, hits INTEGER NOT NULL DEFAULT 0)"
             )
+            db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
             self._db = db
         return self._db
 
-    def _bump_version(self) -> None:
-        tmp = self._version_file.with_name(f".{VERSION_NAME}.{os.getpid()}")
-        tmp.write_text(secrets.token_hex(8))
-        os.replace(tmp, self._version_file)
+    def _bump_version(self, db: sqlite3.Connection) -> int:
+        """The next rule-set version (inside the caller's transaction)."""
+        (version,) = db.execute(
+            "INSERT INTO meta (k, v) VALUES ('version', 1) "
+            "ON CONFLICT (k) DO UPDATE SET v = v + 1 RETURNING v"
+        ).fetchone()
+        return int(version)
 
-    def _version_key(self) -> tuple[int, int] | None:
+    def _publish(self, version: int) -> None:
+        """Tell every worker (after the commit): they reload when the number changes."""
+        fd = os.open(self._version_file, os.O_WRONLY)
         try:
-            st = os.stat(self._version_file)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns)
+            os.pwrite(fd, version.to_bytes(8, "little"), 0)
+        finally:
+            os.close(fd)
+
+    def _version_key(self) -> int | None:
+        """The rule-set version every worker reads from one shared page (no system call)."""
+        if self._map is None:
+            try:
+                fd = os.open(self._version_file, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            try:
+                if os.fstat(fd).st_size < 8:
+                    return None
+                self._map = mmap.mmap(fd, 8, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+        return int.from_bytes(self._map[:8], "little")
 
     def rules(self) -> tuple[Rule, ...]:
-        """The rules in force, config ones first (one stat to see a change elsewhere)."""
+        """The rules in force, config ones first (reloaded when another process changed them)."""
         key = self._version_key()
         loaded = self._loaded
         if loaded is not None and key == loaded.key:
             return loaded.rules
         api: list[Rule] = []
-        if key is not None:
+        if key:
             with self._lock:
                 rows = self._conn().execute("SELECT id, spec FROM rules ORDER BY seq").fetchall()
             for rule_id, spec in rows:
                 with contextlib.suppress(ValueError):
                     api.append(parse_rule(json.loads(spec), rule_id, "api"))
         rules = (*self.config_rules, *api)
-        self._loaded = _Loaded(key, rules)
+        for_requests = tuple(
+            r for r in rules if not (r.is_tape and r.status is None and not r.delay)
+        )
+        self._loaded = _Loaded(key, rules, for_requests)
         return rules
 
     def add(self, data: Mapping[str, Any]) -> Rule:
@@ -403,24 +468,32 @@ class FaultState:
                     "(SELECT coalesce(max(seq), 0) + 1 FROM rules))",
                     (rule.id, json.dumps(rule.spec)),
                 )
+                version = self._bump_version(db)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        self._bump_version()
+            self._publish(version)
         return rule
 
     def remove(self, rule_id: str | None) -> int:
         """Remove one run-time rule (or all of them with None); how many went."""
         with self._lock:
             db = self._conn()
-            if rule_id is None:
-                gone = db.execute("DELETE FROM rules").rowcount
-                db.execute("DELETE FROM counters WHERE id NOT LIKE 'cfg-%'")
-            else:
-                gone = db.execute("DELETE FROM rules WHERE id = ?", (rule_id,)).rowcount
-                db.execute("DELETE FROM counters WHERE id = ?", (rule_id,))
-        self._bump_version()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if rule_id is None:
+                    gone = db.execute("DELETE FROM rules").rowcount
+                    db.execute("DELETE FROM counters WHERE id NOT LIKE 'cfg-%'")
+                else:
+                    gone = db.execute("DELETE FROM rules WHERE id = ?", (rule_id,)).rowcount
+                    db.execute("DELETE FROM counters WHERE id = ?", (rule_id,))
+                version = self._bump_version(db)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._publish(version)
         return int(gone)
 
     def listing(self) -> list[dict[str, Any]]:
@@ -466,15 +539,15 @@ class FaultState:
                 raise
         return fire
 
-    def candidates(self, facts: Facts) -> list[Rule]:
-        """The request rules whose criteria match (pure and cheap: no counting; tape-only
-        rules are left to :meth:`tape`)."""
-        return [
-            rule
-            for rule in self.rules()
-            if not (rule.is_tape and rule.status is None and not rule.delay)
-            and criteria_match(rule, facts)
-        ]
+    def request_rules(self) -> tuple[Rule, ...]:
+        """The rules that act on requests (tape-only ones are left to :meth:`tape`)."""
+        self.rules()
+        assert self._loaded is not None
+        return self._loaded.request_rules
+
+    def candidates(self, facts: FactsLike) -> list[Rule]:
+        """The request rules whose criteria match (cheap: nothing is counted)."""
+        return [rule for rule in self.request_rules() if criteria_match(rule, facts)]
 
     def fire(self, candidates: Iterable[Rule]) -> Rule | None:
         """Count the request for each candidate in order until one fires; that one (the
@@ -500,6 +573,9 @@ class FaultState:
         return None
 
     def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self._db is not None:
             self._db.close()
             self._db = None

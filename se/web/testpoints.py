@@ -29,7 +29,7 @@ from se.auth import macaroons
 from se.auth.policy import Grant, Op
 from se.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from se.events import KINDS, read_events
-from se.faults import Facts, Rule
+from se.faults import FaultState, Rule, criteria_match
 from se.storage.paths import DavPath
 from se.web.access import authorise, bearer_token, decision_of, grant_of, identity_label
 from se.web.body import read_body
@@ -38,7 +38,7 @@ from se.web.context import context
 __all__ = [
     "EVENTS_PATH",
     "FAULTS_PATH",
-    "facts_of",
+    "RequestFacts",
     "fired",
     "fired_markers",
     "gate",
@@ -49,7 +49,9 @@ __all__ = [
 
 FAULTS_PATH = "/.well-known/se/faults"
 EVENTS_PATH = "/.well-known/se/events"
-_FIRED: web.RequestKey[Rule] = web.RequestKey("se_fault", Rule)
+# Set on every request the gate sees (None: no rule fired), so that reading it is a plain
+# lookup on the hot path (a missing key costs an exception).
+_FIRED: web.RequestKey[Rule | None] = web.RequestKey("se_fault")
 _GATED: web.RequestKey[bool] = web.RequestKey("se_fault_gated", bool)
 _STARTED: web.RequestKey[float] = web.RequestKey("se_started", float)
 _RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)")
@@ -59,12 +61,15 @@ _TPC_AGENTS = re.compile(r".*tpc|dcache|storm", re.I)
 
 def fired(request: web.BaseRequest) -> Rule | None:
     """The fault rule that fired for this request, if any."""
-    return request.get(_FIRED)
+    try:
+        return request[_FIRED]
+    except KeyError:  # the gate did not see it (faults off, an endpoint of se's own)
+        return None
 
 
 def fired_markers(request: web.BaseRequest) -> bool:
     """Whether a third-party copy sends its performance markers (a rule may withhold them)."""
-    rule = request.get(_FIRED)
+    rule = fired(request)
     return rule is None or rule.markers
 
 
@@ -94,37 +99,50 @@ def _tpc_role(request: web.Request) -> str | None:
     return None
 
 
-def facts_of(request: web.Request) -> Facts:
-    """What the fault rules can match about a request."""
-    grant = grant_of(request)
-    vo = ""
-    if grant is not None and grant.attributes:
-        vo = grant.attributes[0].strip("/").split("/", 1)[0]
-    span: tuple[int, int | None] | None = None
-    m = _RANGE.match(request.headers.get(hdrs.RANGE, ""))
-    if m is not None and m.group(1):
-        span = (int(m.group(1)), int(m.group(2)) if m.group(2) else None)
-    return Facts(
-        method=request.method,
-        path=request.path,
-        identities=_identities(grant),
-        vo=vo,
-        tpc=_tpc_role(request),
-        range=span,
-    )
+class RequestFacts:
+    """What the fault rules can match about a request, each worked out the first time a
+    rule asks (most rules are turned away by their method or path alone)."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.method = request.method
+        self.path = request.path
+
+    @functools.cached_property
+    def identities(self) -> tuple[str, ...]:
+        return _identities(grant_of(self.request))
+
+    @functools.cached_property
+    def vo(self) -> str:
+        grant = grant_of(self.request)
+        if grant is None or not grant.attributes:
+            return ""
+        return grant.attributes[0].strip("/").split("/", 1)[0]
+
+    @functools.cached_property
+    def tpc(self) -> str | None:
+        return _tpc_role(self.request)
+
+    @functools.cached_property
+    def range(self) -> tuple[int, int | None] | None:
+        m = _RANGE.match(self.request.headers.get(hdrs.RANGE, ""))
+        if m is None or not m.group(1):
+            return None
+        return (int(m.group(1)), int(m.group(2)) if m.group(2) else None)
 
 
-async def gate(request: web.Request) -> web.StreamResponse | None:
+async def gate(request: web.Request, faults: FaultState) -> web.StreamResponse | None:
     """Apply the fault rules to a request: a response to send instead, or None."""
-    ctx = context(request)
-    faults = ctx.faults
-    if faults is None or _GATED in request or not faults.rules():
-        return None
-    if request.path.startswith(_OWN_PATHS):
+    if hdrs.EXPECT in request.headers:  # the 100-continue hook may have been first
+        if request.get(_GATED):
+            return None
+        request[_GATED] = True
+    request[_FIRED] = None
+    rules = faults.request_rules()
+    if not rules or request.path.startswith(_OWN_PATHS):
         return None  # the fault, event and metrics endpoints stay usable whatever the rules
-    request[_GATED] = True  # once per request (the 100-continue hook may have been first)
-    facts = facts_of(request)
-    candidates = faults.candidates(facts)
+    facts = RequestFacts(request)
+    candidates = [rule for rule in rules if criteria_match(rule, facts)]
     if not candidates:
         return None
     loop = asyncio.get_running_loop()
@@ -132,8 +150,9 @@ async def gate(request: web.Request) -> web.StreamResponse | None:
     if rule is None:
         return None
     request[_FIRED] = rule
-    if ctx.events is not None:
-        ctx.events.record(
+    events = context(request).events
+    if events is not None:
+        events.record(
             "fault",
             rule=rule.id,
             actions=rule.actions(),
