@@ -66,6 +66,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--duration", type=int, default=10, help="wrk seconds per run")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--aa",
+        action="store_true",
+        help="A/A check: the 'se+faults' server gets se's own configuration (faults off), "
+        "to see how far two identical servers differ in this harness",
+    )
     return p.parse_args(argv)
 
 
@@ -80,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             for name, text in (
                 ("se", DEFAULTS),
-                ("se+faults", DEFAULTS + FAULTS),
+                ("se+faults", DEFAULTS if args.aa else DEFAULTS + FAULTS),
                 ("se+faults+events", DEFAULTS + FAULTS + EVENTS),
             ):
                 cfg = base / f"{name}.toml"
@@ -106,9 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         continue
                     samples[name].append(r.rps)
                     cpu[name].append(used[0] / r.requests * 1e6)
-                    log(
-                        f"round {rep + 1}: {name}: {r.rps:,.0f} req/s, {cpu[name][-1]:.0f} us CPU/req"
-                    )
+                    each = f"{r.rps:,.0f} req/s, {cpu[name][-1]:.0f} us CPU/req"
+                    log(f"round {rep + 1}: {name}: {each}")
         finally:
             for server in servers.values():
                 stop_server(server)
