@@ -31,7 +31,7 @@ import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -456,44 +456,30 @@ class FaultState:
     def add(self, data: Mapping[str, Any]) -> Rule:
         """Add a run-time rule (ValueError for a bad one)."""
         rule = parse_rule(data, secrets.token_hex(6), "api")
-        with self._lock:
-            db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                (count,) = db.execute("SELECT count(*) FROM rules").fetchone()
-                if count >= MAX_RULES:
-                    raise ValueError(f"too many rules (at most {MAX_RULES})")
-                db.execute(
-                    "INSERT INTO rules (id, spec, seq) VALUES (?, ?, "
-                    "(SELECT coalesce(max(seq), 0) + 1 FROM rules))",
-                    (rule.id, json.dumps(rule.spec)),
-                )
-                version = self._bump_version(db)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._publish(version)
+        with self._transaction() as db:
+            (count,) = db.execute("SELECT count(*) FROM rules").fetchone()
+            if count >= MAX_RULES:
+                raise ValueError(f"too many rules (at most {MAX_RULES})")
+            db.execute(
+                "INSERT INTO rules (id, spec, seq) VALUES (?, ?, "
+                "(SELECT coalesce(max(seq), 0) + 1 FROM rules))",
+                (rule.id, json.dumps(rule.spec)),
+            )
+            version = self._bump_version(db)
+        self._publish(version)
         return rule
 
     def remove(self, rule_id: str | None) -> int:
         """Remove one run-time rule (or all of them with None); how many went."""
-        with self._lock:
-            db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if rule_id is None:
-                    gone = db.execute("DELETE FROM rules").rowcount
-                    db.execute("DELETE FROM counters WHERE id NOT LIKE 'cfg-%'")
-                else:
-                    gone = db.execute("DELETE FROM rules WHERE id = ?", (rule_id,)).rowcount
-                    db.execute("DELETE FROM counters WHERE id = ?", (rule_id,))
-                version = self._bump_version(db)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._publish(version)
+        with self._transaction() as db:
+            if rule_id is None:
+                gone = db.execute("DELETE FROM rules").rowcount
+                db.execute("DELETE FROM counters WHERE id NOT LIKE 'cfg-%'")
+            else:
+                gone = db.execute("DELETE FROM rules WHERE id = ?", (rule_id,)).rowcount
+                db.execute("DELETE FROM counters WHERE id = ?", (rule_id,))
+            version = self._bump_version(db)
+        self._publish(version)
         return int(gone)
 
     def listing(self) -> list[dict[str, Any]]:
@@ -517,26 +503,33 @@ class FaultState:
             )
         return out
 
-    def _count(self, rule: Rule) -> bool:
-        """Count a matching request for ``rule``; whether it fires (one transaction, so
-        every worker sees one sequence of counts)."""
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: the workers take turns), rolled back on
+        any error."""
         with self._lock:
             db = self._conn()
             db.execute("BEGIN IMMEDIATE")
             try:
-                matches, hits = db.execute(
-                    "INSERT INTO counters (id, matches, hits) VALUES (?, 1, 0) "
-                    "ON CONFLICT (id) DO UPDATE SET matches = matches + 1 "
-                    "RETURNING matches, hits",
-                    (rule.id,),
-                ).fetchone()
-                fire = decide(rule, matches, hits)
-                if fire:
-                    db.execute("UPDATE counters SET hits = hits + 1 WHERE id = ?", (rule.id,))
-                db.execute("COMMIT")
+                yield db
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            db.execute("COMMIT")
+
+    def _count(self, rule: Rule) -> bool:
+        """Count a matching request for ``rule``; whether it fires (one transaction, so
+        every worker sees one sequence of counts)."""
+        with self._transaction() as db:
+            matches, hits = db.execute(
+                "INSERT INTO counters (id, matches, hits) VALUES (?, 1, 0) "
+                "ON CONFLICT (id) DO UPDATE SET matches = matches + 1 "
+                "RETURNING matches, hits",
+                (rule.id,),
+            ).fetchone()
+            fire = decide(rule, matches, hits)
+            if fire:
+                db.execute("UPDATE counters SET hits = hits + 1 WHERE id = ?", (rule.id,))
         return fire
 
     def request_rules(self) -> tuple[Rule, ...]:
