@@ -42,6 +42,8 @@ __all__ = ["result_line", "third_party_copy"]
 log = logging.getLogger("se.tpc")
 # The result line, kept on the response for the event.
 _RESULT: web.ResponseKey[str] = web.ResponseKey("se_tpc_result", str)
+# Besides the TransferHeader* family, the COPY headers a tpc event shows.
+_RECORDED_HEADERS = ("Credential", "SciTag", "Overwrite")
 TICK = 0.2  # seconds between checks of the client connection and the timeouts
 
 
@@ -315,23 +317,18 @@ def _record(
 ) -> None:
     """The ``tpc`` event of a finished third-party copy (events enabled)."""
     spec = transfer.spec
-    forwarded = [(k, v) for k, v in request.headers.items() if k.lower().startswith("transfer")]
+    received = [
+        (k, v)
+        for k, v in request.headers.items()
+        if k.lower().startswith("transfer") or k in _RECORDED_HEADERS
+    ]
     events.record(
         "tpc",
         mode=spec.mode.value,
         local=str(transfer.local),
         path=str(transfer.local),
         remote=redact(spec.remote),
-        headers=redact_headers(
-            [
-                *forwarded,
-                *[
-                    (k, v)
-                    for k, v in request.headers.items()
-                    if k in ("Credential", "SciTag", "Overwrite")
-                ],
-            ]
-        ),
+        headers=redact_headers(received),
         scitag=spec.scitag,
         streams=spec.streams,
         delegated=spec.delegated,

@@ -34,6 +34,7 @@ from se.storage.paths import DavPath
 from se.web.access import authorise, bearer_token, decision_of, grant_of, identity_label
 from se.web.body import read_body
 from se.web.context import context
+from se.web.headers import parse_destination
 
 __all__ = [
     "EVENTS_PATH",
@@ -87,9 +88,15 @@ def _tpc_role(request: web.Request) -> str | None:
     if request.method == "COPY":
         if "Source" in headers:
             return "pull"
-        destination = headers.get("Destination", "")
-        host = destination.split("://", 1)[1].split("/", 1)[0] if "://" in destination else ""
-        return "push" if host and host.lower() != request.host.lower() else None
+        try:  # the same locality test the COPY itself will make
+            where = parse_destination(
+                headers.get("Destination"),
+                request.host,
+                context(request).cfg.server.local_hosts,
+            )
+        except BadRequest:
+            return None
+        return None if where.is_local else "push"
     if request.method in ("GET", "HEAD", "PUT"):
         if _TPC_AGENTS.match(headers.get(hdrs.USER_AGENT, "")):
             return "passive"
