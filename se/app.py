@@ -42,7 +42,7 @@ from se.tpc import delegation
 from se.tpc.handler import third_party_copy
 from se.tpc.request import parse_copy
 from se.tpc.service import TPC_SERVICE, TPCService
-from se.web import metrics, testpoints
+from se.web import health, metrics, testpoints
 from se.web.access import authenticate, authorise
 from se.web.context import CONTEXT, Context, MetricSource, context
 from se.web.error_handling import error_response, handle_errors
@@ -97,6 +97,8 @@ def _check_new_names(request: web.Request) -> None:
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
+    if request.path == health.HEALTH_PATH:  # for load balancers: no credentials, only status
+        return health.response(request)
     handler = METHODS.get(request.method)
     if handler is None:
         raise MethodNotAllowed(
