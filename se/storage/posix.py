@@ -52,6 +52,7 @@ from se.storage.dirwatch import DirWatch, Token
 from se.storage.paths import RESERVED_PREFIX, TEMP_PREFIX, DavPath, is_reserved, is_temp_name
 from se.storage.statcache import FileCache
 from se.storage.types import CachedFile, DirEntry, Identity, OpenFile, Stat, identity_of
+from se.storage.usage import Deltas, SpaceTracker, file_usage, tree_usage
 
 __all__ = [
     "PosixBackend",
@@ -100,6 +101,8 @@ def _guarded_paths(cfg: Config, root_prefix: str) -> tuple[tuple[str, ...], tupl
     files = [below(cfg.tpc.macaroon_secret_file) if cfg.tpc.macaroon_secret_file else None]
     if cfg.tape.database and "://" not in cfg.tape.database:
         files.append(below(cfg.tape.database))  # also its -wal/-shm/-journal files
+    if cfg.space.database and "://" not in cfg.space.database:
+        files.append(below(cfg.space.database))
     return tuple(d for d in dirs if d), tuple(f for f in files if f)
 
 
@@ -352,17 +355,31 @@ class Upload:
                 self._fd, digests, st.size, st.mtime_ns, self.backend.write_xrootd
             )
             created = not os.path.lexists(self._target)
-            # Renamed while still open, so still locked: a start-up sweep never sees it
-            # lockable (writer gone) before it is in place.
-            if self._overwrite:
-                if os.path.isdir(self._target):
-                    raise Conflict(f"{self.path}: is a collection")
-                os.rename(self._temp, self._target)
-            else:
-                try:
-                    os.link(self._temp, self._target)
-                except FileExistsError:
-                    raise PreconditionFailed(f"{self.path} exists and Overwrite is F") from None
+            # Space: the size it replaces, counted (and, for a share with a limit, admitted:
+            # InsufficientStorage) before it is in place, taken back if it does not get there.
+            space = self.backend.space
+            deltas = Deltas()
+            if space is not None:
+                old = file_usage(self._target) if self._overwrite else None
+                deltas.add(space.share_key(self.path), st.size - (old or 0), int(old is None))
+                space.admit(deltas)
+            try:
+                # Renamed while still open, so still locked: a start-up sweep never sees it
+                # lockable (writer gone) before it is in place.
+                if self._overwrite:
+                    if os.path.isdir(self._target):
+                        raise Conflict(f"{self.path}: is a collection")
+                    os.rename(self._temp, self._target)
+                else:
+                    try:
+                        os.link(self._temp, self._target)
+                    except FileExistsError:
+                        raise PreconditionFailed(f"{self.path} exists and Overwrite is F") from None
+            except BaseException:
+                if space is not None and deltas:
+                    _undo(space, deltas)
+                raise
+            if not self._overwrite:
                 os.unlink(self._temp)
             os.close(self._fd)
             self._fd = -1
@@ -393,6 +410,27 @@ class Upload:
             os.unlink(self._temp)
 
 
+def _undo(space: SpaceTracker, deltas: Deltas) -> None:
+    """Take back deltas that were admitted for a change that then did not happen."""
+    back = Deltas()
+    back.merge(deltas, -1)
+    try:
+        space.apply(back)
+    except Exception:
+        log.exception("space accounting: cannot take back %r", deltas)
+
+
+def _account(space: SpaceTracker | None, deltas: Deltas) -> None:
+    """Record what a change did (already on disk); a failure is logged, not raised: the
+    change stands, and the next reconciliation corrects the totals."""
+    if space is None or not deltas:
+        return
+    try:
+        space.apply(deltas)
+    except Exception:
+        log.exception("space accounting: cannot record %r", deltas)
+
+
 class StorageObserver(Protocol):
     """Told about every change a backend made (after it is done): the tape catalogue."""
 
@@ -409,6 +447,8 @@ class PosixBackend:
     """File operations below one root directory."""
 
     observer: StorageObserver | None = None
+    # Space accounting (se.space), told the exact deltas of every write on the I/O thread.
+    space: SpaceTracker | None = None
 
     def __init__(
         self,
@@ -984,12 +1024,20 @@ class PosixBackend:
 
     def _delete_sync(self, p: DavPath, fs: str) -> list[tuple[DavPath, SEError]]:
         failures: list[tuple[DavPath, SEError]] = []
+        space = self.space
         if os.path.islink(fs) or not os.path.isdir(fs):
+            size = file_usage(fs) if space is not None else None
             try:
                 os.unlink(fs)
             except OSError as exc:
                 raise map_oserror(exc, str(p)) from None
+            if space is not None and size is not None:
+                gone = Deltas()
+                gone.add(space.share_key(p), -size, -1)
+                _account(space, gone)
             return failures
+        # A tree: what it held, less what is left of it when members could not go.
+        before = tree_usage(fs, p, space) if space is not None else None
 
         def onerror(exc: BaseException) -> None:
             if not isinstance(exc, OSError):
@@ -998,7 +1046,13 @@ class PosixBackend:
             rel = os.path.relpath(bad, self.root_real)
             failures.append((DavPath(tuple(rel.split(os.sep))), map_oserror(exc, rel)))
 
-        shutil.rmtree(fs, onerror=lambda _f, _p, ei: onerror(ei[1]))
+        try:
+            shutil.rmtree(fs, onerror=lambda _f, _p, ei: onerror(ei[1]))
+        finally:
+            if space is not None and before is not None:
+                delta = tree_usage(fs, p, space) if os.path.lexists(fs) else Deltas()
+                delta.merge(before, -1)
+                _account(space, delta)
         return failures
 
     def _prepare_target(self, dst: DavPath, overwrite: bool) -> tuple[str, bool]:
@@ -1012,10 +1066,18 @@ class PosixBackend:
         if existed:
             if not overwrite:
                 raise PreconditionFailed(f"{dst} exists and Overwrite is F")
-            if os.path.isdir(fs) and not os.path.islink(fs):
-                shutil.rmtree(fs)
-            else:
-                os.unlink(fs)
+            space = self.space
+            before = tree_usage(fs, dst, space) if space is not None else None
+            try:
+                if os.path.isdir(fs) and not os.path.islink(fs):
+                    shutil.rmtree(fs)
+                else:
+                    os.unlink(fs)
+            finally:
+                if space is not None and before is not None:
+                    delta = tree_usage(fs, dst, space) if os.path.lexists(fs) else Deltas()
+                    delta.merge(before, -1)
+                    _account(space, delta)
         return fs, existed
 
     async def move(self, src: DavPath, dst: DavPath, overwrite: bool) -> bool:
@@ -1036,11 +1098,38 @@ class PosixBackend:
             raise Conflict("cannot move a collection into itself")
         try:
             dst_fs, existed = self._prepare_target(dst, overwrite)
-            os.rename(src_fs, dst_fs)
+            moved = self._moved_usage(src, dst, src_fs)
+            if moved:
+                assert self.space is not None
+                self.space.admit(moved)  # into a share with a limit: 507 when over it
+            try:
+                os.rename(src_fs, dst_fs)
+            except BaseException:
+                if moved:
+                    assert self.space is not None
+                    _undo(self.space, moved)
+                raise
             self.fsync_dir(os.path.dirname(dst_fs))
         except OSError as exc:
             raise map_oserror(exc, str(dst)) from None
         return not existed
+
+    def _moved_usage(self, src: DavPath, dst: DavPath, src_fs: str) -> Deltas:
+        """What a rename of src to dst carries from share to share (nothing within one)."""
+        space = self.space
+        if space is None:
+            return Deltas()
+        same = space.share_key(src) == space.share_key(dst)
+        if same and not space.nested(src) and not space.nested(dst):
+            return Deltas()
+        cut = len(src.segments)
+
+        def key_at_dst(d: DavPath) -> str | None:
+            return space.share_key(DavPath(dst.segments + d.segments[cut:]))
+
+        moved = tree_usage(src_fs, src, space, key_at_dst)
+        moved.merge(tree_usage(src_fs, src, space, space.share_key), -1)
+        return moved
 
     async def copy(
         self, src: DavPath, dst: DavPath, overwrite: bool, recursive: bool
@@ -1085,21 +1174,33 @@ class PosixBackend:
                 parent, name = os.path.split(dst_fs)
                 flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
                 parent_fd = os.open(parent, flags)
+                space = self.space
+                copied = Deltas()
                 try:
                     if is_dir:
-                        self._copy_tree(fd, parent_fd, name, dst, recursive, failures)
+                        self._copy_tree(fd, parent_fd, name, dst, recursive, failures, copied)
                     else:
-                        self._copy_file(fd, parent_fd, name)
+                        admitted = Deltas()  # a file's size is known: admitted first
+                        if space is not None:
+                            admitted.add(space.share_key(dst), os.fstat(fd).st_size, 1)
+                            space.admit(admitted)
+                        try:
+                            self._copy_file(fd, parent_fd, name)
+                        except BaseException:
+                            if space is not None and admitted:
+                                _undo(space, admitted)
+                            raise
                 finally:
                     os.close(parent_fd)
+                    _account(space, copied)
             except OSError as exc:
                 raise map_oserror(exc, str(dst)) from None
         finally:
             os.close(fd)
         return not existed, failures
 
-    def _copy_file(self, src_fd: int, dir_fd: int, name: str) -> None:
-        """Copy the open regular file src_fd to ``name`` in dir_fd, atomically."""
+    def _copy_file(self, src_fd: int, dir_fd: int, name: str) -> int:
+        """Copy the open regular file src_fd to ``name`` in dir_fd, atomically; its size."""
         temp, out = _create_temp("", name, dir_fd)
         try:
             st = os.fstat(src_fd)
@@ -1112,6 +1213,7 @@ class PosixBackend:
             if known and new.st_size == st.st_size:
                 xattrs.write_checksums(out, known, new.st_size, new.st_mtime_ns, self.write_xrootd)
             os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return new.st_size
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=dir_fd)
@@ -1127,9 +1229,11 @@ class PosixBackend:
         dst: DavPath,
         recursive: bool,
         failures: list[tuple[DavPath, SEError]],
+        copied: Deltas,
     ) -> None:
         """Copy the open directory src_fd to ``name`` in parent_fd without following any
-        link: each member is opened relative to its directory with O_NOFOLLOW."""
+        link: each member is opened relative to its directory with O_NOFOLLOW.  Each file
+        copied is added to ``copied`` (by the share of its new place)."""
         os.mkdir(name, 0o755, dir_fd=parent_fd)
         dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         out = os.open(name, dir_flags, dir_fd=parent_fd)
@@ -1161,9 +1265,11 @@ class PosixBackend:
                 try:
                     now = os.fstat(child).st_mode
                     if stat_mod.S_ISDIR(now):
-                        self._copy_tree(child, out, de.name, member, True, failures)
+                        self._copy_tree(child, out, de.name, member, True, failures, copied)
                     elif stat_mod.S_ISREG(now):
-                        self._copy_file(child, out, de.name)
+                        size = self._copy_file(child, out, de.name)
+                        if self.space is not None:
+                            copied.add(self.space.share_key(member), size, 1)
                     else:
                         failures.append(
                             (member, Forbidden(f"{member}: not a regular file; not copied"))

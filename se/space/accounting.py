@@ -1,0 +1,424 @@
+"""Used bytes and file counts per share, in the state database, written through by every write.
+
+One row per share (``space_usage``): bytes, files, when it last changed and when it was last
+reconciled.  Every worker process and every frontend on a shared PostgreSQL database adds its
+deltas to the same rows, each change in a transaction of its own, committed on the I/O thread
+of the write before the request is answered (se.storage.usage says where the deltas come
+from); no totals are kept in memory, so a process killed at any moment loses at most the
+change it was making.  Reading is a query, so what SRR, the quota check, PROPFIND and the
+metrics show are the same numbers.
+
+Quotas: :meth:`Accounting.admit` (a commit, a MOVE or COPY into a share) adds the deltas and
+reads the new totals in one transaction, and rolls back with
+:class:`~se.errors.InsufficientStorage` when a share with a ``size`` grew past it: two
+uploads committing at once cannot both slip under the limit.  :meth:`check_room` is the
+early check (before a body is read, before a third-party pull's 202).
+
+Reconciliation walks a share's paths (``lstat`` only, never following a symlink, skipping
+``.se-*`` names and upload temp files; the paths of other shares below are left to them) and
+sets the totals.  Changes made during the walk may be missed until the next one.
+
+SQLite (default ``<state_dir>/space.sqlite``, WAL, ``synchronous=NORMAL``: a committed
+change survives the process being killed) or PostgreSQL (a ``postgresql://`` URL;
+``pip install 'se[postgres]'``).  A few connections per process, lent to one thread at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from se.config import Config, ShareConfig, state_dir
+from se.errors import InsufficientStorage
+from se.space.shares import ShareMap
+from se.storage.paths import DavPath
+from se.storage.usage import Deltas, walk_files
+
+__all__ = ["Accounting", "Usage", "database_location"]
+
+log = logging.getLogger("se.space")
+T = TypeVar("T")
+
+# Advisory lock key of the schema creation on PostgreSQL: the bytes "se-space" as an int64.
+SCHEMA_LOCK = int.from_bytes(b"se-space", "big", signed=True)
+_POOL_SIZE = 4  # connections per process (each lent to one thread at a time)
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS space_usage ("
+    " name TEXT PRIMARY KEY,"
+    " bytes BIGINT NOT NULL DEFAULT 0,"
+    " files BIGINT NOT NULL DEFAULT 0,"
+    " updated DOUBLE PRECISION NOT NULL DEFAULT 0,"
+    " reconciled DOUBLE PRECISION NOT NULL DEFAULT 0)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    bytes: int
+    files: int
+    updated: float  # epoch seconds of the last change (0: never)
+    reconciled: float = 0.0  # epoch seconds of the last reconciliation (0: never)
+
+
+def database_location(cfg: Config) -> str:
+    """The accounting database: space.database, else <state_dir>/space.sqlite."""
+    return cfg.space.database or str(state_dir(cfg) / "space.sqlite")
+
+
+class _Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+    @property
+    def rowcount(self) -> int: ...
+
+
+class _Database:
+    """A small pool of connections to one database; ``?`` placeholders on both kinds."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self.postgres = location.startswith(("postgresql://", "postgres://"))
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        if not self.postgres:
+            Path(location).parent.mkdir(parents=True, exist_ok=True)
+        with self.transaction(write=True) as cur:
+            if self.postgres:
+                cur.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+            cur.execute(_SCHEMA)
+
+    def _connect(self) -> Any:
+        if self.postgres:
+            import psycopg  # optional dependency: only for a postgresql:// database
+
+            return psycopg.connect(self.location, autocommit=True, connect_timeout=10)
+        conn = sqlite3.connect(
+            self.location, timeout=60.0, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _borrow(self) -> Any:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._made < _POOL_SIZE:
+                self._made += 1
+                try:
+                    return self._connect()
+                except BaseException:
+                    self._made -= 1
+                    raise
+        return self._idle.get(timeout=120)
+
+    @contextlib.contextmanager
+    def transaction(self, write: bool) -> Iterator[_Cursor]:
+        """One transaction on a lent connection (committed on leaving, rolled back on error)."""
+        conn = self._borrow()
+        broken = False
+        try:
+            cur = conn.cursor()
+            if self.postgres:
+                cur = _QmarkCursor(cur)
+                cur.execute("BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            else:
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield cur
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        except BaseException as exc:
+            broken = not _is_domain_error(exc) and _connection_broken(conn, self.postgres)
+            raise
+        finally:
+            if broken or self._closed:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                with self._lock:
+                    self._made -= 1
+            else:
+                self._idle.put(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        for _ in range(_POOL_SIZE):
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            with contextlib.suppress(Exception):
+                conn.close()
+            with self._lock:
+                self._made -= 1
+
+
+def _is_domain_error(exc: BaseException) -> bool:
+    return isinstance(exc, InsufficientStorage)
+
+
+def _connection_broken(conn: Any, postgres: bool) -> bool:
+    if not postgres:
+        return False
+    return bool(getattr(conn, "closed", False) or getattr(conn, "broken", False))
+
+
+class _QmarkCursor:
+    """A psycopg cursor taking ``?`` placeholders (the SQL here has no literal ``%``/``?``)."""
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cur.rowcount)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._cur.execute(sql.replace("?", "%s"), params)
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._cur.fetchall())
+
+
+def _add(cur: _Cursor, name: str, nbytes: int, files: int, now: float) -> None:
+    cur.execute(
+        "UPDATE space_usage SET bytes = bytes + ?, files = files + ?, updated = ? WHERE name = ?",
+        (nbytes, files, now, name),
+    )
+    if cur.rowcount == 0:  # a share added since the rows were made (reload)
+        cur.execute(
+            "INSERT INTO space_usage (name, bytes, files, updated) VALUES (?, ?, ?, ?)",
+            (name, nbytes, files, now),
+        )
+
+
+class Accounting:
+    """Per-share usage in the state database; the backend's :class:`SpaceTracker`."""
+
+    def __init__(self, cfg: Config, executor: Executor | None = None) -> None:
+        self.cfg = cfg
+        self.root = os.path.abspath(cfg.storage.root)
+        self._map = ShareMap.of(cfg.shares)
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(2, thread_name_prefix="se-space")
+        self._db = _Database(database_location(cfg))
+        self._ensure_rows()
+        self._reconciling = threading.Lock()
+
+    @classmethod
+    def open(cls, cfg: Config) -> Accounting:
+        """Open the accounting of a configuration outside a server (``se scan``)."""
+        return cls(cfg)
+
+    # -- shares -----------------------------------------------------------------------
+    @property
+    def shares(self) -> tuple[ShareConfig, ...]:
+        return self._map.shares
+
+    def share_of(self, path: DavPath) -> ShareConfig | None:
+        return self._map.share_of(path)
+
+    def update_shares(self, shares: Sequence[ShareConfig]) -> None:
+        """Take a new ``[[shares]]`` (SIGHUP).  A new share's total is 0 until reconciled (the
+        next periodic run does it first)."""
+        self._map = ShareMap.of(shares)
+        self._ensure_rows()
+
+    def _ensure_rows(self) -> None:
+        with self._db.transaction(write=True) as cur:
+            for share in self._map.shares:
+                cur.execute(
+                    "INSERT INTO space_usage (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
+                    (share.name,),
+                )
+
+    # -- SpaceTracker (on the backend's I/O threads) -------------------------------------
+    def share_key(self, path: DavPath) -> str | None:
+        return self._map.name_of(path)
+
+    def nested(self, path: DavPath) -> bool:
+        return self._map.nested(path)
+
+    def apply(self, deltas: Deltas) -> None:
+        items = sorted(deltas.items())  # one order everywhere: no deadlock between rows
+        if not items:
+            return
+        now = time.time()
+        with self._db.transaction(write=True) as cur:
+            for name, nbytes, files in items:
+                _add(cur, name, nbytes, files, now)
+
+    def admit(self, deltas: Deltas) -> None:
+        items = sorted(deltas.items())
+        if not items:
+            return
+        now = time.time()
+        with self._db.transaction(write=True) as cur:
+            for name, nbytes, files in items:
+                _add(cur, name, nbytes, files, now)
+                share = self._map.get(name)
+                if share is None or not share.size or nbytes <= 0:
+                    continue
+                cur.execute("SELECT bytes FROM space_usage WHERE name = ?", (name,))
+                total = int(cur.fetchone()[0])
+                if total > share.size:
+                    raise InsufficientStorage(
+                        f"share {name} is full: {total - nbytes} of {share.size} bytes used, "
+                        f"{nbytes} more refused"
+                    )
+
+    # -- reading ------------------------------------------------------------------------
+    def usage(self, name: str) -> Usage:
+        """The totals of one share (zeros for an unknown one)."""
+        with self._db.transaction(write=False) as cur:
+            cur.execute(
+                "SELECT bytes, files, updated, reconciled FROM space_usage WHERE name = ?",
+                (name,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return Usage(0, 0, 0.0, 0.0)
+        return Usage(int(row[0]), int(row[1]), float(row[2]), float(row[3]))
+
+    def all_usage(self) -> dict[str, Usage]:
+        """The totals of every share in force, by name."""
+        with self._db.transaction(write=False) as cur:
+            cur.execute("SELECT name, bytes, files, updated, reconciled FROM space_usage")
+            rows = cur.fetchall()
+        found = {str(r[0]): Usage(int(r[1]), int(r[2]), float(r[3]), float(r[4])) for r in rows}
+        return {s.name: found.get(s.name, Usage(0, 0, 0.0, 0.0)) for s in self._map.shares}
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def usage_async(self, name: str) -> Usage:
+        return await self._run(self.usage, name)
+
+    async def all_usage_async(self) -> dict[str, Usage]:
+        return await self._run(self.all_usage)
+
+    def limit(self, path: DavPath) -> tuple[ShareConfig, int] | None:
+        """The share of ``path`` and its size, when it has a limit."""
+        share = self._map.share_of(path)
+        if share is None or not share.size:
+            return None
+        return share, share.size
+
+    async def check_room(self, path: DavPath, incoming: int, replacing: int = 0) -> None:
+        """Refuse (507, the share named) ``incoming`` bytes at ``path`` that would take its
+        share over its size (``replacing``: bytes of the file they replace)."""
+        found = self.limit(path)
+        if found is None or incoming - replacing <= 0:
+            return
+        share, size = found
+        used = (await self.usage_async(share.name)).bytes
+        if used - replacing + incoming > size:
+            raise InsufficientStorage(
+                f"share {share.name} is full: {used} of {size} bytes used, {incoming} more refused"
+            )
+
+    async def quota(self, path: DavPath, fs_available: int) -> tuple[int, int] | None:
+        """RFC 4331 (used, available) of a path in a share with a limit; None otherwise."""
+        found = self.limit(path)
+        if found is None:
+            return None
+        share, size = found
+        used = (await self.usage_async(share.name)).bytes
+        return used, max(0, min(size - used, fs_available))
+
+    # -- writing totals ---------------------------------------------------------------------
+    def set_usage_sync(self, name: str, nbytes: int, files: int, reconciled: bool = True) -> None:
+        now = time.time()
+        with self._db.transaction(write=True) as cur:
+            cur.execute(
+                "UPDATE space_usage SET bytes = ?, files = ?, updated = ?, reconciled = ? "
+                "WHERE name = ?",
+                (nbytes, files, now, now if reconciled else 0.0, name),
+            )
+            if cur.rowcount == 0:
+                cur.execute(
+                    "INSERT INTO space_usage (name, bytes, files, updated, reconciled) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (name, nbytes, files, now, now if reconciled else 0.0),
+                )
+
+    async def set_usage(self, name: str, nbytes: int, files: int) -> None:
+        """Set a share's totals (reconciliation, ``se scan``)."""
+        await self._run(self.set_usage_sync, name, nbytes, files)
+
+    def walk(self, name: str) -> tuple[int, int]:
+        """(bytes, files) of a share, by a walk of its paths below the storage root."""
+        nbytes = files = 0
+        for segs, inner in self._map.own_paths(name):
+            fs = os.path.join(self.root, *segs) if segs else self.root
+            if os.path.islink(fs) or not os.path.isdir(fs):
+                continue
+            skip = frozenset(inner).__contains__ if inner else None
+            for _segs, b, f in walk_files(fs, segs, skip):
+                nbytes += b
+                files += f
+        return nbytes, files
+
+    def reconcile_sync(self, name: str | None = None) -> dict[str, Usage]:
+        names = [s.name for s in self._map.shares] if name is None else [name]
+        if name is not None and self._map.get(name) is None:
+            raise KeyError(name)
+        out: dict[str, Usage] = {}
+        with self._reconciling:
+            for share in names:
+                nbytes, files = self.walk(share)
+                self.set_usage_sync(share, nbytes, files)
+                out[share] = self.usage(share)
+                log.info("space: share %s reconciled: %d bytes in %d files", share, nbytes, files)
+        return out
+
+    async def reconcile(self, name: str | None = None) -> dict[str, Usage]:
+        """Walk the share's (or every share's) paths and set the totals; the new totals."""
+        return await self._run(self.reconcile_sync, name)
+
+    async def run_periodic(self, interval: float) -> None:
+        """Reconcile shares never reconciled at once, then all every ``interval`` seconds
+        (0: only the never-reconciled ones).  Runs until cancelled (the primary worker)."""
+        try:
+            never = [n for n, u in (await self.all_usage_async()).items() if not u.reconciled]
+            for name in never:
+                await self.reconcile(name)
+        except Exception:
+            log.exception("space: first reconciliation failed")
+        if interval <= 0:
+            return
+        for _ in range(1 << 62):  # until cancelled
+            await asyncio.sleep(interval)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("space: periodic reconciliation failed")
+
+    def close(self) -> None:
+        self._db.close()
+        if self._own_executor:
+            self._executor.shutdown(wait=False)
