@@ -13,6 +13,7 @@ from se.config import (
     IssuerConfig,
     Listener,
     PublicRule,
+    ShareConfig,
     load_file,
 )
 
@@ -43,6 +44,13 @@ def test_example_lists_every_key_with_its_default() -> None:
             for f in dataclasses.fields(Listener):
                 documented = f"# {f.name} = " in text or f"# {f.name}." in text
                 assert documented, f"listeners: {f.name} not documented"
+            continue
+        if section.name == "shares":
+            # [[shares]] is shown commented out (without any, one implicit share).
+            text = EXAMPLE.read_text()
+            assert "# [[shares]]" in text
+            for f in dataclasses.fields(ShareConfig):
+                assert f"# {f.name} = " in text, f"shares: {f.name} not documented"
             continue
         assert section.name in data, f"[{section.name}] missing from the example"
         obj = getattr(defaults, section.name)
