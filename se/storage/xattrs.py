@@ -36,6 +36,9 @@ __all__ = [
     "PatchRefused",
     "copy_dead_props",
     "get_dead_props",
+    "pack_xrdcks",
+    "parse_own",
+    "parse_xrdcks",
     "patch_dead_props",
     "read_checksums",
     "write_checksums",
@@ -143,6 +146,34 @@ def _recall(target: int | str, size: int, mtime_ns: int) -> dict[str, bytes]:
         return dict(found)
 
 
+def parse_own(raw: bytes) -> tuple[bytes, int, int] | None:
+    """``user.se.checksum.<alg>`` -> (digest, size, mtime_ns) it was computed for; None if
+    malformed."""
+    try:
+        hexval, s_size, s_mtime = raw.decode("ascii").split(";")
+        return bytes.fromhex(hexval), int(s_size), int(s_mtime)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def parse_xrdcks(raw: bytes) -> tuple[str, int, bytes] | None:
+    """``user.XrdCks.<alg>`` -> (algorithm name inside, fmTime in seconds, digest); None if
+    it is not the 96-byte struct or its length byte is out of range."""
+    if len(raw) != _XRD_STRUCT.size:
+        return None
+    name, fm_time, _cs, _r1, _r2, length, value = _XRD_STRUCT.unpack(raw)
+    if not 0 < length <= 64:
+        return None
+    return name.split(b"\0", 1)[0].decode("ascii", "replace"), fm_time, value[:length]
+
+
+def pack_xrdcks(alg: str, raw: bytes, mtime_ns: int) -> bytes:
+    """The ``user.XrdCks.<alg>`` value for a digest of the file version with ``mtime_ns``."""
+    mtime_s = mtime_ns // 1_000_000_000
+    cs_delta = max(0, int(time.time()) - mtime_s)
+    return _XRD_STRUCT.pack(alg.encode()[:15], mtime_s, cs_delta, 0, 0, len(raw), raw)
+
+
 def read_checksums(
     target: int | str, size: int, mtime_ns: int, names: Sequence[str] | None = None
 ) -> dict[str, bytes]:
@@ -159,23 +190,18 @@ def read_checksums(
             if raw is None:
                 continue
             own.add(name[len(CKS_PREFIX) :])
-            try:
-                hexval, s_size, s_mtime = raw.decode("ascii").split(";")
-                if int(s_size) == size and int(s_mtime) == mtime_ns:
-                    found[name[len(CKS_PREFIX) :]] = bytes.fromhex(hexval)
-            except (ValueError, UnicodeDecodeError):
-                continue
+            parsed = parse_own(raw)
+            if parsed is not None and parsed[1:] == (size, mtime_ns):
+                found[name[len(CKS_PREFIX) :]] = parsed[0]
     for name in names:
         if name.startswith(XRD_PREFIX):
             alg = name[len(XRD_PREFIX) :]
             if alg in found or alg in own:
                 continue
             raw = _get(target, name)
-            if raw is None or len(raw) != _XRD_STRUCT.size:
-                continue
-            _n, fm_time, _cs, _r1, _r2, length, value = _XRD_STRUCT.unpack(raw)
-            if fm_time == mtime_ns // 1_000_000_000 and 0 < length <= 64:
-                found[alg] = value[:length]
+            xrd = None if raw is None else parse_xrdcks(raw)
+            if xrd is not None and xrd[1] == mtime_ns // 1_000_000_000:
+                found[alg] = xrd[2]
     if _fallback:
         for alg, raw in _recall(target, size, mtime_ns).items():
             found.setdefault(alg, raw)
@@ -184,7 +210,9 @@ def read_checksums(
 
 def write_checksums(
     target: int | str, digests: dict[str, bytes], size: int, mtime_ns: int, xrootd: bool
-) -> None:
+) -> bool:
+    """Store ``digests`` of the file version (size, mtime_ns); False when the xattrs refused
+    them (they are then remembered in this process only)."""
     for alg, raw in digests.items():
         value = f"{raw.hex()};{size};{mtime_ns}".encode("ascii")
         try:
@@ -201,19 +229,10 @@ def write_checksums(
                     remembered,
                     exc.strerror,
                 )
-            return
+            return False
         if xrootd:
-            mtime_s = mtime_ns // 1_000_000_000
-            packed = _XRD_STRUCT.pack(
-                alg.encode()[:15],
-                mtime_s,
-                max(0, int(time.time()) - mtime_s),
-                0,
-                0,
-                len(raw),
-                raw,
-            )
-            _set(target, XRD_PREFIX + alg, packed)
+            _set(target, XRD_PREFIX + alg, pack_xrdcks(alg, raw, mtime_ns))
+    return True
 
 
 def _prop_attr(key: str) -> str:
