@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 from tests.conftest import BASE_CONFIG, need
@@ -80,7 +80,7 @@ def walk(root: Path, shares: list[tuple[str, list[str], int]]) -> dict[str, tupl
 async def srr(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
     async with session.get(base + SRR) as resp:
         assert resp.status == 200, await resp.text()
-        doc = await resp.json()
+        doc: dict[str, Any] = await resp.json()
     jsonschema.validate(doc, SCHEMA)
     return doc
 
