@@ -185,7 +185,7 @@ TAPE_DRIVE_FAILURES = _counter(
 )
 TAPE_EVICTED_FILES = _counter("se_tape_evicted_files_total", "Files evicted from the disk buffer.")
 TAPE_QUEUED_FILES = _gauge(
-    "se_tape_queued_files", "Files waiting for a drive, by tape pool.", ("pool",)
+    "se_tape_queued_files", "Files waiting for a drive, by cartridge.", ("cartridge",)
 )
 TAPE_DRIVES_IN_USE = _gauge("se_tape_drives_in_use", "Drives holding a cartridge.")
 

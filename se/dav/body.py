@@ -29,6 +29,7 @@ import time
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from se import metrics
 from se.errors import BadRequest, RequestTimeout, SEError
 from se.faults import Rule
 from se.storage.posix import PosixBackend, Upload
@@ -143,10 +144,12 @@ async def send_file_range(
     # meanwhile, the numbers the thread uses can never be recycled for another socket/file.
     sock_fd = os.dup(sock.fileno())
     file_fd = os.dup(file.fd)
+    progress = [0]
     try:
-        await backend.run(sendfile_blocking, sock_fd, file_fd, offset, count, stop)
+        await backend.run(sendfile_blocking, sock_fd, file_fd, offset, count, stop, progress)
     finally:
         stop.set()
+        metrics.HTTP_SENT.inc(progress[0])  # bytes aiohttp's writer never saw
 
 
 async def receive_body(request: web.Request, upload: Upload, direct_min: int) -> bool:
@@ -250,7 +253,8 @@ async def _receive_direct(
     while chunk := content.read_nowait():
         buffered.append(chunk)
     transport.pause_reading()
-    remaining = declared - sum(len(c) for c in buffered)
+    parsed = sum(len(c) for c in buffered)  # counted by aiohttp's reader
+    remaining = declared - parsed
     stop = threading.Event()
     try:
         try:
@@ -271,6 +275,8 @@ async def _receive_direct(
             raise
     finally:
         stop.set()
+        if upload.received > parsed:  # the bytes aiohttp's reader never saw
+            metrics.HTTP_RECEIVED.inc(upload.received - parsed)
         # aiohttp never saw the body: mark it complete so that it does not wait
         # (lingering) for bytes that will not come through it.
         content.feed_eof()

@@ -20,6 +20,10 @@ aiohttp's :class:`~aiohttp.web_protocol.RequestHandler`, extended where aiohttp 
 
 The fast path (a whole request head in one segment) adds an attribute test or two per
 segment and nothing per header.
+
+It is also where every answered request is counted for the metrics (:meth:`log_access`,
+which aiohttp calls once per response of any kind, access log on or off): its method,
+status, duration and body bytes (``se.metrics.request_done``), and the connections opened.
 """
 
 from __future__ import annotations
@@ -39,12 +43,17 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from se import metrics
 
 __all__ = ["HeadBudget", "SEHandler"]
 
 log = logging.getLogger("se.http")
 
 _ROOT = yarl.URL("/")
+_CONNECTIONS = metrics.HTTP_CONNECTIONS
+_OPEN = metrics.HTTP_CONNECTIONS_OPEN
 
 
 class HeadBudget:
@@ -100,6 +109,7 @@ class _Refused(HttpProcessingError):
 
 class SEHandler(RequestHandler):
     __slots__ = (
+        "_access_on",
         "_allow",
         "_budget",
         "_head_bytes",
@@ -108,6 +118,7 @@ class SEHandler(RequestHandler):
         "_last_payload",
         "_max_head_bytes",
         "_refused",
+        "_sent",
     )
 
     def __init__(
@@ -130,14 +141,43 @@ class SEHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._last_payload: StreamReader | None = None
         self._refused = False
+        # Every request is timed (aiohttp times them only for the access log).
+        self._access_on = self._logging_enabled
+        self._logging_enabled = True
+        self._sent = 0  # body bytes written by the current request's response
+        factory = self._request_factory
+        assert factory is not None
+
+        def request_factory(*args: Any) -> BaseRequest:
+            args[3].on_body_write = self._body_written  # the StreamWriter
+            return factory(*args)
+
+        self._request_factory = request_factory
+
+    def _body_written(self, n: int, _total: int) -> None:
+        self._sent += n
+
+    def log_access(
+        self, request: BaseRequest, response: StreamResponse, time: float | None
+    ) -> None:
+        took = self._loop.time() - time if time is not None else 0.0
+        sent, self._sent = self._sent, 0
+        metrics.request_done(
+            request.method, response.status, took, request.content.total_bytes, sent
+        )
+        if self._access_on and self.access_logger is not None:
+            self.access_logger.log(request, response, took)
 
     # -- connection life ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        _CONNECTIONS.inc()
+        _OPEN.inc()
         if self._head_timeout > 0:
             self._head_timer = self._loop.call_later(self._head_timeout, self._head_expired)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        _OPEN.dec()
         self._end_head()
         super().connection_lost(exc)
 
@@ -263,6 +303,7 @@ class SEHandler(RequestHandler):
             # a thousand of these cost little more than their sockets.
             log.debug("%s: %d %s", self.peername, exc.code, exc.message)
             body = exc.message.encode() + b"\n"
+            metrics.request_done("other", exc.code, 0.0, 0, len(body))  # (no request exists)
             transport.write(
                 b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
