@@ -131,14 +131,20 @@ class _Database:
         return self._idle.get(timeout=120)
 
     @contextlib.contextmanager
-    def transaction(self, write: bool) -> Iterator[_Cursor]:
-        """One transaction on a lent connection (committed on leaving, rolled back on error)."""
+    def transaction(self, write: bool, single: bool = False) -> Iterator[_Cursor]:
+        """One transaction on a lent connection (committed on leaving, rolled back on error).
+        ``single``: the caller runs one statement, its own transaction (autocommit): one
+        round trip to PostgreSQL instead of three or four."""
         conn = self._borrow()
         broken = False
         try:
             cur = conn.cursor()
             if self.postgres:
                 cur = _QmarkCursor(cur)
+            if single:
+                yield cur
+                return
+            if self.postgres:
                 cur.execute("BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             else:
                 cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -204,11 +210,11 @@ class _QmarkCursor:
         return list(self._cur.fetchall())
 
 
+_UPDATE = "UPDATE space_usage SET bytes = bytes + ?, files = files + ?, updated = ? WHERE name = ?"
+
+
 def _add(cur: _Cursor, name: str, nbytes: int, files: int, now: float) -> None:
-    cur.execute(
-        "UPDATE space_usage SET bytes = bytes + ?, files = files + ?, updated = ? WHERE name = ?",
-        (nbytes, files, now, name),
-    )
+    cur.execute(_UPDATE, (nbytes, files, now, name))
     if cur.rowcount == 0:  # a share added since the rows were made (reload)
         cur.execute(
             "INSERT INTO space_usage (name, bytes, files, updated) VALUES (?, ?, ?, ?)",
@@ -268,6 +274,12 @@ class Accounting:
         if not items:
             return
         now = time.time()
+        if len(items) == 1:  # the usual case: one statement, atomic by itself
+            name, nbytes, files = items[0]
+            with self._db.transaction(write=True, single=True) as cur:
+                cur.execute(_UPDATE, (nbytes, files, now, name))
+                if cur.rowcount == 1:
+                    return
         with self._db.transaction(write=True) as cur:
             for name, nbytes, files in items:
                 _add(cur, name, nbytes, files, now)
@@ -277,6 +289,21 @@ class Accounting:
         if not items:
             return
         now = time.time()
+        if len(items) == 1:
+            # The usual case (a PUT): one conditional statement, atomic by itself; nothing
+            # changed (no row, or over the limit) is sorted out by the transaction below.
+            name, nbytes, files = items[0]
+            share = self._map.get(name)
+            limit = share.size if share is not None and share.size and nbytes > 0 else 0
+            with self._db.transaction(write=True, single=True) as cur:
+                if limit:
+                    cur.execute(
+                        _UPDATE + " AND bytes + ? <= ?", (nbytes, files, now, name, nbytes, limit)
+                    )
+                else:
+                    cur.execute(_UPDATE, (nbytes, files, now, name))
+                if cur.rowcount == 1:
+                    return
         with self._db.transaction(write=True) as cur:
             for name, nbytes, files in items:
                 _add(cur, name, nbytes, files, now)
@@ -294,7 +321,7 @@ class Accounting:
     # -- reading ------------------------------------------------------------------------
     def usage(self, name: str) -> Usage:
         """The totals of one share (zeros for an unknown one)."""
-        with self._db.transaction(write=False) as cur:
+        with self._db.transaction(write=False, single=True) as cur:
             cur.execute(
                 "SELECT bytes, files, updated, reconciled FROM space_usage WHERE name = ?",
                 (name,),
@@ -306,7 +333,7 @@ class Accounting:
 
     def all_usage(self) -> dict[str, Usage]:
         """The totals of every share in force, by name."""
-        with self._db.transaction(write=False) as cur:
+        with self._db.transaction(write=False, single=True) as cur:
             cur.execute("SELECT name, bytes, files, updated, reconciled FROM space_usage")
             rows = cur.fetchall()
         found = {str(r[0]): Usage(int(r[1]), int(r[2]), float(r[3]), float(r[4])) for r in rows}
