@@ -51,11 +51,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import errno
 import hashlib
 import json
 import os
+import queue
 import signal
 import stat as stat_mod
 import sys
@@ -94,6 +96,9 @@ EXIT_ERRORS = 4
 # Paths kept in each list of the summary (the counts are always complete).
 LIST_LIMIT = 100
 CHECKPOINT_EVERY = 1.0  # seconds
+# Files handed to a job at once: up to this many, or this many bytes.
+BATCH_FILES = 64
+BATCH_BYTES = 16 * 1024 * 1024
 _NOATIME = getattr(os, "O_NOATIME", 0)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
@@ -355,12 +360,20 @@ class Result:
         return tuple(self.path[1:].split("/"))
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v or k in ("path", "kind")}
+        out: dict[str, Any] = {"path": self.path, "kind": self.kind}
+        for name in _RESULT_FIELDS:
+            value = getattr(self, name)
+            if value:
+                out[name] = value
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Result:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(Result) if f.name not in ("path", "kind"))
 
 
 class Stopped(Exception):
@@ -432,7 +445,7 @@ def _hash(fd: int, algs: Sequence[str], job: FileJob) -> tuple[dict[str, bytes],
     hasher = checksums.MultiHasher(algs)
     buf = _buffer(job.chunk)
     total = 0
-    with _suppress_oserror():
+    with contextlib.suppress(OSError):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     while True:
         if job.stop.is_set():
@@ -444,17 +457,9 @@ def _hash(fd: int, algs: Sequence[str], job: FileJob) -> tuple[dict[str, bytes],
         total += n
         if job.limiter is not None:
             job.limiter.take(n)
-    with _suppress_oserror():
+    with contextlib.suppress(OSError):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     return hasher.digests(), total
-
-
-class _suppress_oserror:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, tp: type[BaseException] | None, *_: object) -> bool:
-        return tp is not None and issubclass(tp, OSError)
 
 
 def _open(fs: str) -> int:
@@ -622,6 +627,7 @@ class Journal:
         self.checkpoint_path = directory / f"scan-{key}.json"
         self.log_path = directory / f"scan-{key}.log"
         self._log_fd: int | None = None
+        self._lines: list[str] = []
 
     def load(self) -> tuple[tuple[str, ...] | None, Tally, dict[tuple[str, ...], Result]] | None:
         """(resume point, totals up to it, entries already finished beyond it), or None."""
@@ -663,8 +669,13 @@ class Journal:
         )
 
     def append(self, r: Result) -> None:
-        if self._log_fd is not None:
-            os.write(self._log_fd, json.dumps(r.to_json()).encode() + b"\n")
+        """Note a finished entry (written by :meth:`flush`)."""
+        self._lines.append(json.dumps(r.to_json()))
+
+    def flush(self) -> None:
+        if self._log_fd is not None and self._lines:
+            os.write(self._log_fd, ("\n".join(self._lines) + "\n").encode())
+        self._lines.clear()
 
     def checkpoint(
         self, watermark: tuple[str, ...] | None, tally: Tally, pending: Sequence[Result]
@@ -677,6 +688,7 @@ class Journal:
         tmp = self.checkpoint_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.checkpoint_path)
+        self._lines.clear()  # (what they say is in the checkpoint)
         if self._log_fd is not None:
             os.ftruncate(self._log_fd, 0)
 
@@ -956,9 +968,22 @@ def _scan(
     )
     done: dict[int, Result] = {}  # finished, not yet folded into tally (out of order)
     segs_of: dict[int, tuple[str, ...]] = {}
-    inflight: dict[cf.Future[Result | None], int] = {}
+    inflight: set[cf.Future[None]] = set()  # batches
+    results: queue.SimpleQueue[tuple[int, Result | None]] = queue.SimpleQueue()
+    batch: list[tuple[int, Item, str, str | None]] = []
+    batch_bytes = 0
     next_commit = 0
     last_checkpoint = started
+
+    def run_batch(b: list[tuple[int, Item, str, str | None]]) -> None:
+        for seq, item, path, share in b:
+            results.put((seq, None if stop.is_set() else check_file(item, path, share, job)))
+
+    def dispatch() -> None:
+        nonlocal batch, batch_bytes
+        if batch:
+            inflight.add(pool.submit(run_batch, batch))
+            batch, batch_bytes = [], 0
 
     def finished(seq: int, r: Result, logged: bool = False) -> None:
         done[seq] = r
@@ -967,12 +992,20 @@ def _scan(
             journal.append(r)
 
     def reap(timeout: float) -> None:
-        ready, _ = cf.wait(inflight, timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        for fut in ready:
-            seq = inflight.pop(fut)
-            r = fut.result()
-            if r is not None:
+        """Take the results in (waiting up to ``timeout`` for the first one)."""
+        got: list[tuple[int, Result | None]] = []
+        with contextlib.suppress(queue.Empty):
+            got.append(results.get(timeout=timeout) if timeout > 0 else results.get_nowait())
+            while True:
+                got.append(results.get_nowait())
+        for seq, r in got:
+            if r is not None:  # None: stopped before or while reading it
                 finished(seq, r)
+        for fut in [f for f in inflight if f.done()]:
+            inflight.discard(fut)
+            fut.result()  # a job's unexpected exception ends the scan here
+        if journal is not None:
+            journal.flush()
 
     def commit() -> None:
         nonlocal next_commit, watermark
@@ -1010,7 +1043,12 @@ def _scan(
                 if known is not None:
                     finished(seq, known, logged=True)
                 elif item.kind == "file":
-                    inflight[pool.submit(check_file, item, path, share, job)] = seq
+                    # Files go to the jobs in batches (few thread hand-overs for small files).
+                    batch.append((seq, item, path, share))
+                    with contextlib.suppress(OSError):
+                        batch_bytes += os.lstat(item.fs).st_size
+                    if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
+                        dispatch()
                 elif item.kind == "error":
                     finished(seq, Result(path, "direrror", detail=item.detail))
                 else:
@@ -1019,12 +1057,12 @@ def _scan(
                 while len(inflight) >= 2 * opts.jobs and not stop.is_set():
                     reap(0.2)
                     tick()
-                if inflight:
-                    reap(0)
                 tick()
+            dispatch()
             while inflight:
                 reap(0.2)
                 tick()
+        reap(0)
         commit()
         if stop.is_set():
             checkpoint()

@@ -5,9 +5,11 @@ SIGKILL, the progress lines and the JSON summary.  File mtimes never change."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import pty
 import random
 import shutil
 import signal
@@ -385,3 +387,58 @@ def test_shares_accounting_and_lines(tmp_path: Path, se_factory: Callable[..., S
         conn.close()
     shares = {sh["name"]: sh for sh in srr["storageservice"]["storageshares"]}
     assert shares["atlas"]["usedsize"] == 6000 and shares["atlas"]["numberoffiles"] == 2
+
+
+def test_file_changed_while_read_gets_no_checksum(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    growing = root / "growing"
+    write_random(growing, 1_000_000, random.Random(1))
+    # Read at 0.25 MB/s: the scan holds the file for about 4 s, and it grows meanwhile.
+    proc = start_scan(root, "--jobs", "1", "--max-rate", "0.25", "--progress-every", "0.1")
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert first.startswith("se scan: "), first
+        time.sleep(1.0)
+        with growing.open("ab") as fh:
+            fh.write(b"appended by another writer")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 4, err
+    summary = json.loads(out)
+    assert summary["changed"] == 1 and summary["changed_paths"] == ["/growing"]
+    assert summary["computed"] == 0 and summary["files"] == 1
+    assert not any(n.startswith("user.se.") for n in own_attrs(growing))
+    again, status, _ = scan(root)
+    assert status == 0 and again is not None and again["computed"] == 1
+
+
+def test_live_bar_on_a_terminal(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    rng = random.Random(9)
+    for i in range(20):
+        write_random(root / f"f{i}", 100_000, rng)
+    leader, follower = pty.openpty()
+    try:
+        p = subprocess.Popen(
+            [*SE, "scan", "--root", str(root), "--max-rate", "2"],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
+        )
+        os.close(follower)
+        out, _ = p.communicate(timeout=60)
+        screen = b""
+        with contextlib.suppress(OSError):  # EIO once the child is gone and all was read
+            while chunk := os.read(leader, 65536):
+                screen += chunk
+    finally:
+        os.close(leader)
+    assert p.returncode == 0
+    assert json.loads(out)["computed"] == 20  # stdout stays the JSON summary
+    text = screen.decode(errors="replace")
+    assert "se scan" in text and "files/s" in text and "MB/s" in text and "ETA" in text
+    assert "20/20 files" in text and "computed 20" in text

@@ -172,6 +172,7 @@ def test_journal_round_trip(tmp_path: Path) -> None:
     j.checkpoint(("a",), tally, [result("/c")])
     j.append(result("/a"))  # at or before the checkpoint: ignored on load
     j.append(result("/d", "mismatch"))
+    j.flush()
     j.close()
     with j.log_path.open("ab") as fh:
         fh.write(b'{"path": "/e", "ki')  # cut by a kill
