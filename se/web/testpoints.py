@@ -43,6 +43,7 @@ __all__ = [
     "fired",
     "fired_markers",
     "gate",
+    "is_admin",
     "record_request",
     "route",
     "started",
@@ -224,10 +225,15 @@ def route(request: web.Request) -> Callable[[], Awaitable[web.StreamResponse]] |
     return None
 
 
+def is_admin(request: web.Request, admins: tuple[str, ...]) -> bool:
+    """Whether the caller's identity (token subject, ``sub@iss``, or DN) is in ``admins``."""
+    grant = grant_of(request)
+    return grant is not None and bool(set(_identities(grant)) & set(admins))
+
+
 def _admit(request: web.Request, admins: tuple[str, ...]) -> None:
     """Allowed: an identity named in ``admins``, or whoever may modify ``/``."""
-    grant = grant_of(request)
-    if grant is not None and set(_identities(grant)) & set(admins):
+    if is_admin(request, admins):
         return
     try:
         authorise(request, Op.MODIFY, DavPath(()))
