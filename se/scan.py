@@ -54,6 +54,7 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -656,17 +657,29 @@ class Journal:
                         continue  # a line cut by a kill
                     done[r.segs] = r
         except FileNotFoundError:
-            if data is None:
-                return None
+            pass
+        if data is None and not done:
+            return None
         if watermark is not None:
             done = {s: r for s, r in done.items() if s > watermark}
         return watermark, tally, done
 
     def open_log(self) -> None:
+        """Open (and lock) the log; BlockingIOError when another scan holds it."""
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_fd = os.open(
-            self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-        )
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        self._log_fd = fd
+
+    def reset(self) -> None:
+        """Forget an earlier run (``--restart``)."""
+        self.checkpoint_path.unlink(missing_ok=True)
+        if self._log_fd is not None:
+            os.ftruncate(self._log_fd, 0)
 
     def append(self, r: Result) -> None:
         """Note a finished entry (written by :meth:`flush`)."""
@@ -929,8 +942,25 @@ def _scan(
     prior: dict[tuple[str, ...], Result] = {}
     resumed = False
     if journal is not None:
+        try:
+            journal.open_log()
+        except BlockingIOError:
+            print(
+                "se scan: another scan of this tree with the same options is running "
+                f"(journal {journal.log_path})",
+                file=stderr,
+            )
+            return None, 2
+        except OSError as exc:
+            print(
+                f"se scan: no journal in {opts.journal_dir} ({_reason(exc)}): this scan "
+                "cannot be resumed if interrupted",
+                file=stderr,
+            )
+            journal = None
+    if journal is not None:
         if opts.restart:
-            journal.clear()
+            journal.reset()
         loaded = journal.load()
         if loaded is not None:
             watermark, tally, prior = loaded
@@ -940,15 +970,6 @@ def _scan(
                 f"({tally.files} files done; journal {journal.checkpoint_path})",
                 file=stderr,
             )
-        try:
-            journal.open_log()
-        except OSError as exc:
-            print(
-                f"se scan: no journal in {opts.journal_dir} ({_reason(exc)}): this scan "
-                "cannot be resumed if interrupted",
-                file=stderr,
-            )
-            journal = None
     base_elapsed = tally.elapsed
     live = Tally.from_json(tally.to_json())
     started = time.monotonic()

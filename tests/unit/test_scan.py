@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from se.config import ShareConfig
 from se.scan import (
     LIST_LIMIT,
@@ -183,6 +185,18 @@ def test_journal_round_trip(tmp_path: Path) -> None:
     assert sorted(done) == [("c",), ("d",)] and done[("d",)].kind == "mismatch"
     j.clear()
     assert j.load() is None
+
+
+def test_journal_is_held_by_one_scan(tmp_path: Path) -> None:
+    first = Journal(tmp_path, "k")
+    first.open_log()
+    assert first.load() is None  # an empty log is no earlier run
+    second = Journal(tmp_path, "k")
+    with pytest.raises(BlockingIOError):
+        second.open_log()
+    first.close()
+    second.open_log()
+    second.clear()
 
 
 def test_tally_bounded_lists() -> None:
