@@ -16,15 +16,18 @@ function switches prometheus_client's value class and gives every family fresh v
 process has counted anything by then).
 
 Cost per request: the request path goes through :func:`request_done` only, which looks its
-label children up in plain dicts (resolved once per method and status) and writes four
-values into this process's mmap (prometheus_client's per-process lock is never contended:
-only the event-loop thread counts).  Nothing is formatted until a scrape.
+values up in plain dicts (resolved once per method and status) and adds to plain numbers,
+written into the shared values a few times a second (see FLUSH_PERIOD).  Nothing is
+formatted until a scrape.
 
 :func:`value` is what the dashboard samples: the sum over all workers of one sample name.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
@@ -64,7 +67,10 @@ __all__ = [
     "TPC_QUEUED",
     "TPC_TRANSFERS",
     "collect",
+    "connection_closed",
+    "connection_opened",
     "directory",
+    "flush",
     "request_done",
     "samples",
     "use_directory",
@@ -217,29 +223,91 @@ KNOWN_METHODS = frozenset(
      "COPY", "MOVE", "LOCK", "UNLOCK", "PATCH", "TRACE", "CONNECT")
 )  # fmt: skip
 
-_by_status: dict[tuple[str, int], Any] = {}  # (method, status) -> HTTP_REQUESTS child
-_by_method: dict[str, Any] = {}  # method -> HTTP_DURATION child
-_resets.extend((_by_status.clear, _by_method.clear))
-_received = HTTP_RECEIVED
-_sent = HTTP_SENT
+# The request path adds to plain numbers of this process (a dict update or two per request)
+# and writes them into the shared values every FLUSH_PERIOD seconds, on a timer of the event
+# loop that counted, and before this process reads the values (a scrape it answers, value()).
+# A scrape answered by another worker may so miss up to FLUSH_PERIOD of this worker's latest
+# requests; a worker that is killed loses as much.  (prometheus-client's own inc() takes a
+# lock, asks the pid and writes the mmap: several microseconds per value, per request.)
+FLUSH_PERIOD = 0.25
+
+_pending: dict[Any, float] = {}  # prometheus_client value -> amount not yet added to it
+_by_status: dict[tuple[str, int], Any] = {}  # (method, status) -> the requests value
+_by_method: dict[str, tuple[Any, list[Any]]] = {}  # method -> histogram (sum, buckets) values
+_bounds = (*LATENCY_BUCKETS, math.inf)
+_state = {"armed": False, "open": 0, "opened": 0}
+
+
+def _reset_request_path() -> None:
+    _pending.clear()
+    _by_status.clear()
+    _by_method.clear()
+
+
+_resets.append(_reset_request_path)
 
 
 def request_done(method: str, status: int, seconds: float, received: int, sent: int) -> None:
     """One answered request (se.web.protocol calls this once per request)."""
     if method not in KNOWN_METHODS:
         method = "other"
-    counter = _by_status.get((method, status))
-    if counter is None:
-        counter = _by_status[(method, status)] = HTTP_REQUESTS.labels(method, str(status))
-    counter.inc()
+    pending = _pending
+    key = _by_status.get((method, status))
+    if key is None:
+        key = _by_status[(method, status)] = HTTP_REQUESTS.labels(method, str(status))._value
+    pending[key] = pending.get(key, 0) + 1
     histogram = _by_method.get(method)
     if histogram is None:
-        histogram = _by_method[method] = HTTP_DURATION.labels(method)
-    histogram.observe(seconds)
+        child = HTTP_DURATION.labels(method)
+        histogram = _by_method[method] = (child._sum, child._buckets)
+    total, buckets = histogram
+    pending[total] = pending.get(total, 0) + seconds
+    bucket = buckets[bisect.bisect_left(_bounds, seconds)]
+    pending[bucket] = pending.get(bucket, 0) + 1
     if received:
-        _received.inc(received)
+        key = HTTP_RECEIVED._value
+        pending[key] = pending.get(key, 0) + received
     if sent:
-        _sent.inc(sent)
+        key = HTTP_SENT._value
+        pending[key] = pending.get(key, 0) + sent
+    if not _state["armed"]:
+        _arm()
+
+
+def connection_opened() -> None:
+    _state["open"] += 1
+    _state["opened"] += 1
+    if not _state["armed"]:
+        _arm()
+
+
+def connection_closed() -> None:
+    _state["open"] -= 1
+    if not _state["armed"]:
+        _arm()
+
+
+def _arm() -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # counted outside an event loop: at once
+        flush()
+        return
+    _state["armed"] = True
+    loop.call_later(FLUSH_PERIOD, flush)
+
+
+def flush() -> None:
+    """Write what this process counted on the request path into the shared values."""
+    _state["armed"] = False
+    items = list(_pending.items())
+    _pending.clear()
+    for value, amount in items:
+        value.inc(amount)
+    if _state["opened"]:
+        HTTP_CONNECTIONS.inc(_state["opened"])
+        _state["opened"] = 0
+    HTTP_CONNECTIONS_OPEN.set(_state["open"])
 
 
 def cached(child: Callable[[], Any]) -> Callable[[], Any]:
@@ -306,6 +374,7 @@ if os.environ.get(ENV) and not _multiprocess():  # set before this process start
 
 def collect() -> Iterable[Metric]:
     """Every family, summed over all workers (multiprocess mode) or this process's own."""
+    flush()
     path = directory()
     if path is None:
         return _LOCAL.collect()

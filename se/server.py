@@ -13,15 +13,18 @@ is given to one listener of the first worker.  The parent forwards SIGTERM/SIGIN
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import dataclasses
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import ssl
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -32,6 +35,7 @@ from typing import TextIO
 import uvloop
 from aiohttp import web
 
+from se import metrics
 from se.accesslog import AccessLogger, RedactTokens
 from se.app import METHODS, create_app
 from se.auth.x509 import configure_server_context
@@ -292,6 +296,20 @@ def setup_logging(cfg: Config) -> None:
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
+def count_metrics_apart() -> None:
+    """Metrics of this server run go to a fresh private directory that the workers share
+    (se.metrics' multiprocess mode; set before they fork), removed when the server exits."""
+    path = tempfile.mkdtemp(prefix="se-metrics-")
+    metrics.use_directory(path)
+    parent = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == parent:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
+
+
 def run(cfg: Config, out: TextIO = sys.stdout) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status."""
     cfgs = listener_configs(cfg)
@@ -303,6 +321,7 @@ def run(cfg: Config, out: TextIO = sys.stdout) -> int:
         os.makedirs(each.storage.root, exist_ok=True)
     for each in cfgs:
         forget_test_state(each)
+    count_metrics_apart()
     workers = cfg.server.workers
     socks = bind_all(cfgs, reuse_port=workers > 1)
     # Workers beyond the first bind the ports that the first sockets actually got.
@@ -381,6 +400,8 @@ def _supervise(endpoints: Sequence[Endpoint], socks: list[socket.socket], worker
                 continue
             if proc.exitcode is None:
                 continue
+            if proc.pid is not None:
+                metrics.worker_died(proc.pid)
             crashes.append(now)
             while crashes and crashes[0] < now - CRASH_WINDOW:
                 crashes.popleft()

@@ -20,6 +20,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from se import metrics
 from se.scitags.tags import Tag
 
 __all__ = [
@@ -31,6 +32,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("se.scitags")
+_SENT = metrics.cached(lambda: metrics.SCITAGS_FIREFLIES.labels("sent"))
+_DROPPED = metrics.cached(lambda: metrics.SCITAGS_FIREFLIES.labels("dropped"))
+_FILTERED = metrics.cached(lambda: metrics.SCITAGS_FIREFLIES.labels("filtered"))
 MAX_DATAGRAM = 1400
 
 
@@ -209,6 +213,7 @@ class FireflySender:
     def emit(self, flow: Flow, state: str, rtt_ms: float | None = None) -> None:
         if not self.reports(flow.peer):
             self.skipped += 1
+            _FILTERED().inc()
             return
         data = datagram(flow, state, self.hostname, rtt_ms=rtt_ms)
         targets = list(self._collectors)
@@ -227,6 +232,8 @@ class FireflySender:
                 self._socks[family] = sock
             sock.sendto(data, (host, port))
             self.sent += 1
+            _SENT().inc()
         except (OSError, OverflowError, ValueError) as exc:
             self.dropped += 1
+            _DROPPED().inc()
             log.debug("firefly to %s:%d dropped: %s", host, port, exc)

@@ -20,11 +20,14 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from se import metrics
 from se.scitags.tags import Tag, flow_label
 
 __all__ = ["Labeller", "bit19_allowed"]
 
 log = logging.getLogger("se.scitags")
+_LABELLED = metrics.cached(lambda: metrics.SCITAGS_FLOW_LABELS.labels("labelled"))
+_REFUSED = metrics.cached(lambda: metrics.SCITAGS_FLOW_LABELS.labels("refused"))
 
 SOL_IPV6 = 41
 IPV6_FLOWLABEL_MGR = 32
@@ -67,11 +70,13 @@ class Labeller:
             sock.setsockopt(SOL_IPV6, IPV6_FLOWINFO_SEND, 1)
         except OSError as exc:
             self.refused += 1
+            _REFUSED().inc()
             if not self._warned:
                 self._warned = True
                 log.warning("IPv6 flow labels refused by the kernel (%s); not labelling", exc)
             return False
         self.labelled += 1
+        _LABELLED().inc()
         return True
 
     async def connect(self, sockaddr: tuple[Any, ...], label: int) -> socket.socket:

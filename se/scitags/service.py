@@ -11,6 +11,7 @@ import socket
 from collections.abc import Mapping
 from importlib import resources
 
+from se import metrics
 from se.config import SciTagsConfig
 from se.scitags.firefly import FireflySender, Flow, plain_ip, tcp_info
 from se.scitags.flowlabel import Labeller
@@ -19,6 +20,9 @@ from se.scitags.tags import INVALID, Registry, Tag, select_tag
 __all__ = ["SciTagService", "parse_hostport"]
 
 log = logging.getLogger("se.scitags")
+_FIREFLY_DROPPED = metrics.cached(lambda: metrics.SCITAGS_FIREFLIES.labels("dropped"))
+_FLOWD_WRITTEN = metrics.cached(lambda: metrics.SCITAGS_FLOWD_LINES.labels("written"))
+_FLOWD_DROPPED = metrics.cached(lambda: metrics.SCITAGS_FLOWD_LINES.labels("dropped"))
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -65,6 +69,13 @@ class SciTagService:
         self._ongoing: dict[int, asyncio.TimerHandle] = {}
         self.flowd_lines = 0
         self.flowd_dropped = 0
+        # Every outcome shows on the metrics page from the start (at 0).
+        for outcome in ("sent", "dropped", "filtered"):
+            metrics.SCITAGS_FIREFLIES.labels(outcome)
+        for outcome in ("labelled", "refused"):
+            metrics.SCITAGS_FLOW_LABELS.labels(outcome)
+        for outcome in ("written", "dropped"):
+            metrics.SCITAGS_FLOWD_LINES.labels(outcome)
 
     def _exp(self, name: str) -> int:
         if name.isdigit():
@@ -141,6 +152,7 @@ class SciTagService:
                 self._flowd(state, flow)
         except Exception:
             self.sender.dropped += 1
+            _FIREFLY_DROPPED().inc()
             log.exception("could not report a %s flow event", state)
 
     def _flowd(self, state: str, flow: Flow) -> None:
@@ -156,13 +168,16 @@ class SciTagService:
             fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             self.flowd_dropped += 1
+            _FLOWD_DROPPED().inc()
             if exc.errno not in (errno.ENXIO, errno.ENOENT):
                 log.debug("flowd pipe %s: %s", path, exc)
             return
         try:
             os.write(fd, line)  # < PIPE_BUF: atomic
             self.flowd_lines += 1
+            _FLOWD_WRITTEN().inc()
         except OSError:
             self.flowd_dropped += 1
+            _FLOWD_DROPPED().inc()
         finally:
             os.close(fd)

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from se import metrics
 from se.config import Config, TapeConfig, state_dir
 from se.errors import BadRequest, ServiceUnavailable
 from se.events import EventLog
@@ -62,7 +63,6 @@ from se.tape.sql import CatalogueEntry, DuplicateRequestError
 from se.tape.store import TapeStore
 from se.tape.stores import open_store
 from se.tape.wire import TapeProblem, user_status
-from se.web.metrics import head, line
 
 __all__ = ["ArchiveItem", "StageItem", "TapeService", "database_path", "library_config"]
 
@@ -147,11 +147,10 @@ class TapeService:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
         self._last_gc = -GC_PERIOD  # the first tick collects
-        # Counters for /.well-known/se/metrics (this process).
-        self.requests_created = 0
-        self.files_requested = 0
-        self.files_archived = 0
-        self.reads_refused = 0
+        # What the library's own counters showed at the last metrics sync (sync_metrics).
+        self._synced: dict[str, int] = {}
+        self._synced_library: TapeLibrary | None = None
+        self._queues_seen: set[str] = set()
 
     @property
     def store(self) -> TapeStore:
@@ -239,10 +238,12 @@ class TapeService:
         """One round of the periodic work (also called by tests to skip the wait)."""
         await self._refresh()
         if self.library is None or self.buffer is None:
+            self.sync_metrics()
             return
         await self.library.sync()
         await self.flush()
         await self.buffer.collect()
+        self.sync_metrics()
         now = time.monotonic()
         if now - self._last_gc >= GC_PERIOD:
             self._last_gc = now
@@ -317,8 +318,8 @@ class TapeService:
             )
         except DuplicateRequestError:  # pragma: no cover - a uuid4 collision
             raise TapeProblem(500, "Internal error", "request id collision; retry") from None
-        self.requests_created += 1
-        self.files_requested += len(files)
+        metrics.TAPE_REQUESTS.inc()
+        metrics.TAPE_FILES_REQUESTED.inc(len(files))
         if any(state is FileState.SUBMITTED for state, _error in states):
             self.queue(request_id)  # in the background: the caller does not wait for the queues
         return request_id
@@ -488,63 +489,53 @@ class TapeService:
             }
         return out
 
-    def metric_lines(self) -> list[str]:
-        """The tape families of ``/.well-known/se/metrics`` (this process's counters)."""
-        lines = [
-            *head("se_tape_requests_total", "counter", "Stage requests accepted by this worker."),
-            line("se_tape_requests_total", self.requests_created),
-            *head(
-                "se_tape_files_requested_total",
-                "counter",
-                "Files named by accepted stage requests.",
-            ),
-            line("se_tape_files_requested_total", self.files_requested),
-            *head(
-                "se_tape_reads_refused_total",
-                "counter",
-                "GETs refused because the file is on tape only.",
-            ),
-            line("se_tape_reads_refused_total", self.reads_refused),
-        ]
-        if self.library is not None:
-            stats = self.library.stats()
-            lines += [
-                *head("se_tape_mounts_total", "counter", "Cartridge mounts, by cartridge."),
-                *(
-                    line("se_tape_mounts_total", mounts, {"cartridge": vid})
-                    for vid, mounts in stats.mounts.items()
-                    if mounts
-                ),
-                *head(
-                    "se_tape_recalled_files_total",
-                    "counter",
-                    "Files read back from tape, by outcome.",
-                ),
-                line("se_tape_recalled_files_total", stats.files_recalled, {"outcome": "ok"}),
-                line("se_tape_recalled_files_total", stats.files_failed, {"outcome": "failed"}),
-                *head("se_tape_recalled_bytes_total", "counter", "Bytes read back from tape."),
-                line("se_tape_recalled_bytes_total", stats.bytes_recalled),
-                *head("se_tape_archived_files_total", "counter", "Files written to tape."),
-                line("se_tape_archived_files_total", self.files_archived),
-                *head(
-                    "se_tape_drive_failures_total",
-                    "counter",
-                    "Sessions aborted by a drive failure.",
-                ),
-                line("se_tape_drive_failures_total", stats.drive_failures),
-                *head("se_tape_queued_files", "gauge", "Files waiting for a drive."),
-                line("se_tape_queued_files", stats.queued_files),
-                *head("se_tape_drives_in_use", "gauge", "Drives holding a cartridge."),
-                line("se_tape_drives_in_use", len(stats.in_drives)),
-            ]
-        if self.buffer is not None:
-            lines += [
-                *head(
-                    "se_tape_evicted_files_total", "counter", "Files evicted from the disk buffer."
-                ),
-                line("se_tape_evicted_files_total", self.buffer.evicted_files),
-            ]
-        return lines
+    def sync_metrics(self) -> None:
+        """Bring the tape families of ``se.metrics`` up to the library's own counters (the
+        library runs in one worker; each tick adds what changed since the last one)."""
+        library = self.library
+        if library is None:
+            metrics.TAPE_DRIVES_IN_USE.set(0)
+            for vid in self._queues_seen:
+                metrics.TAPE_QUEUED_FILES.labels(vid).set(0)
+            self._queues_seen.clear()
+            return
+        if self._synced_library is not library:  # (a new one counts from 0)
+            self._synced_library = library
+            self._synced = {}
+        stats = library.stats()
+        now = {
+            "recalled": stats.files_recalled,
+            "failed": stats.files_failed,
+            "bytes": stats.bytes_recalled,
+            "drive_failures": stats.drive_failures,
+            "evicted": self.buffer.evicted_files if self.buffer is not None else 0,
+        }
+        now.update({f"mounts {vid}": mounts for vid, mounts in stats.mounts.items()})
+        synced = self._synced
+        for key, total in now.items():
+            step = total - synced.get(key, 0)
+            if step <= 0:
+                continue
+            synced[key] = total
+            if key == "recalled":
+                metrics.TAPE_RECALLED_FILES.labels("ok").inc(step)
+            elif key == "failed":
+                metrics.TAPE_RECALLED_FILES.labels("failed").inc(step)
+            elif key == "bytes":
+                metrics.TAPE_RECALLED_BYTES.inc(step)
+            elif key == "drive_failures":
+                metrics.TAPE_DRIVE_FAILURES.inc(step)
+            elif key == "evicted":
+                metrics.TAPE_EVICTED_FILES.inc(step)
+            else:
+                metrics.TAPE_MOUNTS.labels(key.removeprefix("mounts ")).inc(step)
+        metrics.TAPE_DRIVES_IN_USE.set(len(stats.in_drives))
+        depths = library.queue_depths()
+        for vid in self._queues_seen - depths.keys():
+            metrics.TAPE_QUEUED_FILES.labels(vid).set(0)
+        for vid, depth in depths.items():
+            metrics.TAPE_QUEUED_FILES.labels(vid).set(depth)
+        self._queues_seen = set(depths)
 
     # -- archive ----------------------------------------------------------------------------
 
@@ -580,7 +571,7 @@ class TapeService:
                     log.error("tape: cannot archive %s: %s", path, exc)
                     break
                 done += entry is not None
-        self.files_archived += done
+        metrics.TAPE_ARCHIVED_FILES.inc(done)
         return done
 
     # -- the namespace ----------------------------------------------------------------------
@@ -685,7 +676,7 @@ class TapeService:
             return
         locality = await self.locality(path, size)
         if locality in (Locality.TAPE, Locality.UNAVAILABLE, Locality.LOST):
-            self.reads_refused += 1
+            metrics.TAPE_READS_REFUSED.inc()
             what = {
                 Locality.TAPE: "is on tape only (NEARLINE): stage it with the tape REST API",
                 Locality.UNAVAILABLE: "is on a tape that is unavailable",

@@ -98,7 +98,7 @@ async def _injected_failure(
     await resp.prepare(request)
     state = _Stream(resp, quiet=not testpoints.fired_markers(request))
     await state.marker(markers.format_marker(transfer.marker()))
-    svc.failed += 1
+    svc.failed("injected")
     _log(transfer, "failure", f"{text} (fault injected)")
     await state.send(markers.format_result("failure", text))
     if not state.broken:
@@ -240,7 +240,7 @@ async def _drive(
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 transfer.end_flows()
-                svc.failed += 1
+                svc.failed("aborted")
                 if not svc.stopping:  # nobody is listening any more
                     _log(transfer, "aborted", "client disconnected")
                     return resp
@@ -293,10 +293,10 @@ async def _outcome(svc: TPCService, transfer: Transfer, task: asyncio.Future[Non
         log.exception("third-party copy failed unexpectedly")
         reason = markers.Failure("local", "internal", f"internal error: {exc.__class__.__name__}")
     else:
-        svc.succeeded += 1
+        svc.succeeded()
         _log(transfer, "success", "")
         return markers.format_result("success", "Created")
-    svc.failed += 1
+    svc.failed(reason.tag)
     _log(transfer, "failure", str(reason))
     return result_line(transfer, "failure", reason)
 

@@ -1,4 +1,8 @@
-"""Per-worker TPC state: the pooled client session, the network policy and the limits."""
+"""Per-worker TPC state: the pooled client session, the network policy and the limits.
+
+It is also the one place where transfers are counted for the metrics (``se.metrics``):
+admitted, queued and active now, finished by result, failures by reason (the bytes are
+counted by ``se.tpc.state.Transfer.progress``)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import ssl
 import aiohttp
 from aiohttp import web
 
+from se import metrics
 from se.auth.delegation import Delegated, DelegationStore
 from se.config import Config, checksum_algorithms, is_loopback
 from se.errors import ServiceUnavailable
@@ -15,7 +20,6 @@ from se.scitags.service import SciTagService
 from se.storage.posix import PosixBackend
 from se.tpc.hostaddrs import HostAddresses
 from se.tpc.remote import NetworkPolicy, client_cert_context, make_session
-from se.web.metrics import head, line
 
 __all__ = ["TPC_SERVICE", "TPCService", "refuses_local_remotes"]
 
@@ -50,8 +54,7 @@ class TPCService:
         self._slots = asyncio.Semaphore(cfg.tpc.max_active)
         self.admitted = 0  # accepted and not finished (active + queued)
         self.active = 0
-        self.succeeded = 0
-        self.failed = 0
+        _SUCCESS(), _FAILURE()  # both results show on the metrics page from the start
         self.stopping = False  # the server is shutting down: running transfers abort
         # Delegated proxies (Credential: gridsite), when client certificates are taken.
         self.delegations: DelegationStore | None = None
@@ -90,33 +93,43 @@ class TPCService:
                 headers={"Retry-After": "30"},
             )
         self.admitted += 1
+        self._gauges()
 
     def release(self) -> None:
         self.admitted -= 1
+        self._gauges()
 
     async def acquire_slot(self) -> None:
         await self._slots.acquire()
         self.active += 1
+        self._gauges()
 
     def release_slot(self) -> None:
         self.active -= 1
         self._slots.release()
+        self._gauges()
 
-    def metric_lines(self) -> list[str]:
-        """This worker's TPC counters for ``/.well-known/se/metrics``."""
-        return [
-            *head("se_tpc_transfers_total", "counter", "Third-party copies finished, by result."),
-            line("se_tpc_transfers_total", self.succeeded, {"result": "success"}),
-            line("se_tpc_transfers_total", self.failed, {"result": "failure"}),
-            *head("se_tpc_active", "gauge", "Third-party copies moving data now."),
-            line("se_tpc_active", self.active),
-            *head(
-                "se_tpc_admitted",
-                "gauge",
-                "Third-party copies accepted and not finished (active + queued).",
-            ),
-            line("se_tpc_admitted", self.admitted),
-        ]
+    def _gauges(self) -> None:
+        metrics.TPC_ADMITTED.set(self.admitted)
+        metrics.TPC_ACTIVE.set(self.active)
+        metrics.TPC_QUEUED.set(self.admitted - self.active)
+
+    @staticmethod
+    def succeeded() -> None:
+        """A transfer ended with ``success``."""
+        _SUCCESS().inc()
+
+    @staticmethod
+    def failed(reason: str) -> None:
+        """A transfer ended with ``failure`` (or ``aborted``); ``reason``: the failure
+        line's tag (``source connect``, ``local write``, ``checksum``...), ``aborted`` or
+        ``injected``."""
+        _FAILURE().inc()
+        metrics.TPC_FAILURES.labels(reason).inc()
+
+
+_SUCCESS = metrics.cached(lambda: metrics.TPC_TRANSFERS.labels("success"))
+_FAILURE = metrics.cached(lambda: metrics.TPC_TRANSFERS.labels("failure"))
 
 
 TPC_SERVICE: web.AppKey[TPCService] = web.AppKey("se_tpc", TPCService)

@@ -1,4 +1,7 @@
-"""One transfer in progress: counters the data path updates and the marker loop reads."""
+"""One transfer in progress: counters the data path updates and the marker loop reads.
+
+:meth:`Transfer.progress` is also where TPC bytes are counted for the metrics
+(``se_tpc_bytes_total``, by direction)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from se import metrics
 from se.scitags.firefly import Flow
 from se.scitags.service import SciTagService
 from se.scitags.tags import Tag
@@ -26,6 +30,10 @@ def conn_key(obj: Any) -> int | None:
     transport = connection.transport if connection is not None else getattr(obj, "transport", None)
     local = transport.get_extra_info("sockname") if transport is not None else None
     return int(local[1]) if local else None
+
+
+_PULLED = metrics.cached(lambda: metrics.TPC_BYTES.labels("in"))
+_PUSHED = metrics.cached(lambda: metrics.TPC_BYTES.labels("out"))
 
 
 class Transfer:
@@ -48,6 +56,7 @@ class Transfer:
         # whose body was read at once no longer knows its connection).
         self.last_conn: int | None = None
         self.bytes = 0
+        self._counted = (_PULLED if spec.mode.value == "pull" else _PUSHED)()
         self.size: int | None = None
         self.connections: dict[str, None] = {}  # ordered set of "tcp:ip:port"
         self.created = time.monotonic()
@@ -75,6 +84,7 @@ class Transfer:
             self._flow_bytes(conn, n)
         if n:
             self.bytes += n
+            self._counted.inc(n)
             self.last_progress = time.monotonic()
             if self.first_byte_at is None:
                 self.first_byte_at = self.last_progress

@@ -15,15 +15,21 @@ goes through.
 * with neither, the request is anonymous.
 
 Handlers then call the synchronous :func:`authorise`.
+
+Each credential checked is counted for the metrics (``se_auth_total``, by kind and outcome).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from aiohttp import hdrs, web
 
+from se import metrics
 from se.auth import macaroons
 from se.auth.policy import Grant, Op, explain, require
-from se.errors import BadRequest, Forbidden, Unauthorized
+from se.errors import BadRequest, Forbidden, SEError, Unauthorized
 from se.storage.paths import DavPath
 from se.web.context import context
 
@@ -41,6 +47,16 @@ __all__ = [
 _GRANT_KEY: web.RequestKey[Grant | None] = web.RequestKey("se_grant", Grant)
 # The last authorisation decision of this request (events on): see decision_of().
 _DECISION_KEY: web.RequestKey[tuple[str, str, str, str]] = web.RequestKey("se_decision", tuple)
+_AUTH: dict[tuple[str, str], Callable[[], Any]] = {}
+
+
+def _count(kind: str, outcome: str) -> None:
+    """One credential checked (``kind``: token, macaroon, x509; ``outcome``: ok, cached,
+    refused)."""
+    get = _AUTH.get((kind, outcome))
+    if get is None:
+        get = _AUTH[(kind, outcome)] = metrics.cached(lambda: metrics.AUTH.labels(kind, outcome))
+    get().inc()
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -91,27 +107,40 @@ async def authenticate(request: web.Request) -> None:
         certificates = context(request).certificates
         if certificates is not None and request.transport is not None:
             ssl_object = request.transport.get_extra_info("ssl_object")
-            request[_GRANT_KEY] = await certificates.grant_for(ssl_object)
+            try:
+                request[_GRANT_KEY] = grant = await certificates.grant_for(ssl_object)
+            except SEError:
+                _count("x509", "refused")
+                raise
+            if grant is not None:
+                _count("x509", "ok")
         return
     ctx = context(request)
     own = _own_audiences(request, ctx.cfg.server.local_hosts)
     where = own[0]  # the audience check depends on the listener the token was sent to
+    kind = "macaroon" if macaroons.is_ours(token) else "token"
     grant = ctx.grants.get(token, where)
     if grant is not None:
         request[_GRANT_KEY] = grant
+        _count(kind, "cached")
         return
-    if macaroons.is_ours(token):
-        grant = macaroons.verify(await ctx.secret.get(), token)
-    elif ctx.tokens is not None:
-        grant = await ctx.tokens.verify(token, own)
-    else:
-        raise Unauthorized(
-            "bearer token not issued by this server",
-            headers={
-                "WWW-Authenticate": 'Bearer realm="se", error="invalid_token", '
-                'error_description="token not issued by this server"'
-            },
-        )
+    try:
+        if kind == "macaroon":
+            grant = macaroons.verify(await ctx.secret.get(), token)
+        elif ctx.tokens is not None:
+            grant = await ctx.tokens.verify(token, own)
+        else:
+            raise Unauthorized(
+                "bearer token not issued by this server",
+                headers={
+                    "WWW-Authenticate": 'Bearer realm="se", error="invalid_token", '
+                    'error_description="token not issued by this server"'
+                },
+            )
+    except SEError:
+        _count(kind, "refused")
+        raise
+    _count(kind, "ok")
     ctx.grants.put(token, where, grant)
     request[_GRANT_KEY] = grant
 

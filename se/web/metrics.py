@@ -1,101 +1,91 @@
-"""``GET /.well-known/se/metrics``: this worker's counters in the Prometheus text format.
+"""``GET /.well-known/se/metrics``: the server's metrics in the Prometheus text format.
 
-Each worker answers for itself (the ``worker`` label is its pid); a scraper sees whichever
-worker took the connection, as with any SO_REUSEPORT service.  Counters only grow.
-
-The page is the concatenation of the context's metric sources (TPC, SciTags, tape), each of
-which renders its own families with :func:`head` and :func:`line`.
+One scrape shows the whole server: the families of :mod:`se.metrics` summed over all worker
+processes (prometheus-client's multiprocess mode), then what the context's metric sources
+read at scrape time from state that all workers already share (fault firings, share usage),
+shown once, not once per worker.  Nothing is formatted until a scrape.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable, Iterator
 
 from aiohttp import web
+from prometheus_client import Metric, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from se import metrics
+from se.config import ShareConfig
 from se.faults import FaultState
-from se.scitags.service import SciTagService
-from se.web.context import Context
+from se.space.accounting import Usage
+from se.web.context import Context, MetricSource
 
-__all__ = ["METRICS_PATH", "SciTagMetrics", "head", "line", "render", "response"]
+__all__ = ["METRICS_PATH", "FaultMetrics", "ShareMetrics", "response"]
 
 METRICS_PATH = "/.well-known/se/metrics"
 
 
-def line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
-    """One sample, labelled with this worker's pid first."""
-    all_labels = {"worker": str(os.getpid()), **(labels or {})}
-    text = ",".join(f'{k}="{v}"' for k, v in all_labels.items())
-    return f"{name}{{{text}}} {value:g}"
-
-
-def head(name: str, kind: str, text: str) -> tuple[str, str]:
-    """The HELP and TYPE lines of a metric family."""
-    return (f"# HELP {name} {text}", f"# TYPE {name} {kind}")
-
-
 class FaultMetrics:
-    """Fault firings by rule (se.faults keeps one count for all workers; every worker shows
-    it whole, labelled with the rule)."""
+    """Fault firings by rule, from se.faults' own count (one for all workers)."""
 
     def __init__(self, faults: FaultState) -> None:
         self.faults = faults
 
-    def metric_lines(self) -> list[str]:
-        out = list(
-            head("se_fault_hits_total", "counter", "Fault rule firings (all workers), by rule.")
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "se_fault_hits", "Fault rule firings (all workers), by rule.", labels=("rule",)
         )
         for rule in self.faults.listing():
-            out.append(line("se_fault_hits_total", rule["hits"], {"rule": str(rule["id"])}))
-        return out
+            family.add_metric((str(rule["id"]),), float(rule["hits"]))
+        return (family,)
 
 
-class SciTagMetrics:
-    """The SciTags counters (the SciTags service sits below this layer and renders nothing)."""
+class ShareMetrics:
+    """Used bytes, files and the limit of every share, from the accounting (shared by all
+    workers), as read for this scrape."""
 
-    def __init__(self, tags: SciTagService) -> None:
-        self.tags = tags
+    def __init__(self, shares: Iterable[ShareConfig], usage: dict[str, Usage]) -> None:
+        self.shares = tuple(shares)
+        self.usage = usage
 
-    def metric_lines(self) -> list[str]:
-        tags = self.tags
-        sender = tags.sender
-        labeller = tags.labeller
-        return [
-            *head("se_scitags_fireflies_total", "counter", "Firefly datagrams, by outcome."),
-            line("se_scitags_fireflies_total", sender.sent, {"outcome": "sent"}),
-            line("se_scitags_fireflies_total", sender.dropped, {"outcome": "dropped"}),
-            line("se_scitags_fireflies_total", sender.skipped, {"outcome": "filtered"}),
-            *head(
-                "se_scitags_flow_labels_total",
-                "counter",
-                "IPv6 connections opened, by labelling outcome.",
-            ),
-            line(
-                "se_scitags_flow_labels_total",
-                labeller.labelled if labeller else 0,
-                {"outcome": "labelled"},
-            ),
-            line(
-                "se_scitags_flow_labels_total",
-                labeller.refused if labeller else 0,
-                {"outcome": "refused"},
-            ),
-            *head(
-                "se_scitags_flowd_lines_total",
-                "counter",
-                "Lines for flowd's named pipe, by outcome.",
-            ),
-            line("se_scitags_flowd_lines_total", tags.flowd_lines, {"outcome": "written"}),
-            line("se_scitags_flowd_lines_total", tags.flowd_dropped, {"outcome": "dropped"}),
-        ]
+    def collect(self) -> Iterable[Metric]:
+        used = GaugeMetricFamily(
+            "se_share_used_bytes", "Bytes stored in each share.", labels=("share",)
+        )
+        files = GaugeMetricFamily(
+            "se_share_files", "Files stored in each share.", labels=("share",)
+        )
+        limit = GaugeMetricFamily(
+            "se_share_limit_bytes", "The size limit of each share (0: none).", labels=("share",)
+        )
+        for share in self.shares:
+            usage = self.usage.get(share.name)
+            if usage is not None:
+                used.add_metric((share.name,), float(usage.bytes))
+                files.add_metric((share.name,), float(usage.files))
+            limit.add_metric((share.name,), float(share.size))
+        return (used, files, limit)
 
 
-def render(ctx: Context) -> str:
-    lines: list[str] = []
-    for source in ctx.metric_sources:
-        lines += source.metric_lines()
-    return "\n".join(lines) + "\n"
+class _Page:
+    """The collector of one scrape: the summed families, then the state all workers share."""
+
+    def __init__(self, sources: Iterable[MetricSource]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        yield from metrics.collect()
+        for source in self.sources:
+            yield from source.collect()
 
 
-def response(ctx: Context) -> web.Response:
-    return web.Response(text=render(ctx), content_type="text/plain", charset="utf-8")
+async def response(ctx: Context) -> web.Response:
+    """The page (the share accounting is read off the event loop)."""
+    sources: list[MetricSource] = list(ctx.metric_sources)
+    if ctx.faults is not None:
+        sources.append(FaultMetrics(ctx.faults))
+    space = ctx.space
+    if space is not None:
+        sources.append(ShareMetrics(space.shares, await space.all_usage_async()))
+    body = generate_latest(_Page(sources))
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})

@@ -37,6 +37,7 @@ from typing import Any
 
 import yarl
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
@@ -52,8 +53,9 @@ __all__ = ["HeadBudget", "SEHandler"]
 log = logging.getLogger("se.http")
 
 _ROOT = yarl.URL("/")
-_CONNECTIONS = metrics.HTTP_CONNECTIONS
-_OPEN = metrics.HTTP_CONNECTIONS_OPEN
+# aiohttp's writers report each body write (3.14); without that hook, what a response wrote
+# in all (its head too) stands in for its body.
+_BODY_HOOK = hasattr(AbstractStreamWriter, "on_body_write")
 
 
 class HeadBudget:
@@ -162,6 +164,8 @@ class SEHandler(RequestHandler):
     ) -> None:
         took = self._loop.time() - time if time is not None else 0.0
         sent, self._sent = self._sent, 0
+        if not _BODY_HOOK:
+            sent = response.body_length
         metrics.request_done(
             request.method, response.status, took, request.content.total_bytes, sent
         )
@@ -171,13 +175,12 @@ class SEHandler(RequestHandler):
     # -- connection life ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        _CONNECTIONS.inc()
-        _OPEN.inc()
+        metrics.connection_opened()
         if self._head_timeout > 0:
             self._head_timer = self._loop.call_later(self._head_timeout, self._head_expired)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        _OPEN.dec()
+        metrics.connection_closed()
         self._end_head()
         super().connection_lost(exc)
 

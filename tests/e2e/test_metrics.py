@@ -1,26 +1,43 @@
-"""``/.well-known/se/metrics``: TPC and SciTags counters in the Prometheus text format."""
+"""``/.well-known/se/metrics``: prometheus-client's text format, summed over all workers."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import io
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import BASE_CONFIG
 from tests.support import SEProcess
 
 URL = "/.well-known/se/metrics"
 
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
-def value(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} {labels} not in {text}")
+
+def parse(text: str) -> Samples:
+    """Every sample of a page (which must parse as the Prometheus text format)."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in out, f"{key} twice"  # one line per series: summed, not per worker
+            out[key] = sample.value
+    return out
+
+
+def value(samples: Samples | str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels`` (0: none)."""
+    if isinstance(samples, str):
+        samples = parse(samples)
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
 async def test_counters_move(se_factory: Callable[..., SEProcess], tmp_path: Path) -> None:
@@ -42,6 +59,8 @@ async def test_counters_move(se_factory: Callable[..., SEProcess], tmp_path: Pat
             after = await r.text()
     ok = value(after, "se_tpc_transfers_total", result="success")
     assert ok == value(before, "se_tpc_transfers_total", result="success") + 1
+    assert value(after, "se_tpc_transfers_total", result="failure") == 0
+    assert value(after, "se_tpc_bytes_total", direction="in") == 1000
     assert value(after, "se_tpc_active") == 0
     # Loopback flows are not reported by default: filtered, not sent.
     filtered = value(after, "se_scitags_fireflies_total", outcome="filtered")
@@ -55,3 +74,134 @@ async def test_metrics_need_read_access(
     srv = se_factory(config=BASE_CONFIG + '\n[auth]\nanonymous = "none"\n')
     async with aiohttp.ClientSession() as s, s.get(srv.url + URL) as r:
         assert r.status == 401
+
+
+def requests_by_status(samples: Samples) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["method"], dict(labels)["status"]): v
+        for (name, labels), v in samples.items()
+        if name == "se_http_requests_total" and v
+    }
+
+
+TWO_WORKERS = """
+[server]
+workers = 2
+[storage]
+direct_put_min = 1048576
+[logging]
+access_log = false
+level = "warning"
+[events]
+enabled = true
+"""
+
+
+class Client:
+    """Sends each request on a new connection and keeps what it saw: (method, status)
+    counts and the body bytes either way."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+        self.answers: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.sent = 0  # request body bytes
+        self.received = 0  # response body bytes
+
+    async def __call__(
+        self, method: str, path: str, body: bytes = b"", **kwargs: object
+    ) -> tuple[int, bytes]:
+        data = io.BytesIO(body) if body or method == "PUT" else None
+        async with self.session.request(
+            method,
+            self.base + path,
+            data=data,
+            **kwargs,  # type: ignore[arg-type]
+        ) as r:
+            content = await r.read()
+            status = r.status
+        self.answers[(method, str(status))] += 1
+        if not (kwargs.get("expect100") and status >= 400):  # refused: no body was sent
+            self.sent += len(body)
+        self.received += len(content)
+        return status, content
+
+
+async def test_two_workers_add_up(se_factory: Callable[..., SEProcess], tmp_path: Path) -> None:
+    """Traffic spread over two workers, one scrape: the page's sums are what was sent."""
+    peer = se_factory(root=tmp_path / "peer")
+    srv = se_factory(TWO_WORKERS, root=tmp_path / "data")
+    small = os.urandom(5000)
+    big = os.urandom(3 * 1024 * 1024)  # sendfile on the way out, the direct path on the way in
+    (srv.root / "small").write_bytes(small)
+    (srv.root / "big").write_bytes(big)
+    (peer.root / "remote").write_bytes(small)
+    (srv.root / "adir").mkdir()  # a PUT onto it is refused
+    connector = aiohttp.TCPConnector(force_close=True)  # a new connection per request
+    async with aiohttp.ClientSession(connector=connector) as session:
+        call = Client(session, srv.url)
+        for i in range(40):
+            status, content = await call("GET", "/small")
+            assert status == 200 and content == small
+            assert (await call("HEAD", "/small"))[0] == 200
+            if i % 4 == 0:
+                assert (await call("GET", f"/missing-{i}"))[0] == 404
+                assert (await call("PUT", f"/up-{i}", os.urandom(1000 + i)))[0] == 201
+        assert (await call("GET", "/big"))[1] == big
+        assert (await call("PUT", "/big-up", big))[0] == 201
+        assert (await call("PROPFIND", "/", headers={"Depth": "1"}))[0] == 207
+        assert (await call("DELETE", "/up-0"))[0] == 204
+        # Refused before the body is sent (100-continue): counted, and no body byte came.
+        refused, _ = await call("PUT", "/adir", b"z" * 2000, expect100=True)
+        assert refused >= 400
+        # One third-party copy from the peer into the two-worker server.
+        status, content = await call("COPY", "/copied", headers={"Source": f"{peer.url}/remote"})
+        assert status == 202 and content.rstrip().endswith(b"success: Created"), content
+        # Each worker writes its request counts into the shared values a few times a
+        # second: scrape until the other worker's latest are in (bounded).
+        for _ in range(50):
+            expected, sent, received = dict(call.answers), call.sent, call.received
+            status, body = await call("GET", URL)
+            assert status == 200
+            samples = parse(body.decode())
+            if requests_by_status(samples) == expected:
+                break
+            await asyncio.sleep(0.1)
+        # Both workers served (each request event names the worker's pid).
+        async with session.get(srv.url + "/.well-known/se/events?kind=request") as r:
+            workers = {e["worker"] for e in (await r.json())["events"]}
+        assert len(workers) == 2, workers
+        async with session.get(peer.url + URL) as r:
+            peer_page = await r.text()
+
+    # Requests by method and status: exactly what the client saw before the scrape (which
+    # is counted once answered); the body bytes either way.
+    assert requests_by_status(samples) == expected
+    assert value(samples, "se_http_received_bytes_total") == sent
+    assert value(samples, "se_http_sent_bytes_total") == received
+    assert value(samples, "se_http_connections_total") >= sum(expected.values())
+    # The latency histogram: one observation per request, cumulative buckets.
+    by_method = collections.Counter[str]()
+    for (method, _status), n in expected.items():
+        by_method[method] += n
+    for method, n in by_method.items():
+        assert value(samples, "se_http_request_duration_seconds_count", method=method) == n
+        buckets = sorted(
+            (float(dict(labels)["le"]), v)
+            for (name, labels), v in samples.items()
+            if name == "se_http_request_duration_seconds_bucket"
+            and dict(labels)["method"] == method
+        )
+        counts = [v for _le, v in buckets]
+        assert counts == sorted(counts) and counts[-1] == n and buckets[-1][0] == float("inf")
+    # The copy: counted once, by the worker that ran it, with its bytes.
+    assert value(samples, "se_tpc_transfers_total", result="success") == 1
+    assert value(samples, "se_tpc_transfers_total", result="failure") == 0
+    assert value(samples, "se_tpc_bytes_total", direction="in") == len(small)
+    assert value(samples, "se_tpc_bytes_total", direction="out") == 0
+    assert value(samples, "se_tpc_active") == 0 and value(samples, "se_tpc_admitted") == 0
+    # The peer served the copy's source as a plain GET (it ran no transfer).
+    peer_samples = parse(peer_page)
+    assert value(peer_samples, "se_http_requests_total", method="GET", status="200") == 1
+    assert value(peer_samples, "se_http_sent_bytes_total") == len(small)
+    assert value(peer_samples, "se_tpc_transfers_total") == 0

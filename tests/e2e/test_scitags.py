@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from se.scitags.tags import Tag, decode_label, flow_label
 from tests.conftest import BASE_CONFIG
@@ -101,9 +102,10 @@ def request(
 
 def metric(srv: SEProcess, name: str, **labels: str) -> float:
     text = request(srv, "GET", METRICS).body.decode()
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return sample.value
     raise AssertionError(f"{name} {labels} not in {text}")
 
 
