@@ -48,7 +48,10 @@ MakeInProcessSE = Callable[..., Awaitable[InProcessSE]]
 def inproc_mapping(root: Path, **sections: Mapping[str, Any]) -> dict[str, Any]:
     """The configuration of an in-process server: ``root`` as the data directory, the
     defaults for the rest, and ``sections`` merged key by key over that."""
-    mapping: dict[str, dict[str, Any]] = {"storage": {"root": str(root)}}
+    # The state directory beside the data, so that a test sees in the data directory only
+    # what its requests made (the space accounting's database is created at start).
+    state = str(root.parent / f"{root.name}-state")
+    mapping: dict[str, dict[str, Any]] = {"storage": {"root": str(root), "state_dir": state}}
     for name, values in sections.items():
         mapping.setdefault(name, {}).update(values)
     return dict(mapping)

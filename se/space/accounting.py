@@ -96,12 +96,31 @@ class _Database:
         self._made = 0
         self._lock = threading.Lock()
         self._closed = False
-        if not self.postgres:
-            Path(location).parent.mkdir(parents=True, exist_ok=True)
-        with self.transaction(write=True) as cur:
-            if self.postgres:
-                cur.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
-            cur.execute(_SCHEMA)
+        self._ready = False
+
+    def exists(self) -> bool:
+        """Whether the database may hold totals: an SQLite file is made by the first change
+        (a server that only reads leaves no state behind), PostgreSQL always may."""
+        return self.postgres or self._ready or os.path.exists(self.location)
+
+    def _ensure(self) -> None:
+        """Create the file (SQLite) and the schema on first use."""
+        with self._lock:
+            if self._ready:
+                return
+            if not self.postgres:
+                Path(self.location).parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+            try:
+                cur = conn.cursor()
+                cur.execute("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
+                if self.postgres:
+                    cur.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+                cur.execute(_SCHEMA)
+                cur.execute("COMMIT")
+            finally:
+                conn.close()
+            self._ready = True
 
     def _connect(self) -> Any:
         if self.postgres:
@@ -135,6 +154,8 @@ class _Database:
         """One transaction on a lent connection (committed on leaving, rolled back on error).
         ``single``: the caller runs one statement, its own transaction (autocommit): one
         round trip to PostgreSQL instead of three or four."""
+        if not self._ready:
+            self._ensure()
         conn = self._borrow()
         broken = False
         try:
@@ -232,7 +253,6 @@ class Accounting:
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(2, thread_name_prefix="se-space")
         self._db = _Database(database_location(cfg))
-        self._ensure_rows()
         self._reconciling = threading.Lock()
 
     @classmethod
@@ -249,18 +269,9 @@ class Accounting:
         return self._map.share_of(path)
 
     def update_shares(self, shares: Sequence[ShareConfig]) -> None:
-        """Take a new ``[[shares]]`` (SIGHUP).  A new share's total is 0 until reconciled (the
-        next periodic run does it first)."""
+        """Take a new ``[[shares]]`` (SIGHUP).  A new share's total is 0 until reconciled
+        (POST <srr>?reconcile=<name>, or the next periodic run)."""
         self._map = ShareMap.of(shares)
-        self._ensure_rows()
-
-    def _ensure_rows(self) -> None:
-        with self._db.transaction(write=True) as cur:
-            for share in self._map.shares:
-                cur.execute(
-                    "INSERT INTO space_usage (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
-                    (share.name,),
-                )
 
     # -- SpaceTracker (on the backend's I/O threads) -------------------------------------
     def share_key(self, path: DavPath) -> str | None:
@@ -321,6 +332,8 @@ class Accounting:
     # -- reading ------------------------------------------------------------------------
     def usage(self, name: str) -> Usage:
         """The totals of one share (zeros for an unknown one)."""
+        if not self._db.exists():
+            return Usage(0, 0, 0.0, 0.0)
         with self._db.transaction(write=False, single=True) as cur:
             cur.execute(
                 "SELECT bytes, files, updated, reconciled FROM space_usage WHERE name = ?",
@@ -333,6 +346,8 @@ class Accounting:
 
     def all_usage(self) -> dict[str, Usage]:
         """The totals of every share in force, by name."""
+        if not self._db.exists():
+            return {s.name: Usage(0, 0, 0.0, 0.0) for s in self._map.shares}
         with self._db.transaction(write=False, single=True) as cur:
             cur.execute("SELECT name, bytes, files, updated, reconciled FROM space_usage")
             rows = cur.fetchall()
@@ -418,7 +433,8 @@ class Accounting:
         with self._reconciling:
             for share in names:
                 nbytes, files = self.walk(share)
-                self.set_usage_sync(share, nbytes, files)
+                if nbytes or files or self._db.exists():  # nothing to say: no database yet
+                    self.set_usage_sync(share, nbytes, files)
                 out[share] = self.usage(share)
                 log.info("space: share %s reconciled: %d bytes in %d files", share, nbytes, files)
         return out

@@ -1026,15 +1026,19 @@ class PosixBackend:
         failures: list[tuple[DavPath, SEError]] = []
         space = self.space
         if os.path.islink(fs) or not os.path.isdir(fs):
+            # Counted first, taken back if the unlink fails: a process killed in between
+            # leaves the totals off for as short a time as a commit does.
             size = file_usage(fs) if space is not None else None
+            gone = Deltas()
+            if space is not None and size is not None:
+                gone.add(space.share_key(p), -size, -1)
+                _account(space, gone)
             try:
                 os.unlink(fs)
             except OSError as exc:
+                if space is not None and gone:
+                    _undo(space, gone)
                 raise map_oserror(exc, str(p)) from None
-            if space is not None and size is not None:
-                gone = Deltas()
-                gone.add(space.share_key(p), -size, -1)
-                _account(space, gone)
             return failures
         # A tree: what it held, less what is left of it when members could not go.
         before = tree_usage(fs, p, space) if space is not None else None

@@ -310,17 +310,17 @@ def test_reconcile_after_changes_behind_se_back(srv: SEProcess) -> None:
     asyncio.run(body())
 
 
-async def _parallel_puts(url: str, count: int, size: int) -> None:
+async def _parallel_puts(url: str, count: int, size: int, tag: str = "") -> None:
     async with aiohttp.ClientSession() as s:
         sem = asyncio.Semaphore(8)
 
         async def one(i: int) -> None:
             async with sem:
-                where = ("atlas/data", "scratch", "misc")[i % 3]
-                await put(s, f"{url}/{where}/f{i}", os.urandom(size + i))
+                where = ("atlas/data", "scratch", f"misc{tag}")[i % 3]
+                await put(s, f"{url}/{where}/{tag}f{i}", os.urandom(size + i))
 
         await asyncio.gather(*(one(i) for i in range(count)))
-        async with s.delete(f"{url}/misc") as resp:
+        async with s.delete(f"{url}/misc{tag}") as resp:
             assert resp.status == 204
 
 
@@ -352,7 +352,7 @@ def test_two_frontends_on_postgresql_keep_one_total(
     b = se_factory(config=config, root=root)
 
     async def body() -> None:
-        await asyncio.gather(_parallel_puts(a.url, 30, 40), _parallel_puts(b.url, 30, 40))
+        await asyncio.gather(_parallel_puts(a.url, 30, 40, "a"), _parallel_puts(b.url, 30, 40, "b"))
         async with aiohttp.ClientSession() as s:
             await check(s, a)
             await check(s, b)
