@@ -15,7 +15,9 @@ writable, else ``posix_fadvise(DONTNEED)`` on every file; ``--warm`` skips it):
 3. ``xrdadler32`` on every file (when installed), ``--jobs`` at once through ``xargs -P``, on
    the tree stripped again (else it would find the XrdCks se stored); its values are compared
    with se's;
-4. ``sha256sum`` on every file, ``--jobs`` at once (64 files per process).
+4. ``cat`` of every file to /dev/null, ``--jobs`` at once (64 files per process): reading
+   alone, the speed of the disk that se scan is measured against;
+5. ``sha256sum`` on every file, ``--jobs`` at once (64 files per process).
 
 Files/s and MB/s (10^6 bytes) are wall-clock figures of each whole command; the ratios are
 se scan's MB/s over each tool's.  Exit status 0 (a report), 1 when a sanity check fails (se
@@ -206,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     if status != 0 or summary.get("computed") != len(paths) or summary.get("bytes") != total:
         failures.append(f"se scan --backfill: status {status}, summary {summary}")
     se_mbps = total / secs / 1e6
+    if summary:
+        log(
+            f"  its own summary: {summary.get('mb_per_s')} MB/s, {summary.get('files_per_s')} "
+            f"files/s over {summary.get('elapsed')} s (the interpreter's start left out)"
+        )
     rows.append(row("se scan --backfill (adler32 computed, stored)", len(paths), total, secs, None))
     se_values = {}
     for p in paths:
@@ -243,12 +250,24 @@ def main(argv: list[str] | None = None) -> int:
         log("3. xrdadler32: not installed (Debian: xrootd-client), skipped")
 
     drop_cache(paths, args.warm)
-    log("4. sha256sum on every file ...")
+    log("4. cat on every file (reading alone: the disk's speed) ...")
+    cmd = ["xargs", "-0", "-P", str(args.jobs), "-n", "64", "cat"]
+    started = time.monotonic()
+    with open(os.devnull, "wb") as null:
+        cat = subprocess.run(cmd, input=listing, stdout=null, check=False)
+    secs = time.monotonic() - started
+    if cat.returncode != 0:
+        failures.append(f"cat: status {cat.returncode}")
+    read_row = row("cat > /dev/null (xargs -P)", len(paths), total, secs, se_mbps)
+
+    drop_cache(paths, args.warm)
+    log("5. sha256sum on every file ...")
     cmd = ["xargs", "-0", "-P", str(args.jobs), "-n", "64", "sha256sum"]
     secs, out, status = timed(cmd, listing)
     if status != 0 or len(out.splitlines()) != len(paths):
         failures.append(f"sha256sum: status {status}")
     rows.append(row("sha256sum (xargs -P)", len(paths), total, secs, se_mbps))
+    rows.append(read_row)
 
     log("")
     log(f"{len(paths)} files, {total / 1e9:.2f} GB, jobs {args.jobs}, page cache {cache}")
