@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import http.client
 import io
 import os
 import re
+import signal
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import BASE_CONFIG
-from tests.support import SEProcess
+from tests.support import SEProcess, poll
 
 URL = "/.well-known/se/metrics"
 
@@ -205,3 +209,73 @@ async def test_two_workers_add_up(se_factory: Callable[..., SEProcess], tmp_path
     assert value(peer_samples, "se_http_requests_total", method="GET", status="200") == 1
     assert value(peer_samples, "se_http_sent_bytes_total") == len(small)
     assert value(peer_samples, "se_tpc_transfers_total") == 0
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def _peer_ports(pid: int) -> set[int]:
+    """The remote ports of the TCP connections process ``pid`` holds (from /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.read().splitlines()[1:]:
+                fields = row.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[2].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _scrape(srv: SEProcess) -> Samples:
+    with urllib.request.urlopen(srv.url + URL, timeout=10) as r:
+        return parse(r.read().decode())
+
+
+def test_dead_worker_leaves_the_gauges(se_factory: Callable[..., SEProcess]) -> None:
+    """A killed worker's open connections leave the sum; its counts stay in it."""
+    srv = se_factory(TWO_WORKERS)
+    (srv.root / "f").write_bytes(b"x" * 100)
+    assert poll(lambda: len(_children(srv.proc.pid)) == 2, timeout=10)
+    conns = []
+    for _ in range(12):
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        conn.request("GET", "/f")
+        assert conn.getresponse().read() == b"x" * 100
+        conns.append(conn)
+    try:
+        ports = {conn.sock.getsockname()[1]: conn for conn in conns}
+        held = {pid: _peer_ports(pid) & ports.keys() for pid in _children(srv.proc.pid)}
+        victim = max(held, key=lambda pid: len(held[pid]))
+        assert held[victim]
+        assert poll(lambda: value(_scrape(srv), "se_http_connections_open") >= 12, timeout=10)
+        assert poll(
+            lambda: value(_scrape(srv), "se_http_requests_total", method="GET", status="200") >= 12,
+            timeout=10,
+        )
+        os.kill(victim, signal.SIGKILL)
+        assert poll(
+            lambda: len(_children(srv.proc.pid)) == 2 and victim not in _children(srv.proc.pid),
+            timeout=15,
+        )
+        alive = 12 - len(held[victim])
+        # Its connections are gone from the gauge (the scrape's own may count once) ...
+        assert poll(
+            lambda: value(_scrape(srv), "se_http_connections_open") <= alive + 1, timeout=10
+        ), _scrape(srv)
+        # ... its requests are still in the sum.
+        samples = _scrape(srv)
+        assert value(samples, "se_http_requests_total", method="GET", status="200") >= 12
+    finally:
+        for conn in conns:
+            conn.close()
