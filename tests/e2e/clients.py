@@ -158,11 +158,12 @@ def md5_b64(data: bytes) -> str:
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    """Relative path -> content of every regular file below ``root``."""
+    """Relative path -> content of every regular file below ``root`` (the server's state,
+    ``.se-state``, left out)."""
     return {
         p.relative_to(root).as_posix(): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and ".se-state" not in p.relative_to(root).parts
     }
 
 

@@ -207,7 +207,9 @@ async def test_sigkill_mid_upload_leaves_only_complete_files(se_factory: StartSE
     assert await poll_async(lambda: not temp_files(root), 10), f"left over: {temp_files(root)}"
 
     expected = {root / u.url_path.lstrip("/"): u for u in uploads}
-    on_disk = {p for p in root.rglob("*") if p.is_file()}
+    on_disk = {
+        p for p in root.rglob("*") if p.is_file() and ".se-state" not in p.relative_to(root).parts
+    }
     assert on_disk <= set(expected), f"unexpected files: {on_disk - set(expected)}"
 
     timeout = aiohttp.ClientTimeout(total=120)

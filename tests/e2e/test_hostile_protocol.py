@@ -80,7 +80,7 @@ def test_control_characters_refused_in_new_names(se: SEProcess) -> None:
     assert request(se.port, "COPY", "/ok", dest)[0] == 400
     pull = {"Source": f"http://127.0.0.1:{se.port}/ok"}
     assert request(se.port, "COPY", "/pulled%0D", pull)[0] == 400
-    assert sorted(p.name for p in se.root.iterdir()) == ["ok"]
+    assert sorted(p.name for p in se.root.iterdir() if p.name != ".se-state") == ["ok"]
     # Percent signs and ordinary odd characters stay allowed ("%250A" is "%0A" as text).
     assert request(se.port, "PUT", "/100%25%20sure%250A", body=b"x")[0] == 201
 
@@ -107,4 +107,4 @@ def test_odd_names_on_disk_stay_usable(se: SEProcess) -> None:
     assert request(se.port, "GET", "/")[0] == 200  # the HTML listing
     for encoded in ("l%0Af", "c%0Dr", "x%01y", "t%09z", "d%0Ae"):
         assert request(se.port, "DELETE", "/" + encoded)[0] == 204, encoded
-    assert list(se.root.iterdir()) == []
+    assert [p for p in se.root.iterdir() if p.name != ".se-state"] == []
