@@ -48,6 +48,16 @@ SLOW_SIZE = 8 * 1000 * 1000
 SLOW_RATE = 400 * 1000  # bytes/s: the copy takes ~20 s, far longer than the checks
 EVIL = "/<img src=x onerror=alert(1)>&amp;.bin"  # a name the page must show as text
 FAULTS_CONFIG = BASE_CONFIG + "\n[faults]\nenabled = true\n"
+SHARES = """
+[[shares]]
+name = "ATLASDATADISK"
+paths = ["/"]
+size = 50000000
+
+[[shares]]
+name = "ATLASSCRATCHDISK"
+paths = ["/scratch"]
+"""
 ISSUER = "https://dashboard-issuer.example.org/"
 
 Start = Callable[..., SEProcess]
@@ -327,6 +337,11 @@ TRANSFERS = """JSON.stringify([...document.querySelectorAll('.tpc-row')].map(r =
 ERRORS = """JSON.stringify({
   rows: [...document.querySelectorAll('.error-row')].map(r => r.textContent),
   markup: document.querySelectorAll('#errors img, #errors b, #errors script').length})"""
+SHARES_SHOWN = """(() => {
+  const found = Object.fromEntries([...document.querySelectorAll('.share[data-share]')].map(
+    s => [s.dataset.share, s.textContent]));
+  return Object.keys(found).length === 2 ? found : null;
+})()"""
 DRIVES = """JSON.stringify([...document.querySelectorAll('.drive')].map(d => ({
   state: d.dataset.state, cartridge: d.dataset.cartridge || null})))"""
 
@@ -339,19 +354,24 @@ async def test_page_in_chromium_shows_a_running_copy_and_errors(
 ) -> None:
     shots = artifacts(tmp_path_factory)
     src = se_factory(FAULTS_CONFIG, root=tmp_path / "src")
-    dst = se_factory(FAULTS_CONFIG, root=tmp_path / "dst")
+    dst = se_factory(FAULTS_CONFIG + SHARES, root=tmp_path / "dst")
+    await put(http, dst.url + "/data.bin", os.urandom(5_000_000))
     async with chromium(tmp_path) as page, slow_copy(http, src, dst) as copy:
         await page.open(dst.url + PAGE)
+        shares = await page.wait_for(SHARES_SHOWN)
+        assert "5.00 MB of 50.0 MB · 10%" in shares["ATLASDATADISK"], shares
+        assert "0 B · no limit" in shares["ATLASSCRATCHDISK"], shares
 
         async def moving() -> list[dict[str, Any]]:
             rows = json.loads(await page.evaluate(TRANSFERS))
-            return [r for r in rows if re.match(r"[1-9][\d.]* [kMG]?B / 8\.00 MB", r["progress"])]
+            # Some way in (10%: a few seconds), so that rate and plot have something to show.
+            return [r for r in rows if re.search(r" · (?:[1-9]\d)%$", r["progress"])]
 
-        rows = await until(moving, 30, what="a copy with progress on the page")
+        rows = await until(moving, 40, what="a copy with progress on the page")
         assert not copy.done()
         assert len(rows) == 1 and rows[0]["role"] == "pull", rows
         assert "/copied.bin" in rows[0]["text"] and src.url + "/slow.bin" in rows[0]["text"]
-        assert re.search(r"\d+%", rows[0]["progress"]), rows
+        assert re.match(r"[\d.]+ [kM]B / 8\.00 MB · \d+%$", rows[0]["progress"]), rows
         await page.screenshot(shots / "dashboard-copy-light.png")
         await page.dark(True)
         await page.screenshot(shots / "dashboard-copy-dark.png")
@@ -485,6 +505,59 @@ async def test_throughput_history(se_factory: Start, http: aiohttp.ClientSession
     # Rates: the bytes of each interval over its length, never negative.
     assert all(len(p) == 5 and min(p[1:]) >= 0 for p in doc["points"])
     assert [p[0] for p in doc["points"]] == sorted(p[0] for p in doc["points"])
+    # Share usage from the space accounting (one implicit share without [[shares]]).
+    [share] = (await dashboard(http, srv))["space"]
+    assert share["name"] == "default" and share["path"] == "/" and share["limit"] is None
+    assert share["used"] == len(data) and share["files"] == 1
+
+
+async def test_tape_from_the_library_worker(
+    se_factory: Start, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The library runs in the first worker; every worker's answer shows its drives."""
+    config = tape_config({"idle_dismount": 1e6})
+    srv = se_factory(config, root=data_root(tmp_path), extra_args=["--workers", "2"])
+    await put(http, srv.url + "/tape/t.bin", os.urandom(100_000))
+    for switch in ({"flush": True}, {"evict": True}):
+        async with http.post(srv.url + "/.well-known/se/tape", json=switch) as resp:
+            assert resp.status == 200, await resp.text()
+    async with http.post(
+        srv.url + "/api/v1/stage", json={"files": [{"path": "/tape/t.bin"}]}
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+
+    async def mounted() -> bool:
+        doc = await dashboard(http, srv)
+        tape = doc["tape"] or {}
+        loaded = [d for d in tape.get("drives", []) if d["cartridge"]]
+        return doc["server"]["workers"] == 2 and len(loaded) == 1
+
+    await until(mounted, 30, what="a mounted cartridge with both workers publishing")
+    for _ in range(6):
+        tape = (await dashboard(http, srv))["tape"]
+        assert tape["library"] is True
+        assert [d["state"] for d in tape["drives"] if d["cartridge"]] in (["idle"], ["busy"])
+        assert tape["files_recalled"] == 1 and tape["mounts"] == 1
+        assert tape["buffer"]["used"] >= 100_000
+
+
+async def test_snapshots_of_dead_or_silent_workers_are_ignored(
+    se: SEProcess, http: aiohttp.ClientSession
+) -> None:
+    directory = se.root / ".se-state" / "dashboard"
+    await dashboard(http, se)  # the directory exists once the server runs
+    fake = {"transfers": [{"role": "push", "local": "/ghost", "started": 1.0}], "errors": []}
+    dead = subprocess.Popen(["true"])  # a pid that has exited
+    dead.wait()
+    (directory / f"{dead.pid}.0.json").write_text(json.dumps({**fake, "time": time.time()}))
+    silent = directory / f"{os.getpid()}.0.json"  # alive, but its file is old
+    silent.write_text(json.dumps({**fake, "time": time.time() - 60}))
+    os.utime(silent, (time.time() - 60, time.time() - 60))
+    doc = await dashboard(http, se)
+    assert doc["transfers"] == [] and doc["server"]["workers"] == 1
+    assert not (directory / f"{dead.pid}.0.json").exists()
+    assert silent.exists()
+    silent.unlink()
 
 
 async def test_permission(se_factory: Start, http: aiohttp.ClientSession, tmp_path: Path) -> None:
