@@ -225,8 +225,18 @@ def test_put_over_the_limit_is_refused_before_the_body(srv: SEProcess, tmp_path:
             assert "<D:quota-used-bytes>9000</D:quota-used-bytes>" in text
             assert "<D:quota-available-bytes>1000</D:quota-available-bytes>" in text
             await check(s, srv)
+            # MOVE and COPY into the full share: 507 too, nothing moved
+            await put(s, f"{srv.url}/elsewhere/f", b"e" * 2000)
+            dest = f"{srv.url}/scratch/moved"
+            text = await method(s, "MOVE", f"{srv.url}/elsewhere/f", 507, Destination=dest)
+            assert "ATLASSCRATCH" in text
+            await method(s, "COPY", f"{srv.url}/elsewhere/f", 507, Destination=dest)
+            await method(s, "MOVE", f"{srv.url}/elsewhere", 507, Destination=dest)
+            assert (srv.root / "elsewhere" / "f").exists()
+            await check(s, srv)
 
     asyncio.run(body())
+    assert not (srv.root / "scratch" / "moved").exists()
     assert not (srv.root / "scratch" / "second").exists()
     assert not (srv.root / "scratch" / "chunked").exists()
     assert not temp_files(srv.root)
