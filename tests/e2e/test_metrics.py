@@ -7,6 +7,7 @@ import collections
 import contextlib
 import http.client
 import io
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import BASE_CONFIG
+from tests.e2e.test_tape import Tape, data_root, tape_config
 from tests.support import SEProcess, poll
 
 URL = "/.well-known/se/metrics"
@@ -279,3 +281,83 @@ def test_dead_worker_leaves_the_gauges(se_factory: Callable[..., SEProcess]) -> 
     finally:
         for conn in conns:
             conn.close()
+
+
+async def test_tape_counts_add_up(se_factory: Callable[..., SEProcess], tmp_path: Path) -> None:
+    """The tape families with two workers: the library runs in one, requests land on both."""
+    srv = se_factory("[server]\nworkers = 2\n" + tape_config(), root=data_root(tmp_path))
+    files = {f"/tape/m{i}": os.urandom(1000 * (i + 1)) for i in range(3)}
+    connector = aiohttp.TCPConnector(force_close=True)  # requests spread over the workers
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tape = Tape(session, srv.url)
+        for path, data in files.items():
+            await tape.put(path, data)
+        for switch in ("flush", "evict"):  # done by the worker that runs the library
+            for _ in range(50):
+                if (await tape.admin({switch: True}))["library"]:
+                    break
+            else:
+                raise AssertionError(f"no {switch} reached the library")
+        for path in files:
+            await tape.wait_locality(path, "TAPE")
+            assert (await tape.get(path)).status == 503
+        await tape.wait_done(await tape.stage(*files))
+        samples: Samples = {}
+        for _ in range(50):  # the library's counts are taken once a sync interval
+            async with session.get(srv.url + URL) as r:
+                samples = parse(await r.text())
+            if value(samples, "se_tape_recalled_files_total", outcome="ok") == len(files):
+                break
+            await asyncio.sleep(0.1)
+    assert value(samples, "se_tape_recalled_files_total", outcome="ok") == len(files)
+    assert value(samples, "se_tape_recalled_files_total", outcome="failed") == 0
+    assert value(samples, "se_tape_recalled_bytes_total") == sum(map(len, files.values()))
+    assert value(samples, "se_tape_requests_total") == 1
+    assert value(samples, "se_tape_files_requested_total") == len(files)
+    assert value(samples, "se_tape_reads_refused_total") == len(files)
+    assert value(samples, "se_tape_archived_files_total") == len(files)
+    assert value(samples, "se_tape_evicted_files_total") == len(files)
+    assert value(samples, "se_tape_mounts_total") >= 1
+    assert ("se_tape_drives_in_use", frozenset()) in samples
+
+
+async def test_authentication_outcomes(se_factory: Callable[..., SEProcess]) -> None:
+    srv = se_factory()
+    (srv.root / "f").write_bytes(b"data")
+    request = {"caveats": ["activity:DOWNLOAD"], "validity": "PT10M"}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            srv.url + "/f",
+            data=json.dumps(request),
+            headers={"Content-Type": "application/macaroon-request"},
+        ) as r:
+            assert r.status == 200, await r.text()
+            token = (await r.json())["macaroon"]
+        head, sig = token.rsplit(".", 1)
+        forged = f"{head}.{sig[:5]}{'A' if sig[5] != 'A' else 'B'}{sig[6:]}"
+        for bearer, status in ((token, 200), (token, 200), (forged, 401), ("not-a-jwt", 401)):
+            auth = {"Authorization": f"Bearer {bearer}"}
+            async with s.get(srv.url + "/f", headers=auth) as r:
+                assert r.status == status
+        async with s.get(srv.url + URL) as r:
+            samples = parse(await r.text())
+    assert value(samples, "se_auth_total", method="macaroon", outcome="ok") == 1
+    assert value(samples, "se_auth_total", method="macaroon", outcome="cached") == 1
+    assert value(samples, "se_auth_total", method="macaroon", outcome="refused") == 1
+    assert value(samples, "se_auth_total", method="token", outcome="refused") == 1
+    assert value(samples, "se_http_requests_total", method="GET", status="401") == 2
+
+
+async def test_share_usage(se_factory: Callable[..., SEProcess]) -> None:
+    """Read from the accounting at scrape time, once (not once per worker)."""
+    config = TWO_WORKERS + '\n[[shares]]\nname = "S1"\npaths = ["/s1"]\nsize = 100000\n'
+    srv = se_factory(config)
+    async with aiohttp.ClientSession() as s:
+        for name, size in (("a", 1234), ("b", 766)):
+            async with s.put(f"{srv.url}/s1/{name}", data=b"x" * size) as r:
+                assert r.status == 201
+        async with s.get(srv.url + URL) as r:
+            samples = parse(await r.text())
+    assert value(samples, "se_share_used_bytes", share="S1") == 2000
+    assert value(samples, "se_share_files", share="S1") == 2
+    assert value(samples, "se_share_limit_bytes", share="S1") == 100000
