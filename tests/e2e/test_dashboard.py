@@ -518,9 +518,17 @@ async def test_tape_from_the_library_worker(
     config = tape_config({"idle_dismount": 1e6})
     srv = se_factory(config, root=data_root(tmp_path), extra_args=["--workers", "2"])
     await put(http, srv.url + "/tape/t.bin", os.urandom(100_000))
-    for switch in ({"flush": True}, {"evict": True}):
-        async with http.post(srv.url + "/.well-known/se/tape", json=switch) as resp:
-            assert resp.status == 200, await resp.text()
+
+    async def on_tape_only() -> bool:
+        # Flush and evict act in the library's worker: ask until one of them lands there.
+        for switch in ({"flush": True}, {"evict": True}):
+            async with http.post(srv.url + "/.well-known/se/tape", json=switch) as resp:
+                assert resp.status == 200, await resp.text()
+        async with http.get(srv.url + "/tape/t.bin") as resp:
+            await resp.read()
+            return resp.status == 503
+
+    await until(on_tape_only, 20, step=0.1, what="the file on tape only")
     async with http.post(
         srv.url + "/api/v1/stage", json={"files": [{"path": "/tape/t.bin"}]}
     ) as resp:
