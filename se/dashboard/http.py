@@ -4,8 +4,8 @@ Both answer GET and HEAD to a caller with read access to ``/`` or named in
 ``dashboard.admins``.  The page is one file (``page.html``, shipped with the package): its
 style and script are inline, and the Content-Security-Policy allows exactly those two (by
 their SHA-256), fetches to this server and nothing else, so it works offline and loads
-nothing from anywhere.  :func:`recorder` wraps the request handler to keep the errors the
-page lists.
+nothing from anywhere.  :func:`on_prepare` (5xx responses) and :func:`recorder` (failed
+third-party copies) keep the errors the page lists.
 """
 
 from __future__ import annotations
@@ -30,7 +30,15 @@ from se.web import testpoints
 from se.web.access import authorise
 from se.web.context import context
 
-__all__ = ["DASHBOARD_PATH", "JSON_PATH", "PAGE", "recorder", "route", "security_policy"]
+__all__ = [
+    "DASHBOARD_PATH",
+    "JSON_PATH",
+    "PAGE",
+    "on_prepare",
+    "recorder",
+    "route",
+    "security_policy",
+]
 
 DASHBOARD_PATH = "/.well-known/se/dashboard"
 JSON_PATH = DASHBOARD_PATH + ".json"
@@ -132,16 +140,25 @@ def _reason(resp: web.StreamResponse) -> str:
 
 
 def recorder(handler: Handler, dash: Dashboard) -> Handler:
-    """Keep 5xx responses and third-party copies that ended in failure for the page."""
+    """Keep the third-party copies that ended in failure (or were aborted) for the page."""
 
     async def recorded(request: web.Request) -> web.StreamResponse:
         resp = await handler(request)
-        if resp.status >= 500:
-            dash.record(request, resp.status, _reason(resp), "http")
-        elif request.method == "COPY" and resp.status == 202:
+        if request.method == "COPY" and resp.status == 202:
             line = result_of(resp)
             if line is not None and not line.startswith("success"):
                 dash.record(request, resp.status, line, "tpc")
         return resp
 
     return recorded
+
+
+def on_prepare(dash: Dashboard) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """For ``on_response_prepare``: keep every 5xx response, whatever sent it (a handler,
+    the error wrapper, or the 100-continue hook refusing a body, e.g. 507)."""
+
+    async def prepared(request: web.Request, resp: web.StreamResponse) -> None:
+        if resp.status >= 500:
+            dash.record(request, resp.status, _reason(resp), "http")
+
+    return prepared

@@ -511,6 +511,25 @@ async def test_throughput_history(se_factory: Start, http: aiohttp.ClientSession
     assert share["used"] == len(data) and share["files"] == 1
 
 
+async def test_refusal_before_the_body_is_an_error(
+    se_factory: Start, http: aiohttp.ClientSession
+) -> None:
+    """A 507 answered to ``Expect: 100-continue`` (the share is full) is listed too."""
+    srv = se_factory(BASE_CONFIG + '[[shares]]\nname = "SMALL"\npaths = ["/"]\nsize = 1000000\n')
+    async with http.put(
+        srv.url + "/big.bin", data=io.BytesIO(os.urandom(2_000_000)), expect100=True
+    ) as resp:
+        assert resp.status == 507
+    [error] = (await dashboard(http, srv))["errors"]
+    assert (error["kind"], error["status"], error["method"], error["path"]) == (
+        "http",
+        507,
+        "PUT",
+        "/big.bin",
+    )
+    assert "SMALL" in error["detail"]
+
+
 async def test_tape_from_the_library_worker(
     se_factory: Start, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
