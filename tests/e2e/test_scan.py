@@ -74,10 +74,11 @@ def want_digest(srv: SEProcess, path: str) -> str:
     u = urlsplit(srv.url)
     conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=30)
     try:
-        conn.request("HEAD", path, headers={"Want-Digest": "adler32"})
+        conn.request("GET", path, headers={"Want-Digest": "adler32"})
         r = conn.getresponse()
-        r.read()
+        body = r.read()
         assert r.status == 200, r.status
+        assert len(body) == int(r.getheader("Content-Length") or -1)
         return r.getheader("Digest") or ""
     finally:
         conn.close()
