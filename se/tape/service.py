@@ -10,9 +10,11 @@ status) is a method here.  Other fronts ask :meth:`TapeService.check_readable`,
 
 Every frontend (worker process, or ``se`` instance sharing a PostgreSQL store) records stage
 requests and catalogue changes in the store.  Exactly one runs the :class:`TapeLibrary` (the
-first worker of the ``se`` whose ``tape.library`` is true): it reads tape, flushes new files to
-tape, evicts from the disk buffer and forgets old requests, and every ``tape.sync_interval``
-it picks up what the other frontends recorded (:meth:`TapeLibrary.sync`).
+first worker of an ``se`` whose ``tape.library`` is true; on a shared PostgreSQL database, the
+one of those that holds the library's lease, :mod:`se.tape.lease`, which another takes over
+when its holder dies): it reads tape, flushes new files to tape, evicts from the disk buffer
+and forgets old requests, and every ``tape.sync_interval`` it picks up what the other
+frontends recorded (:meth:`TapeLibrary.sync`).
 
 Flag model: the tape layer never deletes or changes user data.  The catalogue's locality says
 whether the disk copy counts as present: a GET of a file that is only on tape (TAPE) is refused
@@ -31,7 +33,7 @@ import logging
 import time
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from se import metrics
 from se.config import Config, TapeConfig, state_dir
@@ -63,6 +65,9 @@ from se.tape.sql import CatalogueEntry, DuplicateRequestError
 from se.tape.store import TapeStore
 from se.tape.stores import open_store
 from se.tape.wire import TapeProblem, user_status
+
+if TYPE_CHECKING:
+    from se.tape.lease import LibraryLease
 
 __all__ = ["ArchiveItem", "StageItem", "TapeService", "database_path", "library_config"]
 
@@ -138,6 +143,7 @@ class TapeService:
         self._store: TapeStore | None = None
         self.library: TapeLibrary | None = None
         self.buffer: DiskBuffer | None = None
+        self._lease: LibraryLease | None = None  # on a shared (PostgreSQL) database
         self.cartridge_states: dict[str, CartridgeState] = {}
         # Set by the application when enabled: per-path tape faults, and tape events.
         self.faults: FaultState | None = None
@@ -162,19 +168,45 @@ class TapeService:
 
     async def start(self) -> None:
         self._store = await open_store(self.database)
-        if self.run_library:
-            self.buffer = DiskBuffer(self._store, buffer_config(self.cfg))
-            self.library = TapeLibrary(self._store, library_config(self.cfg), buffer=self.buffer)
-            if self.faults is not None:
-                self.library.stage_fault = self._stage_fault
-            if self.events is not None:
-                self.library.on_settled = self._settled
-            await self.library.start()
-            queued = await self.library.sync()  # resumes what a previous run left pending
-            if queued:
-                log.info("tape: resumed %d pending recall(s)", queued)
+        if self.run_library and self.database.startswith(("postgresql://", "postgres://")):
+            # Several frontends may share the database: the lease holder runs the library
+            # (the others take it over when it dies; se.tape.lease).
+            from se.tape.lease import LibraryLease
+
+            self._lease = LibraryLease(self.database)
+        await self._claim_library()
         await self._refresh()
         self._task = asyncio.create_task(self._run(), name="tape-service")
+
+    async def _claim_library(self) -> None:
+        """Start the library here if this frontend may run it (and holds the lease, on a
+        shared database); stop it when the lease was lost."""
+        if not self.run_library:
+            return
+        lease = self._lease
+        if lease is not None:
+            if self.library is not None:
+                if await lease.held():
+                    return
+                log.error("tape: library lease lost; the library stops here")
+                await self.library.stop()
+                self.library = self.buffer = None
+            if not await lease.acquire():
+                return
+            log.warning("tape: this frontend runs the library (lease taken)")
+        elif self.library is not None:
+            return
+        store = self.store
+        self.buffer = DiskBuffer(store, buffer_config(self.cfg))
+        self.library = TapeLibrary(store, library_config(self.cfg), buffer=self.buffer)
+        if self.faults is not None:
+            self.library.stage_fault = self._stage_fault
+        if self.events is not None:
+            self.library.on_settled = self._settled
+        await self.library.start()
+        queued = await self.library.sync()  # resumes what a previous run left pending
+        if queued:
+            log.info("tape: resumed %d pending recall(s)", queued)
 
     async def _stage_fault(self, path: str) -> tuple[str | None, float] | None:
         """A fault rule for the tape read of ``path``: (error, delay), recorded as an event."""
@@ -220,6 +252,8 @@ class TapeService:
                 await task
         if self.library is not None:
             await self.library.stop()
+        if self._lease is not None:
+            await self._lease.close()
         if self._store is not None:
             await self._store.close()
             self._store = None
@@ -237,6 +271,7 @@ class TapeService:
     async def tick(self) -> None:
         """One round of the periodic work (also called by tests to skip the wait)."""
         await self._refresh()
+        await self._claim_library()
         if self.library is None or self.buffer is None:
             self.sync_metrics()
             return

@@ -1,7 +1,8 @@
 """Two ``se`` frontends on one filesystem and one PostgreSQL tape database.
 
 Frontend A runs the simulated library (``tape.library = true``), frontend B only records
-requests.  Work submitted to B is done by A; what either one writes is archived by A.
+requests.  Work submitted to B is done by A; what either one writes is archived by A.  When
+both may run it, one holds the library's lease and the other takes it over when it dies.
 """
 
 from __future__ import annotations
@@ -161,3 +162,45 @@ async def test_two_workers_share_the_sqlite_database(
 
             req = await _until(done)
             assert req["files"][0]["state"] == "COMPLETED", req
+
+
+async def test_the_library_moves_when_its_frontend_dies(
+    postgres: PGServer, se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    """Both frontends may run the library (``library = true``); the first to start holds the
+    lease (se.tape.lease).  SIGKILLed with a stage request waiting for its mount, it loses the
+    lease with its connections: the other one takes the library over and completes it."""
+    url = postgres.create_database("lease")
+    root = tmp_path / "data"
+    # A recall waits 3 s (real) for its mount: the kill comes first.
+    cfg = _config(url, True).replace("min_request_age = 5.0", "min_request_age = 3000.0")
+    a = se_factory(cfg, root=root)
+    b = se_factory(cfg, root=root)
+    paths = [f"/tape/h{i}" for i in range(3)]
+    async with aiohttp.ClientSession() as s:
+        assert (await _json(s, "GET", f"{a.url}/.well-known/se/tape"))["library"] is True
+        assert (await _json(s, "GET", f"{b.url}/.well-known/se/tape"))["library"] is False
+        for p in paths:
+            async with s.put(f"{b.url}{p}", data=b"held") as resp:
+                assert resp.status == 201
+        await _json(s, "POST", f"{a.url}/.well-known/se/tape", {"flush": True})
+        await _json(s, "POST", f"{a.url}/.well-known/se/tape", {"evict": True})
+        info = await _json(s, "POST", f"{b.url}/api/v1/archiveinfo", {"paths": paths})
+        assert {i.get("locality") for i in info} == {"TAPE"}
+        created = await _json(
+            s, "POST", f"{b.url}/api/v1/stage", {"files": [{"path": p} for p in paths]}
+        )
+        rid = created["requestId"]
+        assert "completedAt" not in await _json(s, "GET", f"{b.url}/api/v1/stage/{rid}")
+        a.kill()
+
+        async def done() -> Any:
+            req = await _json(s, "GET", f"{b.url}/api/v1/stage/{rid}")
+            return req if "completedAt" in req else None
+
+        req = await _until(done)
+        assert {f["state"] for f in req["files"]} == {"COMPLETED"}, req
+        assert (await _json(s, "GET", f"{b.url}/.well-known/se/tape"))["library"] is True
+        async with s.get(f"{b.url}{paths[0]}") as resp:
+            assert resp.status == 200
+    postgres.drop_database(url)
