@@ -390,6 +390,19 @@ def test_shares_accounting_and_lines(tmp_path: Path, se_factory: Callable[..., S
     assert shares["atlas"]["usedsize"] == 6000 and shares["atlas"]["numberoffiles"] == 2
 
 
+def holds_open(pid: int, path: Path, timeout: float = 30) -> bool:
+    """Wait until process ``pid`` has ``path`` open (its /proc/<pid>/fd)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                        return True
+        time.sleep(0.02)
+    return False
+
+
 def test_file_changed_while_read_gets_no_checksum(tmp_path: Path) -> None:
     root = tmp_path / "tree"
     growing = root / "growing"
@@ -397,10 +410,8 @@ def test_file_changed_while_read_gets_no_checksum(tmp_path: Path) -> None:
     # Read at 0.25 MB/s: the scan holds the file for about 4 s, and it grows meanwhile.
     proc = start_scan(root, "--jobs", "1", "--max-rate", "0.25", "--progress-every", "0.1")
     try:
-        assert proc.stderr is not None
-        first = proc.stderr.readline()
-        assert first.startswith("se scan: "), first
-        time.sleep(1.0)
+        assert holds_open(proc.pid, growing), "the scan never opened the file"
+        time.sleep(0.3)  # (its size and mtime are taken right after the open)
         with growing.open("ab") as fh:
             fh.write(b"appended by another writer")
         out, err = proc.communicate(timeout=60)
