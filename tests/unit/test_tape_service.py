@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from se import metrics
 from se.config import ConfigError, TapeConfig, load_mapping
 from se.errors import ServiceUnavailable
 from se.storage.paths import DavPath, confine
@@ -86,6 +87,7 @@ async def write(svc: TapeService, *files: tuple[str, int]) -> None:
 
 
 async def test_flush_by_count(make_service: MakeService) -> None:
+    archived = metrics.value("se_tape_archived_files_total")  # (this process's count)
     svc = await make_service(archive_min_files=3)
     await write(svc, ("/tape/a", 10), ("/tape/b", 20))
     assert await svc.flush() == 0
@@ -98,7 +100,7 @@ async def test_flush_by_count(make_service: MakeService) -> None:
     vids = {e[2] for e in entries}
     assert len(vids) == 1 and None not in vids
     assert sorted(e[3] for e in entries if e[3] is not None) == [0, 10, 30]  # write order
-    assert svc.files_archived == 3
+    assert metrics.value("se_tape_archived_files_total") - archived == 3
     assert await svc.flush() == 0  # nothing left
 
 
@@ -337,9 +339,10 @@ async def test_check_readable(make_service: MakeService) -> None:
     await svc.store.set_cartridge_state("V00003", CartridgeState.BROKEN)
     await svc.store.set_locality("/tape/lost", Locality.LOST, 10, "V00003", 10)
     await svc.tick()
+    refused = metrics.value("se_tape_reads_refused_total")
     for path in ("/tape/disk", "/tape/both", "/tape/empty", "/tape/unknown", "/scratch/x"):
         await svc.check_readable(dav(path), 10)
-    assert svc.reads_refused == 0
+    assert metrics.value("se_tape_reads_refused_total") == refused
     for path, what in [
         ("/tape/tape", "on tape only"),
         ("/tape/off", "unavailable"),
@@ -350,7 +353,7 @@ async def test_check_readable(make_service: MakeService) -> None:
         err = caught.value
         assert err.status == 503 and err.headers == {"Retry-After": "123"}
         assert path in err.reason and what in err.reason
-    assert svc.reads_refused == 3
+    assert metrics.value("se_tape_reads_refused_total") - refused == 3
     # Looking does not recall: the file is still on tape only.
     assert (await entry_of(svc.store, "/tape/tape"))[0] is Locality.TAPE
     assert await svc.store.pending_files() == []
