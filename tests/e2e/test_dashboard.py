@@ -258,12 +258,18 @@ class DevTools:
         )
 
 
+def need_chromium() -> str:
+    """The browser's path; the test is skipped (naming it) when it is not installed."""
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("not installed: chromium (Debian package chromium)")
+    return exe
+
+
 @contextlib.asynccontextmanager
 async def chromium(tmp_path: Path) -> AsyncIterator[DevTools]:
     """A fresh headless Chromium (its own profile in ``tmp_path``) and its first page."""
-    exe = shutil.which("chromium")
-    if exe is None:
-        pytest.skip("not installed: chromium")
+    exe = need_chromium()
     proc = await asyncio.create_subprocess_exec(
         exe,
         "--headless=new",
@@ -346,12 +352,14 @@ DRIVES = """JSON.stringify([...document.querySelectorAll('.drive')].map(d => ({
   state: d.dataset.state, cartridge: d.dataset.cartridge || null})))"""
 
 
+@pytest.mark.clients
 async def test_page_in_chromium_shows_a_running_copy_and_errors(
     se_factory: Start,
     http: aiohttp.ClientSession,
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    need_chromium()
     shots = artifacts(tmp_path_factory)
     src = se_factory(FAULTS_CONFIG, root=tmp_path / "src")
     dst = se_factory(FAULTS_CONFIG + SHARES, root=tmp_path / "dst")
@@ -398,12 +406,14 @@ async def test_page_in_chromium_shows_a_running_copy_and_errors(
         assert await page.evaluate("document.getElementById('status').textContent") == "live"
 
 
+@pytest.mark.clients
 async def test_page_in_chromium_shows_a_mounted_cartridge(
     se_factory: Start,
     http: aiohttp.ClientSession,
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    need_chromium()
     shots = artifacts(tmp_path_factory)
     # A drive keeps its cartridge after the recall (idle_dismount: ~17 min at this scale).
     config = tape_config({"idle_dismount": 1e6, "buffer_capacity": 40_000_000})
