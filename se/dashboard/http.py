@@ -29,6 +29,7 @@ from se.tpc.handler import result_of
 from se.web import testpoints
 from se.web.access import authorise
 from se.web.context import context
+from se.web.health import HEALTH_PATH
 
 __all__ = [
     "DASHBOARD_PATH",
@@ -158,7 +159,8 @@ def on_prepare(dash: Dashboard) -> Callable[[web.Request, web.StreamResponse], A
     the error wrapper, or the 100-continue hook refusing a body, e.g. 507)."""
 
     async def prepared(request: web.Request, resp: web.StreamResponse) -> None:
-        if resp.status >= 500:
+        # A 503 of the health page is a state the balancer polls, not a failed request.
+        if resp.status >= 500 and request.path != HEALTH_PATH:
             dash.record(request, resp.status, _reason(resp), "http")
 
     return prepared
