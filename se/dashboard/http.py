@@ -89,9 +89,10 @@ def route(request: web.Request) -> Callable[[], Awaitable[web.StreamResponse]] |
     return functools.partial(_answer, request, dash, path == JSON_PATH)
 
 
-def _admit(request: web.Request, dash: Dashboard) -> None:
-    """Allowed: an identity named in ``dashboard.admins``, or whoever may read ``/``."""
-    if testpoints.is_admin(request, dash.cfg.dashboard.admins):
+def _admit(request: web.Request) -> None:
+    """Allowed: an identity named in ``dashboard.admins``, or whoever may read ``/``.  (The
+    context's configuration: the one a reload put in force.)"""
+    if testpoints.is_admin(request, context(request).cfg.dashboard.admins):
         return
     authorise(request, Op.READ, DavPath(()))
 
@@ -99,7 +100,7 @@ def _admit(request: web.Request, dash: Dashboard) -> None:
 async def _answer(request: web.Request, dash: Dashboard, data: bool) -> web.StreamResponse:
     if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
         raise MethodNotAllowed(f"{request.path} takes GET", headers={"Allow": "GET, HEAD"})
-    _admit(request, dash)
+    _admit(request)
     if not data:
         return web.Response(body=PAGE, content_type="text/html", charset="utf-8", headers=_HEADERS)
     doc = await dash.document(await _space(request))
