@@ -47,6 +47,11 @@ class AccessLogger(AbstractAccessLogger):
     _second = -1
     _stamp = ""
 
+    @property
+    def enabled(self) -> bool:
+        """logging.access_log (switched live at SIGHUP by disabling the logger)."""
+        return not self.logger.disabled
+
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         now = int(_time.time())
         if now != AccessLogger._second:

@@ -380,6 +380,14 @@ class FaultState:
             else:
                 os.replace(tmp, self._version_file)
 
+    def update_config_rules(self, config_rules: Iterable[Mapping[str, Any]]) -> None:
+        """The configuration's rules after a reload (ValueError for a bad one: nothing
+        changes); run-time rules and all counts are kept."""
+        self.config_rules = tuple(
+            parse_rule(data, f"cfg-{i}", "config") for i, data in enumerate(config_rules)
+        )
+        self._loaded = None
+
     # -- storage ---------------------------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
