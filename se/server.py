@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -27,22 +28,24 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing import connection as mp_connection
 from multiprocessing.process import BaseProcess
-from typing import TextIO
+from typing import Any, TextIO
 
 import uvloop
 from aiohttp import web
 
 from se import metrics
 from se.accesslog import AccessLogger, RedactTokens
-from se.app import METHODS, create_app
+from se.app import METHODS, create_app, reconfigure
 from se.auth.x509 import configure_server_context
 from se.config import Config, ConfigError, is_loopback, listener_configs, state_dir
 from se.events import reset_events
 from se.faults import reset_state
 from se.tape.service import database_path
+from se.web import health
+from se.web.context import CONTEXT
 from se.web.protocol import HeadBudget, SEHandler
 
 __all__ = ["Endpoint", "check_startup", "plan", "run", "serve_url"]
@@ -203,9 +206,12 @@ async def _start(
     s = cfg.server
     runner = web.AppRunner(
         app,
-        access_log=access if cfg.logging.access_log else None,
+        # Always given; logging.access_log turns it on and off (live, at SIGHUP).
+        access_log=access,
         access_log_class=AccessLogger,
         handler_cancellation=False,
+        # After the drain (server.drain_timeout): time for the aborted copies' last lines.
+        shutdown_timeout=SHUTDOWN_GRACE,
         # WLCG tokens with many groups exceed aiohttp's 8 KiB field default; the token
         # size limit proper (auth.max_token_bytes) answers 401 with a reason.
         max_field_size=s.max_header_field,
@@ -231,23 +237,115 @@ async def _start(
     return runner
 
 
-async def _serve(
-    endpoints: Sequence[Endpoint], socks: Sequence[socket.socket], first: bool
+SHUTDOWN_GRACE = 5.0  # seconds, after the drain, for aborted transfers to say so
+DRAIN_POLL = 0.1  # seconds between two looks at the running requests while draining
+
+
+async def _drain(
+    runners: Sequence[web.AppRunner], stop: asyncio.Event, again: asyncio.Event
 ) -> None:
+    """The graceful part of a stop: /health answers 503 from now on, the listeners keep
+    serving (a balancer stops sending once it has seen the 503) while requests are still
+    running, for at most server.drain_timeout seconds (a second SIGTERM ends the wait)."""
+    state = health.SERVICE
+    state.draining = True
+    timeout = runners[0].app[CONTEXT].cfg.server.drain_timeout if runners else 0.0
+    deadline = time.monotonic() + timeout
+    if state.active:
+        log.info("stopping: draining %d running request(s), at most %g s", state.active, timeout)
+    while state.active > 0 and not again.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.warning("stopping: %d request(s) still running after the drain", state.active)
+            break
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(DRAIN_POLL, left)):
+                await again.wait()
+
+
+class _Reloader:
+    """The reload of one process that serves (the single process of --workers 1, or a
+    worker told by its parent): the live parts of a new configuration into every app."""
+
+    def __init__(self, runners: Sequence[web.AppRunner]) -> None:
+        self.runners = runners
+
+    def apply(self, generation: int, cfgs: Sequence[Config] | None) -> None:
+        """``cfgs``: one configuration per listener, in order; None: only reopen the
+        transfer logs (a refused reload still serves logrotate)."""
+        if cfgs is None:
+            for r in self.runners:
+                transfers = r.app[CONTEXT].transfers
+                if transfers is not None:
+                    transfers.reopen()
+            return
+        for r, cfg in zip(self.runners, cfgs, strict=True):
+            reconfigure(r.app, cfg)
+        apply_logging(cfgs[0])
+        health.SERVICE.generation = generation
+
+
+def apply_logging(cfg: Config) -> None:
+    """The process-wide logging settings of ``cfg`` (level, access log on or off)."""
+    logging.getLogger().setLevel(cfg.logging.level.upper())
+    logging.getLogger("se.access").disabled = not cfg.logging.access_log
+
+
+async def _serve(
+    endpoints: Sequence[Endpoint],
+    socks: Sequence[socket.socket],
+    first: bool,
+    control: Control | None = None,
+) -> None:
+    """Serve ``endpoints`` on ``socks`` until SIGTERM/SIGINT.  ``control``: the worker's
+    link to its supervising parent (reloads come that way); None: the single process,
+    which reloads at SIGHUP itself, tells systemd and pings its watchdog."""
     # One budget for the unfinished request heads of all the listeners of this worker.
     budget = HeadBudget(endpoints[0].cfg.server.header_buffer_bytes)
     runners: list[web.AppRunner] = []
+    watchdog: asyncio.Task[None] | None = None
     try:
+        apply_logging(endpoints[0].cfg)
         for endpoint, sock in zip(endpoints, socks, strict=True):
             runners.append(await _start(endpoint, sock, first, budget))
         stop = asyncio.Event()
+        again = asyncio.Event()  # a second stop signal: no more waiting
         loop = asyncio.get_running_loop()
+
+        def on_stop() -> None:
+            (again if stop.is_set() else stop).set()
+
         for sig in _STOP_SIGNALS:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_stop)
+        reloader = _Reloader(runners)
+        if control is None:
+            state = _RELOADS
+
+            def on_hup() -> None:
+                notify_reloading()
+                cfgs = state.check() if state is not None else None
+                reloader.apply(state.generation if state is not None else 0, cfgs)
+                if cfgs is not None and state is not None:
+                    log.warning("config reloaded (generation %d)", state.generation)
+                sd_notify("READY=1")
+
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+            watchdog = asyncio.ensure_future(_watchdog())
+        else:
+            control.attach(loop, reloader)
         # Held since before the address was printed: one sent meanwhile is delivered now.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
+        if control is None:
+            sd_notify("READY=1")
+        else:
+            control.send(("ready",))
         await stop.wait()
+        if control is None:
+            sd_notify("STOPPING=1")
+        await _drain(runners, stop, again)
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         # All at once: each waits for its own connections while the others do the same.
         results = await asyncio.gather(*(r.cleanup() for r in runners), return_exceptions=True)
         for result in results:
@@ -260,7 +358,15 @@ def _worker(
     socks: Sequence[socket.socket] | None,
     index: int,
     inherited: Sequence[socket.socket] = (),
+    control: Control | None = None,
+    generation: int = 0,
 ) -> None:
+    health.SERVICE.generation = generation
+    if control is not None:
+        # The parent reloads (and tells the workers through the control pipe); a SIGHUP
+        # sent to the whole process group must not stop a worker.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        os.environ.pop("NOTIFY_SOCKET", None)  # only the parent talks to systemd
     if socks is None:
         # The first worker's sockets, copied by fork: kept open here, they would stay in
         # the SO_REUSEPORT groups after that worker died, and take connections no one
@@ -269,7 +375,7 @@ def _worker(
             sock.close()
         socks = bind_all([e.cfg for e in endpoints], reuse_port=True)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(endpoints, socks, index == 0))
+        runner.run(_serve(endpoints, socks, index == 0, control))
 
 
 def bind_all(cfgs: Sequence[Config], reuse_port: bool) -> list[socket.socket]:
@@ -294,6 +400,9 @@ def setup_logging(cfg: Config) -> None:
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_HELD_SIGNALS = {*_STOP_SIGNALS, signal.SIGHUP}
+# The reloads of this run (set by run(); the single process reads it at SIGHUP).
+_RELOADS: ReloadState | None = None
 
 
 def count_metrics_apart() -> None:
@@ -310,8 +419,11 @@ def count_metrics_apart() -> None:
     atexit.register(remove)
 
 
-def run(cfg: Config, out: TextIO = sys.stdout) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit status."""
+def run(cfg: Config, out: TextIO = sys.stdout, reload: Callable[[], Config] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status.  ``reload``: reads the
+    configuration again (SIGHUP), as it was read at start (file and flags)."""
+    global _RELOADS
+    base = cfg
     cfgs = listener_configs(cfg)
     for each in cfgs:
         check_startup(each)
@@ -328,15 +440,16 @@ def run(cfg: Config, out: TextIO = sys.stdout) -> int:
     cfgs = tuple(_with_port(c, s.getsockname()[1]) for c, s in zip(cfgs, socks, strict=True))
     # Whoever reads the address may stop the server at once: SIGTERM/SIGINT wait (blocked,
     # inherited by the workers) until the handlers that stop cleanly are in place.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
     for each in cfgs:  # [server]'s line first, as before listeners existed
         root = os.path.abspath(each.storage.root)
         print(f"se: serving {root} at {serve_url(each, each.server.port)}", file=out, flush=True)
     endpoints = plan(cfgs)
+    _RELOADS = ReloadState(base, tuple(c.server.port for c in cfgs), reload)
     if workers == 1:
         _worker(endpoints, socks, 0)
         return 0
-    return _supervise(endpoints, socks, workers)
+    return _supervise(endpoints, socks, workers, _RELOADS)
 
 
 # Supervision of --workers N: a worker that dies is started again after a pause that
@@ -350,31 +463,249 @@ CRASH_WINDOW = 60.0
 RESTART_DELAY = (0.5, 8.0)
 
 
+# --------------------------------------------------------------------------- reload
+
+# What a SIGHUP reload may change (everything else is compared, and a difference refuses
+# the whole file): whole sections, and single keys of others.
+LIVE_SECTIONS = frozenset(("auth", "logging", "shares"))
+LIVE_KEYS: dict[str, frozenset[str]] = {
+    "server": frozenset(("drain_timeout",)),
+    "faults": frozenset(("rules", "admins")),
+}
+RELOAD_WAIT = 10.0  # seconds the parent waits for every worker to confirm a reload
+
+
+def frozen_change(old: Config, new: Config) -> str | None:
+    """The first key that differs between ``old`` and ``new`` and cannot change while the
+    server runs (``server.port``, ``tls``, ``listeners``...), or None."""
+    if (old.auth is None) != (new.auth is None):
+        return "[auth] (added or removed)"
+    for f in dataclasses.fields(old):
+        name = f.name
+        if name in LIVE_SECTIONS:
+            continue
+        a, b = getattr(old, name), getattr(new, name)
+        if a == b:
+            continue
+        if dataclasses.is_dataclass(a) and type(a) is type(b):
+            for g in dataclasses.fields(a):
+                if g.name not in LIVE_KEYS.get(name, ()) and getattr(a, g.name) != getattr(
+                    b, g.name
+                ):
+                    return f"{name}.{g.name}"
+            continue  # only live keys differ
+        return name
+    return None
+
+
+class ReloadState:
+    """The configuration in force as read from the file (and flags), the ports the
+    listeners got, and the number of reloads applied; :meth:`check` reads the file again."""
+
+    def __init__(self, base: Config, ports: tuple[int, ...], source: Callable[[], Config] | None):
+        self.base = base
+        self.ports = ports
+        self.source = source
+        self.generation = 0
+
+    def check(self) -> tuple[Config, ...] | None:
+        """Each listener's new configuration (the reload counted), or None (refused or
+        nothing to reload: one log line says why; the configuration in force stays)."""
+        if self.source is None:
+            log.warning(
+                "reload: se serve was started without a configuration file, nothing to reload"
+            )
+            return None
+        try:
+            new = self.source()
+            key = frozen_change(self.base, new)
+            if key is not None:
+                raise ConfigError(f"{key} cannot change without a restart")
+            cfgs = listener_configs(new)
+            for each in cfgs:
+                check_startup(each)
+        except ConfigError as exc:
+            log.error("reload refused, the configuration in force is kept: %s", exc)
+            return None
+        self.base = new
+        self.generation += 1
+        return tuple(_with_port(c, port) for c, port in zip(cfgs, self.ports, strict=True))
+
+
+Message = tuple[Any, ...]
+
+
+class Control:
+    """A worker's end of the pipe to its parent: "ready" once it listens, reloads in,
+    confirmations out."""
+
+    def __init__(self, conn: mp_connection.Connection) -> None:
+        self.conn = conn
+
+    def send(self, message: Message) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(message)
+
+    def attach(self, loop: asyncio.AbstractEventLoop, reloader: _Reloader) -> None:
+        fd = self.conn.fileno()
+
+        def on_message() -> None:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                loop.remove_reader(fd)
+                return
+            if message[0] == "reload":
+                _kind, generation, cfgs = message
+                error = ""
+                try:
+                    reloader.apply(generation, cfgs)
+                except ConfigError as exc:
+                    error = str(exc)
+                    log.error("reload failed in worker %d: %s", os.getpid(), exc)
+                self.send(("applied", generation, error))
+
+        loop.add_reader(fd, on_message)
+
+
+# --------------------------------------------------------------------------- systemd
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) a state change: one datagram to $NOTIFY_SOCKET (an
+    absolute path, or "@name" in the abstract namespace); nothing without it."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError as exc:
+        log.warning("sd_notify %s: %s", message.split("=", 1)[0], exc.strerror)
+
+
+def notify_reloading() -> None:
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+
+
+def watchdog_period() -> float | None:
+    """Seconds between two WATCHDOG=1 pings (half of WatchdogSec), or None: not asked."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or not os.environ.get("NOTIFY_SOCKET"):
+        return None
+    if pid.isdigit() and int(pid) != os.getpid():
+        return None
+    return int(usec) / 2e6
+
+
+async def _watchdog() -> None:
+    period = watchdog_period()
+    if period is None:
+        return
+    while True:
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(period)
+
+
 def _exit_reason(code: int | None) -> str:
     if code is not None and code < 0:
         return f"was killed by {signal.Signals(-code).name}"
     return f"exited with status {code}"
 
 
-def _supervise(endpoints: Sequence[Endpoint], socks: list[socket.socket], workers: int) -> int:
+def _supervise(
+    endpoints: Sequence[Endpoint],
+    socks: list[socket.socket],
+    workers: int,
+    reloads: ReloadState | None = None,
+) -> int:
     ctx = multiprocessing.get_context("fork")
+    current = list(endpoints)  # as reloaded: what a restarted worker starts with
+    conns: dict[int, mp_connection.Connection] = {}  # worker index -> its control pipe
+    ready: set[int] = set()  # workers that listen (READY=1 once all of them do)
+    generation = 0
 
     def spawn(index: int, first_socks: list[socket.socket] | None) -> BaseProcess:
+        ours, theirs = multiprocessing.Pipe()
         proc = ctx.Process(
             target=_worker,
-            args=(endpoints, first_socks, index, socks),
+            args=(tuple(current), first_socks, index, socks, Control(theirs), generation),
             name=f"se-worker-{index}",
             daemon=False,
         )
         proc.start()
+        theirs.close()
+        old = conns.pop(index, None)
+        if old is not None:
+            old.close()
+        conns[index] = ours
         return proc
+
+    def receive(conn: mp_connection.Connection) -> Message | None:
+        try:
+            message: Message = conn.recv()
+        except (EOFError, OSError):
+            return None
+        index = next((i for i, c in conns.items() if c is conn), -1)
+        if message[0] == "ready" and index >= 0:
+            ready.add(index)
+        return message
+
+    def reload_workers() -> None:
+        nonlocal generation
+        notify_reloading()
+        cfgs = reloads.check() if reloads is not None else None
+        if cfgs is not None and reloads is not None:
+            generation = reloads.generation
+            apply_logging(cfgs[0])
+            current[:] = [dataclasses.replace(e, cfg=c) for e, c in zip(current, cfgs, strict=True)]
+        pending: dict[int, mp_connection.Connection] = {}
+        for index, conn in conns.items():
+            if index not in restart_at and procs[index].is_alive():
+                try:
+                    conn.send(("reload", generation, cfgs))
+                except OSError:
+                    continue
+                pending[index] = conn
+        deadline = time.monotonic() + RELOAD_WAIT
+        while pending and time.monotonic() < deadline:
+            for item in mp_connection.wait(list(pending.values()), timeout=0.5):
+                assert isinstance(item, mp_connection.Connection)
+                message = receive(item)
+                index = next(i for i, c in pending.items() if c is item)
+                if message is None or (message[0] == "applied" and message[1] == generation):
+                    del pending[index]
+            ping()
+        if cfgs is not None:
+            if pending:
+                log.error(
+                    "reload: worker(s) %s did not confirm within %g s", sorted(pending), RELOAD_WAIT
+                )
+            log.info("config reloaded (generation %d)", generation)
+        sd_notify("READY=1")
+
+    period = watchdog_period()
+    next_ping = 0.0
+
+    def ping() -> None:
+        nonlocal next_ping
+        if period is not None and time.monotonic() >= next_ping:
+            sd_notify("WATCHDOG=1")
+            next_ping = time.monotonic() + period
 
     procs = {i: spawn(i, socks if i == 0 else None) for i in range(workers)}
     for sock in socks:
         sock.close()  # a restarted first worker binds its own SO_REUSEPORT sockets
     stopping = threading.Event()  # set by the signal handler
+    hup = threading.Event()  # SIGHUP: reload
 
     def forward(signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            sd_notify("STOPPING=1")
         stopping.set()
         for proc in procs.values():
             if proc.pid is not None and proc.is_alive():
@@ -382,12 +713,25 @@ def _supervise(endpoints: Sequence[Endpoint], socks: list[socket.socket], worker
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: hup.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
     crashes: collections.deque[float] = collections.deque()
     restart_at: dict[int, float] = {}  # worker index -> when to start it again
+    announced = False  # READY=1 sent
     while not stopping.is_set():
-        waiting = [p.sentinel for i, p in procs.items() if i not in restart_at]
-        mp_connection.wait(waiting, timeout=0.5)  # short: signals are seen promptly
+        waiting: list[Any] = [p.sentinel for i, p in procs.items() if i not in restart_at]
+        waiting += [c for i, c in conns.items() if i not in restart_at]
+        # Short: signals are seen promptly.
+        for item in mp_connection.wait(waiting, timeout=0.5):
+            if isinstance(item, mp_connection.Connection):
+                receive(item)
+        ping()
+        if not announced and len(ready) == workers:
+            announced = True
+            sd_notify("READY=1")
+        if hup.is_set() and not stopping.is_set():
+            hup.clear()
+            reload_workers()
         now = time.monotonic()
         for index, proc in list(procs.items()):
             if stopping.is_set():
@@ -415,22 +759,26 @@ def _supervise(endpoints: Sequence[Endpoint], socks: list[socket.socket], worker
                     reason,
                 )
                 forward(signal.SIGTERM, None)
-                _join(procs.values())
+                _join(procs.values(), ping)
                 return 1
             delay = min(RESTART_DELAY[0] * 2 ** (len(crashes) - 1), RESTART_DELAY[1])
             log.error("%s; restarting it in %.1f s", reason, delay)
             restart_at[index] = now + delay
     status = 0
-    _join(p for i, p in procs.items() if i not in restart_at)
+    _join((p for i, p in procs.items() if i not in restart_at), ping)
     for index, proc in procs.items():
         if index not in restart_at and proc.exitcode not in (0, None):
             status = 1
     return status
 
 
-def _join(procs: Iterable[BaseProcess]) -> None:
+def _join(procs: Iterable[BaseProcess], ping: Callable[[], None] | None = None) -> None:
+    """Wait for each process to end (the watchdog still pinged while they drain)."""
     for proc in procs:
-        proc.join()
+        while proc.exitcode is None:
+            proc.join(1.0)
+            if ping is not None:
+                ping()
 
 
 def _with_port(cfg: Config, port: int) -> Config:

@@ -977,8 +977,10 @@ def test_push_with_expect_continue(farm: ServerFarm, remote: Remote, passive: SE
 
 async def test_server_shutdown_aborts_running_transfers(tmp_path: Path, remote: Remote) -> None:
     """SIGTERM: a running COPY ends with "aborted:" (ECANCELED for gfal2: no retry in
-    another mode against a server that is going away) and leaves nothing behind."""
-    se = start_se(tmp_path, root=tmp_path / "stopping", config=BASE_CONFIG + _tpc())
+    another mode against a server that is going away) once the drain is over (1 s here),
+    and leaves nothing behind."""
+    config = BASE_CONFIG + _tpc() + "[server]\ndrain_timeout = 1.0\n"
+    se = start_se(tmp_path, root=tmp_path / "stopping", config=config)
     remote.files["shutdown"] = random_bytes(100_000, seed=97)
     try:
         async with aiohttp.ClientSession() as session:
