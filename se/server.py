@@ -8,6 +8,15 @@ connections evenly.  Every worker serves every listener, each with its own appli
 (se.app.create_app on the listener's derived configuration); what must happen once per
 storage root or tape database (the sweep of interrupted uploads, the simulated tape library)
 is given to one listener of the first worker.  The parent forwards SIGTERM/SIGINT and waits.
+
+The parent also restarts workers that die (:func:`_supervise`), reloads the configuration at
+SIGHUP (:class:`ReloadState` reads the file again and refuses it whole, with one log line,
+when it is bad or changes a key that needs a restart; each worker gets the new listener
+configurations over its control pipe (:class:`Control`) and applies them with
+se.app.reconfigure), and speaks systemd's notification protocol (:func:`sd_notify`: READY,
+RELOADING, STOPPING, WATCHDOG).  With one worker the single process does all of that itself.
+A stop drains first (:func:`_drain`): /health answers 503 while running requests get up to
+server.drain_timeout seconds, then third-party copies still running end "aborted:".
 """
 
 from __future__ import annotations
@@ -326,7 +335,7 @@ async def _serve(
                 cfgs = state.check() if state is not None else None
                 reloader.apply(state.generation if state is not None else 0, cfgs)
                 if cfgs is not None and state is not None:
-                    log.warning("config reloaded (generation %d)", state.generation)
+                    log.info("config reloaded (generation %d)", state.generation)
                 sd_notify("READY=1")
 
             loop.add_signal_handler(signal.SIGHUP, on_hup)
