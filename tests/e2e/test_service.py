@@ -27,6 +27,7 @@ import pytest
 
 from se.auth import issuer
 from tests.conftest import BASE_CONFIG
+from tests.pg import postgres_or_skip
 from tests.support import SEProcess, poll, poll_async
 
 HEALTH = "/.well-known/se/health"
@@ -82,6 +83,20 @@ def test_health_is_503_when_the_storage_root_goes(
     finally:
         moved.rename(root)
     assert poll(lambda: health(se.url)[0] == 200, timeout=5)
+
+
+def test_health_is_503_when_the_state_database_goes(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    """The space accounting on PostgreSQL: health turns 503 when the server is gone."""
+    with postgres_or_skip() as pg:
+        url = pg.create_database("health")
+        se = se_factory(BASE_CONFIG + f'[space]\ndatabase = "{url}"\n', root=tmp_path / "r")
+        assert poll(lambda: health(se.url)[0] == 200, timeout=10), health(se.url)
+        pg.stop()
+        assert poll(lambda: health(se.url)[0] == 503, timeout=10)
+        status, body = health(se.url)
+        assert status == 503 and body["reason"] == "state database is unreachable", body
 
 
 # --------------------------------------------------------------------------- reload
