@@ -195,6 +195,52 @@ async def test_reload_applies_issuers_rules_and_logging_live(
     assert '"GET /' not in after and "after-reload" not in after, after[-2000:]
 
 
+def test_reload_applies_fault_rules_shares_and_level(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    """Fault rules of the file, [[shares]] (SRR shows the new one) and the log level, on
+    both workers."""
+
+    def config(rule_path: str, share: str, level: str) -> str:
+        return (
+            f'[logging]\nlevel = "{level}"\naccess_log = false\n'
+            "[faults]\nenabled = true\n"
+            f'[[faults.rules]]\nmethod = "GET"\npath = "{rule_path}"\nstatus = 418\n'
+            f'[[shares]]\nname = "{share}"\npaths = ["/"]\n'
+        )
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("a", "b"):
+        (root / name).write_bytes(b"data")
+    se = se_factory(config("/a", "OLDSHARE", "warning"), root=root, extra_args=["--workers", "2"])
+
+    def statuses(path: str) -> set[int]:
+        out = set()
+        for _ in range(6):  # new connections: both workers
+            try:
+                with urllib.request.urlopen(se.url + path, timeout=5) as resp:
+                    out.add(resp.status)
+            except urllib.error.HTTPError as exc:
+                out.add(exc.code)
+        return out
+
+    def share_names() -> set[str]:
+        with urllib.request.urlopen(se.url + "/.well-known/se/srr", timeout=5) as resp:
+            doc = json.loads(resp.read())
+        return {s["name"] for s in doc["storageservice"]["storageshares"]}
+
+    assert statuses("/a") == {418} and statuses("/b") == {200}
+    assert share_names() == {"OLDSHARE"}
+    assert se.config is not None
+    se.config.write_text(config("/b", "NEWSHARE", "info"))
+    os.kill(se.proc.pid, signal.SIGHUP)
+    # At level warning before, the INFO line shows that the new level is in force.
+    assert logged(se, "config reloaded (generation 1)")
+    assert statuses("/a") == {200} and statuses("/b") == {418}
+    assert all(share_names() == {"NEWSHARE"} for _ in range(4))  # new connections
+
+
 def start_on_port(tmp_path: Path, config: str, port: int) -> SEProcess:
     """``se serve -c FILE`` with the port in the file (start_se gives --port 0, a flag,
     which a file's server.port would never override)."""
