@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import queue
@@ -43,7 +44,7 @@ from se.config import Config, ShareConfig, state_dir
 from se.errors import InsufficientStorage
 from se.space.shares import ShareMap
 from se.storage.paths import DavPath
-from se.storage.usage import Deltas, walk_files
+from se.storage.usage import DELETE_KEY, Deltas, walk_files
 
 __all__ = ["Accounting", "Usage", "database_location"]
 
@@ -53,6 +54,7 @@ T = TypeVar("T")
 # Advisory lock key of the schema creation on PostgreSQL: the bytes "se-space" as an int64.
 SCHEMA_LOCK = int.from_bytes(b"se-space", "big", signed=True)
 _POOL_SIZE = 4  # connections per process (each lent to one thread at a time)
+RECOVER_INTERVAL = 10.0  # seconds between looks for uploads counted but never put in place
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS space_usage ("
@@ -60,7 +62,21 @@ _SCHEMA = (
     " bytes BIGINT NOT NULL DEFAULT 0,"
     " files BIGINT NOT NULL DEFAULT 0,"
     " updated DOUBLE PRECISION NOT NULL DEFAULT 0,"
-    " reconciled DOUBLE PRECISION NOT NULL DEFAULT 0)"
+    " reconciled DOUBLE PRECISION NOT NULL DEFAULT 0)",
+    # Uploads counted but not yet in place: (temp file, share) -> what was added.  Gone once
+    # the upload is in place; what a writer killed in between left is taken back by
+    # :meth:`Accounting.recover_sync` (its temp file is still there, and unlocked).  Also
+    # files counted as deleted but not yet unlinked: temp "delete:<id>", the target and its
+    # inode (still there with that inode: taken back).
+    "CREATE TABLE IF NOT EXISTS space_pending ("
+    " temp TEXT NOT NULL,"
+    " share TEXT NOT NULL,"
+    " target TEXT NOT NULL,"
+    " bytes BIGINT NOT NULL,"
+    " files BIGINT NOT NULL,"
+    " created DOUBLE PRECISION NOT NULL,"
+    " ino BIGINT NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (temp, share))",
 )
 
 
@@ -116,7 +132,8 @@ class _Database:
                 cur.execute("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
                 if self.postgres:
                     cur.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
-                cur.execute(_SCHEMA)
+                for stmt in _SCHEMA:
+                    cur.execute(stmt)
                 cur.execute("COMMIT")
             finally:
                 conn.close()
@@ -231,6 +248,10 @@ class _QmarkCursor:
         return list(self._cur.fetchall())
 
 
+_PENDING = (
+    "INSERT INTO space_pending (temp, target, share, bytes, files, created, ino) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 _UPDATE = "UPDATE space_usage SET bytes = bytes + ?, files = files + ?, updated = ? WHERE name = ?"
 
 
@@ -243,12 +264,46 @@ def _add(cur: _Cursor, name: str, nbytes: int, files: int, now: float) -> None:
         )
 
 
+def _writer_state(temp: str, target: str) -> str:
+    """ "gone" (the temp file is no more: renamed into place), "dead" (there, lockable: its
+    writer is gone, and it is not linked at the target) or "alive" (anything else)."""
+    try:
+        fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return "gone"
+    except OSError:
+        return "alive"
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return "alive"  # its writer holds it (or no locks here: the walk will tell)
+        st = os.fstat(fd)
+        with contextlib.suppress(OSError):
+            there = os.lstat(target)
+            if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+                return "gone"  # linked into place (Overwrite: F), the unlink not done
+        return "dead"
+    finally:
+        os.close(fd)
+
+
+def _unlinked_state(target: str, ino: int) -> str:
+    """A pending delete: "dead" (the file is still there: never unlinked) or "gone"."""
+    try:
+        st = os.lstat(target)
+    except OSError:
+        return "gone"
+    return "dead" if st.st_ino == ino else "gone"
+
+
 class Accounting:
     """Per-share usage in the state database; the backend's :class:`SpaceTracker`."""
 
     def __init__(self, cfg: Config, executor: Executor | None = None) -> None:
         self.cfg = cfg
         self.root = os.path.abspath(cfg.storage.root)
+        self.root_real = os.path.realpath(self.root)
         self._map = ShareMap.of(cfg.shares)
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(2, thread_name_prefix="se-space")
@@ -280,8 +335,16 @@ class Accounting:
     def nested(self, path: DavPath) -> bool:
         return self._map.nested(path)
 
-    def apply(self, deltas: Deltas) -> None:
+    def apply(self, deltas: Deltas, settle: str | None = None) -> None:
+        """Add ``deltas``; ``settle``: and forget that pending upload (its temp file), in the
+        same transaction (an upload that did not get in place, taken back)."""
         items = sorted(deltas.items())  # one order everywhere: no deadlock between rows
+        if settle is not None:
+            with self._db.transaction(write=True) as cur:
+                for name, nbytes, files in items:
+                    _add(cur, name, nbytes, files, time.time())
+                cur.execute("DELETE FROM space_pending WHERE temp = ?", (self._rel(settle),))
+            return
         if not items:
             return
         now = time.time()
@@ -295,29 +358,23 @@ class Accounting:
             for name, nbytes, files in items:
                 _add(cur, name, nbytes, files, now)
 
-    def admit(self, deltas: Deltas) -> None:
+    def admit(self, deltas: Deltas, pending: tuple[str, str] | None = None, ino: int = 0) -> None:
+        """Add ``deltas`` unless a share with a size would go past it (InsufficientStorage,
+        nothing added).  ``pending``: (temp file, target) of an upload about to be renamed
+        into place, recorded with the deltas until :meth:`settle`; or ("delete:<id>",
+        target) with the ``ino`` of a file about to be unlinked."""
         items = sorted(deltas.items())
         if not items:
             return
         now = time.time()
-        if len(items) == 1:
-            # The usual case (a PUT): one conditional statement, atomic by itself; nothing
-            # changed (no row, or over the limit) is sorted out by the transaction below.
-            name, nbytes, files = items[0]
-            share = self._map.get(name)
-            limit = share.size if share is not None and share.size and nbytes > 0 else 0
-            with self._db.transaction(write=True, single=True) as cur:
-                if limit:
-                    cur.execute(
-                        _UPDATE + " AND bytes + ? <= ?", (nbytes, files, now, name, nbytes, limit)
-                    )
-                else:
-                    cur.execute(_UPDATE, (nbytes, files, now, name))
-                if cur.rowcount == 1:
-                    return
+        if len(items) == 1 and self._admit_one(*items[0], now, pending, ino):
+            return
         with self._db.transaction(write=True) as cur:
             for name, nbytes, files in items:
                 _add(cur, name, nbytes, files, now)
+                if pending is not None:
+                    key = self._pending_key(pending)
+                    cur.execute(_PENDING, (*key, name, nbytes, files, now, ino))
                 share = self._map.get(name)
                 if share is None or not share.size or nbytes <= 0:
                     continue
@@ -328,6 +385,94 @@ class Accounting:
                         f"share {name} is full: {total - nbytes} of {share.size} bytes used, "
                         f"{nbytes} more refused"
                     )
+
+    def _admit_one(
+        self,
+        name: str,
+        nbytes: int,
+        files: int,
+        now: float,
+        pending: tuple[str, str] | None,
+        ino: int,
+    ) -> bool:
+        """The usual case (a PUT): one share, one statement atomic by itself (on SQLite, a
+        short transaction when the upload is recorded as pending).  False when nothing was
+        changed (no row yet, or over the limit): the caller's transaction sorts that out."""
+        share = self._map.get(name)
+        limit = share.size if share is not None and share.size and nbytes > 0 else 0
+        update = _UPDATE + (" AND bytes + ? <= ?" if limit else "")
+        args: tuple[Any, ...] = (nbytes, files, now, name) + ((nbytes, limit) if limit else ())
+        if pending is None:
+            with self._db.transaction(write=True, single=True) as cur:
+                cur.execute(update, args)
+                return cur.rowcount == 1
+        temp, target = self._pending_key(pending)
+        if self._db.postgres:  # both in one statement: one round trip
+            with self._db.transaction(write=True, single=True) as cur:
+                cur.execute(
+                    f"WITH u AS ({update} RETURNING name) INSERT INTO space_pending "
+                    "(temp, target, share, bytes, files, created, ino) "
+                    "SELECT ?, ?, name, ?, ?, ?, ? FROM u",
+                    (*args, temp, target, nbytes, files, now, ino),
+                )
+                return cur.rowcount == 1
+        with self._db.transaction(write=True) as cur:
+            cur.execute(update, args)
+            if cur.rowcount != 1:
+                return False
+            cur.execute(_PENDING, (temp, target, name, nbytes, files, now, ino))
+            return True
+
+    def settle(self, pending: tuple[str, str]) -> None:
+        """The upload is in place: forget it as pending."""
+        with self._db.transaction(write=True, single=True) as cur:
+            cur.execute("DELETE FROM space_pending WHERE temp = ?", (self._rel(pending[0]),))
+
+    def _rel(self, fs: str) -> str:
+        prefix = self.root_real.rstrip(os.sep) + os.sep
+        return fs[len(prefix) :] if fs.startswith(prefix) else fs
+
+    def _pending_key(self, pending: tuple[str, str]) -> tuple[str, str]:
+        return self._rel(pending[0]), self._rel(pending[1])
+
+    def recover_sync(self) -> int:
+        """Take back what uploads counted but never put in place (their writer was killed
+        between the two): a pending upload whose temp file is gone got in place (forgotten);
+        one whose temp file is still there with no live writer (it can be locked) and not
+        linked into place did not (taken back).  Live writers are left alone.  How many
+        were taken back."""
+        if not self._db.exists():
+            return 0
+        with self._db.transaction(write=False, single=True) as cur:
+            cur.execute("SELECT temp, target, share, bytes, files, ino FROM space_pending")
+            rows = cur.fetchall()
+        undone = 0
+        for temp in sorted({str(r[0]) for r in rows}):
+            mine = [r for r in rows if r[0] == temp]
+            target = self._abs(str(mine[0][1]))
+            if temp.startswith(DELETE_KEY):
+                state = _unlinked_state(target, int(mine[0][5]))
+            else:
+                state = _writer_state(self._abs(temp), target)
+            if state == "alive":
+                continue
+            back = Deltas()
+            if state == "dead":
+                for _t, _target, share, nbytes, files, _ino in mine:
+                    back.add(str(share), -int(nbytes), -int(files))
+                undone += 1
+                log.warning("space: change %s never happened; its count taken back", temp)
+            with self._db.transaction(write=True) as cur:
+                for name, nbytes, files in sorted(back.items()):
+                    _add(cur, name, nbytes, files, time.time())
+                cur.execute("DELETE FROM space_pending WHERE temp = ?", (temp,))
+        return undone
+
+    async def recover(self) -> int:
+        return await self._run(self.recover_sync)
+
+    def _abs(self, rel: str) -> str:
+        return rel if rel.startswith("/") else os.path.join(self.root_real, rel)
 
     # -- reading ------------------------------------------------------------------------
     def usage(self, name: str) -> Usage:
@@ -446,6 +591,22 @@ class Accounting:
     async def run_periodic(self, interval: float) -> None:
         """Reconcile shares never reconciled at once, then all every ``interval`` seconds
         (0: only the never-reconciled ones).  Runs until cancelled (the primary worker)."""
+        recovery = asyncio.ensure_future(self._recover_every(RECOVER_INTERVAL))
+        try:
+            await self._periodic(interval)
+        finally:
+            recovery.cancel()
+            await asyncio.gather(recovery, return_exceptions=True)
+
+    async def _recover_every(self, period: float) -> None:
+        for _ in range(1 << 62):  # until cancelled
+            await asyncio.sleep(period)
+            try:
+                await self.recover()
+            except Exception:
+                log.exception("space: recovery of pending uploads failed")
+
+    async def _periodic(self, interval: float) -> None:
         try:
             never = [n for n, u in (await self.all_usage_async()).items() if not u.reconciled]
             for name in never:

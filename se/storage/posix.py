@@ -52,7 +52,7 @@ from se.storage.dirwatch import DirWatch, Token
 from se.storage.paths import RESERVED_PREFIX, TEMP_PREFIX, DavPath, is_reserved, is_temp_name
 from se.storage.statcache import FileCache
 from se.storage.types import CachedFile, DirEntry, Identity, OpenFile, Stat, identity_of
-from se.storage.usage import Deltas, SpaceTracker, file_usage, tree_usage
+from se.storage.usage import DELETE_KEY, Deltas, SpaceTracker, file_usage, tree_usage
 
 __all__ = [
     "PosixBackend",
@@ -356,31 +356,39 @@ class Upload:
             )
             created = not os.path.lexists(self._target)
             # Space: the size it replaces, counted (and, for a share with a limit, admitted:
-            # InsufficientStorage) before it is in place, taken back if it does not get there.
+            # InsufficientStorage) before it is in place, taken back if it does not get there;
+            # under the directory's lock, so that writes racing for one name count in turn.
             space = self.backend.space
-            deltas = Deltas()
-            if space is not None:
-                old = file_usage(self._target) if self._overwrite else None
-                deltas.add(space.share_key(self.path), st.size - (old or 0), int(old is None))
-                space.admit(deltas)
-            try:
-                # Renamed while still open, so still locked: a start-up sweep never sees it
-                # lockable (writer gone) before it is in place.
-                if self._overwrite:
-                    if os.path.isdir(self._target):
-                        raise Conflict(f"{self.path}: is a collection")
-                    os.rename(self._temp, self._target)
-                else:
-                    try:
-                        os.link(self._temp, self._target)
-                    except FileExistsError:
-                        raise PreconditionFailed(f"{self.path} exists and Overwrite is F") from None
-            except BaseException:
+            parent = os.path.dirname(self._target)
+            with _dir_locked(parent) if space is not None else contextlib.nullcontext():
+                deltas = Deltas()
+                pending = (self._temp, self._target)
+                if space is not None:
+                    old = file_usage(self._target) if self._overwrite else None
+                    deltas.add(space.share_key(self.path), st.size - (old or 0), int(old is None))
+                    space.admit(deltas, pending)
+                try:
+                    # Renamed while still open, so still locked: a start-up sweep never sees it
+                    # lockable (writer gone) before it is in place.
+                    if self._overwrite:
+                        if os.path.isdir(self._target):
+                            raise Conflict(f"{self.path}: is a collection")
+                        os.rename(self._temp, self._target)
+                    else:
+                        try:
+                            os.link(self._temp, self._target)
+                        except FileExistsError:
+                            raise PreconditionFailed(
+                                f"{self.path} exists and Overwrite is F"
+                            ) from None
+                except BaseException:
+                    if space is not None and deltas:
+                        _undo(space, deltas, self._temp)
+                    raise
                 if space is not None and deltas:
-                    _undo(space, deltas)
-                raise
-            if not self._overwrite:
-                os.unlink(self._temp)
+                    _settle(space, pending)
+                if not self._overwrite:
+                    os.unlink(self._temp)
             os.close(self._fd)
             self._fd = -1
             self.backend.fsync_dir(os.path.dirname(self._target))
@@ -410,14 +418,39 @@ class Upload:
             os.unlink(self._temp)
 
 
-def _undo(space: SpaceTracker, deltas: Deltas) -> None:
+@contextlib.contextmanager
+def _dir_locked(directory: str) -> Iterator[None]:
+    """An exclusive flock on a directory, for every thread and process (and host, where the
+    filesystem shares locks): the space deltas of changes to its members are then read and
+    applied in turn.  Where there are no locks, nothing (reconciliation corrects a race)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+        yield
+    finally:
+        os.close(fd)
+
+
+def _undo(space: SpaceTracker, deltas: Deltas, pending: str | None = None) -> None:
     """Take back deltas that were admitted for a change that then did not happen."""
     back = Deltas()
     back.merge(deltas, -1)
     try:
-        space.apply(back)
+        space.apply(back, pending)
     except Exception:
         log.exception("space accounting: cannot take back %r", deltas)
+
+
+def _settle(space: SpaceTracker, pending: tuple[str, str]) -> None:
+    """An upload is in place; a failure to say so only leaves work for the recovery."""
+    try:
+        space.settle(pending)
+    except Exception:
+        log.exception("space accounting: cannot settle %s", pending[0])
 
 
 def _account(space: SpaceTracker | None, deltas: Deltas) -> None:
@@ -1028,17 +1061,36 @@ class PosixBackend:
         if os.path.islink(fs) or not os.path.isdir(fs):
             # Counted first, taken back if the unlink fails: a process killed in between
             # leaves the totals off for as short a time as a commit does.
-            size = file_usage(fs) if space is not None else None
-            gone = Deltas()
-            if space is not None and size is not None:
-                gone.add(space.share_key(p), -size, -1)
-                _account(space, gone)
-            try:
-                os.unlink(fs)
-            except OSError as exc:
-                if space is not None and gone:
-                    _undo(space, gone)
-                raise map_oserror(exc, str(p)) from None
+            if space is None:
+                try:
+                    os.unlink(fs)
+                except OSError as exc:
+                    raise map_oserror(exc, str(p)) from None
+                return failures
+            with _dir_locked(os.path.dirname(fs)):  # in turn with writes to this name
+                # Counted (with the inode, as pending) before the unlink, taken back if it
+                # fails; a process killed in between is told apart by the recovery.
+                gone = Deltas()
+                key = f"{DELETE_KEY}{uuid.uuid4().hex}"
+                try:
+                    st = os.lstat(fs)
+                except OSError:
+                    st = None
+                if st is not None and stat_mod.S_ISREG(st.st_mode):
+                    gone.add(space.share_key(p), -st.st_size, -1)
+                    try:
+                        space.admit(gone, (key, fs), st.st_ino)
+                    except Exception:
+                        log.exception("space accounting: cannot record the delete of %s", p)
+                        gone = Deltas()
+                try:
+                    os.unlink(fs)
+                except OSError as exc:
+                    if gone:
+                        _undo(space, gone, key)
+                    raise map_oserror(exc, str(p)) from None
+                if gone:
+                    _settle(space, (key, fs))
             return failures
         # A tree: what it held, less what is left of it when members could not go.
         before = tree_usage(fs, p, space) if space is not None else None

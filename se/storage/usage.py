@@ -20,7 +20,11 @@ from typing import Protocol
 
 from se.storage.paths import DavPath, is_reserved, is_temp_name
 
-__all__ = ["Deltas", "SpaceTracker", "file_usage", "tree_usage", "walk_files"]
+__all__ = ["DELETE_KEY", "Deltas", "SpaceTracker", "file_usage", "tree_usage", "walk_files"]
+
+# The start of the key of a pending delete (:meth:`SpaceTracker.admit`); an upload's key is
+# its temp file's path.
+DELETE_KEY = "delete:"
 
 
 class SpaceTracker(Protocol):
@@ -35,12 +39,20 @@ class SpaceTracker(Protocol):
         must be attributed file by file)."""
         ...
 
-    def admit(self, deltas: Deltas) -> None:
+    def admit(self, deltas: Deltas, pending: tuple[str, str] | None = None, ino: int = 0) -> None:
         """Apply ``deltas`` if no share with a limit goes over it; else raise
-        InsufficientStorage naming the share (and apply nothing)."""
+        InsufficientStorage naming the share (and apply nothing).  ``pending``: the (temp
+        file, target) of an upload about to be renamed into place, remembered with the
+        deltas until :meth:`settle`, so that a writer killed in between can be told apart;
+        or (:data:`DELETE_KEY` + an id, target) with the ``ino`` of a file about to be
+        unlinked."""
 
-    def apply(self, deltas: Deltas) -> None:
-        """Apply ``deltas`` unconditionally (what has already happened on disk)."""
+    def apply(self, deltas: Deltas, settle: str | None = None) -> None:
+        """Apply ``deltas`` unconditionally (what has already happened on disk); ``settle``:
+        and forget the pending upload of that temp file (its deltas taken back)."""
+
+    def settle(self, pending: tuple[str, str]) -> None:
+        """The pending upload is in place."""
 
 
 class Deltas:

@@ -25,7 +25,7 @@ from se.space import srr
 from se.space.accounting import Accounting
 from se.space.shares import ShareMap, latency_of, retention_of
 from se.storage.paths import DavPath
-from se.storage.usage import Deltas, tree_usage
+from se.storage.usage import DELETE_KEY, Deltas, tree_usage
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "data" / "srr" / "srrschema_4.2.json").read_text())
 
@@ -202,3 +202,59 @@ def test_two_instances_share_one_total(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_recovery_takes_back_uploads_never_put_in_place(tmp_path: Path) -> None:
+    import fcntl
+
+    cfg = _cfg(tmp_path, ())
+    root = Path(cfg.storage.root)
+    acc = Accounting(cfg)
+    try:
+
+        def pending(name: str, size: int) -> tuple[str, str]:
+            temp = root / f".se-upload-{name}"
+            temp.write_bytes(b"x" * size)
+            d = Deltas()
+            d.add(IMPLICIT_SHARE, size, 1)
+            where = (str(temp), str(root / name))
+            acc.admit(d, where)
+            return where
+
+        dead = pending("dead", 10)  # writer killed before the rename: taken back
+        done = pending("done", 20)  # renamed, not settled: kept
+        os.rename(done[0], done[1])
+        linked = pending("linked", 40)  # linked (Overwrite: F), temp not yet unlinked: kept
+        os.link(linked[0], linked[1])
+        alive = pending("alive", 80)  # a live writer holds its lock: left alone
+        fd = os.open(alive[0], os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        settled = pending("settled", 160)
+        acc.settle(settled)
+        assert acc.usage(IMPLICIT_SHARE).bytes == 310
+        try:
+            assert acc.recover_sync() == 1
+            assert acc.usage(IMPLICIT_SHARE).bytes == 300
+            assert acc.recover_sync() == 0  # each pending upload is judged once
+        finally:
+            os.close(fd)
+        assert acc.recover_sync() == 1  # the writer of "alive" is gone now
+        assert (acc.usage(IMPLICIT_SHARE).bytes, acc.usage(IMPLICIT_SHARE).files) == (220, 3)
+        # deletes counted before the unlink: one killed before it (still there: taken back),
+        # one done
+        for name, unlink in (("kept", False), ("removed", True)):
+            f = root / name
+            f.write_bytes(b"y" * 5)
+            d = Deltas()
+            d.add(IMPLICIT_SHARE, 5, 1)
+            acc.apply(d)
+            gone = Deltas()
+            gone.add(IMPLICIT_SHARE, -5, -1)
+            acc.admit(gone, (f"{DELETE_KEY}{name}", str(f)), f.stat().st_ino)
+            if unlink:
+                f.unlink()
+        assert acc.usage(IMPLICIT_SHARE).bytes == 220
+        assert acc.recover_sync() == 1
+        assert (acc.usage(IMPLICIT_SHARE).bytes, acc.usage(IMPLICIT_SHARE).files) == (225, 4)
+    finally:
+        acc.close()
