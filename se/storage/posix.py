@@ -422,14 +422,13 @@ class Upload:
 def _dir_locked(directory: str) -> Iterator[None]:
     """An exclusive flock on a directory, for every thread and process (and host, where the
     filesystem shares locks): the space deltas of changes to its members are then read and
-    applied in turn.  Where there are no locks, nothing (reconciliation corrects a race)."""
+    applied in turn.  Where the filesystem has no such locks, nothing (a race is then left to
+    the reconciliation)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        try:
+        # No locks here (or none on directories: NFS): go on without.
+        with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            if exc.errno not in _NO_LOCKS:
-                raise
         yield
     finally:
         os.close(fd)
