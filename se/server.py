@@ -250,9 +250,7 @@ SHUTDOWN_GRACE = 5.0  # seconds, after the drain, for aborted transfers to say s
 DRAIN_POLL = 0.1  # seconds between two looks at the running requests while draining
 
 
-async def _drain(
-    runners: Sequence[web.AppRunner], stop: asyncio.Event, again: asyncio.Event
-) -> None:
+async def _drain(runners: Sequence[web.AppRunner], again: asyncio.Event) -> None:
     """The graceful part of a stop: /health answers 503 from now on, the listeners keep
     serving (a balancer stops sending once it has seen the 503) while requests are still
     running, for at most server.drain_timeout seconds (a second SIGTERM ends the wait)."""
@@ -351,7 +349,7 @@ async def _serve(
         await stop.wait()
         if control is None:
             sd_notify("STOPPING=1")
-        await _drain(runners, stop, again)
+        await _drain(runners, again)
     finally:
         if watchdog is not None:
             watchdog.cancel()
