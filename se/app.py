@@ -11,7 +11,10 @@ rest.  This module is the only one that knows all the fronts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,28 +29,33 @@ from se.auth.macaroons import SecretStore
 from se.auth.policy import Grant, Op, named_rules
 from se.auth.wlcg import TokenVerifier
 from se.config import Config, ConfigError, state_dir
+from se.dashboard import http as dashboard_http
+from se.dashboard.state import DASHBOARD, Dashboard
 from se.dav import handlers
 from se.dav.macaroon_requests import post
 from se.errors import ExpectationFailed, MethodNotAllowed, SEError
 from se.events import EventLog
 from se.faults import FaultState
 from se.scitags.service import SciTagService
+from se.space.accounting import Accounting
 from se.storage.dirwatch import DirWatch
 from se.storage.paths import DavPath, check_new_name, confine, is_reserved
 from se.storage.posix import PosixBackend
 from se.storage.statcache import FileCache, ListingCache
 from se.tape import http as tape_http
+from se.tape.model import Locality
 from se.tape.service import TapeService
 from se.tpc import delegation
 from se.tpc.handler import third_party_copy
 from se.tpc.request import parse_copy
 from se.tpc.service import TPC_SERVICE, TPCService
-from se.web import health, metrics, testpoints
-from se.web.access import authenticate, authorise
+from se.web import health, metrics, srr, testpoints
+from se.web.access import authenticate, authorise, grant_of
 from se.web.context import CONTEXT, Context, MetricSource, context
 from se.web.error_handling import error_response, handle_errors
+from se.web.transferlog import COPY_FACTS, TransferLog
 
-__all__ = ["METHODS", "create_app", "dispatch", "expect_handler", "on_prepare"]
+__all__ = ["METHODS", "create_app", "dispatch", "expect_handler", "on_prepare", "reconfigure"]
 
 log = logging.getLogger("se")
 
@@ -112,7 +120,14 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         injected = await testpoints.gate(request, faults)
         if injected is not None:
             return injected
-    front = tape_http.route(request) or delegation.route(request) or testpoints.route(request)
+    if srr.is_srr(request):
+        return await srr.response(request, functools.partial(_tape_facts, request))
+    front = (
+        tape_http.route(request)
+        or delegation.route(request)
+        or testpoints.route(request)
+        or dashboard_http.route(request)
+    )
     if front is not None:
         return await front()
     if request.path == metrics.METRICS_PATH and request.method in (
@@ -120,8 +135,23 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         hdrs.METH_HEAD,
     ):
         authorise(request, Op.STAT, DavPath(()))
-        return metrics.response(context(request))
+        return await metrics.response(context(request))
     return await handler(request)
+
+
+async def _tape_facts(request: web.Request) -> srr.TapeFacts | None:
+    """For SRR: the Tape REST endpoint and the simulated library's capacity and use."""
+    tape = request.app.get(tape_http.TAPE_SERVICE)
+    if tape is None:
+        return None
+    cfg = tape.cfg
+    counts = await tape.store.locality_counts()
+    on_tape = (Locality.TAPE, Locality.DISK_AND_TAPE, Locality.UNAVAILABLE, Locality.LOST)
+    return srr.TapeFacts(
+        endpoint=cfg.endpoint or f"{request.scheme}://{request.host}{cfg.api_path}",
+        total=cfg.cartridges * cfg.cartridge_capacity,
+        used=sum(counts.get(loc, (0, 0))[1] for loc in on_tape),
+    )
 
 
 async def expect_handler(request: web.Request) -> web.StreamResponse | None:
@@ -134,7 +164,7 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
         try:
             check_new_name(request.raw_path)
             await authenticate(request)
-            handlers.check_put(request)
+            await handlers.check_put(request)
         except SEError as exc:
             resp = error_response(exc)
             resp.force_close()  # the client may still send the body it was refused
@@ -179,14 +209,12 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
     tape = TapeService(cfg, run_library=primary) if cfg.tape.enabled else None
     if tape is not None:
         backend.observer = tape
+    space = Accounting(cfg, executor) if cfg.space.enabled else None
+    backend.space = space
     secret_file = cfg.tpc.macaroon_secret_file or str(state_dir(cfg) / "macaroon.secret")
     auth = cfg.auth
     tokens = TokenVerifier(auth, cfg.tls.ca_dir) if auth is not None and auth.issuers else None
-    public = None
-    if auth is not None and auth.public:
-        public = Grant.of(
-            rule for p in auth.public for rule in named_rules(confine(p.path), p.allow, p.deny)
-        )
+    public = _public_rules(cfg)
     certificates = None
     if auth is not None and cfg.tls.client_certs != "none":
         try:
@@ -204,14 +232,14 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
         events = EventLog(state_dir(cfg) / "events", cfg.events.max_bytes // 2)
     if tape is not None:
         tape.faults, tape.events = faults, events
-    sources: list[MetricSource] = [tpc]
-    if scitags is not None:
-        sources.append(metrics.SciTagMetrics(scitags))
-    if tape is not None:
-        sources.append(tape)
-    if faults is not None:
-        sources.append(metrics.FaultMetrics(faults))
-    app[CONTEXT] = Context(
+    sources: list[MetricSource] = []  # more scrape-time collectors (se.web.metrics)
+    transfers = None
+    if cfg.logging.transfer_log:
+        try:
+            transfers = TransferLog(cfg.logging.transfer_log)
+        except OSError as exc:
+            raise ConfigError(f"logging.transfer_log: cannot open: {exc.strerror}") from None
+    app[CONTEXT] = ctx = Context(
         cfg=cfg,
         backend=backend,
         anonymous=cfg.anonymous_access(),
@@ -226,26 +254,50 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
         metric_sources=tuple(sources),
         faults=faults,
         events=events,
+        space=space,
+        transfers=transfers,
     )
+    app[_RETIRED] = []
     app[TPC_SERVICE] = tpc
     if tape is not None:
         app[tape_http.TAPE_SERVICE] = tape
     # [\s\S], not ".": a name with a line feed in it (made on disk) must still route.
-    handler = handle_errors(dispatch)
+    handler = _served(handle_errors(dispatch))
     if events is not None:
         handler = _recorded(handler)
+    if cfg.dashboard.enabled:
+        app[DASHBOARD] = dashboard = Dashboard(cfg, tpc, tape, sampler=primary)
+        handler = dashboard_http.recorder(handler, dashboard)
+        app.on_response_prepare.append(dashboard_http.on_prepare(dashboard))
+        app.cleanup_ctx.append(dashboard.running)
     app.router.add_route("*", r"/{tail:[\s\S]*}", handler, expect_handler=expect_handler)
     app.on_response_prepare.append(on_prepare)
     do_sweep = cfg.storage.sweep_on_start if sweep is None else sweep
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         task = None
+        if space is not None and (primary or do_sweep):
+            # Uploads counted but never put in place (a killed writer), before the sweep
+            # removes the temp files that tell them apart.
+            try:
+                await space.recover()
+            except Exception:
+                log.exception("space: recovery of pending uploads failed")
         if do_sweep:
             task = asyncio.ensure_future(backend.run(backend.sweep_temp_files))
             task.add_done_callback(_log_sweep)
         if tape is not None:
             await tape.start()
+        reconciler = None
+        if space is not None and primary:
+            reconciler = asyncio.ensure_future(space.run_periodic(cfg.space.reconcile_interval))
+        if ctx.transfers is not None:
+            ctx.transfers.start()
         yield
+        if reconciler is not None:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
         await tpc.close()
         if tape is not None:
             await tape.close()
@@ -255,11 +307,15 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
             faults.close()
         if events is not None:
             events.close()
-        if tokens is not None:
-            await tokens.close()
+        # The ones in force and those a reload replaced.
+        for part in (ctx.tokens, ctx.transfers, *app[_RETIRED]):
+            if part is not None:
+                await part.close()
         if task is not None and not task.done():
             task.cancel()
         executor.shutdown(wait=False, cancel_futures=True)
+        if space is not None:
+            space.close()
         listings.clear()
         if files is not None:
             files.clear()
@@ -270,6 +326,156 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
     app.on_shutdown.append(stop_transfers)
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def _public_rules(cfg: Config) -> Grant | None:
+    """The explicit anonymous rules ([[auth.public]]), if any."""
+    auth = cfg.auth
+    if auth is None or not auth.public:
+        return None
+    return Grant.of(
+        rule for p in auth.public for rule in named_rules(confine(p.path), p.allow, p.deny)
+    )
+
+
+# Token verifiers and transfer logs replaced by a reload: closed at clean-up (a request may
+# still use one).
+_RETIRED: web.AppKey[list[TokenVerifier | TransferLog | None]] = web.AppKey("se_retired", list)
+
+
+def reconfigure(app: web.Application, cfg: Config) -> None:
+    """Apply a reloaded configuration (SIGHUP) to a running application: the parts that can
+    change live (``se.server`` has refused any other change before calling this).
+
+    Token issuers and their group rules, audiences, the anonymous level and rules, the
+    X.509 rules, the shares ([[shares]]), the configuration's fault rules and the transfer
+    log's file.  Requests already inside a handler finish with what they started with; the
+    verified-token cache starts empty, since a token's grant depends on the rules.  Raises
+    ConfigError (nothing changed) when a part cannot be built from ``cfg``.
+    """
+    ctx = app[CONTEXT]
+    auth = cfg.auth
+    public = _public_rules(cfg)
+    certificates = ctx.certificates
+    if certificates is not None and auth is not None:
+        try:
+            certificates = CertificateAuth(cfg)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"client certificates: {exc}") from None
+    tokens = TokenVerifier(auth, cfg.tls.ca_dir) if auth is not None and auth.issuers else None
+    if ctx.faults is not None:  # the last that may refuse: nothing has changed before it
+        try:
+            ctx.faults.update_config_rules(cfg.faults.rules)
+        except ValueError as exc:
+            raise ConfigError(f"faults.rules: {exc}") from None
+    if ctx.space is not None:
+        ctx.space.update_shares(cfg.shares)
+    app[_RETIRED].append(ctx.tokens)
+    ctx.cfg = cfg
+    ctx.tokens = tokens
+    ctx.public = public
+    ctx.anonymous = cfg.anonymous_access()
+    ctx.certificates = certificates
+    ctx.grants = GrantCache(auth.token_cache_entries if auth is not None else 10000)
+    path = cfg.logging.transfer_log
+    if ctx.transfers is not None:
+        if path:
+            ctx.transfers.reopen(path)  # logrotate moved it, or another file
+        else:
+            ctx.transfers.flush()
+            app[_RETIRED].append(ctx.transfers)
+            ctx.transfers = None
+    elif path:
+        try:
+            ctx.transfers = TransferLog(path)
+        except OSError as exc:
+            log.error("logging.transfer_log: cannot open %s: %s", path, exc.strerror)
+        else:
+            ctx.transfers.start()
+
+
+def _served(handler: Handler) -> Handler:
+    """Count the requests inside their handlers (what a graceful stop waits for) and write
+    the transfer log's line of each transfer."""
+    state = health.SERVICE
+
+    async def served(request: web.Request) -> web.StreamResponse:
+        state.active += 1
+        started = time.time()
+        response: web.StreamResponse | None = None
+        aborted = True
+        try:
+            response = await handler(request)
+            aborted = False
+            return response
+        finally:
+            state.active -= 1
+            transfers = context(request).transfers
+            if transfers is not None:
+                _log_transfer(transfers, request, response, started, aborted)
+
+    return served
+
+
+def _log_transfer(
+    transfers: TransferLog,
+    request: web.Request,
+    response: web.StreamResponse | None,
+    started: float,
+    aborted: bool,
+) -> None:
+    """The transfer log's line, when the request was a transfer (PUT, GET of a file with a
+    body, a third-party copy)."""
+    method = request.method
+    facts = request.get(COPY_FACTS)
+    status = response.status if response is not None else 0
+    if facts is not None:
+        kind = facts.kind
+    elif method == "PUT":
+        kind = "upload"
+    elif method == "GET" and (aborted or status in (200, 206)):
+        kind = "download"
+    else:
+        return
+    try:
+        path = confine(request.raw_path)
+    except SEError:
+        return
+    ctx = context(request)
+    st = ctx.backend.stat(path) if kind != "upload" or 200 <= status < 300 else None
+    if kind == "download" and st is not None and st.is_dir:
+        return  # a collection's listing
+    ok = not aborted and 200 <= status < 300
+    if facts is not None:
+        ok = facts.result.startswith("success")
+    size: int | None = None
+    checksum = None
+    if st is not None and not st.is_dir and (ok or kind in ("download", "push")):
+        size = st.size
+        adler = ctx.backend.cached_checksums(ctx.backend.fs_path(path), st).get("adler32")
+        if adler is not None:
+            checksum = f"adler32:{adler.hex()}"
+    elif facts is not None:
+        size = facts.size
+    elif kind == "upload":
+        size = request.content_length
+    error = ""
+    if not ok and isinstance(response, web.Response) and response.text is not None:
+        error = response.text.strip()[:1000]
+    elif aborted:
+        error = "connection closed before the transfer ended"
+    transfers.record(
+        request,
+        response,
+        grant=grant_of(request),
+        kind=kind,
+        path=str(path),
+        started=started,
+        size=size,
+        checksum=checksum,
+        error=error,
+        aborted=aborted,
+    )
 
 
 def _recorded(handler: Handler) -> Handler:

@@ -1,4 +1,5 @@
-"""The ``se`` command: ``se serve``, ``se check-config``, ``se token`` and ``se tape``.
+"""The ``se`` command: ``se serve``, ``se check-config``, ``se token``, ``se tape`` and
+``se scan``.
 
 Precedence: built-in defaults < ``--config`` file < flags given on the command line
 (a flag left out never overrides the file).
@@ -65,7 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (st, ls, sw):
         sp.add_argument("--config", "-c", help="TOML configuration file of the server")
         sp.add_argument("--root", help="data directory (default ./data)")
+    # se scan: adopt an existing tree in place (its options live in se.scan).
+    sc = sub.add_parser("scan", help="adopt a tree in place: keep, compute, verify checksums")
+    _scan_arguments(sc)
     return p
+
+
+def _scan_arguments(p: argparse.ArgumentParser) -> None:
+    from se import scan
+
+    scan.add_arguments(p)
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from se import scan
+
+    cfg = load_file(args.config) if args.config else Config()
+    if args.root is not None:
+        cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=args.root))
+    return scan.main(args, cfg)
 
 
 def _tape(args: argparse.Namespace) -> int:
@@ -167,13 +186,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token(args)
         if args.command == "tape":
             return _tape(args)
+        if args.command == "scan":
+            return _scan(args)
         if args.command == "check-config":
             check_components(load_file(args.file))
             print(f"se: {args.file} is valid")
             return 0
         from se.server import run
 
-        return run(build_config(args))
+        # SIGHUP reads the file again, with the same flags over it.
+        reload = (lambda: build_config(args)) if args.config else None
+        return run(build_config(args), reload=reload)
     except ConfigError as exc:
         print(f"se: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,8 @@ __all__ = [
     "PublicRule",
     "SciTagsConfig",
     "ServerConfig",
+    "ShareConfig",
+    "SpaceConfig",
     "StorageConfig",
     "TLSConfig",
     "TPCConfig",
@@ -78,6 +80,9 @@ class ServerConfig:
     header_buffer_bytes: int = 8 * 1024 * 1024
     # Threads that drive sendfile and blocking file calls.
     io_threads: int = 32
+    # Seconds a stop (SIGTERM) waits for running requests (transfers) to finish while the
+    # health page answers 503; those still running then end ("aborted:" for a TPC).
+    drain_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,9 +445,78 @@ class EventsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ShareConfig:
+    """One ``[[shares]]`` table: a named part of the namespace (the space token / SRR share
+    name that Rucio and DIRAC key on) with its accounting, optional size limit and SRR
+    attributes.  A file counts in the share with the longest ``paths`` prefix holding it."""
+
+    name: str
+    paths: tuple[str, ...] = ("/",)
+    vos: tuple[str, ...] = ()
+    size: int = 0  # bytes; 0 = no limit (SRR totalsize is then what the filesystem offers)
+    # "" = nearline/custodial when the share's first path is inside a tape pool, else
+    # online/replica.
+    access_latency: str = ""  # online | nearline | offline
+    retention_policy: str = ""  # replica | custodial | replicated | intermediate | none
+    serving_state: str = "open"  # open | closed | draining (what the admin says)
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """``paths`` normalised: one leading '/', no empty segments, no trailing '/'."""
+        return tuple("/" + "/".join(seg for seg in p.split("/") if seg) for p in self.paths)
+
+
+# The share that stands for the whole namespace when no [[shares]] are configured.
+IMPLICIT_SHARE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceConfig:
+    """Space accounting, quotas and Storage Resource Reporting (se.space)."""
+
+    enabled: bool = True
+    # SQLite file, or a postgresql:// URL shared by several se frontends; "" =
+    # <state_dir>/space.sqlite.
+    database: str = ""
+    # Seconds between reconciliations (a walk of every share's tree by the first worker);
+    # 0 = only on demand (POST /.well-known/se/srr?reconcile, `se scan`).
+    reconcile_interval: float = 86400.0
+    # A share is reported "draining" in SRR when its filesystem has less than this fraction
+    # of its size free (0 = never from free space alone).
+    draining_free_fraction: float = 0.02
+    # An extra path serving the SRR document besides /.well-known/se/srr ("" = none).
+    srr_path: str = ""
+    # Who may read SRR: "anyone" (no credentials, what accounting scrapers do; the document
+    # holds only totals), "authenticated" (any valid token or certificate), or "stat" (stat
+    # permission on "/").
+    srr_access: str = "anyone"
+    # What SRR publishes about the service.
+    service_name: str = ""  # "" = the host name the request used
+    service_id: str = ""
+    quality_level: str = "production"  # development | testing | pre-production | production
+    # The WebDAV endpoint URL published ("" = this request's scheme and Host).
+    endpoint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    """The live page at /.well-known/se/dashboard and its JSON (se.dashboard); on by default."""
+
+    enabled: bool = True
+    # Who may see it besides a caller with read access to "/": token subjects ("sub" or
+    # "sub@iss") and certificate DNs (as faults.admins).
+    admins: tuple[str, ...] = ()
+    # Recent errors kept (per worker, and shown: the newest of all workers).
+    errors: int = 50
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "info"
     access_log: bool = True
+    # One JSON line per transfer (PUT, GET with a body, TPC pull and push) appended to this
+    # file, reopened at SIGHUP; "" = off.
+    transfer_log: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,7 +533,11 @@ class Config:
     tape: TapeConfig = field(default_factory=TapeConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # [[shares]] and [space]: accounting, quotas, SRR (se.space).
+    shares: tuple[ShareConfig, ...] = ()
+    space: SpaceConfig = field(default_factory=SpaceConfig)
     # [[listeners]]: further endpoints of the same process (see listener_configs).
     listeners: tuple[Listener, ...] = ()
 
@@ -548,6 +626,9 @@ def load_mapping(data: Mapping[str, Any]) -> Config:
         tp = hints[name]
         if isinstance(tp, types.UnionType):  # AuthConfig | None
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if typing.get_origin(tp) is tuple:  # [[shares]]
+            sections[name] = _coerce(value, tp, name)
+            continue
         sections[name] = _section(tp, value, name)
     if "listeners" in data:
         sections["listeners"] = _parse_listeners(
@@ -575,6 +656,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("server.header_timeout: must be positive")
     if s.header_buffer_bytes < s.max_header_bytes:
         raise ConfigError("server.header_buffer_bytes: must be at least max_header_bytes")
+    if not 0 <= s.drain_timeout <= 86400:
+        raise ConfigError("server.drain_timeout: must be between 0 and 86400 seconds")
     for alg in cfg.checksums.algorithms:
         if alg not in SUPPORTED_CHECKSUMS:
             raise ConfigError(
@@ -606,6 +689,8 @@ def validate(cfg: Config) -> None:
         )
     if cfg.events.max_bytes < 4096:
         raise ConfigError("events.max_bytes: must be at least 4096")
+    if not 1 <= cfg.dashboard.errors <= 10000:
+        raise ConfigError("dashboard.errors: must be between 1 and 10000")
     if cfg.webdav.max_proppatch_ops < 1 or cfg.webdav.max_property_size < 1:
         raise ConfigError("webdav: max_proppatch_ops and max_property_size must be positive")
     if cfg.webdav.listing_watches < -1:
@@ -654,6 +739,7 @@ def validate(cfg: Config) -> None:
     if cfg.logging.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("logging.level: must be one of debug, info, warning, error")
     _validate_listeners(cfg)
+    _validate_space(cfg)
 
 
 def _validate_tape(t: TapeConfig) -> None:
@@ -717,6 +803,55 @@ _TAPE_POSITIVE = (
     "batch_max_files",
     "batch_max_bytes",
 )
+
+
+_LATENCIES = ("online", "nearline", "offline")
+_RETENTIONS = ("none", "intermediate", "replicated", "custodial", "replica")
+_SERVING = ("open", "closed", "draining")
+_QUALITY = ("development", "testing", "pre-production", "production")
+
+
+def _validate_space(cfg: Config) -> None:
+    sp = cfg.space
+    if sp.reconcile_interval < 0:
+        raise ConfigError("space.reconcile_interval: must be 0 (on demand only) or positive")
+    if not 0 <= sp.draining_free_fraction < 1:
+        raise ConfigError("space.draining_free_fraction: a fraction, 0 <= f < 1")
+    if sp.srr_path and (
+        not sp.srr_path.startswith("/") or sp.srr_path.endswith("/") or "//" in sp.srr_path
+    ):
+        raise ConfigError("space.srr_path: an absolute path without a trailing '/', or empty")
+    if sp.srr_access not in ("anyone", "authenticated", "stat"):
+        raise ConfigError("space.srr_access: must be one of anyone, authenticated, stat")
+    if sp.quality_level not in _QUALITY:
+        raise ConfigError(f"space.quality_level: must be one of {', '.join(_QUALITY)}")
+    if sp.endpoint and not sp.endpoint.startswith(("http://", "https://", "davs://")):
+        raise ConfigError("space.endpoint: must be an http(s) or davs URL, or empty")
+    names: set[str] = set()
+    owners: dict[str, str] = {}
+    for i, sh in enumerate(cfg.shares):
+        where = f"shares[{i}]"
+        if not sh.name.strip() or not sh.name.isprintable():
+            raise ConfigError(f"{where}.name: must be a non-empty printable name")
+        if sh.name in names:
+            raise ConfigError(f"{where}.name: {sh.name!r} is used twice")
+        names.add(sh.name)
+        if not sh.paths:
+            raise ConfigError(f"{where}.paths: at least one path")
+        for path, prefix in zip(sh.paths, sh.prefixes, strict=True):
+            if not path.startswith("/") or any(s in (".", "..") for s in prefix.split("/")):
+                raise ConfigError(f"{where}.paths: {path!r} is not an absolute path")
+            if prefix in owners:
+                raise ConfigError(f"{where}.paths: {prefix} is also a path of {owners[prefix]}")
+            owners[prefix] = sh.name
+        if sh.size < 0:
+            raise ConfigError(f"{where}.size: bytes, 0 = no limit")
+        if sh.access_latency and sh.access_latency not in _LATENCIES:
+            raise ConfigError(f"{where}.access_latency: must be one of {', '.join(_LATENCIES)}")
+        if sh.retention_policy and sh.retention_policy not in _RETENTIONS:
+            raise ConfigError(f"{where}.retention_policy: must be one of {', '.join(_RETENTIONS)}")
+        if sh.serving_state not in _SERVING:
+            raise ConfigError(f"{where}.serving_state: must be one of {', '.join(_SERVING)}")
 
 
 def _validate_auth(a: AuthConfig) -> None:

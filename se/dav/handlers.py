@@ -41,7 +41,7 @@ from se.scitags import http as scitags_http
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
 from se.storage.types import CachedFile, DirEntry, Identity, OpenFile, Stat
-from se.web import testpoints
+from se.web import testpoints, transferlog
 from se.web.access import authorise, authorise_write, grant_of
 from se.web.body import read_body
 from se.web.context import context
@@ -319,6 +319,8 @@ def _check_put(request: web.Request) -> tuple[DavPath, bool]:
 async def put(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     path, overwrite = _check_put(request)
+    if "100-continue" not in request.headers.get(hdrs.EXPECT, "").lower():
+        await _check_room(request, path, overwrite)  # else done before the 100 Continue
     expected = checksums.expected_digests(request.headers)
     upload = await ctx.backend.begin_upload(path, overwrite, tuple(expected))
     flow = scitags_http.begin(request, ctx.scitags, sending=False, subject=_subject(request))
@@ -336,6 +338,7 @@ async def put(request: web.Request) -> web.StreamResponse:
     finally:
         if flow is not None:
             flow.end(upload.received)
+        transferlog.note_bytes(request, upload.received)
     headers: dict[str, str] = {hdrs.ETAG: result.stat.etag}
     want, want_repr = _digest_headers(request)
     for alg in want:
@@ -350,11 +353,25 @@ async def put(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def check_put(request: web.Request) -> None:
+async def check_put(request: web.Request) -> None:
     """Everything a PUT can be refused for before its body is read (for ``Expect:
-    100-continue``): the path, the preconditions, the caller's rights, the target."""
+    100-continue``): the path, the preconditions, the caller's rights, the target, the room
+    left in its share."""
     path, overwrite = _check_put(request)
     context(request).backend.check_upload(path, overwrite)
+    await _check_room(request, path, overwrite)
+
+
+async def _check_room(request: web.Request, path: DavPath, overwrite: bool) -> None:
+    """507 before the body when its Content-Length would take the share over its size (a
+    body of unknown length is checked when it is committed)."""
+    space = context(request).space
+    length = request.content_length
+    if space is None or length is None or space.limit(path) is None:
+        return
+    old = context(request).backend.stat(path) if overwrite else None
+    replacing = old.size if old is not None and not old.is_dir else 0
+    await space.check_room(path, length, replacing)
 
 
 # -- MKCOL / DELETE ---------------------------------------------------------------------
@@ -496,10 +513,13 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
     self_entry = ctx.backend.entry(path, with_xattrs)
     if self_entry is None:
         raise NotFound(f"{path}: not found")
-    # Quota (RFC 4331) is the filesystem's, shown on the collection asked about only: it
+    # Quota (RFC 4331) is the filesystem's (inside a share with a size: the share's used
+    # bytes and what is left of its size), shown on the collection asked about only: it
     # changes with every write anywhere, and would make listings impossible to keep.
     wants_quota = req.kind == "prop" and any(n[1].startswith("quota-") for n in req.names)
     quota = ctx.backend.quota(path) if wants_quota and self_entry.stat.is_dir else None
+    if quota is not None and ctx.space is not None:  # a share with a limit: its accounting
+        quota = await ctx.space.quota(path, quota[1]) or quota
     if (
         req.kind == "prop"
         and (propfind.DCACHE, "Checksums") in req.names

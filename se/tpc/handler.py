@@ -36,8 +36,9 @@ from se.tpc.state import Transfer
 from se.web import testpoints
 from se.web.access import authorise, authorise_write
 from se.web.context import context
+from se.web.transferlog import COPY_FACTS, CopyFacts
 
-__all__ = ["result_line", "third_party_copy"]
+__all__ = ["result_line", "result_of", "third_party_copy"]
 
 log = logging.getLogger("se.tpc")
 # The result line, kept on the response for the event.
@@ -70,6 +71,7 @@ async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.Stre
     transfer = Transfer(spec, path, svc.scitags)
     transfer.client_ssl = client_ssl
     svc.admit()
+    svc.running[transfer] = None
     resp: web.StreamResponse | None = None
     try:
         rule = testpoints.fired(request)
@@ -82,8 +84,17 @@ async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.Stre
         return resp
     finally:
         svc.release()
+        svc.running.pop(transfer, None)
         if ctx.events is not None:
             _record(ctx.events, request, transfer, resp)
+        request[COPY_FACTS] = CopyFacts(  # for the transfer log
+            spec.mode.value,
+            spec.remote,
+            transfer.bytes,
+            transfer.size,
+            spec.scitag,
+            (resp.get(_RESULT) or "") if resp is not None else "",
+        )
 
 
 async def _injected_failure(
@@ -131,6 +142,13 @@ async def _pull(request: web.Request, svc: TPCService, transfer: Transfer) -> we
         info = await probe(svc, transfer)
     except TransferFailed as exc:  # reported after the 202, where FTS sees the text
         early = exc
+    space = context(request).space
+    size = info.size if info is not None else None
+    if size is not None and space is not None and space.limit(transfer.local) is not None:
+        # The declared length over the share's size: a real 507 instead of the 202.
+        old = context(request).backend.stat(transfer.local)
+        replacing = old.size if old is not None and not old.is_dir else 0
+        await space.check_room(transfer.local, size, replacing)
     source = info or SourceInfo(url=transfer.spec.remote)
 
     async def run() -> None:
@@ -299,6 +317,12 @@ async def _outcome(svc: TPCService, transfer: Transfer, task: asyncio.Future[Non
     svc.failed(reason.tag)
     _log(transfer, "failure", str(reason))
     return result_line(transfer, "failure", reason)
+
+
+def result_of(resp: web.StreamResponse) -> str | None:
+    """The result line (``success: ...``, ``failure: ...``, ``aborted: ...``) a third-party
+    copy's response ended with, if it is one and got that far."""
+    return resp.get(_RESULT)
 
 
 def result_line(transfer: Transfer, kind: str, reason: markers.Failure | str) -> bytes:

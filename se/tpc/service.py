@@ -20,6 +20,7 @@ from se.scitags.service import SciTagService
 from se.storage.posix import PosixBackend
 from se.tpc.hostaddrs import HostAddresses
 from se.tpc.remote import NetworkPolicy, client_cert_context, make_session
+from se.tpc.state import Transfer
 
 __all__ = ["TPC_SERVICE", "TPCService", "refuses_local_remotes"]
 
@@ -56,6 +57,8 @@ class TPCService:
         self.active = 0
         _SUCCESS(), _FAILURE()  # both results show on the metrics page from the start
         self.stopping = False  # the server is shutting down: running transfers abort
+        # Transfers accepted and not finished (the dashboard lists them).
+        self.running: dict[Transfer, None] = {}
         # Delegated proxies (Credential: gridsite), when client certificates are taken.
         self.delegations: DelegationStore | None = None
         self._client_contexts: dict[tuple[str, int], ssl.SSLContext] = {}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
+from prometheus_client import Metric
 
 from se.auth.cache import GrantCache
 from se.auth.clientcert import CertificateAuth
@@ -26,10 +27,12 @@ from se.config import Config
 from se.events import EventLog
 from se.faults import FaultState
 from se.scitags.service import SciTagService
+from se.space.accounting import Accounting
 from se.storage.paths import DavPath
 from se.storage.posix import PosixBackend
 from se.storage.statcache import ListingCache
 from se.storage.types import Stat
+from se.web.transferlog import TransferLog
 
 __all__ = ["CONTEXT", "Context", "MetricSource", "TapeGate", "context"]
 
@@ -49,14 +52,16 @@ class TapeGate(Protocol):
 
 
 class MetricSource(Protocol):
-    """A service that contributes counters to ``/.well-known/se/metrics``."""
+    """What ``/.well-known/se/metrics`` reads at scrape time besides the families of
+    ``se.metrics`` (state all workers share, shown once): a prometheus_client collector."""
 
-    def metric_lines(self) -> list[str]:
-        """Its metric families in the Prometheus text format, one line per item."""
+    def collect(self) -> Iterable[Metric]:
+        """Its metric families."""
         ...
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not frozen: a SIGHUP reload (se.app.reconfigure) swaps the live parts in place.
+@dataclass(slots=True, kw_only=True)
 class Context:
     cfg: Config
     backend: PosixBackend
@@ -72,6 +77,8 @@ class Context:
     metric_sources: tuple[MetricSource, ...] = ()  # in the order the metrics page shows them
     faults: FaultState | None = None  # fault injection (faults.enabled)
     events: EventLog | None = None  # events for tests (events.enabled)
+    space: Accounting | None = None  # share accounting, quotas, SRR (space.enabled)
+    transfers: TransferLog | None = None  # the transfer log (logging.transfer_log)
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("se_context", Context)

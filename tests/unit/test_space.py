@@ -236,6 +236,7 @@ def test_recovery_takes_back_uploads_never_put_in_place(tmp_path: Path) -> None:
             assert acc.recover_sync() == 1
             assert acc.usage(IMPLICIT_SHARE).bytes == 300
             assert acc.recover_sync() == 0  # each pending upload is judged once
+            assert not os.path.exists(dead[1])  # the dead writer's target never appeared
         finally:
             os.close(fd)
         assert acc.recover_sync() == 1  # the writer of "alive" is gone now
