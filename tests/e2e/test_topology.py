@@ -26,12 +26,13 @@ import asyncio
 import json
 import os
 import re
+import signal
 import ssl
 import stat
 import time
 import tomllib
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -489,6 +490,60 @@ class Attempts:
     acknowledged: dict[str, bytes] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)  # path, what the client saw
 
+    async def wait_acknowledged(self, count: int) -> None:
+        for _ in range(600):  # 30 s at most
+            if len(self.acknowledged) >= count:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{len(self.acknowledged)} uploads acknowledged, not {count}")
+
+
+async def _paced(data: bytes) -> AsyncIterator[bytes]:
+    step = len(data) // 16 + 1
+    for i in range(0, len(data), step):
+        yield data[i : i + step]
+        await asyncio.sleep(0.01)
+
+
+async def _load(
+    http: aiohttp.ClientSession,
+    url: str,
+    work: dict[str, bytes],
+    action: Callable[[Attempts], Awaitable[None]],
+    clients: int = 8,
+) -> Attempts:
+    """Upload ``work`` (path -> bytes) with ``clients`` concurrent clients, each body sent in
+    16 paced pieces so that several uploads are always in flight, while ``action`` runs; a
+    failed attempt is tried again (at most 5 times).  What each attempt got."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for path in work:
+        queue.put_nowait(path)
+    seen = Attempts()
+
+    async def client() -> None:
+        while not queue.empty():
+            path = queue.get_nowait()
+            data = work[path]
+            for attempt in range(5):
+                headers = {
+                    "Digest": f"adler32={adler32_hex(data)}",
+                    "Content-Length": str(len(data)),
+                }
+                try:
+                    async with http.put(url + path, data=_paced(data), headers=headers) as resp:
+                        text = await resp.text()
+                        if 200 <= resp.status < 300:
+                            seen.acknowledged[path] = data
+                            break
+                        seen.failed.append((path, f"{resp.status} {text}"))
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    seen.failed.append((path, repr(exc)))
+                assert attempt < 4, f"{path} failed 5 times: {seen.failed[-5:]}"
+                await asyncio.sleep(0.2)
+
+    await asyncio.gather(action(seen), *(client() for _ in range(clients)))
+    return seen
+
 
 async def test_a_frontend_dies_mid_load(topology: Topology, http: aiohttp.ClientSession) -> None:
     url = topology.url
@@ -513,54 +568,18 @@ async def test_a_frontend_dies_mid_load(topology: Topology, http: aiohttp.Client
     )
     rid = created["requestId"]
 
-    # The load: 8 clients uploading 1 MiB files, each body sent in 16 paced pieces so that
-    # several uploads are always in flight; a failed attempt is tried again (at most 5 times).
     n_files = 48
     work = {f"{DISK}/load/f{i:02d}": random_bytes(MIB - i * 1000, 1000 + i) for i in range(n_files)}
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for path in work:
-        queue.put_nowait(path)
-    seen = Attempts()
     killed = asyncio.Event()
 
-    async def paced(data: bytes) -> AsyncIterator[bytes]:
-        step = len(data) // 16 + 1
-        for i in range(0, len(data), step):
-            yield data[i : i + step]
-            await asyncio.sleep(0.01)
-
-    async def client() -> None:
-        while not queue.empty():
-            path = queue.get_nowait()
-            data = work[path]
-            for attempt in range(5):
-                headers = {
-                    "Digest": f"adler32={adler32_hex(data)}",
-                    "Content-Length": str(len(data)),
-                }
-                try:
-                    async with http.put(url + path, data=paced(data), headers=headers) as resp:
-                        text = await resp.text()
-                        if 200 <= resp.status < 300:
-                            seen.acknowledged[path] = data
-                            break
-                        seen.failed.append((path, f"{resp.status} {text}"))
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    seen.failed.append((path, repr(exc)))
-                assert attempt < 4, f"{path} failed 5 times: {seen.failed[-5:]}"
-                await asyncio.sleep(0.2)
-
-    async def killer() -> None:
-        for _ in range(600):  # until a third of the files are in, 30 s at most
-            if len(seen.acknowledged) >= n_files // 3:
-                break
-            await asyncio.sleep(0.05)
+    async def killer(seen: Attempts) -> None:
+        await seen.wait_acknowledged(n_files // 3)
         stage = await _json(http, "GET", f"{url}/api/v1/stage/{rid}")
         assert "completedAt" not in stage, stage  # still waiting for its mount
         topology.frontends[victim].kill()  # SIGKILL to the process group: parent and workers
         killed.set()
 
-    await asyncio.gather(killer(), *(client() for _ in range(8)))
+    seen = await _load(http, url, work, killer)
     assert killed.is_set()
     assert set(seen.acknowledged) == set(work)  # every file in, some after a retry
     await asyncio.to_thread(
@@ -632,3 +651,73 @@ async def test_a_frontend_dies_mid_load(topology: Topology, http: aiohttp.Client
         f"{topology.stats('wretr')['BACKEND']} and redispatched "
         f"{topology.stats('wredis')['BACKEND']} connection(s)"
     )
+
+
+# -- one frontend stops (SIGTERM: a restart, an upgrade) in the middle of the load -----------
+
+
+async def _stop_mid_load(
+    topology: Topology, http: aiohttp.ClientSession, name: str, tag: str, drain_first: bool
+) -> Attempts:
+    """Upload 32 files through the balancer and stop frontend ``name`` with SIGTERM when a
+    third are in (if ``drain_first``, after taking it out of HAProxy and waiting for its
+    sessions to end); every file ends up acknowledged and complete; the frontend exits 0, and
+    is started again."""
+    srv = topology.frontends[name]
+    n_files = 32
+    work = {
+        f"{DISK}/{tag}/f{i:02d}": random_bytes(MIB // 2 - i, len(tag) * 1000 + i)
+        for i in range(n_files)
+    }
+    stopped = asyncio.Event()
+
+    async def stopper(seen: Attempts) -> None:
+        await seen.wait_acknowledged(n_files // 3)
+        if drain_first:
+            # What an operator does before a restart: no new connections to it from now on,
+            # and the stop once its sessions have ended.
+            assert topology.haproxy.command(f"set server {BACKEND}/{name} state drain") == "\n"
+            for _ in range(300):  # 30 s at most
+                if topology.stats("scur")[name] == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert topology.stats("scur")[name] == 0
+        srv.proc.send_signal(signal.SIGTERM)  # the parent passes it on to its workers
+        stopped.set()
+
+    seen = await _load(http, topology.url, work, stopper)
+    assert stopped.is_set()
+    code = await asyncio.to_thread(srv.proc.wait, 40)
+    srv.stop()
+    assert code == 0
+    assert set(seen.acknowledged) == set(work)
+    for path, data in seen.acknowledged.items():
+        assert (topology.root / path.lstrip("/")).read_bytes() == data, path
+    await asyncio.to_thread(topology.haproxy.wait_servers, BACKEND, {name: False}, 10.0)
+    await asyncio.to_thread(topology.start, name, srv.port)
+    if drain_first:
+        assert topology.haproxy.command(f"set server {BACKEND}/{name} state ready") == "\n"
+    await asyncio.to_thread(topology.haproxy.wait_servers, BACKEND, {name: True}, 10.0)
+    return seen
+
+
+async def test_a_frontend_restarts_mid_load(
+    topology: Topology, http: aiohttp.ClientSession
+) -> None:
+    """A restart as README "Several frontends" describes it: out of HAProxy (state drain),
+    stopped once its sessions have ended, started, back in: no client sees an error."""
+    seen = await _stop_mid_load(topology, http, "se2", "restart", drain_first=True)
+    assert seen.failed == []
+
+
+async def test_a_bare_sigterm_mid_load(topology: Topology, http: aiohttp.ClientSession) -> None:
+    """SIGTERM with no word to HAProxy: se answers 503 on its health page and finishes the
+    uploads it runs, but stops as soon as none runs, which can be before HAProxy's checks
+    (2 x 500 ms) have noticed: a connection HAProxy has just handed over is then reset, or
+    (a request that arrives while the server is being torn down) answered 500.  The client
+    tries those again; no upload answered 2xx is lost or wrong (checked by _stop_mid_load)."""
+    seen = await _stop_mid_load(topology, http, "se1", "sigterm", drain_first=False)
+    connection = ("ClientConnectorError", "ServerDisconnectedError", "ClientOSError")
+    for path, what in seen.failed:
+        assert what.startswith(connection) or what[:1] == "5", (path, what)
+    print(f"bare SIGTERM: {len(seen.failed)} attempt(s) failed and retried: {seen.failed}")
