@@ -17,7 +17,9 @@ certificates, ``[auth]``, the simulated tape's timings); every replacement is as
   tries again, no temp file shows in the namespace (and the restarted frontend sweeps the dead
   one's), HAProxy takes the dead frontend out and back in, and the tape stage request
   submitted before the kill completes: the killed frontend ran the library, the survivor takes
-  its lease over (se.tape.lease).
+  its lease over (se.tape.lease); the per-share totals in PostgreSQL equal a walk of the tree.
+* A restart done the documented way (out of HAProxy, stopped once idle, back in) costs no
+  client an error; a bare SIGTERM mid-load loses no acknowledged upload.
 """
 
 from __future__ import annotations
