@@ -27,9 +27,10 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
-__all__ = ["KEEPALIVES", "LIBRARY_LOCK", "LibraryLease"]
+__all__ = ["KEEPALIVES", "LIBRARY_LOCK", "SERVER_KEEPALIVES", "LibraryLease"]
 
 log = logging.getLogger("se.tape")
 
@@ -37,14 +38,17 @@ log = logging.getLogger("se.tape")
 # integer (the store's write lock is "se-tape\x01").  Every frontend on a database uses it.
 LIBRARY_LOCK = int.from_bytes(b"se-tape\x02", "big", signed=True)
 
-# Both ends notice a vanished peer: the client (libpq) and the server (a session setting).
+# Both ends notice a vanished peer: the client (libpq) and the server (session settings,
+# added to the URL's own ``options``).
 KEEPALIVES: dict[str, object] = {
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
-    "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
 }
+SERVER_KEEPALIVES = (
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+)
 
 # Seconds a lease call may take before the lease counts as lost (a hung network).
 CALL_TIMEOUT = 10.0
@@ -86,10 +90,13 @@ class LibraryLease:
     def _acquire(self) -> bool:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._drop()
+            given = conninfo_to_dict(self.url).get("options")
+            options = f"{given} {SERVER_KEEPALIVES}" if given else SERVER_KEEPALIVES
             self._conn = psycopg.connect(
                 self.url,
                 autocommit=True,
                 connect_timeout=max(1, int(self.connect_timeout)),
+                options=options,
                 **KEEPALIVES,  # type: ignore[arg-type]
             )
         row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LIBRARY_LOCK,)).fetchone()
