@@ -63,6 +63,7 @@ class LibraryLease:
         self.connect_timeout = connect_timeout
         self._conn: psycopg.Connection[TupleRow] | None = None
         self._held = False
+        self._closed = False
         # One thread owns the connection, as the store's does.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape-lease")
 
@@ -126,7 +127,10 @@ class LibraryLease:
         return self._held
 
     async def close(self) -> None:
-        """Give the lease back (closing its connection) and end the thread."""
+        """Give the lease back (closing its connection) and end the thread (once)."""
         self._held = False
+        if self._closed:
+            return
+        self._closed = True
         await asyncio.get_running_loop().run_in_executor(self._executor, self._drop)
         self._executor.shutdown(wait=False)
