@@ -83,6 +83,10 @@ class ServerConfig:
     # Seconds a stop (SIGTERM) waits for running requests (transfers) to finish while the
     # health page answers 503; those still running then end ("aborted:" for a TPC).
     drain_timeout: float = 30.0
+    # Seconds a stop keeps serving, health at 503, even with nothing running, when a load
+    # balancer polled /.well-known/se/health within the last minute: long enough for its
+    # checks to see the 503 (HAProxy: fall x inter) before the listeners close.
+    drain_min: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,6 +662,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("server.header_buffer_bytes: must be at least max_header_bytes")
     if not 0 <= s.drain_timeout <= 86400:
         raise ConfigError("server.drain_timeout: must be between 0 and 86400 seconds")
+    if not 0 <= s.drain_min <= s.drain_timeout:
+        raise ConfigError("server.drain_min: must be between 0 and drain_timeout")
     for alg in cfg.checksums.algorithms:
         if alg not in SUPPORTED_CHECKSUMS:
             raise ConfigError(

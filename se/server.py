@@ -248,6 +248,7 @@ async def _start(
 
 SHUTDOWN_GRACE = 5.0  # seconds, after the drain, for aborted transfers to say so
 DRAIN_POLL = 0.1  # seconds between two looks at the running requests while draining
+BALANCER_MEMORY = 60.0  # seconds: a health poll this recent means a balancer sends to us
 
 
 async def _drain(runners: Sequence[web.AppRunner], again: asyncio.Event) -> None:
@@ -256,11 +257,18 @@ async def _drain(runners: Sequence[web.AppRunner], again: asyncio.Event) -> None
     running, for at most server.drain_timeout seconds (a second SIGTERM ends the wait)."""
     state = health.SERVICE
     state.draining = True
-    timeout = runners[0].app[CONTEXT].cfg.server.drain_timeout if runners else 0.0
-    deadline = time.monotonic() + timeout
+    server = runners[0].app[CONTEXT].cfg.server if runners else None
+    timeout = server.drain_timeout if server is not None else 0.0
+    now = time.monotonic()
+    deadline = now + timeout
+    # Behind a balancer (it polled health within the last minute), stay up until its
+    # checks have seen the 503, or a connection it hands over meanwhile would be reset.
+    until = now
+    if server is not None and now - state.polled < BALANCER_MEMORY:
+        until = now + server.drain_min
     if state.active:
         log.info("stopping: draining %d running request(s), at most %g s", state.active, timeout)
-    while state.active > 0 and not again.is_set():
+    while (state.active > 0 or time.monotonic() < until) and not again.is_set():
         left = deadline - time.monotonic()
         if left <= 0:
             log.warning("stopping: %d request(s) still running after the drain", state.active)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from se.config import Config, ShareConfig, state_dir
-from se.errors import InsufficientStorage
+from se.errors import InsufficientStorage, ServiceUnavailable
 from se.space.shares import ShareMap
 from se.storage.paths import DavPath
 from se.storage.usage import DELETE_KEY, Deltas, walk_files
@@ -500,7 +500,11 @@ class Accounting:
         return {s.name: found.get(s.name, Usage(0, 0, 0.0, 0.0)) for s in self._map.shares}
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            job = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except RuntimeError:  # the I/O threads are gone: a request that outlived the stop
+            raise ServiceUnavailable("server is stopping") from None
+        return await job
 
     async def usage_async(self, name: str) -> Usage:
         return await self._run(self.usage, name)

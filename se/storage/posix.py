@@ -46,6 +46,7 @@ from se.errors import (
     NotFound,
     PreconditionFailed,
     SEError,
+    ServiceUnavailable,
 )
 from se.storage import beneath, checksums, xattrs
 from se.storage.dirwatch import DirWatch, Token
@@ -517,7 +518,11 @@ class PosixBackend:
     # -- helpers ---------------------------------------------------------------------
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, fn, *args)
+        try:
+            job = loop.run_in_executor(self.executor, fn, *args)
+        except RuntimeError:  # the I/O threads are gone: a request that outlived the stop
+            raise ServiceUnavailable("server is stopping") from None
+        return await job
 
     def fs_path(self, p: DavPath) -> str:
         return os.path.join(self.root, p.rel) if p.segments else self.root

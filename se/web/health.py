@@ -45,6 +45,7 @@ class ServiceState:
     generation: int = 0  # configuration reloads applied
     draining: bool = False  # set at SIGTERM: the health page answers 503 from then on
     active: int = 0  # requests inside their handlers (health checks not counted)
+    polled: float = -1e9  # time.monotonic() of the last health request (a balancer's check)
     _checks: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
     _databases: dict[int, tuple[float, str]] = field(default_factory=dict)
     _probes: dict[int, asyncio.Task[None]] = field(default_factory=dict)
@@ -102,6 +103,7 @@ def response(request: web.Request) -> web.Response:
     ctx = context(request)
     cfg = ctx.cfg
     state = SERVICE
+    state.polled = time.monotonic()
     reason = "draining" if state.draining else ""
     if not reason:
         state_path = state_dir(cfg)

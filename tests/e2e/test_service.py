@@ -382,6 +382,29 @@ async def test_stop_drains_running_transfers_then_aborts_the_rest(
     assert dst.proc.wait(20) == 0
 
 
+def test_stop_behind_a_balancer_keeps_serving_until_its_checks_saw_the_503(
+    se_factory: Callable[..., SEProcess],
+) -> None:
+    """An idle server whose health page a balancer polls stays up drain_min seconds after
+    SIGTERM, answering 503 (not refusing), so the balancer takes it out before connections
+    are refused; an idle server nobody polled stops at once."""
+    polled = se_factory(BASE_CONFIG + "[server]\ndrain_min = 2.0\n")
+    assert health(polled.url)[0] == 200  # the balancer's check
+    polled.proc.send_signal(signal.SIGTERM)
+    answers = []
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # bounded: one second of checks
+        answers.append(health(polled.url)[0])
+        time.sleep(0.1)
+    assert answers and set(answers) == {503}, answers
+    assert polled.proc.wait(15) == 0
+    alone = se_factory(BASE_CONFIG + "[server]\ndrain_min = 20.0\n")
+    started = time.monotonic()
+    alone.proc.send_signal(signal.SIGTERM)
+    assert alone.proc.wait(15) == 0
+    assert time.monotonic() - started < 10  # not the 20 s kept for a balancer
+
+
 # --------------------------------------------------------------------------- transfer log
 
 
