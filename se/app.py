@@ -53,7 +53,7 @@ from se.web import health, metrics, srr, testpoints
 from se.web.access import authenticate, authorise, grant_of
 from se.web.context import CONTEXT, Context, MetricSource, context
 from se.web.error_handling import error_response, handle_errors
-from se.web.transferlog import COPY_FACTS, TransferLog
+from se.web.transferlog import COPY_FACTS, TransferLog, was_cut
 
 __all__ = ["METHODS", "create_app", "dispatch", "expect_handler", "on_prepare", "reconfigure"]
 
@@ -428,6 +428,7 @@ def _log_transfer(
     body, a third-party copy)."""
     method = request.method
     facts = request.get(COPY_FACTS)
+    aborted = aborted or was_cut(request)
     status = response.status if response is not None else 0
     if facts is not None:
         kind = facts.kind

@@ -85,7 +85,8 @@ class ServerConfig:
     drain_timeout: float = 30.0
     # Seconds a stop keeps serving, health at 503, even with nothing running, when a load
     # balancer polled /.well-known/se/health within the last minute: long enough for its
-    # checks to see the 503 (HAProxy: fall x inter) before the listeners close.
+    # checks to see the 503 (HAProxy: fall x inter) before the listeners close; never more
+    # than drain_timeout.
     drain_min: float = 3.0
 
 
@@ -662,8 +663,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("server.header_buffer_bytes: must be at least max_header_bytes")
     if not 0 <= s.drain_timeout <= 86400:
         raise ConfigError("server.drain_timeout: must be between 0 and 86400 seconds")
-    if not 0 <= s.drain_min <= s.drain_timeout:
-        raise ConfigError("server.drain_min: must be between 0 and drain_timeout")
+    if not 0 <= s.drain_min <= 86400:
+        raise ConfigError("server.drain_min: must be between 0 and 86400 seconds")
     for alg in cfg.checksums.algorithms:
         if alg not in SUPPORTED_CHECKSUMS:
             raise ConfigError(

@@ -265,7 +265,7 @@ async def _drain(runners: Sequence[web.AppRunner], again: asyncio.Event) -> None
     # checks have seen the 503, or a connection it hands over meanwhile would be reset.
     until = now
     if server is not None and now - state.polled < BALANCER_MEMORY:
-        until = now + server.drain_min
+        until = now + min(server.drain_min, server.drain_timeout)
     if state.active:
         log.info("stopping: draining %d running request(s), at most %g s", state.active, timeout)
     while (state.active > 0 or time.monotonic() < until) and not again.is_set():
@@ -588,17 +588,25 @@ class Control:
 
 def sd_notify(message: str) -> None:
     """Tell systemd (Type=notify) a state change: one datagram to $NOTIFY_SOCKET (an
-    absolute path, or "@name" in the abstract namespace); nothing without it."""
+    absolute path, or "@name" in the abstract namespace); nothing without it.  Never
+    blocks the caller long when the manager does not read: a watchdog ping is dropped at
+    once, a state change waits at most NOTIFY_TIMEOUT."""
     address = os.environ.get("NOTIFY_SOCKET", "")
     if not address:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
+    ping = message == "WATCHDOG=1"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(0.0 if ping else NOTIFY_TIMEOUT)
             sock.sendto(message.encode(), address)
     except OSError as exc:
-        log.warning("sd_notify %s: %s", message.split("=", 1)[0], exc.strerror)
+        if not (ping and isinstance(exc, BlockingIOError)):
+            log.warning("sd_notify %s: %s", message.split("=", 1)[0], exc.strerror or exc)
+
+
+NOTIFY_TIMEOUT = 1.0  # seconds a state change may wait for room in the manager's queue
 
 
 def notify_reloading() -> None:

@@ -151,9 +151,11 @@ class Dashboard:
             (self.directory / self.name).unlink()
 
     def _prepare(self) -> None:
-        """Make the directory; remove the snapshots of processes that are gone."""
+        """Remove the snapshots of processes that are gone.  The directory itself is made
+        by the first page that asks (a server nobody watches writes nothing)."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            if not self.directory.is_dir():
+                return
             for entry in os.scandir(self.directory):
                 pid = _pid_of(entry.name)
                 if pid is not None and not _alive(pid):

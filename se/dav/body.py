@@ -35,6 +35,7 @@ from se.faults import Rule
 from se.storage.posix import PosixBackend, Upload
 from se.storage.sendfile import drain_transport, sendfile_blocking
 from se.storage.types import CachedFile, OpenFile
+from se.web import transferlog
 
 __all__ = ["receive_body", "send_file_range", "send_with_faults", "write_file_range"]
 
@@ -150,6 +151,7 @@ async def send_file_range(
     finally:
         stop.set()
         metrics.HTTP_SENT.inc(progress[0])  # bytes aiohttp's writer never saw
+        transferlog.note_sent(request, progress[0])
 
 
 async def receive_body(request: web.Request, upload: Upload, direct_min: int) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
+import logging
 import mimetypes
 import time
 
@@ -46,6 +47,8 @@ from se.web.access import authorise, authorise_write, grant_of
 from se.web.body import read_body
 from se.web.context import context
 from se.web.headers import Depth, parse_depth, parse_destination, parse_overwrite
+
+log = logging.getLogger("se")
 
 __all__ = [
     "ALLOW",
@@ -265,9 +268,19 @@ async def _send(
         sent = count
     except (OSError, TimeoutError) as exc:
         # Headers are gone already: the only honest signal left is closing the connection.
+        # Usually the client left; one line, not a traceback, and the access log keeps the
+        # status that was sent, with the bytes that went.
         if request.transport is not None:
             request.transport.close()
-        raise ConnectionResetError(str(exc)) from exc
+        transferlog.note_cut(request)
+        log.info(
+            "%s %s: download cut after %d bytes: %s",
+            request.method,
+            request.path,
+            resp.body_length,
+            exc or type(exc).__name__,
+        )
+        return resp
     finally:
         if flow is not None:
             flow.end(sent or resp.body_length)
@@ -518,7 +531,7 @@ async def propfind_handler(request: web.Request) -> web.StreamResponse:
     # changes with every write anywhere, and would make listings impossible to keep.
     wants_quota = req.kind == "prop" and any(n[1].startswith("quota-") for n in req.names)
     quota = ctx.backend.quota(path) if wants_quota and self_entry.stat.is_dir else None
-    if quota is not None and ctx.space is not None:  # a share with a limit: its accounting
+    if quota is not None and ctx.space is not None:  # in a share: its accounting
         quota = await ctx.space.quota(path, quota[1]) or quota
     if (
         req.kind == "prop"

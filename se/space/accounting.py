@@ -533,13 +533,16 @@ class Accounting:
             )
 
     async def quota(self, path: DavPath, fs_available: int) -> tuple[int, int] | None:
-        """RFC 4331 (used, available) of a path in a share with a limit; None otherwise."""
-        found = self.limit(path)
-        if found is None:
+        """RFC 4331 (used, available) of a path in a share: the share's used bytes, and what
+        is left of its size (at most ``fs_available``; without a size, ``fs_available``).
+        None outside every share."""
+        share = self._map.share_of(path)
+        if share is None:
             return None
-        share, size = found
         used = (await self.usage_async(share.name)).bytes
-        return used, max(0, min(size - used, fs_available))
+        if not share.size:
+            return used, fs_available
+        return used, max(0, min(share.size - used, fs_available))
 
     # -- writing totals ---------------------------------------------------------------------
     def set_usage_sync(self, name: str, nbytes: int, files: int, reconciled: bool = True) -> None:

@@ -35,7 +35,17 @@ from aiohttp import web
 
 from se.auth.policy import Grant
 
-__all__ = ["COPY_FACTS", "CopyFacts", "TransferLog", "iso_time", "note_bytes", "strip_url"]
+__all__ = [
+    "COPY_FACTS",
+    "CopyFacts",
+    "TransferLog",
+    "iso_time",
+    "note_bytes",
+    "note_cut",
+    "note_sent",
+    "strip_url",
+    "was_cut",
+]
 
 log = logging.getLogger("se")
 
@@ -57,6 +67,26 @@ class CopyFacts:
 
 COPY_FACTS: web.RequestKey[CopyFacts] = web.RequestKey("se_copy_facts", CopyFacts)
 _BYTES: web.RequestKey[int] = web.RequestKey("se_transfer_bytes", int)
+
+
+_CUT: web.RequestKey[bool] = web.RequestKey("se_transfer_cut", bool)
+
+
+def note_cut(request: web.Request) -> None:
+    """A download whose connection broke after its headers went (the client left)."""
+    request[_CUT] = True
+
+
+def was_cut(request: web.Request) -> bool:
+    return bool(request.get(_CUT, False))
+
+
+_DIRECT: web.RequestKey[int] = web.RequestKey("se_transfer_direct_bytes", int)
+
+
+def note_sent(request: web.Request, count: int) -> None:
+    """Body bytes sent past aiohttp's writer (sendfile(2) on a thread)."""
+    request[_DIRECT] = request.get(_DIRECT, 0) + count
 
 
 def note_bytes(request: web.Request, count: int) -> None:
@@ -192,6 +222,8 @@ class TransferLog:
         else:
             if kind == "upload":
                 moved = request.get(_BYTES, 0)
+            elif response is not None and aborted:  # cut: what went, either way
+                moved = response.body_length + request.get(_DIRECT, 0)
             elif response is not None:
                 # Answered in full (else the handler raised): the declared length, since a
                 # body sent with sendfile(2) on a thread passes aiohttp's counter by.

@@ -408,6 +408,44 @@ def test_stop_behind_a_balancer_keeps_serving_until_its_checks_saw_the_503(
 # --------------------------------------------------------------------------- transfer log
 
 
+def test_a_download_the_client_leaves_is_logged_aborted_without_a_traceback(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    """A client that hangs up in the middle of a large GET: the transfer log says aborted
+    with the bytes that went, the access log keeps the 200 that was sent, and the server's
+    log has one line for it, not an ERROR with a traceback."""
+    log_path = tmp_path / "transfers.jsonl"
+    se = se_factory(f'[logging]\nlevel = "info"\ntransfer_log = "{log_path}"\n')
+    size = 256 << 20  # far more than the socket buffers hold
+    with open(se.root / "big", "wb") as fh:
+        fh.truncate(size)
+    with socket.create_connection(("127.0.0.1", se.port), timeout=10) as s:
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while len(got) < 1 << 20:  # bounded: 1 MiB, then hang up
+            chunk = s.recv(65536)
+            assert chunk, "the server closed first"
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    def logged_line() -> dict[str, Any] | None:
+        if not log_path.exists():
+            return None
+        lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+        return lines[-1] if lines else None
+
+    assert poll(lambda: logged_line() is not None, timeout=15)
+    line = logged_line()
+    assert line is not None
+    assert line["kind"] == "download" and line["state"] == "aborted", line
+    assert line["status"] == 200 and line["bytes"] < size, line
+    se.stop()
+    err = se.stderr()
+    assert "download cut after" in err, err[-2000:]
+    assert "Traceback" not in err and "Error handling request" not in err, err[-3000:]
+
+
 async def test_transfer_log_lines(se_factory: Callable[..., SEProcess], tmp_path: Path) -> None:
     broken = '[faults]\nenabled = true\n[[faults.rules]]\npath = "/broken"\nreset_after = 1000\n'
     src = se_factory(BASE_CONFIG + broken, root=tmp_path / "src")

@@ -142,7 +142,9 @@ class Remote:
         app = web.Application(client_max_size=64 << 20)
         app.router.add_route("*", "/redirect/{code}/{key}", self._redirect)
         app.router.add_route("PUT", "/put403/{name:.+}", self._put, expect_handler=self._refuse)
-        app.router.add_route("*", "/{mode}/{name:.+}", self._dispatch)
+        app.router.add_route(
+            "*", "/{mode}/{name:.+}", self._dispatch, expect_handler=self._expect_status
+        )
         self._runner, self.port = await serve_on_loopback(app)
 
     async def _shutdown(self) -> None:
@@ -260,6 +262,18 @@ class Remote:
         name = request.match_info["name"]
         self.stored[name] = await request.read()
         return web.Response(status=201)
+
+    async def _expect_status(self, request: web.Request) -> web.StreamResponse | None:
+        """Expect: 100-continue on /status/<code>/: the scripted answer instead of 100 (as a
+        server refusing before the body does); 100 Continue everywhere else."""
+        if request.match_info.get("mode") == "status":
+            self._record(request)
+            code = int(request.match_info["name"].partition("/")[0])
+            return web.Response(status=code, text=f"scripted {code}")
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer proper has not started
+        return None
 
     async def _refuse(self, request: web.Request) -> web.StreamResponse | None:
         """Expect: 100-continue on put403: answer the final 403 instead of 100."""
