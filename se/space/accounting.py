@@ -54,6 +54,8 @@ T = TypeVar("T")
 # Advisory lock key of the schema creation on PostgreSQL: the bytes "se-space" as an int64.
 SCHEMA_LOCK = int.from_bytes(b"se-space", "big", signed=True)
 _POOL_SIZE = 4  # connections per process (each lent to one thread at a time)
+SETTLE_BATCH = 64  # settled uploads forgotten together, or ...
+SETTLE_DELAY = 1.0  # ... after this many seconds (at the next upload, recovery or close)
 RECOVER_INTERVAL = 10.0  # seconds between looks for uploads counted but never put in place
 
 _SCHEMA = (
@@ -309,6 +311,10 @@ class Accounting:
         self._executor = executor or ThreadPoolExecutor(2, thread_name_prefix="se-space")
         self._db = _Database(database_location(cfg))
         self._reconciling = threading.Lock()
+        # Uploads in place whose pending rows are yet to be forgotten (see settle).
+        self._settled: list[str] = []
+        self._settled_at = time.monotonic()
+        self._settle_lock = threading.Lock()
 
     @classmethod
     def open(cls, cfg: Config) -> Accounting:
@@ -424,9 +430,27 @@ class Accounting:
             return True
 
     def settle(self, pending: tuple[str, str]) -> None:
-        """The upload is in place: forget it as pending."""
-        with self._db.transaction(write=True, single=True) as cur:
-            cur.execute("DELETE FROM space_pending WHERE temp = ?", (self._rel(pending[0]),))
+        """The upload is in place: forget it as pending.  Batched (SETTLE_BATCH rows or
+        SETTLE_DELAY seconds, and at close), off the upload's critical path: a row left
+        behind names a temp file that is gone, which recovery also forgets."""
+        with self._settle_lock:
+            self._settled.append(self._rel(pending[0]))
+            now = time.monotonic()
+            if len(self._settled) < SETTLE_BATCH and now - self._settled_at < SETTLE_DELAY:
+                return
+            batch, self._settled, self._settled_at = self._settled, [], now
+        self._forget(batch)
+
+    def flush_settled(self) -> None:
+        with self._settle_lock:
+            batch, self._settled = self._settled, []
+        if batch:
+            self._forget(batch)
+
+    def _forget(self, temps: Sequence[str]) -> None:
+        with self._db.transaction(write=True) as cur:
+            for temp in temps:
+                cur.execute("DELETE FROM space_pending WHERE temp = ?", (temp,))
 
     def _rel(self, fs: str) -> str:
         prefix = self.root_real.rstrip(os.sep) + os.sep
@@ -443,10 +467,12 @@ class Accounting:
         were taken back."""
         if not self._db.exists():
             return 0
+        self.flush_settled()
         with self._db.transaction(write=False, single=True) as cur:
             cur.execute("SELECT temp, target, share, bytes, files, ino FROM space_pending")
             rows = cur.fetchall()
         undone = 0
+        done: list[str] = []  # got in place: forgotten together
         for temp in sorted({str(r[0]) for r in rows}):
             mine = [r for r in rows if r[0] == temp]
             target = self._abs(str(mine[0][1]))
@@ -455,6 +481,9 @@ class Accounting:
             else:
                 state = _writer_state(self._abs(temp), target)
             if state == "alive":
+                continue
+            if state != "dead":
+                done.append(temp)
                 continue
             back = Deltas()
             if state == "dead":
@@ -466,6 +495,8 @@ class Accounting:
                 for name, nbytes, files in sorted(back.items()):
                     _add(cur, name, nbytes, files, time.time())
                 cur.execute("DELETE FROM space_pending WHERE temp = ?", (temp,))
+        if done:
+            self._forget(done)
         return undone
 
     async def recover(self) -> int:
@@ -630,6 +661,8 @@ class Accounting:
                 log.exception("space: periodic reconciliation failed")
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):  # what is left, recovery forgets
+            self.flush_settled()
         self._db.close()
         if self._own_executor:
             self._executor.shutdown(wait=False)
