@@ -27,10 +27,18 @@ DAVIX_BODY = (
 
 
 def propfind(url: str, body: bytes = b"") -> str:
+    """The listing, with the collection's quota-used-bytes blanked: that is the share's
+    accounting, which the start-up reconciliation of this tree (written behind se's back)
+    may move between two requests; these tests are about the members."""
     req = urllib.request.Request(url, data=body or None, method="PROPFIND", headers={"Depth": "1"})
     with urllib.request.urlopen(req) as resp:
         assert resp.status == 207
-        return str(resp.read().decode())
+        text = str(resp.read().decode())
+    return re.sub(
+        r"<D:quota-used-bytes>\d+</D:quota-used-bytes>",
+        "<D:quota-used-bytes>N</D:quota-used-bytes>",
+        text,
+    )
 
 
 def entry(body: str, name: str) -> str:
