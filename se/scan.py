@@ -73,8 +73,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from se.config import Config, ShareConfig, checksum_algorithms, state_dir
-from se.space.shares import ShareMap as SpaceShares
+from se.config import Config, checksum_algorithms, state_dir
+from se.space.shares import ShareMap
 from se.storage import checksums, xattrs
 from se.storage.paths import RESERVED_PREFIX, TEMP_PREFIX, DavPath
 
@@ -85,7 +85,6 @@ __all__ = [
     "Record",
     "Result",
     "ScanOptions",
-    "ShareMap",
     "Tally",
     "Verdict",
     "judge",
@@ -207,31 +206,6 @@ def judge(plan: Plan, computed: Mapping[str, bytes], fix: bool) -> Verdict:
     xrootd = fix and any(r.source == "xrootd" for r, _ in mismatches)
     kind = "mismatch" if mismatches else "computed" if plan.missing else "kept"
     return Verdict(kind, write, mismatches, xrootd)
-
-
-class ShareMap:
-    """Which share a path counts in (se.space.shares: the longest ``paths`` prefix holding it;
-    the implicit share "default" covers everything when no ``[[shares]]`` are set), and the
-    trees to walk for one share."""
-
-    def __init__(self, shares: Sequence[ShareConfig]) -> None:
-        self._map = SpaceShares.of(shares)
-        self.names = tuple(s.name for s in self._map.shares)
-
-    def of(self, segs: tuple[str, ...]) -> str | None:
-        return self._map.name_of(DavPath(segs))
-
-    def tops(self, name: str | None) -> list[tuple[str, ...]]:
-        """The trees to walk for one share (all of the root for None), none inside another."""
-        if name is None:
-            return [()]
-        share = self._map.get(name)
-        prefixes = [] if share is None else share.prefixes
-        out: list[tuple[str, ...]] = []
-        for p in sorted(tuple(seg for seg in q.split("/") if seg) for q in prefixes):
-            if not any(p[: len(q)] == q for q in out):  # sorted: a prefix before what it holds
-                out.append(p)
-        return out
 
 
 # --------------------------------------------------------------------------- walk
@@ -888,12 +862,12 @@ class ScanOptions:
 def _count(opts: ScanOptions, prog: Progress, stop: threading.Event) -> None:
     """The counting walk behind the ETA (lstat of every file in scope)."""
     files = size = 0
-    for item in walk(opts.root, opts.shares.tops(opts.share), None, opts.skip_dirs):
+    for item in walk(opts.root, opts.shares.walk_roots(opts.share), None, opts.skip_dirs):
         if stop.is_set():
             return
         if item.kind != "file":
             continue
-        if opts.share is not None and opts.shares.of(item.segs) != opts.share:
+        if opts.share is not None and opts.shares.name_of(DavPath(item.segs)) != opts.share:
             continue
         try:
             size += os.lstat(item.fs).st_size
@@ -1054,11 +1028,11 @@ def _scan(
     seq = 0
     try:
         with cf.ThreadPoolExecutor(max_workers=opts.jobs, thread_name_prefix="scan") as pool:
-            tops = opts.shares.tops(opts.share)
+            tops = opts.shares.walk_roots(opts.share)
             for item in walk(opts.root, tops, watermark, opts.skip_dirs):
                 if stop.is_set():
                     break
-                share = opts.shares.of(item.segs)
+                share = opts.shares.name_of(DavPath(item.segs))
                 if opts.share is not None and share != opts.share:
                     continue  # inside a share nested in this one's paths
                 path = "/" + "/".join(item.segs)
@@ -1245,7 +1219,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     if args.fix and not args.verify:
         print("se: scan: --fix goes with --verify", file=sys.stderr)
         return 2
-    shares = ShareMap(cfg.shares)
+    shares = ShareMap.of(cfg.shares)
     if args.share is not None and args.share not in shares.names:
         known = ", ".join(shares.names)
         print(f"se: scan: no share named {args.share!r} (shares: {known})", file=sys.stderr)

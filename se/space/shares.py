@@ -85,6 +85,22 @@ class ShareMap:
                 return share
         return None
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.shares)
+
+    def walk_roots(self, name: str | None) -> list[tuple[str, ...]]:
+        """The trees a walk of share ``name`` covers (the whole namespace for None), none
+        inside another."""
+        if name is None:
+            return [()]
+        share = self.get(name)
+        out: list[tuple[str, ...]] = []
+        for p in sorted(_segments(q) for q in (share.prefixes if share is not None else ())):
+            if not any(p[: len(q)] == q for q in out):  # sorted: a prefix before what it holds
+                out.append(p)
+        return out
+
     def own_paths(self, name: str) -> list[tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]]:
         """The share's paths, each with the share paths strictly below it, which a walk of
         that path leaves out (they belong to another share, or are walked on their own)."""

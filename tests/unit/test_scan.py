@@ -14,14 +14,15 @@ from se.scan import (
     Journal,
     Record,
     Result,
-    ShareMap,
     Tally,
     judge,
     make_plan,
     records_from,
     walk,
 )
+from se.space.shares import ShareMap
 from se.storage import xattrs
+from se.storage.paths import DavPath
 
 # user.XrdCks.adler32 as xrdadler32 (XRootD 5.5) stored it on a file with mtime 1577836800.
 XRDADLER32_VALUE = bytes.fromhex(
@@ -122,18 +123,18 @@ def test_verify_recomputes_everything_and_never_overwrites_without_fix() -> None
 
 
 def test_share_map() -> None:
-    shares = ShareMap(
+    shares = ShareMap.of(
         (
             ShareConfig(name="atlas", paths=("/atlas", "/atlas/sub/", "/x")),
             ShareConfig(name="tape", paths=("/atlas/tape",)),
         )
     )
-    assert shares.of(("atlas", "f")) == "atlas"
-    assert shares.of(("atlas", "tape", "f")) == "tape"
-    assert shares.of(("atlastape",)) is None
-    assert shares.tops("atlas") == [("atlas",), ("x",)]
-    assert shares.tops(None) == [()]
-    assert ShareMap(()).of(("a",)) == "default"
+    assert shares.name_of(DavPath(("atlas", "f"))) == "atlas"
+    assert shares.name_of(DavPath(("atlas", "tape", "f"))) == "tape"
+    assert shares.name_of(DavPath(("atlastape",))) is None
+    assert shares.walk_roots("atlas") == [("atlas",), ("x",)]
+    assert shares.walk_roots(None) == [()]
+    assert ShareMap.of(()).name_of(DavPath(("a",))) == "default"
 
 
 def make_tree(root: Path) -> None:
