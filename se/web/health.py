@@ -6,9 +6,10 @@ generation, draining false) when serving; ``503`` with the same body and a short
 while the worker drains at stop, when the storage root is not an accessible, writable
 directory, when the state directory (where the SQLite databases live) is not, or when the
 state database of the space accounting (SQLite or PostgreSQL) did not answer a read within
-:data:`DB_TIMEOUT` seconds.  The checks (a few ``access(2)`` calls, one small query) are
-cached for :data:`CHECK_TTL` seconds; the query runs in the background, so an answer never
-waits for the database (it reports the last check, at most a second or two old).
+:data:`PROBE_TIMEOUT` seconds.  The checks (a few ``access(2)`` calls, one small query) run
+in the background at most once per :data:`CHECK_TTL` seconds, so an answer never waits for
+a disk or a database (it reports the last check, at most a second or two old); a hung one
+counts as unhealthy after :data:`PROBE_TIMEOUT` seconds.
 
 :data:`SERVICE` is this process's own state (one per worker, shared by its listeners):
 the reload generation, whether it drains, and how many requests are in its handlers (what
@@ -21,6 +22,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
@@ -34,7 +36,7 @@ __all__ = ["CHECK_TTL", "HEALTH_PATH", "SERVICE", "ServiceState", "response"]
 
 HEALTH_PATH = "/.well-known/se/health"
 CHECK_TTL = 1.0  # seconds a storage check is reused
-DB_TIMEOUT = 2.0  # seconds the state database has to answer
+PROBE_TIMEOUT = 2.0  # seconds the storage or the state database has to answer a check
 
 
 @dataclass(slots=True)
@@ -46,41 +48,48 @@ class ServiceState:
     draining: bool = False  # set at SIGTERM: the health page answers 503 from then on
     active: int = 0  # requests inside their handlers (health checks not counted)
     polled: float = -1e9  # time.monotonic() of the last health request (a balancer's check)
-    _checks: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
-    _databases: dict[int, tuple[float, str]] = field(default_factory=dict)
-    _probes: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    _results: dict[Hashable, tuple[float, str]] = field(default_factory=dict)
+    _probes: dict[Hashable, asyncio.Task[None]] = field(default_factory=dict)
 
-    def storage_problem(self, root: str, state: str) -> str:
-        """ "" when the storage root and the state directory are usable, else why not."""
-        now = time.monotonic()
-        key = (root, state)
-        cached = self._checks.get(key)
-        if cached is not None and now - cached[0] < CHECK_TTL:
-            return cached[1]
-        problem = _check_dir(root, "storage root") or _check_dir(state, "state directory")
-        self._checks[key] = (now, problem)
-        return problem
-
-    def database_problem(self, space: Accounting) -> str:
-        """Why the accounting's database failed its last read ("" when it answered); a new
-        read starts when that answer is older than :data:`CHECK_TTL`."""
-        key = id(space)
-        cached = self._databases.get(key)
+    def problem(self, key: Hashable, check: Callable[[], Awaitable[str]], silent: str) -> str:
+        """The last result of ``check`` ("" when fine, else why not), started again in the
+        background once older than :data:`CHECK_TTL`: the answer never waits for a disk or
+        a database, not even a hung one (a check that takes longer than
+        :data:`PROBE_TIMEOUT` seconds reports ``silent``)."""
+        cached = self._results.get(key)
         stale = cached is None or time.monotonic() - cached[0] >= CHECK_TTL
         if stale and key not in self._probes:
-            self._probes[key] = asyncio.ensure_future(self._probe(key, space))
+            self._probes[key] = asyncio.ensure_future(self._probe(key, check, silent))
         return cached[1] if cached is not None else ""
 
-    async def _probe(self, key: int, space: Accounting) -> None:
-        problem = ""
+    async def _probe(self, key: Hashable, check: Callable[[], Awaitable[str]], silent: str) -> None:
         try:
-            async with asyncio.timeout(DB_TIMEOUT):
-                await space.all_usage_async()
-        except Exception:  # whatever the driver raises: the answer is the same
-            problem = "state database is unreachable"
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                problem = await check()
+        except Exception:  # a timeout, or whatever the driver raises: the answer is the same
+            problem = silent
         finally:
             del self._probes[key]
-        self._databases[key] = (time.monotonic(), problem)
+        self._results[key] = (time.monotonic(), problem)
+
+
+def _storage_check(root: str, state: str) -> Callable[[], Awaitable[str]]:
+    def sync() -> str:
+        state_path = state if os.path.exists(state) else os.path.dirname(state)
+        return _check_dir(root, "storage root") or _check_dir(state_path, "state directory")
+
+    async def check() -> str:
+        return await asyncio.get_running_loop().run_in_executor(None, sync)
+
+    return check
+
+
+def _database_check(space: Accounting) -> Callable[[], Awaitable[str]]:
+    async def check() -> str:
+        await space.all_usage_async()
+        return ""
+
+    return check
 
 
 def _check_dir(path: str, what: str) -> str:
@@ -106,12 +115,18 @@ def response(request: web.Request) -> web.Response:
     state.polled = time.monotonic()
     reason = "draining" if state.draining else ""
     if not reason:
-        state_path = state_dir(cfg)
-        if not state_path.exists():  # made on first use: its parent then must be writable
-            state_path = state_path.parent
-        reason = state.storage_problem(cfg.storage.root, str(state_path))
+        root, state_path = cfg.storage.root, str(state_dir(cfg))
+        reason = state.problem(
+            ("storage", root, state_path),
+            _storage_check(root, state_path),
+            "storage root does not answer",
+        )
     if not reason and ctx.space is not None:
-        reason = state.database_problem(ctx.space)
+        reason = state.problem(
+            ("database", id(ctx.space)),
+            _database_check(ctx.space),
+            "state database is unreachable",
+        )
     body: dict[str, object] = {
         "status": "ok" if not reason else ("draining" if state.draining else "unhealthy"),
         "version": __version__,
