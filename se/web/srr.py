@@ -164,11 +164,7 @@ async def _reconcile(request: web.Request, ctx: Context) -> web.StreamResponse:
     if "reconcile" not in request.query:
         raise MethodNotAllowed("POST here takes ?reconcile or ?reconcile=<share>")
     name = request.query.get("reconcile") or None
-    if (
-        name is not None
-        and space.share_of is not None
-        and name not in {s.name for s in space.shares}
-    ):
+    if name is not None and name not in {s.name for s in space.shares}:
         raise NotFound(f"no share named {name}")
     try:
         totals = await asyncio.wait_for(space.reconcile(name), timeout=3600)
