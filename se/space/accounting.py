@@ -54,6 +54,7 @@ T = TypeVar("T")
 # Advisory lock key of the schema creation on PostgreSQL: the bytes "se-space" as an int64.
 SCHEMA_LOCK = int.from_bytes(b"se-space", "big", signed=True)
 _POOL_SIZE = 4  # connections per process (each lent to one thread at a time)
+RECONCILE_TRIES = 3  # walks of a share that keeps changing under them
 SETTLE_BATCH = 64  # settled uploads forgotten together, or ...
 SETTLE_DELAY = 1.0  # ... after this many seconds (at the next upload, recovery or close)
 RECOVER_INTERVAL = 10.0  # seconds between looks for uploads counted but never put in place
@@ -615,12 +616,53 @@ class Accounting:
         out: dict[str, Usage] = {}
         with self._reconciling:
             for share in names:
-                nbytes, files = self.walk(share)
-                if nbytes or files or self._db.exists():  # nothing to say: no database yet
-                    self.set_usage_sync(share, nbytes, files)
+                for _ in range(RECONCILE_TRIES):
+                    before = self.usage(share)
+                    nbytes, files = self.walk(share)
+                    if not (nbytes or files or self._db.exists()):
+                        break  # nothing to say: no database yet
+                    # Set only if no write counted meanwhile: else its count, which the walk
+                    # may or may not have seen, would be lost; walk again.
+                    if self._set_unless_changed(share, before, nbytes, files):
+                        log.info(
+                            "space: share %s reconciled: %d bytes in %d files", share, nbytes, files
+                        )
+                        break
+                else:
+                    log.warning(
+                        "space: share %s changed during each of %d walks; its totals "
+                        "stay as counted",
+                        share,
+                        RECONCILE_TRIES,
+                    )
                 out[share] = self.usage(share)
-                log.info("space: share %s reconciled: %d bytes in %d files", share, nbytes, files)
         return out
+
+    def _set_unless_changed(self, name: str, before: Usage, nbytes: int, files: int) -> bool:
+        now = time.time()
+        if not before.updated:  # no row yet: insert it, unless a write made it meanwhile
+            try:
+                with self._db.transaction(write=True) as cur:
+                    cur.execute("SELECT 1 FROM space_usage WHERE name = ?", (name,))
+                    if cur.fetchone() is not None:
+                        return False
+                    cur.execute(
+                        "INSERT INTO space_usage (name, bytes, files, updated, reconciled) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (name, nbytes, files, now, now),
+                    )
+            except Exception:  # the same row inserted by a concurrent write
+                if self.usage(name).updated:
+                    return False
+                raise
+            return True
+        with self._db.transaction(write=True, single=True) as cur:
+            cur.execute(
+                "UPDATE space_usage SET bytes = ?, files = ?, updated = ?, reconciled = ? "
+                "WHERE name = ? AND bytes = ? AND files = ? AND updated = ?",
+                (nbytes, files, now, now, name, before.bytes, before.files, before.updated),
+            )
+            return cur.rowcount == 1
 
     async def reconcile(self, name: str | None = None) -> dict[str, Usage]:
         """Walk the share's (or every share's) paths and set the totals; the new totals."""
