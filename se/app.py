@@ -21,7 +21,6 @@ from pathlib import Path
 
 from aiohttp import hdrs, web
 
-from se import __version__
 from se.auth.cache import GrantCache
 from se.auth.clientcert import CertificateAuth
 from se.auth.delegation import DelegationStore
@@ -53,6 +52,7 @@ from se.web import health, metrics, srr, testpoints
 from se.web.access import authenticate, authorise, grant_of
 from se.web.context import CONTEXT, Context, MetricSource, context
 from se.web.error_handling import error_response, handle_errors
+from se.web.representation import SERVER
 from se.web.transferlog import COPY_FACTS, TransferLog, was_cut
 
 __all__ = ["METHODS", "create_app", "dispatch", "expect_handler", "on_prepare", "reconfigure"]
@@ -60,7 +60,6 @@ __all__ = ["METHODS", "create_app", "dispatch", "expect_handler", "on_prepare", 
 log = logging.getLogger("se")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SERVER = f"se/{__version__}"
 
 
 async def copy(request: web.Request) -> web.StreamResponse:

@@ -88,6 +88,10 @@ class ServerConfig:
     # checks to see the 503 (HAProxy: fall x inter) before the listeners close; never more
     # than drain_timeout.
     drain_min: float = 3.0
+    # Anonymous GET/HEAD of small files answered without building aiohttp's request and
+    # response (se.web.fastpath): the same answers, at a fraction of the cost.  Off only to
+    # compare the two paths.
+    lean_path: bool = True
 
 
 @dataclass(frozen=True, slots=True)

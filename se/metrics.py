@@ -43,6 +43,7 @@ __all__ = [
     "HTTP_CONNECTIONS",
     "HTTP_CONNECTIONS_OPEN",
     "HTTP_DURATION",
+    "HTTP_LEAN",
     "HTTP_RECEIVED",
     "HTTP_REQUESTS",
     "HTTP_SENT",
@@ -133,6 +134,10 @@ HTTP_SENT = _counter(
     "se_http_sent_bytes_total", "Response body bytes sent (downloads and other bodies)."
 )
 HTTP_CONNECTIONS = _counter("se_http_connections_total", "Client connections accepted.")
+HTTP_LEAN = _counter(
+    "se_http_lean_requests_total",
+    "Requests (also counted in se_http_requests_total) answered by the lean GET/HEAD path.",
+)
 HTTP_CONNECTIONS_OPEN = _gauge("se_http_connections_open", "Client connections open now.")
 
 # -- authentication --------------------------------------------------------------------------
@@ -247,8 +252,11 @@ def _reset_request_path() -> None:
 _resets.append(_reset_request_path)
 
 
-def request_done(method: str, status: int, seconds: float, received: int, sent: int) -> None:
-    """One answered request (se.web.protocol calls this once per request)."""
+def request_done(
+    method: str, status: int, seconds: float, received: int, sent: int, lean: bool = False
+) -> None:
+    """One answered request (se.web.protocol calls this once per request); ``lean``: by
+    the lean path (se.web.fastpath)."""
     if method not in KNOWN_METHODS:
         method = "other"
     pending = _pending
@@ -270,6 +278,9 @@ def request_done(method: str, status: int, seconds: float, received: int, sent: 
     if sent:
         key = HTTP_SENT._value
         pending[key] = pending.get(key, 0) + sent
+    if lean:
+        key = HTTP_LEAN._value
+        pending[key] = pending.get(key, 0) + 1
     if not _state["armed"]:
         _arm()
 

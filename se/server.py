@@ -40,20 +40,20 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing import connection as mp_connection
 from multiprocessing.process import BaseProcess
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import uvloop
 from aiohttp import web
 
 from se import metrics
-from se.accesslog import AccessLogger, RedactTokens
 from se.app import METHODS, create_app, reconfigure
 from se.auth.x509 import configure_server_context
 from se.config import Config, ConfigError, is_loopback, listener_configs, state_dir
 from se.events import reset_events
 from se.faults import reset_state
 from se.tape.service import database_path
-from se.web import health
+from se.web import accesslog, health
+from se.web.accesslog import AccessLogger, RedactTokens
 from se.web.context import CONTEXT
 from se.web.protocol import HeadBudget, SEHandler
 
@@ -156,6 +156,8 @@ class _Site(web.SockSite):
         loop = asyncio.get_running_loop()
         kwargs = server._kwargs
         max_head_bytes, head_timeout = self._head
+        ctx = cast(web.AppRunner, self._runner).app[CONTEXT]
+        lean = ctx if ctx.cfg.server.lean_path else None
 
         def handler() -> SEHandler:
             return SEHandler(
@@ -165,6 +167,7 @@ class _Site(web.SockSite):
                 max_head_bytes=max_head_bytes,
                 head_timeout=head_timeout,
                 allow=ALLOW,
+                lean=lean,
                 **kwargs,
             )
 
@@ -366,6 +369,7 @@ async def _serve(
         for result in results:
             if isinstance(result, BaseException):
                 log.error("stopping a listener failed: %r", result)
+        accesslog.flush()
 
 
 def _worker(
@@ -407,11 +411,11 @@ def bind_all(cfgs: Sequence[Config], reuse_port: bool) -> list[socket.socket]:
 
 
 def setup_logging(cfg: Config) -> None:
-    logging.basicConfig(
-        level=cfg.logging.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=cfg.logging.level.upper(), format=fmt, stream=sys.stderr)
+    # Access log lines skip logging's records and handler: the same text, written in
+    # batches (se.web.accesslog).
+    accesslog.write_directly(sys.stderr, fmt)
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}

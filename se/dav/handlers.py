@@ -8,10 +8,7 @@ and rendered by ``se.web.error_handling``.  RFC 4918 sections are cited where a 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import functools
 import logging
-import mimetypes
 import time
 
 from aiohttp import hdrs, web
@@ -47,6 +44,7 @@ from se.web.access import authorise, authorise_write, grant_of
 from se.web.body import read_body
 from se.web.context import context
 from se.web.headers import Depth, parse_depth, parse_destination, parse_overwrite
+from se.web.representation import content_type, file_headers
 
 log = logging.getLogger("se")
 
@@ -69,16 +67,6 @@ ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH
 
 def _path(request: web.Request) -> DavPath:
     return confine(request.raw_path)
-
-
-def _content_type(name: str) -> str:
-    return _content_type_of_suffix(name.rpartition(".")[2].lower() if "." in name else "")
-
-
-@functools.lru_cache(maxsize=1024)
-def _content_type_of_suffix(suffix: str) -> str:
-    ctype, _enc = mimetypes.guess_type("x." + suffix, strict=False) if suffix else (None, None)
-    return ctype or "application/octet-stream"
 
 
 def _has_body(request: web.Request) -> bool:
@@ -171,12 +159,7 @@ async def _get_file(request: web.Request, file: OpenFile | CachedFile) -> web.St
     st = file.stat
     if ctx.tape is not None and request.method == hdrs.METH_GET:
         await ctx.tape.check_readable(file.path, st.size)
-    headers: dict[str, str] = {
-        hdrs.ETAG: st.etag,
-        hdrs.LAST_MODIFIED: _http_date(st.mtime),
-        hdrs.ACCEPT_RANGES: "bytes",
-        hdrs.CONTENT_TYPE: _content_type(file.path.name),
-    }
+    headers = file_headers(st, file.path.name)
     status = _not_modified(request, st)
     if status == 412:  # an error like any other: one line of text/plain
         raise PreconditionFailed(f"{file.path}: If-Match/If-Unmodified-Since precondition failed")
@@ -216,15 +199,6 @@ def _if_range_ok(request: web.Request, st: Stat) -> bool:
     if if_range.strip().startswith(('"', "W/")):
         return if_range.strip() == st.etag
     return request.if_range is not None and int(st.mtime) <= request.if_range.timestamp()
-
-
-def _http_date(ts: float) -> str:
-    return _http_date_s(int(ts))
-
-
-@functools.lru_cache(maxsize=4096)
-def _http_date_s(ts: int) -> str:
-    return email.utils.formatdate(ts, usegmt=True)
 
 
 async def _send(
@@ -487,7 +461,7 @@ def _resource(
         mtime=st.mtime,
         ctime=st.ctime_ns / 1e9,
         etag=st.etag,
-        content_type="" if st.is_dir else _content_type(e.path.name),
+        content_type="" if st.is_dir else content_type(e.path.name),
         checksums=e.checksums,
         dead=e.dead_props,
         quota=quota if st.is_dir else None,

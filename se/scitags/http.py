@@ -4,7 +4,9 @@ PUTs.  The supplier of the data is the source: this server for a GET, the client
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +14,7 @@ from aiohttp import web
 from se.scitags.firefly import Flow
 from se.scitags.service import SciTagService
 
-__all__ = ["AcceptedFlow", "begin"]
+__all__ = ["AcceptedFlow", "begin", "begin_flow"]
 
 
 class AcceptedFlow:
@@ -37,8 +39,31 @@ def begin(
     if svc is None:
         return None
     query: Any = request.query if "scitag" in request.query_string else {}
-    tag = svc.tag_for(request.headers, query, request.path, request.method, subject)
-    transport = request.transport
+    return begin_flow(
+        svc,
+        request.headers,
+        query,
+        request.path,
+        request.method,
+        subject,
+        request.transport,
+        sending,
+    )
+
+
+def begin_flow(
+    svc: SciTagService,
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    path: str,
+    method: str,
+    subject: str,
+    transport: asyncio.BaseTransport | None,
+    sending: bool,
+) -> AcceptedFlow | None:
+    """:func:`begin` from the parts of a request (for the lean GET path, which has no
+    aiohttp request)."""
+    tag = svc.tag_for(headers, query, path, method, subject)
     if tag is None or transport is None:
         return None
     local = transport.get_extra_info("sockname")

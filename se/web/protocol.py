@@ -47,6 +47,9 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from se import metrics
+from se.web import fastpath
+from se.web.accesslog import write_line
+from se.web.context import Context
 
 __all__ = ["HeadBudget", "SEHandler"]
 
@@ -118,6 +121,9 @@ class SEHandler(RequestHandler):
         "_head_timeout",
         "_head_timer",
         "_last_payload",
+        "_lean",
+        "_lean_count",
+        "_logged",
         "_max_head_bytes",
         "_refused",
         "_sent",
@@ -132,9 +138,13 @@ class SEHandler(RequestHandler):
         max_head_bytes: int,
         head_timeout: float,
         allow: str,
+        lean: Context | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, loop=loop, **kwargs)
+        self._lean = lean  # the application's context when the lean GET path is on
+        self._lean_count = 0  # requests answered by it
+        self._logged = 0  # answers aiohttp has finished (all written)
         self._budget = budget
         self._max_head_bytes = max_head_bytes
         self._head_timeout = head_timeout
@@ -162,6 +172,7 @@ class SEHandler(RequestHandler):
     def log_access(
         self, request: BaseRequest, response: StreamResponse, time: float | None
     ) -> None:
+        self._logged += 1
         took = self._loop.time() - time if time is not None else 0.0
         sent, self._sent = self._sent, 0
         if not _BODY_HOOK:
@@ -208,11 +219,123 @@ class SEHandler(RequestHandler):
             self._new_messages(self._request_count - count)
             self.data_received(data[room:])
             return
-        super().data_received(data)
+        lean = self._lean_count
+        if self._lean is not None and self._idle():
+            self._feed(data)
+        else:
+            super().data_received(data)
         if self._request_count != count:
             self._new_messages(self._request_count - count)
+        elif self._lean_count != lean:
+            self._end_head()
         elif data:
             self._grow_head(len(data))
+
+    # -- the lean path (se.web.fastpath) ---------------------------------------------------
+    def _idle(self) -> bool:
+        """No request queued or being answered, no body or upgrade under way, and the
+        client reading what it was sent: a request parsed now may be answered at once."""
+        return (
+            self._request_count == self._logged  # aiohttp owes no answer (nor is writing one)
+            and not self._force_close
+            and not self._close
+            and self._payload_parser is None
+            and not self._upgraded
+            and self.transport is not None
+            and not self.writing_paused
+        )
+
+    def _feed(self, data: bytes) -> None:
+        """aiohttp's :meth:`data_received` for request heads, answering the leading
+        requests the lean path covers itself; the first it does not cover, and all after
+        it, are queued for aiohttp's handler as usual.
+
+        The parser stops after ``_max_msg_queue_size`` requests not yet consumed and keeps
+        the rest of the data; aiohttp feeds it again once its queue has drained.  Requests
+        answered here are consumed at once, so the rest is fed again here."""
+        parser = self._parser
+        assert parser is not None
+        ctx = self._lean
+        transport = self.transport
+        assert ctx is not None and transport is not None
+        lean = True
+        limit = self._max_msg_queue_size
+        while True:
+            try:
+                messages, upgraded, tail = parser.feed_data(data)
+            except HttpProcessingError as exc:
+                messages = [(_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD)]
+                upgraded, tail = False, b""
+            data = b""
+            done = 0
+            if lean:
+                for msg, payload in messages:
+                    if (
+                        payload is not EMPTY_PAYLOAD
+                        or not isinstance(msg, RawRequestMessage)
+                        or self.writing_paused
+                    ):
+                        break
+                    started = self._loop.time()
+                    found = fastpath.answer(ctx, msg, transport)
+                    if found is None:
+                        break
+                    transport.write(found.data)
+                    parser.message_consumed()
+                    done += 1
+                    self._lean_count += 1
+                    self._answered(msg, found, started)
+            queued = messages[done:] if done else messages
+            if queued:
+                lean = False
+                for item in queued:  # as aiohttp's data_received
+                    self._request_count += 1
+                    self._messages.append(item)
+                waiter = self._waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                if not self._buffer_paused and len(self._messages) >= limit:
+                    self._pause_reading_for_buffer()
+            if upgraded:
+                self._upgraded = True
+                if tail:
+                    self._message_tail = tail
+                return
+            if len(messages) < limit or len(self._messages) >= limit:
+                return  # nothing held back by the parser, or aiohttp feeds it when drained
+
+    def _answered(self, msg: RawRequestMessage, found: fastpath.Answer, started: float) -> None:
+        """What aiohttp does after each answer (keep-alive timer, counts, the access log)."""
+        loop = self._loop
+        now = loop.time()
+        self._next_keepalive_close_time = now + self._keepalive_timeout
+        if self._keepalive_handle is None and self._keepalive_timeout > 0:
+            self._keepalive_handle = loop.call_at(
+                self._next_keepalive_close_time, self._process_keepalive
+            )
+        manager = self._manager
+        if manager is not None:
+            manager.requests_count += 1
+        took = now - started
+        metrics.request_done(msg.method, 200, took, 0, found.sent, lean=True)
+        logger = self.access_logger
+        if self._access_on and logger is not None:
+            peer = self.peername
+            headers = msg.headers
+            write_line(
+                logger.logger,
+                str(peer[0]) if isinstance(peer, (list, tuple)) else str(peer or "-"),
+                msg.method,
+                msg.path,
+                1,
+                1,
+                200,
+                len(found.data),
+                headers.get("Referer", "-"),
+                headers.get("User-Agent", "-"),
+                "-",
+                took,
+            )
 
     # -- request heads --------------------------------------------------------------------
     def _new_messages(self, new: int) -> None:
@@ -278,7 +401,7 @@ class SEHandler(RequestHandler):
         if self._refused or self.transport is None:
             return
         if self._head_bytes == 0:
-            if self._request_count == 0:  # a connection that never sent anything
+            if self._request_count == 0 and self._lean_count == 0:  # never sent anything
                 self.force_close()
             return
         if self._request_in_progress:  # a pipelined head behind a running request

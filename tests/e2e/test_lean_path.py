@@ -1,0 +1,264 @@
+"""The lean GET/HEAD path (se.web.fastpath) answers exactly as the full path does.
+
+Two real servers share one data tree: one with the shipped default (lean path on), one
+with ``server.lean_path = false``.  Every request of a battery (what the lean path takes,
+and all it must hand over) gets the same status, header fields (but Date) and body from
+both; the lean server's metrics show that it did answer the requests it covers.  Then:
+pipelined requests mixing both paths on one connection answer in order, a client that
+does not read cannot make the server buffer without bound, and the access log has one
+line per request in the same form from either path.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support import SEProcess
+
+ACCESS_ON = '[logging]\naccess_log = true\nlevel = "info"\n'
+LEAN_OFF = "[server]\nlean_path = false\n"
+
+SMALL = os.urandom(4096)
+BIG = os.urandom(65536 + 1)  # one byte above storage.inline_read_max
+
+
+def _tree(root: Path) -> None:
+    root.mkdir()
+    (root / "small.bin").write_bytes(SMALL)
+    (root / "big.bin").write_bytes(BIG)
+    (root / "with space.txt").write_bytes(b"spaced\n")
+    (root / "page.html").write_bytes(b"<p>hi</p>\n")
+    (root / "empty").write_bytes(b"")
+    (root / "dir").mkdir()
+    (root / "dir" / "inner.dat").write_bytes(b"inner")
+    os.mkfifo(root / "fifo")
+    os.symlink("/etc/hostname", root / "escape")
+    os.symlink("small.bin", root / "link.bin")
+
+
+@pytest.fixture
+def pair(se_factory: Callable[..., SEProcess], tmp_path: Path) -> tuple[SEProcess, SEProcess]:
+    root = tmp_path / "tree"
+    _tree(root)
+    lean = se_factory(config=ACCESS_ON, root=root)
+    full = se_factory(config=ACCESS_ON + LEAN_OFF, root=root)
+    return lean, full
+
+
+def _ask(
+    srv: SEProcess, method: str, target: str, headers: dict[str, str]
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        resp = conn.getresponse()
+        body = resp.read()
+        fields = [(k, v) for k, v in resp.getheaders() if k.lower() != "date"]
+        return resp.status, fields, body
+    finally:
+        conn.close()
+
+
+ETAG_OF_SMALL = "etag-of-small"  # replaced by the real one in the test
+CASES: list[tuple[str, str, dict[str, str]]] = [
+    ("GET", "/small.bin", {}),
+    ("HEAD", "/small.bin", {}),
+    ("GET", "/small.bin", {"User-Agent": 'agent "quoted"', "Referer": "http://x/"}),
+    ("GET", "/with%20space.txt", {}),
+    ("HEAD", "/with%20space.txt", {}),
+    ("GET", "/page.html", {}),
+    ("GET", "/empty", {}),
+    ("HEAD", "/empty", {}),
+    ("GET", "/link.bin", {}),
+    ("GET", "//small.bin", {}),
+    ("GET", "/dir/../small.bin", {}),
+    ("GET", "/big.bin", {}),
+    ("HEAD", "/big.bin", {}),
+    ("GET", "/dir", {}),
+    ("GET", "/dir/", {}),
+    ("HEAD", "/dir", {}),
+    ("GET", "/missing", {}),
+    ("HEAD", "/missing", {}),
+    ("GET", "/fifo", {}),
+    ("HEAD", "/fifo", {}),
+    ("GET", "/escape", {}),
+    ("GET", "/.se-state/macaroon.secret", {}),
+    ("GET", "/.well-known/wlcg-tape-rest-api", {}),
+    ("GET", "/small.bin?x=1", {}),
+    ("GET", "/small.bin", {"Range": "bytes=0-9"}),
+    ("GET", "/small.bin", {"If-None-Match": ETAG_OF_SMALL}),
+    ("GET", "/small.bin", {"If-Match": '"nope"'}),
+    ("GET", "/small.bin", {"Want-Digest": "adler32"}),
+    ("HEAD", "/small.bin", {"Want-Digest": "md5"}),
+    ("GET", "/small.bin", {"Authorization": "Bearer not-a-token"}),
+    ("GET", "/small.bin", {"Connection": "close"}),
+    ("GET", "/small.bin#frag", {}),
+    ("GET", "/%ZZ", {}),
+]
+LEAN_CASES = 11  # the first eleven are what the lean path answers itself
+
+
+def test_every_answer_is_the_full_paths(pair: tuple[SEProcess, SEProcess]) -> None:
+    lean, full = pair
+    etag = dict(_ask(full, "HEAD", "/small.bin", {})[1])["Etag"]
+    for method, target, headers in CASES:
+        headers = {k: (etag if v == ETAG_OF_SMALL else v) for k, v in headers.items()}
+        got = _ask(lean, method, target, headers)
+        want = _ask(full, method, target, headers)
+        assert got == want, (method, target, headers)
+    # The lean server did answer the ones it covers (and the other never did).
+    assert _lean_count(lean) == LEAN_CASES
+    assert _lean_count(full) == 0
+
+
+def _lean_count(srv: SEProcess) -> float:
+    text = _ask(srv, "GET", "/.well-known/se/metrics", {})[2].decode()
+    m = re.search(r"^se_http_lean_requests_total (\S+)$", text, re.M)
+    assert m is not None, text[:2000]
+    return float(m.group(1))
+
+
+def _read_answers(
+    sock: socket.socket, count: int, heads: list[bool], timeout: float
+) -> list[tuple[int, bytes]]:
+    """``count`` answers from a raw socket (heads[i]: the i-th was a HEAD)."""
+    sock.settimeout(timeout)
+    buf = b""
+    out: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count:
+        assert time.monotonic() < deadline, f"only {len(out)} of {count} answers"
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"closed after {len(out)} of {count} answers"
+            buf += chunk
+            continue
+        head = buf[:end].decode("latin-1")
+        status = int(head.split(" ", 2)[1])
+        m = re.search(r"(?im)^content-length: *(\d+)", head)
+        length = 0 if heads[len(out)] or m is None else int(m.group(1))
+        while len(buf) < end + 4 + length:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "closed inside a body"
+            buf += chunk
+        out.append((status, buf[end + 4 : end + 4 + length]))
+        buf = buf[end + 4 + length :]
+    return out
+
+
+def test_pipelined_requests_of_both_paths_answer_in_order(
+    pair: tuple[SEProcess, SEProcess],
+) -> None:
+    lean, _full = pair
+    get = b"GET /small.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+    put = b"PUT /dir/new.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    seq = [
+        (get, False),
+        (put, False),
+        (get, False),
+        (b"HEAD /missing HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"GET /dir/new.bin HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"HEAD /small.bin HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (get, False),
+    ]
+    with socket.create_connection(("127.0.0.1", lean.port)) as sock:
+        # All at once, then again one byte at a time.
+        sock.sendall(b"".join(r for r, _ in seq))
+        first = _read_answers(sock, len(seq), [h for _, h in seq], 10)
+        for request, _ in seq:
+            for i in range(len(request)):
+                sock.sendall(request[i : i + 1])
+        second = _read_answers(sock, len(seq), [h for _, h in seq], 10)
+    for answers in (first, second):
+        assert [s for s, _ in answers] == [200, 201 if answers is first else 204, 200, 404, 200,
+                                          200, 200]  # fmt: skip
+        assert answers[0][1] == answers[2][1] == answers[6][1] == SMALL
+        assert answers[4][1] == b"hello"
+        assert answers[5][1] == b""
+
+
+def _rss_kib(pid: int) -> int:
+    total = 0
+    for child in [pid, *_children(pid)]:
+        with open(f"/proc/{child}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def test_a_client_that_does_not_read_cannot_grow_the_server(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    body = os.urandom(60000)  # below inline_read_max: answered by the lean path
+    (root / "f").write_bytes(body)
+    srv = se_factory(root=root)
+    count = 3000  # 180 MB of answers
+    request = b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"
+    before = _rss_kib(srv.proc.pid)
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.settimeout(10)
+        sent = 0
+        sock.setblocking(False)
+        deadline = time.monotonic() + 5
+        data = request * count
+        while sent < len(data) and time.monotonic() < deadline:
+            try:
+                sent += sock.send(data[sent : sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.01)
+        time.sleep(1.0)
+        grown = _rss_kib(srv.proc.pid) - before
+        # The answers wait in the kernel and in bounded buffers, not in the server.
+        assert grown < 60 * 1024, f"server grew by {grown} KiB"
+        sock.setblocking(True)
+        asked = sent // len(request)
+        answers = _read_answers(sock, asked, [False] * asked, 60)
+    assert all(s == 200 and b == body for s, b in answers)
+
+
+def test_access_log_lines_are_alike_and_none_is_lost(
+    pair: tuple[SEProcess, SEProcess],
+) -> None:
+    lean, full = pair
+    n = 400
+    for srv in (lean, full):
+        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+            req = b"GET /small.bin HTTP/1.1\r\nHost: x\r\nUser-Agent: t/1\r\n\r\n"
+            sock.sendall(req * n)
+            assert len(_read_answers(sock, n, [False] * n, 30)) == n
+    lines = {}
+    for srv in (lean, full):
+        srv.stop()
+        assert srv.stderr_path is not None
+        text = srv.stderr_path.read_text()
+        got = [ln for ln in text.splitlines() if '"GET /small.bin HTTP/1.1"' in ln]
+        assert len(got) == n
+        # Without the time stamps and the duration.
+        lines[srv.url] = {re.sub(r"^\S+ \S+ (.*) \[[^]]*\] (.*) \d+$", r"\1 \2", ln) for ln in got}
+    assert lines[lean.url] == lines[full.url]
+    assert len(lines[lean.url]) == 1
+    assert next(iter(lines[lean.url])).endswith('200 4338 "-" "t/1" "-"')
