@@ -48,7 +48,7 @@ from se.tpc import delegation
 from se.tpc.handler import third_party_copy
 from se.tpc.request import parse_copy
 from se.tpc.service import TPC_SERVICE, TPCService
-from se.web import health, metrics, srr, testpoints
+from se.web import fastpath, health, metrics, srr, testpoints
 from se.web.access import authenticate, authorise, grant_of
 from se.web.context import CONTEXT, Context, MetricSource, context
 from se.web.error_handling import error_response, handle_errors
@@ -257,6 +257,14 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
         transfers=transfers,
     )
     app[_RETIRED] = []
+    app[fastpath.LEAN] = fastpath.Lean(
+        ctx,
+        {
+            "GET": fastpath.answer_get,
+            "HEAD": fastpath.answer_get,
+            "PROPFIND": handlers.lean_propfind,
+        },
+    )
     app[TPC_SERVICE] = tpc
     if tape is not None:
         app[tape_http.TAPE_SERVICE] = tape

@@ -55,6 +55,7 @@ from se.tape.service import database_path
 from se.web import accesslog, health
 from se.web.accesslog import AccessLogger, RedactTokens
 from se.web.context import CONTEXT
+from se.web.fastpath import LEAN
 from se.web.protocol import HeadBudget, SEHandler
 
 __all__ = ["Endpoint", "check_startup", "plan", "run", "serve_url"]
@@ -156,8 +157,8 @@ class _Site(web.SockSite):
         loop = asyncio.get_running_loop()
         kwargs = server._kwargs
         max_head_bytes, head_timeout = self._head
-        ctx = cast(web.AppRunner, self._runner).app[CONTEXT]
-        lean = ctx if ctx.cfg.server.lean_path else None
+        app = cast(web.AppRunner, self._runner).app
+        lean = app[LEAN] if app[CONTEXT].cfg.server.lean_path else None
 
         def handler() -> SEHandler:
             return SEHandler(

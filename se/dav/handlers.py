@@ -12,8 +12,9 @@ import logging
 import time
 
 from aiohttp import hdrs, web
+from aiohttp.http_parser import RawRequestMessage
 
-from se.auth.policy import Op
+from se.auth.policy import Op, require
 from se.dav import listing, propfind
 from se.dav.body import receive_body, send_file_range, send_with_faults, write_file_range
 from se.dav.ranges import (
@@ -32,6 +33,7 @@ from se.errors import (
     NotFound,
     PayloadTooLarge,
     PreconditionFailed,
+    SEError,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -39,10 +41,10 @@ from se.scitags import http as scitags_http
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
 from se.storage.types import CachedFile, DirEntry, Identity, OpenFile, Stat
-from se.web import testpoints, transferlog
+from se.web import fastpath, testpoints, transferlog
 from se.web.access import authorise, authorise_write, grant_of
 from se.web.body import read_body
-from se.web.context import context
+from se.web.context import Context, context
 from se.web.headers import Depth, parse_depth, parse_destination, parse_overwrite
 from se.web.representation import content_type, file_headers
 
@@ -441,7 +443,10 @@ def _authorise_rename(request: web.Request, src: DavPath, dst: DavPath) -> None:
 
 # -- PROPFIND / PROPPATCH ---------------------------------------------------------------
 def _href(request: web.Request, path: DavPath, collection: bool) -> str:
-    base = f"{request.scheme}://{request.host}"
+    return _href_at(f"{request.scheme}://{request.host}", path, collection)
+
+
+def _href_at(base: str, path: DavPath, collection: bool) -> str:
     # path.url() keeps '&' (RFC 3986 sub-delim): escape the whole href for XML.
     return propfind.xml_escape(base + path.url(collection))
 
@@ -452,9 +457,18 @@ def _resource(
     quota: tuple[int, int] | None,
     localities: dict[str, str] | None = None,
 ) -> propfind.Resource:
+    return _resource_at(f"{request.scheme}://{request.host}", e, quota, localities)
+
+
+def _resource_at(
+    base: str,
+    e: DirEntry,
+    quota: tuple[int, int] | None,
+    localities: dict[str, str] | None = None,
+) -> propfind.Resource:
     st = e.stat
     return propfind.Resource(
-        href=_href(request, e.path, st.is_dir),
+        href=_href_at(base, e.path, st.is_dir),
         name=e.path.name or "/",
         is_dir=st.is_dir,
         size=st.size,
@@ -482,6 +496,42 @@ async def _localities(request: web.Request, entries: list[DirEntry]) -> dict[str
 LISTING_CACHE_MIN_ENTRIES = 32
 _JOIN_BELOW = 64 * 1024  # bytes of listing below which a multistatus is sent joined
 _PLAIN_LIVE = frozenset(n for n in propfind.LIVE if n != (propfind.DCACHE, "Checksums"))
+
+
+def lean_propfind(
+    ctx: Context, msg: RawRequestMessage, body: bytes, transport: asyncio.BaseTransport
+) -> fastpath.Answer | None:
+    """PROPFIND Depth 0 of a file, for the lean path (se.web.fastpath): what
+    :func:`propfind_handler` answers, or None when it asks for more (quota, checksums,
+    locality, a collection, a body over webdav.max_xml_body, anything refused)."""
+    path = fastpath.target(ctx, msg, transport, body=True)
+    if path is None or len(body) > ctx.cfg.webdav.max_xml_body:
+        return None
+    headers = msg.headers
+    host = headers.get(hdrs.HOST)
+    if host is None:
+        return None
+    try:
+        if parse_depth(headers.get("Depth"), Depth.INFINITY) is not Depth.ZERO:
+            return None
+        require(Op.STAT, path, ctx.anonymous, None, ctx.public)
+        req = propfind.parse_propfind(body)
+        if req.kind == "prop" and (
+            (propfind.DCACHE, "Checksums") in req.names
+            or propfind.FILE_LOCALITY in req.names
+            or any(n[1].startswith("quota-") for n in req.names)
+        ):
+            return None
+        entry = ctx.backend.entry(path, req.kind != "prop" or not set(req.names) <= _PLAIN_LIVE)
+    except SEError:
+        return None
+    if entry is None or entry.stat.is_dir:
+        return None
+    scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+    resource = _resource_at(f"{scheme}://{host}", entry, None)
+    data = propfind.wrap_multistatus(propfind.render_responses([resource], req))
+    fields = {"Content-Type": "application/xml; charset=utf-8"}
+    return fastpath.Answer(fastpath.head(207, fields, len(data)) + data, len(data), 207)
 
 
 async def propfind_handler(request: web.Request) -> web.StreamResponse:

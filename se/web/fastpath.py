@@ -6,10 +6,13 @@ request straight from aiohttp's parsed message (the same parser, so the same lim
 the same reading of every byte): the same checks and the same answer as the full path
 (se.app.dispatch -> se.dav.handlers.get), with the headers of
 :mod:`se.web.representation`.  The connection handler (se.web.protocol) writes the
-answer, counts it in the metrics and writes its access log line.
+answer, counts it in the metrics and writes its access log line.  PROPFIND Depth 0 of a
+file is answered the same way by se.dav.handlers.lean_propfind (the application gives
+the handler its :class:`Lean`, with the answerer of each method).
 
 Whatever the lean path does not cover is left to the full path, which answers it as
-always: another method; a request with a body, credentials (``Authorization``, a query
+always: another method; a request with a body (but a PROPFIND's, whole in the segments
+read so far), credentials (``Authorization``, a query
 string, a client certificate where certificates are asked for), conditions, ranges or
 digests wanted; paths below ``/.well-known`` and the SRR path; anything refused or not
 found; a collection; a file above ``storage.inline_read_max`` that is not in the
@@ -20,7 +23,9 @@ Nothing is written before that decision, so handing over costs one lookup.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
+from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import HttpVersion11
 from aiohttp.http_parser import RawRequestMessage
@@ -28,12 +33,12 @@ from aiohttp.http_parser import RawRequestMessage
 from se.auth.policy import Op, require
 from se.errors import SEError
 from se.scitags.http import begin_flow
-from se.storage.paths import confine
+from se.storage.paths import DavPath, confine
 from se.storage.types import CachedFile, Stat
 from se.web.context import Context
 from se.web.representation import SERVER, file_headers
 
-__all__ = ["Answer", "answer"]
+__all__ = ["LEAN", "Answer", "Answerer", "Lean", "answer_get", "head", "target"]
 
 # Request fields that ask for more than the lean path does (lower case, as bytes).
 _HANDED_OVER = frozenset(
@@ -53,28 +58,46 @@ _HANDED_OVER = frozenset(
         b"upgrade",
     )
 )
+# ... of a request that has a body (PROPFIND): it may say how long that is.
+_HANDED_OVER_WITH_BODY = _HANDED_OVER - {b"content-length"}
 _TAIL = f"\r\nServer: {SERVER}\r\n\r\n".encode()
 
 
 class Answer:
     """A whole answer, ready to write, and what the metrics and the access log need."""
 
-    __slots__ = ("data", "sent")
+    __slots__ = ("data", "sent", "status")
 
-    def __init__(self, data: bytes, sent: int) -> None:
+    def __init__(self, data: bytes, sent: int, status: int = 200) -> None:
         self.data = data  # status line, head and body
         self.sent = sent  # bytes of the body
+        self.status = status
 
 
-def answer(ctx: Context, msg: RawRequestMessage, transport: asyncio.BaseTransport) -> Answer | None:
-    """The answer to ``msg`` if the lean path covers it, else None (nothing was done)."""
-    method = msg.method
-    if method == "GET":
-        op = Op.READ
-    elif method == "HEAD":
-        op = Op.STAT
-    else:
-        return None
+# An answerer: the answer to a request (its parsed message and its whole body, b"" if
+# none), or None to leave it to the full path.
+Answerer = Callable[[Context, RawRequestMessage, bytes, asyncio.BaseTransport], "Answer | None"]
+
+
+class Lean:
+    """What the connection handler needs for the lean path: the application's context and
+    the answerer of each method it covers."""
+
+    __slots__ = ("answerers", "ctx")
+
+    def __init__(self, ctx: Context, answerers: dict[str, Answerer]) -> None:
+        self.ctx = ctx
+        self.answerers = answerers
+
+
+LEAN: web.AppKey[Lean] = web.AppKey("se_lean", Lean)
+
+
+def target(
+    ctx: Context, msg: RawRequestMessage, transport: asyncio.BaseTransport, body: bool = False
+) -> DavPath | None:
+    """The path of a request the lean path may answer, or None: the checks every lean
+    answerer makes first (``body``: the request has one, and may say how long it is)."""
     if msg.version != HttpVersion11 or msg.should_close or msg.upgrade or msg.chunked:
         return None
     if (
@@ -87,19 +110,36 @@ def answer(ctx: Context, msg: RawRequestMessage, transport: asyncio.BaseTranspor
     raw_path = msg.path
     if "?" in raw_path:
         return None
+    handed_over = _HANDED_OVER_WITH_BODY if body else _HANDED_OVER
     for name, _value in msg.raw_headers:
-        if name.lower() in _HANDED_OVER:
+        if name.lower() in handed_over:
             return None
     if ctx.certificates is not None and transport.get_extra_info("sslcontext") is not None:
         return None
-    backend = ctx.backend
     try:
         path = confine(raw_path)
-        if path.segments and path.segments[0] == ".well-known":
-            return None
-        srr_path = ctx.cfg.space.srr_path
-        if srr_path and str(path) == srr_path:
-            return None
+    except SEError:
+        return None
+    if path.segments and path.segments[0] == ".well-known":
+        return None
+    srr_path = ctx.cfg.space.srr_path
+    if srr_path and str(path) == srr_path:
+        return None
+    return path
+
+
+def answer_get(
+    ctx: Context, msg: RawRequestMessage, body: bytes, transport: asyncio.BaseTransport
+) -> Answer | None:
+    """GET and HEAD of a file (se.dav.handlers.get for the full path)."""
+    if body:
+        return None
+    path = target(ctx, msg, transport)
+    if path is None:
+        return None
+    op = Op.STAT if msg.method == "HEAD" else Op.READ
+    backend = ctx.backend
+    try:
         require(op, path, ctx.anonymous, None, ctx.public)
         opened = backend.open_read(path)
     except SEError:
@@ -108,27 +148,32 @@ def answer(ctx: Context, msg: RawRequestMessage, transport: asyncio.BaseTranspor
         return None
     try:
         st = opened.stat
+        fields = file_headers(st, opened.path.name)
         if op is Op.STAT:
-            return Answer(_head(st, opened.path.name, st.size), 0)
+            return Answer(head(200, fields, st.size), 0)
         if st.size > backend.inline_read_max and not isinstance(opened, CachedFile):
             return None
         svc = ctx.scitags
         flow = None
         if svc is not None:
-            flow = begin_flow(svc, msg.headers, {}, str(path), method, "", transport, sending=True)
-        body = backend.read_small(opened, 0, st.size)
+            flow = begin_flow(svc, msg.headers, {}, str(path), "GET", "", transport, sending=True)
+        data = backend.read_small(opened, 0, st.size)
         if flow is not None:
-            flow.end(len(body))
-        return Answer(_head(st, opened.path.name, len(body)) + body, len(body))
+            flow.end(len(data))
+        return Answer(head(200, fields, len(data)) + data, len(data))
     finally:
         opened.close()
 
 
-def _head(st: Stat, name: str, length: int) -> bytes:
-    """The status line and head of a 200 answer, as aiohttp writes them."""
-    fields = "".join(f"{k}: {v}\r\n" for k, v in file_headers(st, name).items())
+_REASONS = {200: "OK", 207: "Multi-Status"}
+
+
+def head(status: int, fields: dict[str, str], length: int) -> bytes:
+    """The status line and head of an answer, as aiohttp writes them: ``fields``, then
+    Content-Length, Date and Server."""
+    text = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
     return (
-        f"HTTP/1.1 200 OK\r\n{fields}Content-Length: {length}\r\n"
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\n{text}Content-Length: {length}\r\n"
         f"Date: {rfc822_formatted_time()}".encode()
         + _TAIL
     )

@@ -49,7 +49,6 @@ from aiohttp.web_response import StreamResponse
 from se import metrics
 from se.web import fastpath
 from se.web.accesslog import write_line
-from se.web.context import Context
 
 __all__ = ["HeadBudget", "SEHandler"]
 
@@ -138,11 +137,11 @@ class SEHandler(RequestHandler):
         max_head_bytes: int,
         head_timeout: float,
         allow: str,
-        lean: Context | None = None,
+        lean: fastpath.Lean | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, loop=loop, **kwargs)
-        self._lean = lean  # the application's context when the lean GET path is on
+        self._lean = lean  # when the lean path (se.web.fastpath) is on
         self._lean_count = 0  # requests answered by it
         self._logged = 0  # answers aiohttp has finished (all written)
         self._budget = budget
@@ -255,9 +254,10 @@ class SEHandler(RequestHandler):
         answered here are consumed at once, so the rest is fed again here."""
         parser = self._parser
         assert parser is not None
-        ctx = self._lean
+        lean_path = self._lean
         transport = self.transport
-        assert ctx is not None and transport is not None
+        assert lean_path is not None and transport is not None
+        ctx, answerers = lean_path.ctx, lean_path.answerers
         lean = True
         limit = self._max_msg_queue_size
         while True:
@@ -270,21 +270,28 @@ class SEHandler(RequestHandler):
             done = 0
             if lean:
                 for msg, payload in messages:
-                    if (
-                        payload is not EMPTY_PAYLOAD
-                        or not isinstance(msg, RawRequestMessage)
-                        or self.writing_paused
-                    ):
+                    if not isinstance(msg, RawRequestMessage) or self.writing_paused:
                         break
+                    answerer = answerers.get(msg.method)
+                    if answerer is None:
+                        break
+                    body = b""
+                    if payload is not EMPTY_PAYLOAD:
+                        if not payload.is_eof() or payload.exception() is not None:
+                            break  # (still coming: the full path reads it)
+                        body = payload.read_nowait(-1)
                     started = self._loop.time()
-                    found = fastpath.answer(ctx, msg, transport)
+                    found = answerer(ctx, msg, body, transport)
                     if found is None:
+                        if body:  # what the full path reads instead
+                            messages = [*messages]
+                            messages[done] = (msg, self._whole_body(body))
                         break
                     transport.write(found.data)
                     parser.message_consumed()
                     done += 1
                     self._lean_count += 1
-                    self._answered(msg, found, started)
+                    self._answered(msg, found, started, len(body))
             queued = messages[done:] if done else messages
             if queued:
                 lean = False
@@ -304,7 +311,16 @@ class SEHandler(RequestHandler):
             if len(messages) < limit or len(self._messages) >= limit:
                 return  # nothing held back by the parser, or aiohttp feeds it when drained
 
-    def _answered(self, msg: RawRequestMessage, found: fastpath.Answer, started: float) -> None:
+    def _whole_body(self, body: bytes) -> StreamReader:
+        """A request body, all received, as the full path reads it."""
+        reader = StreamReader(self, 2**16, loop=self._loop)
+        reader.feed_data(body)
+        reader.feed_eof()
+        return reader
+
+    def _answered(
+        self, msg: RawRequestMessage, found: fastpath.Answer, started: float, received: int
+    ) -> None:
         """What aiohttp does after each answer (keep-alive timer, counts, the access log)."""
         loop = self._loop
         now = loop.time()
@@ -317,7 +333,7 @@ class SEHandler(RequestHandler):
         if manager is not None:
             manager.requests_count += 1
         took = now - started
-        metrics.request_done(msg.method, 200, took, 0, found.sent, lean=True)
+        metrics.request_done(msg.method, found.status, took, received, found.sent, lean=True)
         logger = self.access_logger
         if self._access_on and logger is not None:
             peer = self.peername
@@ -329,7 +345,7 @@ class SEHandler(RequestHandler):
                 msg.path,
                 1,
                 1,
-                200,
+                found.status,
                 len(found.data),
                 headers.get("Referer", "-"),
                 headers.get("User-Agent", "-"),

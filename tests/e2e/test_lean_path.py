@@ -54,14 +54,17 @@ def pair(se_factory: Callable[..., SEProcess], tmp_path: Path) -> tuple[SEProces
 
 
 def _ask(
-    srv: SEProcess, method: str, target: str, headers: dict[str, str]
+    srv: SEProcess, method: str, target: str, headers: dict[str, str], body: bytes = b""
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
     try:
-        conn.putrequest(method, target, skip_accept_encoding=True)
-        for k, v in headers.items():
+        # One Host for both servers: it is in the hrefs of PROPFIND answers.
+        conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        for k, v in {"Host": "se.example:1094", **headers}.items():
             conn.putheader(k, v)
-        conn.endheaders()
+        if body:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body or None)
         resp = conn.getresponse()
         body = resp.read()
         fields = [(k, v) for k, v in resp.getheaders() if k.lower() != "date"]
@@ -71,10 +74,32 @@ def _ask(
 
 
 ETAG_OF_SMALL = "etag-of-small"  # replaced by the real one in the test
-CASES: list[tuple[str, str, dict[str, str]]] = [
+ALLPROP = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
+PROPNAME = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:propname/></D:propfind>'
+# What davix asks for in a stat (gfal-stat, FTS).
+DAVIX_PROPS = (
+    b'<?xml version="1.0" encoding="utf-8" ?><D:propfind xmlns:D="DAV:"><D:prop>'
+    b"<D:getlastmodified/><D:getcontentlength/><D:resourcetype/><D:quota-used-bytes/>"
+    b"</D:prop></D:propfind>"
+)
+PLAIN_PROPS = (
+    b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:getcontentlength/>'
+    b"<D:getetag/><D:creationdate/><D:displayname/><D:getcontenttype/><D:nothing-like-it/>"
+    b"</D:prop></D:propfind>"
+)
+CHECKSUMS = (
+    b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:d="http://www.dcache.org/2013/'
+    b'webdav"><D:prop><d:Checksums/></D:prop></D:propfind>'
+)
+CASES: list[tuple[str, str, dict[str, str]] | tuple[str, str, dict[str, str], bytes]] = [
     ("GET", "/small.bin", {}),
     ("HEAD", "/small.bin", {}),
     ("GET", "/small.bin", {"User-Agent": 'agent "quoted"', "Referer": "http://x/"}),
+    ("PROPFIND", "/small.bin", {"Depth": "0"}),
+    ("PROPFIND", "/small.bin", {"Depth": "0"}, ALLPROP),
+    ("PROPFIND", "/with%20space.txt", {"Depth": "0"}, PROPNAME),
+    ("PROPFIND", "/small.bin", {"Depth": "0", "Host": "a&b<c>:1"}, PLAIN_PROPS),
+    ("PROPFIND", "/page.html", {"Depth": " 0 ", "Content-Type": "text/xml"}, PLAIN_PROPS),
     ("GET", "/with%20space.txt", {}),
     ("HEAD", "/with%20space.txt", {}),
     ("GET", "/page.html", {}),
@@ -105,17 +130,32 @@ CASES: list[tuple[str, str, dict[str, str]]] = [
     ("GET", "/small.bin", {"Connection": "close"}),
     ("GET", "/small.bin#frag", {}),
     ("GET", "/%ZZ", {}),
+    ("PROPFIND", "/small.bin", {"Depth": "0"}, DAVIX_PROPS),
+    ("PROPFIND", "/small.bin", {"Depth": "0"}, CHECKSUMS),
+    ("PROPFIND", "/small.bin", {"Depth": "1"}),
+    ("PROPFIND", "/small.bin", {}),
+    ("PROPFIND", "/small.bin", {"Depth": "zero"}),
+    ("PROPFIND", "/small.bin", {"Depth": "0"}, b"<not-xml"),
+    ("PROPFIND", "/small.bin", {"Depth": "0"}, b"<?xml version='1.0'?><D:x xmlns:D='DAV:'/>"),
+    ("PROPFIND", "/dir", {"Depth": "0"}),
+    ("PROPFIND", "/missing", {"Depth": "0"}),
+    ("PROPFIND", "/fifo", {"Depth": "0"}),
+    ("PROPFIND", "/small.bin", {"Depth": "0", "Authorization": "Bearer x"}),
+    ("PROPFIND", "/small.bin?authz=x", {"Depth": "0"}),
+    ("PROPFIND", "/small.bin", {"Depth": "0"}, b" " * 70000),
 ]
-LEAN_CASES = 11  # the first eleven are what the lean path answers itself
+LEAN_CASES = 16  # the first sixteen are what the lean path answers itself
 
 
 def test_every_answer_is_the_full_paths(pair: tuple[SEProcess, SEProcess]) -> None:
     lean, full = pair
     etag = dict(_ask(full, "HEAD", "/small.bin", {})[1])["Etag"]
-    for method, target, headers in CASES:
+    for case in CASES:
+        method, target, headers = case[:3]
+        body = case[3] if len(case) == 4 else b""
         headers = {k: (etag if v == ETAG_OF_SMALL else v) for k, v in headers.items()}
-        got = _ask(lean, method, target, headers)
-        want = _ask(full, method, target, headers)
+        got = _ask(lean, method, target, headers, body)
+        want = _ask(full, method, target, headers, body)
         assert got == want, (method, target, headers)
     # The lean server did answer the ones it covers (and the other never did).
     assert _lean_count(lean) == LEAN_CASES
