@@ -54,7 +54,9 @@ BIG_TIMEOUT = 300.0  # per curl transfer of 1 GiB (or 4 GiB in total)
 WRK_SLACK = 30.0  # extra seconds a wrk process may take beyond its -d duration
 PROPFIND_DURATION = 5  # seconds of back-to-back PROPFINDs on one connection
 
-SE_READY_RE = re.compile(r"se: serving (?P<root>.+?) at (?P<url>http://127\.0\.0\.1:(?P<port>\d+))")
+SE_READY_RE = re.compile(
+    r"se: serving (?P<root>.+?) at (?P<url>https?://127\.0\.0\.1:(?P<port>\d+))"
+)
 RESPONSE_RE = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?response[\s>]")
 
 
@@ -240,29 +242,43 @@ def _pump(stream: IO[bytes], sink: Path, lines: "queue.Queue[str]") -> None:
 
 
 def start_se(
-    base: Path, data: Path, workers: int, python: str, config: Path | None = None
+    base: Path,
+    data: Path,
+    workers: int,
+    python: str,
+    config: Path | None = None,
+    *,
+    config_text: str | None = None,
+    tree: Path = REPO_ROOT,
 ) -> Server:
+    """Start ``python -m se serve`` from the source ``tree``; its files go to ``base/se``.
+
+    The configuration is ``config_text`` if given ("" = no ``--config`` at all, the shipped
+    defaults), else the file ``config``, else ``[logging] access_log = false``."""
     sedir = base / "se"
     sedir.mkdir(parents=True, exist_ok=True)
-    cfg = sedir / "config.toml"
-    cfg.write_text(config.read_text() if config else "[logging]\naccess_log = false\n")
+    if config_text is None:
+        config_text = config.read_text() if config else "[logging]\naccess_log = false\n"
     out_log = sedir / "stdout.log"
     err_log = sedir / "stderr.log"
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH", "")) if p)
     cmd = [
         python, "-m", "se", "serve",
         "--root", str(data),
         "--host", HOST,
         "--port", "0",
         "--workers", str(workers),
-        "--config", str(cfg),
     ]  # fmt: skip
+    if config_text:
+        cfg = sedir / "config.toml"
+        cfg.write_text(config_text)
+        cmd += ["--config", str(cfg)]
     log("starting se: " + " ".join(cmd))
     with err_log.open("wb") as err:
         proc = subprocess.Popen(
             cmd,
-            cwd=REPO_ROOT,
+            cwd=tree,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
