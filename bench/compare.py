@@ -1026,8 +1026,8 @@ def header(args: argparse.Namespace, started: str, data_dir: str) -> dict[str, s
         "se": se_version(args),
         "xrootd": tool_version(["xrootd", "-v"]),
         "nginx": tool_version(["nginx", "-v"]),
-        "wrk": tool_version(["wrk", "--version"]),
-        "curl": tool_version(["curl", "--version"]),
+        "wrk": tool_version(["wrk", "--version"]).split(" Copyright")[0],
+        "curl": " ".join(tool_version(["curl", "--version"]).split()[:2]),
         "data": data_dir,
         "setup": (
             f"se --workers {args.workers} (shipped defaults unless a row says otherwise), "
