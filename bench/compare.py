@@ -212,6 +212,7 @@ class Samples:
     values: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     raw: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each row
 
     def add(self, key: str, server: str, value: float | None, **extra: Any) -> None:
         self.values.setdefault(key, {}).setdefault(server, []).append(value)
@@ -1162,6 +1163,7 @@ def report(
         "samples": ctx_samples.values,
         "runs": ctx_samples.raw,
         "notes": ctx_samples.notes,
+        "row_seconds": ctx_samples.seconds,
         "errors": errs,
         "log_findings": findings,
     }
@@ -1196,6 +1198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     head = header(args, now.strftime("%Y-%m-%d %H:%M UTC"), f"{data_dir} ({fs})")
     log("\n".join(f"{k}: {v}" for k, v in head.items()))
     samples = Samples()
+    t0 = time.monotonic()
     lines = active_lines(args.rows, args.tpc_count)
     status = 0
     ctx: Ctx | None = None
@@ -1216,8 +1219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ctx.start(name)
                     warm_page_cache(src / BIG_NAME)
                     for row in args.rows:
-                        log(f"\n== {row}")
+                        log(f"\n== {row} ({time.monotonic() - t0:.0f} s since the start)")
+                        began = time.monotonic()
                         ROW_FUNCS[row](ctx)
+                        samples.seconds[row] = round(time.monotonic() - began, 1)
                         for name, srv in ctx.servers.items():
                             if not srv.alive():
                                 srv.error(f"{name} is no longer running")
@@ -1235,6 +1240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ctx is not None:
         errors = {k: v for k, v in ctx.errors.items() if v}
         report(samples, lines, head, out, errors, ctx.findings)
+    spent = ", ".join(f"{row} {sec:.0f}" for row, sec in samples.seconds.items())
+    log(f"took {time.monotonic() - t0:.0f} s (rows, s: {spent or '-'})")
     return status
 
 
