@@ -377,21 +377,72 @@ class Accounting:
         if len(items) == 1 and self._admit_one(*items[0], now, pending, ino):
             return
         with self._db.transaction(write=True) as cur:
-            for name, nbytes, files in items:
-                _add(cur, name, nbytes, files, now)
-                if pending is not None:
-                    key = self._pending_key(pending)
-                    cur.execute(_PENDING, (*key, name, nbytes, files, now, ino))
-                share = self._map.get(name)
-                if share is None or not share.size or nbytes <= 0:
+            self._admit_in(cur, items, pending, ino, now)
+
+    def _admit_in(
+        self,
+        cur: _Cursor,
+        items: Sequence[tuple[str, int, int]],
+        pending: tuple[str, str] | None,
+        ino: int,
+        now: float,
+    ) -> None:
+        """Add ``items`` (and record ``pending``) in the caller's transaction;
+        InsufficientStorage when a share with a size went past it (the caller rolls back)."""
+        for name, nbytes, files in items:
+            _add(cur, name, nbytes, files, now)
+            if pending is not None:
+                key = self._pending_key(pending)
+                cur.execute(_PENDING, (*key, name, nbytes, files, now, ino))
+            share = self._map.get(name)
+            if share is None or not share.size or nbytes <= 0:
+                continue
+            cur.execute("SELECT bytes FROM space_usage WHERE name = ?", (name,))
+            total = int(cur.fetchone()[0])
+            if total > share.size:
+                raise InsufficientStorage(
+                    f"share {name} is full: {total - nbytes} of {share.size} bytes used, "
+                    f"{nbytes} more refused"
+                )
+
+    def admit_many(
+        self, uploads: Sequence[tuple[Deltas, tuple[str, str]]]
+    ) -> list[InsufficientStorage | None]:
+        """:meth:`admit` for several uploads about to be put in place together (a group
+        commit into one directory), in one transaction: each is admitted or refused on its
+        own (a refused one adds nothing), in turn, so the totals are those of admitting them
+        one by one.  Per upload: None (admitted) or the InsufficientStorage refusing it."""
+        results: list[InsufficientStorage | None] = [None] * len(uploads)
+        todo = [(sorted(d.items()), pending, i) for i, (d, pending) in enumerate(uploads)]
+        todo = [t for t in todo if t[0]]
+        if not todo:
+            return results
+        if len(todo) == 1:  # one statement (or a short transaction), as admit does it
+            _, pending, i = todo[0]
+            try:
+                self.admit(uploads[i][0], pending)
+            except InsufficientStorage as exc:
+                results[i] = exc
+            return results
+        todo.sort(key=lambda t: t[0])  # one order of rows everywhere (PostgreSQL: no deadlock)
+        now = time.time()
+        with self._db.transaction(write=True) as cur:
+            for items, pending, i in todo:
+                limited = any(
+                    nbytes > 0 and (share := self._map.get(name)) is not None and share.size
+                    for name, nbytes, _ in items
+                )
+                if not limited:  # nothing to refuse: no savepoint needed
+                    self._admit_in(cur, items, pending, 0, now)
                     continue
-                cur.execute("SELECT bytes FROM space_usage WHERE name = ?", (name,))
-                total = int(cur.fetchone()[0])
-                if total > share.size:
-                    raise InsufficientStorage(
-                        f"share {name} is full: {total - nbytes} of {share.size} bytes used, "
-                        f"{nbytes} more refused"
-                    )
+                cur.execute("SAVEPOINT admit")
+                try:
+                    self._admit_in(cur, items, pending, 0, now)
+                except InsufficientStorage as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT admit")
+                    results[i] = exc
+                cur.execute("RELEASE SAVEPOINT admit")
+        return results
 
     def _admit_one(
         self,

@@ -10,8 +10,11 @@ recursive copy/delete, fsync) runs on the I/O thread pool.  OS errors are transl
 Uploads are atomic: bytes go to a hidden temp file in the target directory (its name has a
 hash of the target's name, so :meth:`PosixBackend.writing` tells a write in progress from any
 process) while every configured checksum is updated, then fsync, checksum xattrs, and a
-rename (or a link when overwriting is forbidden).  Any failure unlinks the temp file; temp
-files orphaned by a crash are swept at start.
+rename (or a link when overwriting is forbidden), then an fsync of the directory, shared by
+the uploads that commit into it at the same moment (a group commit,
+:meth:`PosixBackend.put_in_place`).  The temp file is made inline (a metadata call); a body
+within one write batch is written, fsynced and put in place by one job.  Any failure unlinks
+the temp file; temp files orphaned by a crash are swept at start.
 """
 
 from __future__ import annotations
@@ -164,7 +167,9 @@ class Upload:
     """One PUT in progress: feed bytes, then commit or abort.
 
     Writes are batched to ``chunk_size`` and handed to the thread pool one batch at a time,
-    so the next batch is received while the previous one is hashed and written.
+    so the next batch is received while the previous one is hashed and written.  A body
+    within one batch (a small PUT) is written, fsynced and put in place by one job, its
+    commit.
     """
 
     def __init__(
@@ -172,16 +177,15 @@ class Upload:
         backend: PosixBackend,
         path: DavPath,
         target: str,
-        temp: str,
-        fd: int,
         algorithms: tuple[str, ...],
         overwrite: bool,
     ) -> None:
         self.backend = backend
         self.path = path
         self._target = target
-        self._temp = temp
-        self._fd = fd
+        self._temp = ""  # made by _open_locked (at begin_upload)
+        self._fd = -1
+        self._closed = False  # committed or aborted: no more writes
         self._hasher = checksums.MultiHasher(algorithms)
         self._overwrite = overwrite
         self._batch: list[bytes] = []
@@ -199,7 +203,28 @@ class Upload:
         with self._io_lock:
             self._write_batch_locked(batch)
 
+    def _open_locked(self) -> None:
+        """Make the temp file (and missing parents) if it is not there yet."""
+        if self._closed:
+            raise ConnectionAbortedError("upload already finished")
+        if self._fd >= 0:
+            return
+        parent = os.path.dirname(self._target)
+        try:
+            if self.backend.create_parents:
+                os.makedirs(parent, exist_ok=True)
+            self._temp, self._fd = _create_temp(parent, os.path.basename(self._target))
+        except (FileExistsError, NotADirectoryError):
+            raise Conflict(f"{self.path.parent}: parent is not a collection") from None
+        except OSError as exc:
+            raise map_oserror(exc, str(self.path)) from None
+
+    def _open_sync(self) -> None:
+        with self._io_lock:
+            self._open_locked()
+
     def _write_batch_locked(self, batch: list[bytes]) -> None:
+        self._open_locked()
         for chunk in batch:
             self._hasher.update(chunk)
         try:
@@ -254,6 +279,7 @@ class Upload:
         # so that the client, still sending, gets to read the error response.
         failed: OSError | None = None
         try:
+            self._open_locked()
             buf = bytearray(self.backend.chunk_size)
             view = memoryview(buf)
             poller = select.poll()
@@ -302,8 +328,7 @@ class Upload:
 
     def _pwrite_sync(self, offset: int, data: bytes | memoryview) -> None:
         with self._io_lock:
-            if self._fd < 0:
-                raise ConnectionAbortedError("upload already finished")
+            self._open_locked()
             view = memoryview(data)
             try:
                 while view:
@@ -322,6 +347,7 @@ class Upload:
 
     def _rehash_sync(self) -> None:
         with self._io_lock:
+            self._open_locked()
             hasher = checksums.MultiHasher(self._hasher.algorithms)
             offset = 0
             while True:
@@ -334,15 +360,24 @@ class Upload:
             self._positional = False
 
     async def commit(self, expected: dict[str, bytes]) -> UploadResult:
-        await self._settle()
+        # The last batch is written by the commit's own job: a small upload costs one
+        # thread hop (the temp file is made inline), not three.
+        if self._inflight is not None:
+            fut, self._inflight = self._inflight, None
+            await fut
+        batch, self._batch, self._batch_len = self._batch, [], 0
         if self._positional:
             await self.backend.run(self._rehash_sync)
-        result = await self.backend.run(self._commit_sync, expected)
+        result = await self.backend.run(self._commit_sync, expected, batch)
         self._done = True
         await self.backend.notify("written", self.path, result.stat.size)
         return result
 
-    def _commit_sync(self, expected: dict[str, bytes]) -> UploadResult:
+    def _commit_sync(self, expected: dict[str, bytes], batch: list[bytes]) -> UploadResult:
+        if batch:
+            self._write_batch(batch)
+        else:
+            self._open_sync()  # an empty body: the file is made here
         digests = self._hasher.digests()
         for alg, want in expected.items():
             got = digests.get(alg)
@@ -356,46 +391,27 @@ class Upload:
                 self._fd, digests, st.size, st.mtime_ns, self.backend.write_xrootd
             )
             created = not os.path.lexists(self._target)
-            # Space: the size it replaces, counted (and, for a share with a limit, admitted:
-            # InsufficientStorage) before it is in place, taken back if it does not get there;
-            # under the directory's lock, so that writes racing for one name count in turn.
-            space = self.backend.space
-            parent = os.path.dirname(self._target)
-            with _dir_locked(parent) if space is not None else contextlib.nullcontext():
-                deltas = Deltas()
-                pending = (self._temp, self._target)
-                if space is not None:
-                    old = file_usage(self._target) if self._overwrite else None
-                    deltas.add(space.share_key(self.path), st.size - (old or 0), int(old is None))
-                    space.admit(deltas, pending)
-                try:
-                    # Renamed while still open, so still locked: a start-up sweep never sees it
-                    # lockable (writer gone) before it is in place.
-                    if self._overwrite:
-                        if os.path.isdir(self._target):
-                            raise Conflict(f"{self.path}: is a collection")
-                        os.rename(self._temp, self._target)
-                    else:
-                        try:
-                            os.link(self._temp, self._target)
-                        except FileExistsError:
-                            raise PreconditionFailed(
-                                f"{self.path} exists and Overwrite is F"
-                            ) from None
-                except BaseException:
-                    if space is not None and deltas:
-                        _undo(space, deltas, self._temp)
-                    raise
-                if space is not None and deltas:
-                    _settle(space, pending)
-                if not self._overwrite:
-                    os.unlink(self._temp)
+            self.backend.put_in_place(self, st.size)
+            self._closed = True
             os.close(self._fd)
             self._fd = -1
-            self.backend.fsync_dir(os.path.dirname(self._target))
         except OSError as exc:
             raise map_oserror(exc, str(self.path)) from None
         return UploadResult(created, st, digests)
+
+    def _place_sync(self) -> None:
+        """Rename (or link) the temp file into place; raises what refuses it.  Renamed while
+        still open, so still locked: a start-up sweep never sees it lockable (writer gone)
+        before it is in place."""
+        if self._overwrite:
+            if os.path.isdir(self._target):
+                raise Conflict(f"{self.path}: is a collection")
+            os.rename(self._temp, self._target)
+        else:
+            try:
+                os.link(self._temp, self._target)
+            except FileExistsError:
+                raise PreconditionFailed(f"{self.path} exists and Overwrite is F") from None
 
     async def abort(self) -> None:
         if self._done:
@@ -412,11 +428,13 @@ class Upload:
             self._abort_locked()
 
     def _abort_locked(self) -> None:
+        self._closed = True
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._temp)
+        if self._temp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._temp)
 
 
 @contextlib.contextmanager
@@ -433,6 +451,13 @@ def _dir_locked(directory: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _mapped(exc: BaseException, item: _Placing) -> BaseException:
+    """One upload's own error for a failure of its group (an OSError named by its path)."""
+    if isinstance(exc, OSError):
+        return map_oserror(exc, str(item.upload.path))
+    return exc
 
 
 def _undo(space: SpaceTracker, deltas: Deltas, pending: str | None = None) -> None:
@@ -462,6 +487,19 @@ def _account(space: SpaceTracker | None, deltas: Deltas) -> None:
         space.apply(deltas)
     except Exception:
         log.exception("space accounting: cannot record %r", deltas)
+
+
+class _Placing:
+    """One upload waiting for its directory's group commit (see PosixBackend.put_in_place)."""
+
+    __slots__ = ("done", "error", "lead", "size", "upload")
+
+    def __init__(self, upload: Upload, size: int) -> None:
+        self.upload = upload
+        self.size = size
+        self.done = threading.Event()
+        self.lead = False  # woken to lead the next group, not with a result
+        self.error: BaseException | None = None
 
 
 class StorageObserver(Protocol):
@@ -511,6 +549,10 @@ class PosixBackend:
         self._guarded_dirs, self._guarded_files = _guarded_paths(cfg, self._root_prefix)
         self._root_fd = -1
         self._root_lock = threading.Lock()
+        # Group commits in progress: directory -> uploads waiting for the next group there
+        # (present while a leader is at work there; see put_in_place).
+        self._groups: dict[str, list[_Placing]] = {}
+        self._groups_lock = threading.Lock()
         self._computing: dict[
             tuple[int, int, int, int, tuple[str, ...]], asyncio.Future[dict[str, bytes]]
         ] = {}
@@ -670,6 +712,128 @@ class PosixBackend:
             os.close(fd)
             raise
         return fd
+
+    def put_in_place(self, upload: Upload, size: int) -> None:
+        """Rename an upload's temp file (fsynced, xattrs written) into place, count it in its
+        share, and fsync the directory; raises what refused it (nothing then in place).
+
+        Group commit: uploads committing into one directory at the same moment are put in
+        place together by one of their threads (the leader): one directory flock, one
+        accounting transaction, the renames, then one directory fsync for all of them, made
+        after the last of their renames, before any of them is answered.  The others wait
+        (their file data already fsynced, each in its own thread, all in flight at once); a
+        leader does one group and hands the lead to the first upload that arrived meanwhile.
+        """
+        if self.space is None and not self.fsync:  # nothing to share: no lock, no fsync
+            upload._place_sync()
+            return
+        item = _Placing(upload, size)
+        parent = os.path.dirname(upload._target)
+        with self._groups_lock:
+            queue = self._groups.get(parent)
+            lead = queue is None
+            if queue is None:
+                queue = self._groups[parent] = []
+            queue.append(item)
+        if not lead:
+            item.done.wait()
+        if lead or item.lead:
+            with self._groups_lock:
+                group = self._groups[parent]
+                self._groups[parent] = []
+            done: list[_Placing] = []
+            placed: list[_Placing] = []
+            try:
+                done, placed = self._place_group(parent, group)
+            finally:
+                # The next group may rename while this one's directory fsync is in flight.
+                with self._groups_lock:
+                    queue = self._groups[parent]
+                    if queue:
+                        queue[0].lead = True
+                        queue[0].done.set()
+                    else:
+                        del self._groups[parent]
+                try:
+                    if placed:
+                        self.fsync_dir(parent)  # after the last rename of the group
+                except BaseException as exc:
+                    for each in placed:
+                        each.error = each.error or _mapped(exc, each)
+                finally:
+                    for each in done:
+                        each.done.set()
+        if item.error is not None:
+            raise item.error
+
+    def _place_group(
+        self, parent: str, group: list[_Placing]
+    ) -> tuple[list[_Placing], list[_Placing]]:
+        """Put ``group`` (uploads into ``parent``) in place, each with its error if it was
+        refused; never raises.  (The uploads decided, those of them now in place.)"""
+        # Two writes racing for one name are counted in turn: the later ones go to the
+        # next group (each reads the size it replaces after the previous one is in place).
+        seen: set[str] = set()
+        now: list[_Placing] = []
+        later: list[_Placing] = []
+        for item in group:
+            target = item.upload._target
+            (later if target in seen else now).append(item)
+            seen.add(target)
+        if later:
+            with self._groups_lock:
+                self._groups[parent][:0] = later
+        placed: list[_Placing] = []
+        try:
+            # Space: the size each replaces, counted (and, for a share with a limit, admitted:
+            # InsufficientStorage) before it is in place, taken back if it does not get there;
+            # under the directory's lock, so that writes racing for one name (from any
+            # process) count in turn.
+            space = self.space
+            with _dir_locked(parent) if space is not None else contextlib.nullcontext():
+                admitted = now
+                pending: list[tuple[str, str]] = []
+                deltas: list[Deltas] = []
+                if space is not None:
+                    for item in now:
+                        up = item.upload
+                        old = file_usage(up._target) if up._overwrite else None
+                        d = Deltas()
+                        d.add(space.share_key(up.path), item.size - (old or 0), int(old is None))
+                        deltas.append(d)
+                        pending.append((up._temp, up._target))
+                    refused = space.admit_many(list(zip(deltas, pending, strict=True)))
+                    admitted = []
+                    for item, why in zip(now, refused, strict=True):
+                        if why is None:
+                            admitted.append(item)
+                        else:
+                            item.error = why
+                    kept = {id(item) for item in admitted}
+                    deltas = [d for d, item in zip(deltas, now, strict=True) if id(item) in kept]
+                    pending = [p for p, item in zip(pending, now, strict=True) if id(item) in kept]
+                for i, item in enumerate(admitted):
+                    try:
+                        item.upload._place_sync()
+                    except BaseException as exc:
+                        item.error = exc if isinstance(exc, SEError) else _mapped(exc, item)
+                        if space is not None and deltas[i]:
+                            _undo(space, deltas[i], item.upload._temp)
+                        continue
+                    if space is not None and deltas[i]:
+                        _settle(space, pending[i])
+                    placed.append(item)
+                for item in placed:
+                    if not item.upload._overwrite:
+                        try:
+                            os.unlink(item.upload._temp)
+                        except OSError as exc:
+                            item.error = map_oserror(exc, str(item.upload.path))
+        except BaseException as exc:
+            for item in now:
+                if item.error is None:
+                    item.error = _mapped(exc, item)
+        return now, [item for item in placed if item.error is None]
 
     def fsync_dir(self, path: str) -> None:
         if not self.fsync:
@@ -989,7 +1153,14 @@ class PosixBackend:
     async def begin_upload(
         self, p: DavPath, overwrite: bool, extra_algorithms: tuple[str, ...] = ()
     ) -> Upload:
-        return await self.run(self._begin_upload_sync, p, overwrite, extra_algorithms)
+        """The checks and the temp file's creation (with missing parents) are metadata
+        calls, made inline (no thread hop for a small PUT before its commit)."""
+        self.check_upload(p, overwrite)
+        target = self._checked(p)  # its parents resolved: nothing below follows a link
+        algs = tuple(dict.fromkeys((*self.algorithms, *extra_algorithms)))
+        upload = Upload(self, p, target, algs, overwrite)
+        upload._open_sync()
+        return upload
 
     def check_upload(self, p: DavPath, overwrite: bool) -> None:
         """The checks a PUT can fail before any byte is read (used for 100-continue)."""
@@ -1017,21 +1188,6 @@ class PosixBackend:
             return
         if not stat_mod.S_ISDIR(pst.st_mode):
             raise Conflict(f"{p.parent}: parent is not a collection")
-
-    def _begin_upload_sync(self, p: DavPath, overwrite: bool, extra: tuple[str, ...]) -> Upload:
-        self.check_upload(p, overwrite)
-        target = self._checked(p)  # its parents resolved: nothing below follows a link
-        parent = os.path.dirname(target)
-        try:
-            if self.create_parents:
-                os.makedirs(parent, exist_ok=True)
-            temp, fd = _create_temp(parent, os.path.basename(target))
-        except (FileExistsError, NotADirectoryError):
-            raise Conflict(f"{p.parent}: parent is not a collection") from None
-        except OSError as exc:
-            raise map_oserror(exc, str(p)) from None
-        algs = tuple(dict.fromkeys((*self.algorithms, *extra)))
-        return Upload(self, p, target, temp, fd, algs, overwrite)
 
     async def mkcol(self, p: DavPath) -> None:
         fs = self._checked(p)

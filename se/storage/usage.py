@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
+from se.errors import InsufficientStorage
 from se.storage.paths import DavPath, is_reserved, is_temp_name
 
 __all__ = ["DELETE_KEY", "Deltas", "SpaceTracker", "file_usage", "tree_usage", "walk_files"]
@@ -46,6 +47,13 @@ class SpaceTracker(Protocol):
         deltas until :meth:`settle`, so that a writer killed in between can be told apart;
         or (:data:`DELETE_KEY` + an id, target) with the ``ino`` of a file about to be
         unlinked."""
+
+    def admit_many(
+        self, uploads: Sequence[tuple[Deltas, tuple[str, str]]]
+    ) -> list[InsufficientStorage | None]:
+        """:meth:`admit` for several uploads (deltas, (temp file, target)) about to be put in
+        place together, each admitted or refused on its own: None or its refusal."""
+        ...
 
     def apply(self, deltas: Deltas, settle: str | None = None) -> None:
         """Apply ``deltas`` unconditionally (what has already happened on disk); ``settle``:

@@ -8,20 +8,23 @@ The backend is built as ``se.app`` builds it, on a fresh data directory, with a 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 
 from se.config import load_mapping
 from se.errors import ChecksumMismatch, Conflict, MethodNotAllowed, PreconditionFailed
+from se.space.accounting import Accounting
 from se.storage.paths import TEMP_PREFIX, confine
 from se.storage.posix import PosixBackend, Upload
 
@@ -298,3 +301,82 @@ async def test_sweep_removes_only_stale_temp_files(make_backend: MakeBackend) ->
     await live.commit({})
     assert (root / "d" / "live.bin").read_bytes() == DATA
     assert await backend.run(backend.sweep_temp_files) == 0
+
+
+# -- group commit ---------------------------------------------------------------------------
+class SyncRecordingBackend(PosixBackend):
+    """A real backend that also records, for every directory fsync once it has returned, the
+    names the directory held when it started (what that fsync made durable)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.synced: list[frozenset[str]] = []
+        self._synced_lock = threading.Lock()
+
+    def fsync_dir(self, path: str) -> None:
+        names = frozenset(os.listdir(path))
+        super().fsync_dir(path)
+        with self._synced_lock:
+            self.synced.append(names)
+
+
+def recording_backend(tmp_path: Path, threads: int, space: bool = False) -> SyncRecordingBackend:
+    section = {"root": str(tmp_path / "data"), "chunk_size": CHUNK}
+    cfg = load_mapping({"storage": section, "space": {"database": str(tmp_path / "space.sqlite")}})
+    os.makedirs(cfg.storage.root, exist_ok=True)
+    executor = ThreadPoolExecutor(threads, thread_name_prefix="se-test-io")
+    backend = SyncRecordingBackend(cfg, executor, None)
+    if space:
+        backend.space = Accounting(cfg)
+    return backend
+
+
+async def test_concurrent_uploads_share_directory_fsyncs(tmp_path: Path) -> None:
+    """32 PUTs committing into one directory at once: all land whole, and each one's
+    directory entry was in a directory fsync that had returned before its commit did."""
+    backend = recording_backend(tmp_path, 32)
+    root = root_of(backend)
+    (root / "d").mkdir()
+    bodies = {f"f{i}.bin": os.urandom(100 + i) for i in range(32)}
+    covered_by: dict[str, int] = {}
+
+    async def one(name: str) -> None:
+        upload = await backend.begin_upload(confine(f"/d/{name}"), overwrite=True)
+        await upload.feed(bodies[name])
+        await upload.commit({})
+        covered_by[name] = len(backend.synced)  # the fsyncs done when it was answered
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(n) for n in bodies)), 60)
+    finally:
+        cast(ThreadPoolExecutor, backend.executor).shutdown(wait=True)
+    for name, body in bodies.items():
+        assert (root / "d" / name).read_bytes() == body
+        assert any(name in names for names in backend.synced[: covered_by[name]]), name
+    assert temps(root / "d") == []
+    assert 1 <= len(backend.synced) <= len(bodies)
+
+
+async def test_group_commit_counts_racing_writes_to_one_name_in_turn(tmp_path: Path) -> None:
+    """Uploads to one name and to other names in the same directory at once, with the space
+    accounting: the totals are those of the tree (one file per name)."""
+    backend = recording_backend(tmp_path, 16, space=True)
+    space = cast(Accounting, backend.space)
+    key = space.share_key(confine("/d/x"))
+    assert key is not None
+    (root_of(backend) / "d").mkdir()
+    names = ["same.bin"] * 12 + [f"other{i}.bin" for i in range(12)]
+
+    async def one(name: str) -> None:
+        upload = await backend.begin_upload(confine(f"/d/{name}"), overwrite=True)
+        await upload.feed(b"x" * 1000)
+        await upload.commit({})
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(n) for n in names)), 60)
+        usage = space.usage(key)
+        assert (usage.bytes, usage.files) == (13 * 1000, 13)
+    finally:
+        cast(ThreadPoolExecutor, backend.executor).shutdown(wait=True)
+        space.close()
+    assert sorted(os.listdir(root_of(backend) / "d")) == sorted(set(names))

@@ -259,3 +259,28 @@ def test_recovery_takes_back_uploads_never_put_in_place(tmp_path: Path) -> None:
         assert (acc.usage(IMPLICIT_SHARE).bytes, acc.usage(IMPLICIT_SHARE).files) == (225, 4)
     finally:
         acc.close()
+
+
+def test_admit_many_refuses_each_upload_on_its_own(tmp_path: Path) -> None:
+    """A group commit's uploads are admitted in turn: those that fit are counted (and
+    recorded as pending), the one that would go over the size is refused alone."""
+    acc = Accounting(_cfg(tmp_path, (ShareConfig(name="a", paths=("/a",), size=100),)))
+    root = acc.root_real
+    try:
+        uploads = []
+        for i in range(3):
+            d = Deltas()
+            d.add("a", 40, 1)
+            uploads.append((d, (f"{root}/a/.tmp{i}", f"{root}/a/f{i}")))
+        results = acc.admit_many(uploads)
+        assert results[:2] == [None, None]
+        assert isinstance(results[2], InsufficientStorage)
+        assert "share a is full" in str(results[2])
+        assert (acc.usage("a").bytes, acc.usage("a").files) == (80, 2)
+        for _, pending in uploads[:2]:
+            acc.settle(pending)
+        acc.flush_settled()
+        assert acc.recover_sync() == 0  # nothing counted that was not admitted
+        assert (acc.usage("a").bytes, acc.usage("a").files) == (80, 2)
+    finally:
+        acc.close()
