@@ -5,7 +5,10 @@ Everything that can be decided before data moves is answered with a plain status
 body: a marker at once, one as soon as the remote's address is known, one every
 ``tpc.marker_period`` seconds, a last one (with RemoteConnections) just before the result
 line.  The same loop watches the client connection (aiohttp does not cancel a handler
-whose client left) and the first-byte, stall and total timeouts.
+whose client left) and the first-byte, stall and total timeouts; it sleeps between
+events, woken by the worker's one watchdog ticker (:meth:`TPCService.watch`) only when
+one of these needs it.  The last marker, the result line and the end of the chunked body
+leave in one write.
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ log = logging.getLogger("se.tpc")
 _RESULT: web.ResponseKey[str] = web.ResponseKey("se_tpc_result", str)
 # Besides the TransferHeader* family, the COPY headers a tpc event shows.
 _RECORDED_HEADERS = ("Credential", "SciTag", "Overwrite")
-TICK = 0.2  # seconds between checks of the client connection and the timeouts
 
 
 async def third_party_copy(request: web.Request, spec: TransferSpec) -> web.StreamResponse:
@@ -247,6 +249,19 @@ async def _drive(
     state = _Stream(resp, quiet=not testpoints.fired_markers(request))
     next_marker = 0.0
     marked_connections = 0
+
+    def due(now: float) -> bool:
+        """Has the loop below work to do (the watchdog ticker asks)?"""
+        return (
+            now >= next_marker
+            or len(transfer.connections) > marked_connections
+            or svc.stopping
+            or state.broken
+            or _client_gone(request)
+            or _timeout(svc, transfer, now) is not None
+        )
+
+    watch = svc.watch(task, due)
     try:
         while not task.done():
             now = time.monotonic()
@@ -270,7 +285,7 @@ async def _drive(
                 transfer.failure = reason
                 task.cancel()
                 break
-            await asyncio.wait({task}, timeout=TICK)
+            await watch.wait()
     except asyncio.CancelledError:  # the server is stopping
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -279,6 +294,8 @@ async def _drive(
                 await state.send(result_line(transfer, "aborted", "server shutting down"))
                 await resp.write_eof()
         raise
+    finally:
+        watch.close()
     line = await _outcome(svc, transfer, task)
     transfer.end_flows()
     return await _close(resp, state, transfer, line)
@@ -287,12 +304,10 @@ async def _drive(
 async def _close(
     resp: web.StreamResponse, state: _Stream, transfer: Transfer, line: bytes
 ) -> web.StreamResponse:
-    """The last marker (with RemoteConnections), the result line, the end of the body."""
-    await state.marker(markers.format_marker(transfer.marker()))
-    await state.send(line)
-    if not state.broken:
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await resp.write_eof()
+    """The last marker (with RemoteConnections), the result line, the end of the body:
+    one write (one chunk and the terminator)."""
+    last = b"" if state.quiet else markers.format_marker(transfer.marker())
+    await state.finish(last, line)
     return resp
 
 
@@ -379,6 +394,16 @@ class _Stream:
     async def marker(self, data: bytes) -> None:
         if not self.quiet:
             await self.send(data)
+
+    async def finish(self, last_marker: bytes, line: bytes) -> None:
+        """The last marker (b"": none), the result line and the end of the body at once."""
+        self.resp[_RESULT] = line.decode("utf-8", "replace").strip()
+        if self.broken:
+            return
+        try:
+            await self.resp.write_eof(last_marker + line)
+        except (ConnectionError, RuntimeError):
+            self.broken = True
 
     async def send(self, data: bytes) -> None:
         if data.startswith((b"success", b"failure", b"aborted")):

@@ -134,8 +134,8 @@ def _request_headers(svc: TPCService, transfer: Transfer) -> list[tuple[str, str
     """Headers of our own (the client's forwarded ones are bound to the source's origin)."""
     if not transfer.ask_digest:
         return []
-    first = [*transfer.spec.expected, *transfer.spec.want_digest]
-    return [("Want-Digest", integrity.want_digest(first, svc.algorithms))]
+    first = (*transfer.spec.expected, *transfer.spec.want_digest)
+    return [("Want-Digest", svc.want_digest(first))]
 
 
 async def _request(
