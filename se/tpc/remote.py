@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import ipaddress
 import socket
 import ssl
@@ -120,14 +121,9 @@ class NetworkPolicy:
         )
 
     def allows(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
+        ip = _policy_ip(address)
+        if ip is None:
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if ip.is_unspecified:  # connecting to 0.0.0.0 or :: reaches this host
-            ip = ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1")
         if any(ip in net for net in self.deny):
             return False
         if self.local is not None and self.local.contains(ip):
@@ -146,8 +142,26 @@ class NetworkPolicy:
             raise RemoteRefused(f"remote address {host} is not allowed for third-party copy")
 
 
+@functools.lru_cache(maxsize=1024)
+def _policy_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address the policy judges for ``address`` (a zone dropped, an IPv4-mapped IPv6
+    address as IPv4, the unspecified addresses as loopback: connecting to them reaches this
+    host), or None when it is not an address.  Pure, so cached."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        ip = ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1")
+    return ip
+
+
+@functools.lru_cache(maxsize=1024)
 def numeric_address(host: str) -> str | None:
-    """The address a numeric host names (any spelling ``inet_aton`` takes), else None."""
+    """The address a numeric host names (any spelling ``inet_aton`` takes), else None.
+    Pure, so cached."""
     try:
         return str(ipaddress.ip_address(host.split("%", 1)[0]))
     except ValueError:

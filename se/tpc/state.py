@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import ssl
 import time
@@ -30,6 +31,15 @@ def conn_key(obj: Any) -> int | None:
     transport = connection.transport if connection is not None else getattr(obj, "transport", None)
     local = transport.get_extra_info("sockname") if transport is not None else None
     return int(local[1]) if local else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 _PULLED = metrics.cached(lambda: metrics.TPC_BYTES.labels("in"))
@@ -147,9 +157,7 @@ class Transfer:
             self._guess = None
         parts = urlsplit(url)
         host = (parts.hostname or "").strip("[]")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
+        if not _is_ip_literal(host):
             return
         if not self.connections:
             port = parts.port or (443 if parts.scheme == "https" else 80)
