@@ -241,6 +241,7 @@ class SEHandler(RequestHandler):
             and self._payload_parser is None
             and not self._upgraded
             and self.transport is not None
+            and not self.transport.is_closing()
             and not self.writing_paused
         )
 
@@ -471,6 +472,15 @@ class SEHandler(RequestHandler):
         if isinstance(exc, _Refused):
             log.info("%s: %d %s", request.remote, status, exc.message)
             resp = web.Response(status=status, text=exc.message + "\n", headers=exc.extra)
+            resp.force_close()
+            return resp
+        if isinstance(exc, ConnectionError):
+            # The client left while its answer was being written (e.g. a benchmark's
+            # connections closing at its end): one line, not a traceback.
+            log.info("%s %s %s: client gone: %s", request.remote, request.method, request.path, exc)
+            if request.writer.output_size:
+                raise ConnectionError("client gone after part of the answer") from exc
+            resp = web.Response(status=status, text="client gone\n")
             resp.force_close()
             return resp
         if isinstance(exc, HttpProcessingError) and status < 500 and not request.writer.output_size:
