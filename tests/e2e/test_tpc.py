@@ -848,6 +848,47 @@ async def test_queued_transfer_gets_markers_then_succeeds(farm: ServerFarm, remo
     assert (se.root / "q2").read_bytes() == second_data
 
 
+async def test_a_full_queue_of_copies_each_ends_with_a_marker_and_its_result(
+    farm: ServerFarm, remote: Remote
+) -> None:
+    """One stalled transfer holds the only slot while five wait in the queue (the worker's
+    one watchdog ticker wakes each marker loop): the waiting ones get periodic markers; the
+    client of the stalled one leaves, which frees the slot; each of the five then ends with
+    its last marker (all bytes, the connection) and the result line, and arrives whole."""
+    se = farm["queued"]
+    datas = [random_bytes(150_000 + i, seed=90 + i) for i in range(5)]
+    for i, data in enumerate(datas):
+        remote.files[f"fq{i}"] = data
+    remote.files["fq-stalled"] = random_bytes(100_000, seed=89)
+    async with aiohttp.ClientSession() as session:
+        first = await open_copy(
+            session, f"{se.url}/fq-stalled", {"Source": f"{remote.url}/stall/fq-stalled"}
+        )
+        rest = [
+            await open_copy(session, f"{se.url}/fq{i}", {"Source": f"{remote.url}/ok/fq{i}"})
+            for i in range(5)
+        ]
+        try:
+            assert [r.status for r in (first, *rest)] == [202] * 6
+            await read_until(first, lambda t: "Stripe Bytes Transferred: 50000" in t)
+            waited = [await read_until(r, lambda t: marker_count(t) >= 2) for r in rest]
+            assert all(parse_stream(w)[1] is None for w in waited), waited
+            first.close()  # the client leaves: its transfer is aborted, the slot freed
+            bodies = [w + await r.text() for w, r in zip(waited, rest, strict=True)]
+        finally:
+            for r in (first, *rest):
+                r.close()
+    for i, body in enumerate(bodies):
+        found, result = parse_stream(body)
+        assert result == Result("success", "Created"), body
+        assert found and found[-1].stripe_bytes == len(datas[i]), body
+        assert found[-1].remote_connections, body
+        assert body.rstrip().endswith("success: Created"), body
+        assert (se.root / f"fq{i}").read_bytes() == datas[i]
+    assert poll(lambda: not temp_files(se.root), 5.0)
+    assert not (se.root / "fq-stalled").exists()
+
+
 # --------------------------------------------------------------------------- network policy
 
 
