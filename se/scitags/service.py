@@ -13,14 +13,13 @@ from importlib import resources
 
 from se import metrics
 from se.config import SciTagsConfig
-from se.scitags.firefly import FireflySender, Flow, plain_ip, tcp_info
+from se.scitags.firefly import FireflySender, Flow, plain_ip
 from se.scitags.flowlabel import Labeller
 from se.scitags.tags import INVALID, Registry, Tag, select_tag
 
 __all__ = ["SciTagService", "parse_hostport"]
 
 log = logging.getLogger("se.scitags")
-_FIREFLY_DROPPED = metrics.cached(lambda: metrics.SCITAGS_FIREFLIES.labels("dropped"))
 _FLOWD_WRITTEN = metrics.cached(lambda: metrics.SCITAGS_FLOWD_LINES.labels("written"))
 _FLOWD_DROPPED = metrics.cached(lambda: metrics.SCITAGS_FLOWD_LINES.labels("dropped"))
 
@@ -60,6 +59,8 @@ class SciTagService:
             cfg.report_local,
         )
         self.labeller = Labeller() if cfg.flow_labels else None
+        self._fireflies = cfg.fireflies
+        self._flowd_pipe = cfg.flowd_pipe
         self._by_path = [
             (p.rstrip("/") or "/", self._exp(e)) for p, e in _pairs(cfg.experiment_by_path)
         ]
@@ -145,14 +146,12 @@ class SciTagService:
     def _report(self, state: str, flow: Flow, sock: socket.socket | None, accepted: bool) -> None:
         """Never lets a reporting problem reach the data path: logged and counted."""
         try:
-            if self.cfg.fireflies:
-                rtt = tcp_info(sock)[0] if state != "start" else None
-                self.sender.emit(flow, state, rtt_ms=rtt)
-            if accepted:
+            if self._fireflies:
+                self.sender.report(flow, state, sock)
+            if accepted and self._flowd_pipe:
                 self._flowd(state, flow)
         except Exception:
-            self.sender.dropped += 1
-            _FIREFLY_DROPPED().inc()
+            self.sender.count_dropped()
             log.exception("could not report a %s flow event", state)
 
     def _flowd(self, state: str, flow: Flow) -> None:

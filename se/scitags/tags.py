@@ -8,6 +8,7 @@ experiment id (9 bits) sits bit-reversed in bits 17..9 and the activity (6 bits)
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -48,8 +49,10 @@ class Tag:
 INVALID = Tag(0, 0)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_tag(text: str | None) -> Tag | None:
-    """A header or query value -> Tag; None when absent or blank; INVALID when malformed."""
+    """A header or query value -> Tag; None when absent or blank; INVALID when malformed.
+    (Remembered: clients send few distinct values, and a Tag is immutable.)"""
     if text is None or not text.strip():
         return None
     value = text.strip()
@@ -65,14 +68,15 @@ def parse_tag(text: str | None) -> Tag | None:
 def select_tag(headers: Mapping[str, str], query: Mapping[str, str]) -> tuple[Tag | None, str]:
     """The request's tag by precedence (``SciTag``, ``TransferHeaderSciTag``,
     ``scitag.flow``) and where it came from ("" when none was given)."""
-    for source, value in (
-        ("SciTag", headers.get("SciTag")),
-        ("TransferHeaderSciTag", headers.get("TransferHeaderSciTag")),
-        ("scitag.flow", query.get("scitag.flow")),
-    ):
-        tag = parse_tag(value)
-        if tag is not None:
-            return tag, source
+    value = headers.get("SciTag")
+    if value is not None and (tag := parse_tag(value)) is not None:
+        return tag, "SciTag"
+    value = headers.get("TransferHeaderSciTag")
+    if value is not None and (tag := parse_tag(value)) is not None:
+        return tag, "TransferHeaderSciTag"
+    value = query.get("scitag.flow") if query else None
+    if value is not None and (tag := parse_tag(value)) is not None:
+        return tag, "scitag.flow"
     return None, ""
 
 
