@@ -302,3 +302,19 @@ def test_access_log_lines_are_alike_and_none_is_lost(
     assert lines[lean.url] == lines[full.url]
     assert len(lines[lean.url]) == 1
     assert next(iter(lines[lean.url])).endswith('200 4338 "-" "t/1" "-"')
+
+
+def test_an_idle_connection_is_closed_after_lean_answers(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    root = tmp_path / "tree"
+    _tree(root)
+    srv = se_factory(config="[server]\nkeepalive_timeout = 1.0\n", root=root)
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(b"GET /small.bin HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        assert [s for s, _ in _read_answers(sock, 3, [False] * 3, 10)] == [200] * 3
+        assert _lean_count(srv) == 3
+        sock.settimeout(10)
+        began = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the server, as after any other answer
+        assert time.monotonic() - began < 5
