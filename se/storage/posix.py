@@ -73,6 +73,9 @@ CLOCK_REALTIME_COARSE = 5
 # flock errors meaning "this filesystem has no locks".
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
 T = TypeVar("T")
+# Bytes read from the socket at a time by a direct upload: small enough to stay in a core's L2
+# cache from the read through the checksum to the write (4 MiB ran 1.5x slower here).
+RECV_BUFFER = 256 * 1024
 # A listing caller's "I already have this member as it is now" test (see list_dir).
 
 
@@ -209,11 +212,15 @@ class Upload:
             raise ConnectionAbortedError("upload already finished")
         if self._fd >= 0:
             return
-        parent = os.path.dirname(self._target)
+        parent, name = os.path.split(self._target)
         try:
-            if self.backend.create_parents:
+            try:
+                self._temp, self._fd = _create_temp(parent, name)
+            except FileNotFoundError:
+                if not self.backend.create_parents:
+                    raise
                 os.makedirs(parent, exist_ok=True)
-            self._temp, self._fd = _create_temp(parent, os.path.basename(self._target))
+                self._temp, self._fd = _create_temp(parent, name)
         except (FileExistsError, NotADirectoryError):
             raise Conflict(f"{self.path.parent}: parent is not a collection") from None
         except OSError as exc:
@@ -280,7 +287,7 @@ class Upload:
         failed: OSError | None = None
         try:
             self._open_locked()
-            buf = bytearray(self.backend.chunk_size)
+            buf = bytearray(min(self.backend.chunk_size, RECV_BUFFER))
             view = memoryview(buf)
             poller = select.poll()
             poller.register(sock_fd, select.POLLIN)
@@ -1155,8 +1162,7 @@ class PosixBackend:
     ) -> Upload:
         """The checks and the temp file's creation (with missing parents) are metadata
         calls, made inline (no thread hop for a small PUT before its commit)."""
-        self.check_upload(p, overwrite)
-        target = self._checked(p)  # its parents resolved: nothing below follows a link
+        target = self._check_upload(p, overwrite)  # parents resolved: nothing below follows a link
         algs = tuple(dict.fromkeys((*self.algorithms, *extra_algorithms)))
         upload = Upload(self, p, target, algs, overwrite)
         upload._open_sync()
@@ -1164,6 +1170,10 @@ class PosixBackend:
 
     def check_upload(self, p: DavPath, overwrite: bool) -> None:
         """The checks a PUT can fail before any byte is read (used for 100-continue)."""
+        self._check_upload(p, overwrite)
+
+    def _check_upload(self, p: DavPath, overwrite: bool) -> str:
+        """:meth:`check_upload`; the target's path (its parents resolved)."""
         if p.is_root:
             raise MethodNotAllowed("cannot PUT to the root collection")
         fs = self._checked(p)
@@ -1178,16 +1188,17 @@ class PosixBackend:
                 raise Conflict(f"{p}: is a collection")
             if not overwrite:
                 raise PreconditionFailed(f"{p} exists and Overwrite is F")
-            return
+            return fs
         parent = os.path.dirname(fs)
         try:
             pst = os.stat(parent)
         except (FileNotFoundError, NotADirectoryError):
             if not self.create_parents:
                 raise Conflict(f"{p.parent}: parent collection does not exist") from None
-            return
+            return fs
         if not stat_mod.S_ISDIR(pst.st_mode):
             raise Conflict(f"{p.parent}: parent is not a collection")
+        return fs
 
     async def mkcol(self, p: DavPath) -> None:
         fs = self._checked(p)
