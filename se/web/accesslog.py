@@ -39,6 +39,8 @@ class RedactTokens(logging.Filter):
 
 
 def _quoted(text: str) -> str:
+    if "\\" not in text and '"' not in text:  # nearly always
+        return text
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
