@@ -86,7 +86,7 @@ def test_chunks_hold_whole_lines_within_pipe_buf(pipe: tuple[int, int]) -> None:
     _r, w = pipe
     sink = accesslog._Sink(w, "se.access")
     writes: list[bytes] = []
-    sink._write = writes.append  # type: ignore[method-assign]
+    sink._write = writes.append  # type: ignore[method-assign,assignment]
     for i in range(500):
         sink.add(1.5, f"line {i} " + "x" * (i % 97))
     sink.add(1.5, "y" * 9000)  # longer than a chunk: alone
