@@ -89,6 +89,12 @@ class SciTagService:
     def close(self) -> None:
         self.sender.close()
 
+    @property
+    def wants_flows(self) -> bool:
+        """Does reporting a flow do anything (fireflies on, or a flowd pipe)?  When not, a
+        caller may skip making the Flow (addresses, socket) altogether."""
+        return self._fireflies or bool(self._flowd_pipe)
+
     def tag_for(
         self,
         headers: Mapping[str, str],

@@ -325,3 +325,15 @@ async def test_service_start_end_with_rtt() -> None:
         assert end["usage"]["sent"] == 10
         assert end["netlink"]["rtt"] >= 0.0
         assert (svc.sender.sent, svc.sender.dropped) == (2, 0)
+
+
+@pytest.mark.parametrize(
+    ("fireflies", "pipe", "expected"),
+    [(True, "", True), (False, "", False), (False, "/run/flowd", True), (True, "/x", True)],
+)
+def test_service_wants_flows(fireflies: bool, pipe: str, expected: bool) -> None:
+    svc = SciTagService(SciTagsConfig(fireflies=fireflies, flowd_pipe=pipe))
+    try:
+        assert svc.wants_flows is expected
+    finally:
+        svc.close()
