@@ -9,7 +9,6 @@ XML-escaped and every href percent-encoded by the caller.  Property names are ha
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import functools
 import re
 from collections.abc import Iterable, Sequence
@@ -22,6 +21,7 @@ from defusedxml import DefusedXmlException
 
 from se.errors import BadRequest
 from se.storage import checksums
+from se.web.representation import http_date
 
 __all__ = [
     "DAV",
@@ -198,17 +198,8 @@ def _xml_char(m: re.Match[str]) -> str:
 
 
 @functools.lru_cache(maxsize=8192)
-def _http_date_s(ts: int) -> str:
-    return email.utils.formatdate(ts, usegmt=True)
-
-
-@functools.lru_cache(maxsize=8192)
 def _iso_date_s(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _http_date(ts: float) -> str:
-    return _http_date_s(int(ts))
 
 
 def _iso_date(ts: float) -> str:
@@ -239,7 +230,7 @@ def _live_value(r: Resource, name: PropName) -> str | None:
     if local == "resourcetype":
         return "<D:collection/>" if r.is_dir else ""
     if local == "getlastmodified":
-        return _http_date(r.mtime)
+        return http_date(r.mtime)
     if local == "creationdate":
         return _iso_date(r.ctime)
     if local == "displayname":
@@ -290,7 +281,7 @@ def _allprop_response(r: Resource) -> str:
         f"<D:creationdate>{_iso_date_s(int(r.ctime))}</D:creationdate>"
         f"<D:displayname>{xml_escape(r.name)}</D:displayname>{kind}"
         f"<D:getetag>{xml_escape(r.etag)}</D:getetag>"
-        f"<D:getlastmodified>{_http_date_s(int(r.mtime))}</D:getlastmodified>{extra}"
+        f"<D:getlastmodified>{http_date(r.mtime)}</D:getlastmodified>{extra}"
         "</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
     )
 
