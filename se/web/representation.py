@@ -24,7 +24,7 @@ def http_date(ts: float) -> str:
     return _http_date_s(int(ts))
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=8192)
 def _http_date_s(ts: int) -> str:
     return email.utils.formatdate(ts, usegmt=True)
 
