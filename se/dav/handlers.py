@@ -511,10 +511,13 @@ def lean_propfind(
     host = headers.get(hdrs.HOST)
     if host is None:
         return None
+    who = fastpath.credentials(ctx, msg, transport)
+    if who is None:
+        return None
     try:
         if parse_depth(headers.get("Depth"), Depth.INFINITY) is not Depth.ZERO:
             return None
-        require(Op.STAT, path, ctx.anonymous, None, ctx.public)
+        require(Op.STAT, path, ctx.anonymous, who[0], ctx.public)
         req = propfind.parse_propfind(body)
         if req.kind == "prop" and (
             (propfind.DCACHE, "Checksums") in req.names
@@ -531,7 +534,7 @@ def lean_propfind(
     resource = _resource_at(f"{scheme}://{host}", entry, None)
     data = propfind.wrap_multistatus(propfind.render_responses([resource], req))
     fields = {"Content-Type": "application/xml; charset=utf-8"}
-    return fastpath.Answer(fastpath.head(207, fields, len(data)) + data, len(data), 207)
+    return fastpath.Answer(fastpath.head(207, fields, len(data)) + data, len(data), 207, who)
 
 
 async def propfind_handler(request: web.Request) -> web.StreamResponse:

@@ -63,6 +63,8 @@ def begin_flow(
 ) -> AcceptedFlow | None:
     """:func:`begin` from the parts of a request (for the lean GET path, which has no
     aiohttp request)."""
+    if not svc.wants_flows:
+        return None
     tag = svc.tag_for(headers, query, path, method, subject)
     if tag is None or transport is None:
         return None

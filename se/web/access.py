@@ -31,7 +31,7 @@ from se.auth import macaroons
 from se.auth.policy import Grant, Op, explain, require
 from se.errors import BadRequest, Forbidden, SEError, Unauthorized
 from se.storage.paths import DavPath
-from se.web.context import context
+from se.web.context import Context, context
 
 __all__ = [
     "authenticate",
@@ -151,9 +151,12 @@ def _own_audiences(request: web.Request, local_hosts: tuple[str, ...]) -> tuple[
     entry names one; without the port too when it is the scheme's default).  Never the
     request's Host header, which the client chooses.
     """
-    scheme = request.scheme
     transport = request.transport
     sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return _own_audiences_at(request.scheme, sockname, local_hosts)
+
+
+def _own_audiences_at(scheme: str, sockname: Any, local_hosts: tuple[str, ...]) -> tuple[str, ...]:
     if not sockname or not isinstance(sockname, tuple):
         return (f"{scheme}://localhost",)
     addr, port = str(sockname[0]), int(sockname[1])
@@ -167,6 +170,32 @@ def _own_audiences(request: web.Request, local_hosts: tuple[str, ...]) -> tuple[
         if port == default:
             own.append(f"{scheme}://{host}")
     return tuple(own)
+
+
+def cached_grant(
+    ctx: Context, authorization: list[str], scheme: str, sockname: Any
+) -> tuple[Grant, str] | None:
+    """For the lean path (se.web.fastpath): the grant of a request whose only credential is
+    one ``Authorization: Bearer`` token that :func:`authenticate` verified before (in the
+    verified-token cache for this listener), with its kind for :func:`count_cached`; None
+    for anything else (the full path then judges the request as always)."""
+    if len(authorization) != 1:
+        return None
+    scheme_name, _, rest = authorization[0].strip().partition(" ")
+    token = rest.strip()
+    if scheme_name.lower() != "bearer" or not token:
+        return None
+    where = _own_audiences_at(scheme, sockname, ctx.cfg.server.local_hosts)[0]
+    grant = ctx.grants.get(token, where)
+    if grant is None:
+        return None
+    return grant, "macaroon" if macaroons.is_ours(token) else "token"
+
+
+def count_cached(kind: str) -> None:
+    """A request judged by a verified token taken from the cache (as :func:`authenticate`
+    counts it)."""
+    _count(kind, "cached")
 
 
 def identity_label(grant: Grant | None) -> str:

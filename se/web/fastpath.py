@@ -12,8 +12,8 @@ the handler its :class:`Lean`, with the answerer of each method).
 
 Whatever the lean path does not cover is left to the full path, which answers it as
 always: another method; a request with a body (but a PROPFIND's, whole in the segments
-read so far), credentials (``Authorization``, a query
-string, a client certificate where certificates are asked for), conditions, ranges or
+read so far), credentials other than one bearer token already verified (a new token, a
+query string, a client certificate where certificates are asked for), conditions, ranges or
 digests wanted; paths below ``/.well-known`` and the SRR path; anything refused or not
 found; a collection; a file above ``storage.inline_read_max`` that is not in the
 small-file cache; a server with fault injection, events, tape or the transfer log on.
@@ -30,20 +30,20 @@ from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import HttpVersion11
 from aiohttp.http_parser import RawRequestMessage
 
-from se.auth.policy import Op, require
+from se.auth.policy import Grant, Op, require
 from se.errors import SEError
 from se.scitags.http import begin_flow
 from se.storage.paths import DavPath, confine
 from se.storage.types import CachedFile, Stat
+from se.web.access import cached_grant
 from se.web.context import Context
 from se.web.representation import SERVER, file_headers
 
-__all__ = ["LEAN", "Answer", "Answerer", "Lean", "answer_get", "head", "target"]
+__all__ = ["LEAN", "Answer", "Answerer", "Lean", "answer_get", "credentials", "head", "target"]
 
 # Request fields that ask for more than the lean path does (lower case, as bytes).
 _HANDED_OVER = frozenset(
     (
-        b"authorization",
         b"range",
         b"if-range",
         b"if-match",
@@ -66,12 +66,19 @@ _TAIL = f"\r\nServer: {SERVER}\r\n\r\n".encode()
 class Answer:
     """A whole answer, ready to write, and what the metrics and the access log need."""
 
-    __slots__ = ("data", "sent", "status")
+    __slots__ = ("data", "grant", "kind", "sent", "status")
 
-    def __init__(self, data: bytes, sent: int, status: int = 200) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        sent: int,
+        status: int = 200,
+        who: tuple[Grant | None, str] = (None, ""),
+    ) -> None:
         self.data = data  # status line, head and body
         self.sent = sent  # bytes of the body
         self.status = status
+        self.grant, self.kind = who  # the request's grant; the kind of its token or ""
 
 
 # An answerer: the answer to a request (its parsed message and its whole body, b"" if
@@ -114,8 +121,6 @@ def target(
     for name, _value in msg.raw_headers:
         if name.lower() in handed_over:
             return None
-    if ctx.certificates is not None and transport.get_extra_info("sslcontext") is not None:
-        return None
     try:
         path = confine(raw_path)
     except SEError:
@@ -128,6 +133,24 @@ def target(
     return path
 
 
+_ANONYMOUS: tuple[Grant | None, str] = (None, "")
+
+
+def credentials(
+    ctx: Context, msg: RawRequestMessage, transport: asyncio.BaseTransport
+) -> tuple[Grant | None, str] | None:
+    """Who the request is, for the lean path: ``(None, "")`` when anonymous, ``(grant,
+    kind)`` for one bearer token verified before (se.web.access.cached_grant); None for
+    anything else, left to the full path (a token not yet verified, a client certificate
+    where certificates are asked for)."""
+    authorization = msg.headers.getall("Authorization", ())
+    tls = transport.get_extra_info("sslcontext") is not None
+    if not authorization:
+        return None if tls and ctx.certificates is not None else _ANONYMOUS
+    sockname = transport.get_extra_info("sockname")
+    return cached_grant(ctx, list(authorization), "https" if tls else "http", sockname)
+
+
 def answer_get(
     ctx: Context, msg: RawRequestMessage, body: bytes, transport: asyncio.BaseTransport
 ) -> Answer | None:
@@ -137,10 +160,14 @@ def answer_get(
     path = target(ctx, msg, transport)
     if path is None:
         return None
+    who = credentials(ctx, msg, transport)
+    if who is None:
+        return None
+    grant = who[0]
     op = Op.STAT if msg.method == "HEAD" else Op.READ
     backend = ctx.backend
     try:
-        require(op, path, ctx.anonymous, None, ctx.public)
+        require(op, path, ctx.anonymous, grant, ctx.public)
         opened = backend.open_read(path)
     except SEError:
         return None
@@ -150,17 +177,20 @@ def answer_get(
         st = opened.stat
         fields = file_headers(st, opened.path.name)
         if op is Op.STAT:
-            return Answer(head(200, fields, st.size), 0)
+            return Answer(head(200, fields, st.size), 0, 200, who)
         if st.size > backend.inline_read_max and not isinstance(opened, CachedFile):
             return None
         svc = ctx.scitags
         flow = None
         if svc is not None:
-            flow = begin_flow(svc, msg.headers, {}, str(path), "GET", "", transport, sending=True)
+            subject = grant.subject if grant is not None else ""
+            flow = begin_flow(
+                svc, msg.headers, {}, str(path), "GET", subject, transport, sending=True
+            )
         data = backend.read_small(opened, 0, st.size)
         if flow is not None:
             flow.end(len(data))
-        return Answer(head(200, fields, len(data)) + data, len(data))
+        return Answer(head(200, fields, len(data)) + data, len(data), 200, who)
     finally:
         opened.close()
 

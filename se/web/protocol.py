@@ -48,6 +48,7 @@ from aiohttp.web_response import StreamResponse
 
 from se import metrics
 from se.web import fastpath
+from se.web.access import count_cached, identity_label
 from se.web.accesslog import write_line
 
 __all__ = ["HeadBudget", "SEHandler"]
@@ -334,6 +335,8 @@ class SEHandler(RequestHandler):
         if manager is not None:
             manager.requests_count += 1
         took = now - started
+        if found.kind:
+            count_cached(found.kind)
         metrics.request_done(msg.method, found.status, took, received, found.sent, lean=True)
         logger = self.access_logger
         if self._access_on and logger is not None:
@@ -350,7 +353,7 @@ class SEHandler(RequestHandler):
                 len(found.data),
                 headers.get("Referer", "-"),
                 headers.get("User-Agent", "-"),
-                "-",
+                identity_label(found.grant),
                 took,
             )
 

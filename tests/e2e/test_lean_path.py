@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from se.auth import issuer
 from tests.support import SEProcess
 
 ACCESS_ON = '[logging]\naccess_log = true\nlevel = "info"\n'
@@ -162,8 +163,8 @@ def test_every_answer_is_the_full_paths(pair: tuple[SEProcess, SEProcess]) -> No
     assert _lean_count(full) == 0
 
 
-def _lean_count(srv: SEProcess) -> float:
-    text = _ask(srv, "GET", "/.well-known/se/metrics", {})[2].decode()
+def _lean_count(srv: SEProcess, headers: dict[str, str] | None = None) -> float:
+    text = _ask(srv, "GET", "/.well-known/se/metrics", headers or {})[2].decode()
     m = re.search(r"^se_http_lean_requests_total (\S+)$", text, re.M)
     assert m is not None, text[:2000]
     return float(m.group(1))
@@ -318,3 +319,55 @@ def test_an_idle_connection_is_closed_after_lean_answers(
         began = time.monotonic()
         assert sock.recv(1) == b""  # closed by the server, as after any other answer
         assert time.monotonic() - began < 5
+
+
+ISS = "https://issuer.test/"
+ANY = "https://wlcg.cern.ch/jwt/v1/any"
+
+
+def test_requests_with_a_verified_token_answer_alike(
+    se_factory: Callable[..., SEProcess], tmp_path: Path
+) -> None:
+    """A bearer token is verified by the full path the first time; after that, the lean
+    path answers with the cached grant (and the same refusals stay the full path's)."""
+    key_path, jwks = issuer.keygen(tmp_path / "keys")
+    key = issuer.load_key(key_path)
+    root = tmp_path / "tree"
+    _tree(root)
+    auth = f'[auth]\nanonymous = "none"\n[[auth.issuers]]\nissuer = "{ISS}"\njwks_file = "{jwks}"\n'
+    lean = se_factory(config=ACCESS_ON + auth, root=root)
+    full = se_factory(config=ACCESS_ON + LEAN_OFF + auth, root=root)
+
+    def bearer(scope: str, subject: str = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {issuer.issue(key, ISS, scope, [ANY], 600, subject)}"}
+
+    reader = bearer("storage.read:/")
+    dir_only = bearer("storage.read:/dir", "bob")
+    cases: list[tuple[str, str, dict[str, str], bytes]] = [
+        ("GET", "/small.bin", reader, b""),
+        ("HEAD", "/small.bin", reader, b""),
+        ("PROPFIND", "/small.bin", {**reader, "Depth": "0"}, b""),
+        ("PROPFIND", "/small.bin", {**reader, "Depth": "0"}, ALLPROP),
+        ("GET", "/dir/inner.dat", dir_only, b""),
+        ("GET", "/small.bin", dir_only, b""),  # 403, the full path's
+        ("GET", "/small.bin", {}, b""),  # 401
+        ("GET", "/small.bin", {"Authorization": "Bearer garbage"}, b""),
+        ("GET", "/small.bin", {"Authorization": "Basic YTpi"}, b""),
+    ]
+    for method, target, headers, body in cases:
+        for _ in range(2):  # the first verifies (and caches) the token
+            got = _ask(lean, method, target, headers, body)
+            want = _ask(full, method, target, headers, body)
+            assert got == want, (method, target, headers)
+    assert _ask(lean, "GET", "/small.bin", reader)[0] == 200
+    # All but the first use of each token: 9 (reader: 1 + 6 + 1 last, dir_only: 1).
+    assert _lean_count(lean, reader) == 9
+    assert _lean_count(full, reader) == 0
+    identities = set()
+    for srv in (lean, full):
+        srv.stop()
+        assert srv.stderr_path is not None
+        for line in srv.stderr_path.read_text().splitlines():
+            if '"GET /small.bin HTTP/1.1" 200' in line:
+                identities.add(line.rsplit('"', 2)[-2])
+    assert identities == {f"alice@{ISS}"}
