@@ -47,29 +47,14 @@ async def write_file_range(
     offset: int,
     count: int,
 ) -> None:
-    """Write ``count`` bytes from ``offset`` through aiohttp (works on any transport).
-
-    The next chunk is read (on the I/O threads) while the current one is written: over
-    TLS, reading and encrypting then use both cores instead of taking turns."""
-    step = backend.chunk_size
-    ahead: asyncio.Future[bytes] | None = None
-    if count > 0:
-        ahead = asyncio.ensure_future(backend.read_range(file, offset, min(step, count)))
-    try:
-        while ahead is not None:
-            data = await ahead
-            ahead = None
-            if not data:
-                break
-            offset += len(data)
-            count -= len(data)
-            if count > 0:
-                ahead = asyncio.ensure_future(backend.read_range(file, offset, min(step, count)))
-            await resp.write(data)
-    finally:
-        if ahead is not None:  # the client left: the read in flight is not needed
-            ahead.cancel()
-            await asyncio.wait([ahead])
+    """Write ``count`` bytes from ``offset`` through aiohttp (works on any transport)."""
+    while count > 0:
+        data = await backend.read_range(file, offset, min(backend.chunk_size, count))
+        if not data:
+            break
+        await resp.write(data)
+        offset += len(data)
+        count -= len(data)
 
 
 async def send_with_faults(
