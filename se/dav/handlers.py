@@ -533,7 +533,7 @@ def lean_propfind(
     scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
     resource = _resource_at(f"{scheme}://{host}", entry, None)
     data = propfind.wrap_multistatus(propfind.render_responses([resource], req))
-    fields = {"Content-Type": "application/xml; charset=utf-8"}
+    fields = "Content-Type: application/xml; charset=utf-8\r\n"
     return fastpath.Answer(fastpath.head(207, fields, len(data)) + data, len(data), 207, who)
 
 

@@ -9,6 +9,7 @@ remains can only name something below the root.  Symlinks are the backend's busi
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes
@@ -93,8 +94,22 @@ def confine(raw_path: str) -> DavPath:
     """Turn a raw (percent-encoded) URL path into a :class:`DavPath` or raise.
 
     Raises BadRequest for undecodable input and Forbidden for attempts to leave the root
-    or to touch reserved names.
-    """
+    or to touch reserved names.  Answers for short paths are remembered (the same few
+    paths are asked for again and again; a refusal is never remembered)."""
+    if len(raw_path) <= _REMEMBERED_LENGTH:
+        return _confine_remembered(raw_path)
+    return _confine(raw_path)
+
+
+_REMEMBERED_LENGTH = 256  # at most 4096 of them: about 2 MB at worst
+
+
+@functools.lru_cache(maxsize=4096)
+def _confine_remembered(raw_path: str) -> DavPath:
+    return _confine(raw_path)
+
+
+def _confine(raw_path: str) -> DavPath:
     raw_path = raw_path.split("?", 1)[0]
     if "#" in raw_path:
         # A fragment is never part of a request-target (RFC 9112 §3.2); acting on what is

@@ -116,13 +116,15 @@ def write_line(
 
 
 class _Sink:
-    """Access log lines formatted as the root handler would (``fmt``), gathered during one
-    turn of the event loop and written to ``fd`` together at its end: one write for many
-    lines under load, and at once when idle.  Each write holds whole lines and at most
-    PIPE_BUF bytes (unless one line is longer), so lines of several workers writing to one
-    pipe never mix; nothing is dropped (a short write is continued)."""
+    """Access log lines formatted as the root handler would (``fmt``), gathered and written
+    to ``fd`` together: at the end of the event loop's turn when the last write is more
+    than ``GATHER`` seconds old (a quiet server logs at once), else ``GATHER`` after it
+    (under load: one write per 10 ms, not one per request).  Each write holds whole lines
+    and at most PIPE_BUF bytes (unless one line is longer), so lines of several workers
+    writing to one pipe never mix; nothing is dropped (a short write is continued)."""
 
     CHUNK = 4096  # PIPE_BUF on Linux
+    GATHER = 0.01  # seconds after a write during which more lines wait for the next one
 
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
@@ -130,6 +132,7 @@ class _Sink:
         self._lines: list[str] = []
         self._size = 0
         self._scheduled = False
+        self._quiet_until = 0.0
         self._second = -1
         self._prefix = ""
 
@@ -151,10 +154,15 @@ class _Sink:
                 self.flush()
                 return
             self._scheduled = True
-            loop.call_soon(self.flush)
+            wait = self._quiet_until - _time.monotonic()
+            if wait > 0:
+                loop.call_later(wait, self.flush)
+            else:
+                loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
+        self._quiet_until = _time.monotonic() + self.GATHER
         lines, self._lines, self._size = self._lines, [], 0
         chunk: list[bytes] = []
         size = 0

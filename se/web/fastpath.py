@@ -37,7 +37,7 @@ from se.storage.paths import DavPath, confine
 from se.storage.types import CachedFile, Stat
 from se.web.access import cached_grant
 from se.web.context import Context
-from se.web.representation import SERVER, file_headers
+from se.web.representation import SERVER, file_head_fields
 
 __all__ = ["LEAN", "Answer", "Answerer", "Lean", "answer_get", "credentials", "head", "target"]
 
@@ -175,7 +175,7 @@ def answer_get(
         return None
     try:
         st = opened.stat
-        fields = file_headers(st, opened.path.name)
+        fields = file_head_fields(st, opened.path.name)
         if op is Op.STAT:
             return Answer(head(200, fields, st.size), 0, 200, who)
         if st.size > backend.inline_read_max and not isinstance(opened, CachedFile):
@@ -198,12 +198,11 @@ def answer_get(
 _REASONS = {200: "OK", 207: "Multi-Status"}
 
 
-def head(status: int, fields: dict[str, str], length: int) -> bytes:
-    """The status line and head of an answer, as aiohttp writes them: ``fields``, then
-    Content-Length, Date and Server."""
-    text = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+def head(status: int, fields: str, length: int) -> bytes:
+    """The status line and head of an answer, as aiohttp writes them: ``fields`` (whole
+    lines), then Content-Length, Date and Server."""
     return (
-        f"HTTP/1.1 {status} {_REASONS[status]}\r\n{text}Content-Length: {length}\r\n"
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\n{fields}Content-Length: {length}\r\n"
         f"Date: {rfc822_formatted_time()}".encode()
         + _TAIL
     )

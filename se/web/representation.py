@@ -14,7 +14,7 @@ import mimetypes
 from se import __version__
 from se.storage.types import Stat
 
-__all__ = ["SERVER", "content_type", "file_headers", "http_date"]
+__all__ = ["SERVER", "content_type", "file_head_fields", "file_headers", "http_date"]
 
 SERVER = f"se/{__version__}"
 
@@ -42,9 +42,20 @@ def _content_type_of_suffix(suffix: str) -> str:
 
 def file_headers(st: Stat, name: str) -> dict[str, str]:
     """ETag, Last-Modified, Accept-Ranges and Content-Type of a file, in that order."""
-    return {
-        "Etag": st.etag,
-        "Last-Modified": http_date(st.mtime),
-        "Accept-Ranges": "bytes",
-        "Content-Type": content_type(name),
-    }
+    return dict(_file_fields(st, name))
+
+
+@functools.lru_cache(maxsize=4096)
+def file_head_fields(st: Stat, name: str) -> str:
+    """:func:`file_headers` as the lines of an answer's head (``Name: value\\r\\n`` each)."""
+    return "".join(f"{k}: {v}\r\n" for k, v in _file_fields(st, name))
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_fields(st: Stat, name: str) -> tuple[tuple[str, str], ...]:
+    return (
+        ("Etag", st.etag),
+        ("Last-Modified", http_date(st.mtime)),
+        ("Accept-Ranges", "bytes"),
+        ("Content-Type", content_type(name)),
+    )
