@@ -19,7 +19,6 @@ unreachable address) is counted as dropped; nothing is discarded without being c
 from __future__ import annotations
 
 import _socket
-import asyncio
 import datetime as dt
 import errno
 import functools
@@ -33,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from se import metrics
+from se.loopturn import at_end_of_turn
 from se.scitags.tags import Tag
 
 __all__ = [
@@ -340,15 +340,8 @@ class FireflySender:
         self._schedule()
 
     def _schedule(self) -> None:
-        if self._scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        self._scheduled = True
-        loop.call_soon(self.flush)
+        if not self._scheduled:
+            self._scheduled = at_end_of_turn(self.flush)
 
     def flush(self) -> None:
         """Send the queued fireflies (the peer copy first, then one per collector) and move

@@ -4,7 +4,6 @@ identity it was judged as, and a filter that hides token-bearing query parameter
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import os
@@ -17,6 +16,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from se.loopturn import at_end_of_turn
 from se.web.access import grant_of, identity_label
 
 __all__ = ["AccessLogger", "RedactTokens", "flush", "redact_query", "write_directly", "write_line"]
@@ -148,17 +148,7 @@ class _Sink:
         if self._size >= 16 * self.CHUNK:
             self.flush()
         elif not self._scheduled:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return
-            self._scheduled = True
-            wait = self._quiet_until - _time.monotonic()
-            if wait > 0:
-                loop.call_later(wait, self.flush)
-            else:
-                loop.call_soon(self.flush)
+            self._scheduled = at_end_of_turn(self.flush, self._quiet_until - _time.monotonic())
 
     def flush(self) -> None:
         self._scheduled = False

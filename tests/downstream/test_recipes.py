@@ -121,9 +121,10 @@ def test_tape_stage_and_archive_without_mock(se_server_factory: SEServerFactory)
     failed = stage_and_wait(srv, "/tape/bad")
     assert failed["state"] == "FAILED" and failed["error"] == "cartridge damaged"
     assert call("GET", srv.url + "/tape/good", admin)[0] == 200
-    # An archive that never completes, as FTS's archive monitoring sees it.
-    assert call("PUT", srv.url + "/tape/unlucky", admin, b"x")[0] == 201
+    # An archive that never completes, as FTS's archive monitoring sees it (the fault set
+    # first: the library may archive a new file as soon as it is written).
     srv.faults.add(path="/tape/unlucky", archive_error="tape write error")
+    assert call("PUT", srv.url + "/tape/unlucky", admin, b"x")[0] == 201
     assert call("POST", srv.url + "/.well-known/se/tape", admin, {"flush": True})[0] == 200
     body = call("POST", srv.url + "/api/v1/archiveinfo", admin, {"paths": ["/tape/unlucky"]})[1]
     (info,) = json.loads(body)
