@@ -758,7 +758,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="TOML file for se instead of the default '[logging] access_log = false'",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--tree",
+        type=Path,
+        default=REPO_ROOT,
+        help="source tree whose se runs (e.g. a git worktree of an older commit)",
+    )
+    args = p.parse_args(argv)
+    args.tree = args.tree.resolve()
+    return args
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -792,7 +800,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers.append(start_nginx(base, data, args.nginx_workers))
         log(f"nginx at {servers[-1].url}")
         if not args.peer_only:
-            servers.append(start_se(base, data, args.workers, args.python, args.se_config))
+            servers.append(
+                start_se(base, data, args.workers, args.python, args.se_config, tree=args.tree)
+            )
             log(f"se at {servers[-1].url}")
         for server in servers:
             sanity_check(server, data)

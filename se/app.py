@@ -264,6 +264,7 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
             "HEAD": fastpath.answer_get,
             "PROPFIND": handlers.lean_propfind,
         },
+        {"PUT": handlers.lean_put},
     )
     app[TPC_SERVICE] = tpc
     if tape is not None:

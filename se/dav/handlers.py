@@ -40,9 +40,10 @@ from se.errors import (
 from se.scitags import http as scitags_http
 from se.storage import checksums
 from se.storage.paths import DavPath, confine
+from se.storage.posix import UploadResult
 from se.storage.types import CachedFile, DirEntry, Identity, OpenFile, Stat
 from se.web import fastpath, testpoints, transferlog
-from se.web.access import authorise, authorise_write, grant_of
+from se.web.access import authorise, authorise_write, check_write, grant_of
 from se.web.body import read_body
 from se.web.context import Context, context
 from se.web.headers import Depth, parse_depth, parse_destination, parse_overwrite
@@ -340,6 +341,65 @@ async def put(request: web.Request) -> web.StreamResponse:
     if close:
         resp.force_close()
     return resp
+
+
+# Request fields of a PUT that ask for more than the lean PUT does (lower case, as bytes).
+_PUT_HANDED_OVER = frozenset(
+    (b"content-range", b"digest", b"repr-digest", b"content-digest", b"content-md5")
+)
+
+
+def lean_put(
+    ctx: Context, msg: RawRequestMessage, body: bytes, transport: asyncio.BaseTransport
+) -> fastpath.Pending | None:
+    """PUT of a body that arrived whole (up to storage.chunk_size), for the lean path
+    (se.web.fastpath): :func:`put` in one I/O job (PosixBackend.put_whole) and the same
+    answer; None when it asks for more (digests sent or wanted, a range, 100-continue, a
+    share with a size, a tagged flow, a storage observer, anything refused).  A job that
+    fails leaves the request to :func:`put`, which answers the error as always."""
+    path = fastpath.target(ctx, msg, transport, body=True)
+    backend = ctx.backend
+    if path is None or len(body) > backend.chunk_size or backend.observer is not None:
+        return None
+    for name, _value in msg.raw_headers:
+        if name.lower() in _PUT_HANDED_OVER:
+            return None
+    who = fastpath.credentials(ctx, msg, transport)
+    if who is None:
+        return None
+    grant = who[0]
+    headers = msg.headers
+    svc = ctx.scitags
+    if (
+        svc is not None
+        and svc.wants_flows
+        and svc.tag_for(headers, {}, str(path), "PUT", grant.subject if grant else "") is not None
+    ):
+        return None
+    space = ctx.space
+    if space is not None and space.limit(path) is not None:
+        return None
+    try:
+        overwrite = parse_overwrite(headers.get("Overwrite"))
+        if path.is_root:
+            return None
+
+        def may(op: Op) -> None:
+            require(op, path, ctx.anonymous, grant, ctx.public)
+
+        check_write(may, ctx, path, overwrite)
+        job = asyncio.get_running_loop().run_in_executor(
+            backend.executor, backend.put_whole, path, overwrite, body
+        )
+    except (SEError, RuntimeError):  # (RuntimeError: the I/O threads are gone)
+        return None
+
+    def finish(result: UploadResult) -> fastpath.Answer:
+        status = 201 if result.created else 204
+        fields = f"Etag: {result.stat.etag}\r\n"
+        return fastpath.Answer(fastpath.head(status, fields, 0), 0, status, who)
+
+    return fastpath.Pending(job, finish)
 
 
 async def check_put(request: web.Request) -> None:

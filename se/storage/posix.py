@@ -1171,6 +1171,20 @@ class PosixBackend:
         upload._open_sync()
         return upload
 
+    def put_whole(self, p: DavPath, overwrite: bool, body: bytes) -> UploadResult:
+        """A body that arrived whole, stored by one job on the calling (pool) thread: the
+        upload begun, written, fsynced and put in place as :meth:`begin_upload` and
+        :meth:`Upload.commit` do it (the lean PUT path, se.dav.handlers.lean_put).  On any
+        failure nothing is stored and the error is raised."""
+        upload = self._begin_upload_sync(p, overwrite, ())
+        try:
+            result = upload._commit_sync({}, [body] if body else [])
+        except BaseException:
+            upload._abort_sync()
+            raise
+        upload._done = True
+        return result
+
     def check_upload(self, p: DavPath, overwrite: bool) -> None:
         """The checks a PUT can fail before any byte is read (used for 100-continue)."""
         self._check_upload(p, overwrite)

@@ -38,6 +38,7 @@ __all__ = [
     "authorise",
     "authorise_write",
     "bearer_token",
+    "check_write",
     "decision_of",
     "grant_of",
     "identity_label",
@@ -238,14 +239,21 @@ def decision_of(request: web.BaseRequest) -> tuple[str, str, str, str] | None:
 
 
 def authorise_write(request: web.Request, path: DavPath, overwrite: bool) -> None:
-    """A write to ``path``: modify when it replaces something, else create.
+    """A write to ``path``: modify when it replaces something, else create (see
+    :func:`check_write`)."""
+    check_write(lambda op: authorise(request, op, path), context(request), path, overwrite)
+
+
+def check_write(may: Callable[[Op], None], ctx: Context, path: DavPath, overwrite: bool) -> None:
+    """Raise unless a write to ``path`` is allowed, ``may(op)`` raising for an operation
+    the caller may not do.
 
     Whoever may modify may always write; a create-only caller may write where nothing
     exists yet (the filesystem is asked only in that case).
     """
     try:
-        authorise(request, Op.MODIFY, path)
+        may(Op.MODIFY)
     except (Unauthorized, Forbidden):
-        if overwrite and context(request).backend.stat(path) is not None:
+        if overwrite and ctx.backend.stat(path) is not None:
             raise
-        authorise(request, Op.CREATE, path)
+        may(Op.CREATE)

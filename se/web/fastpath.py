@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
@@ -39,7 +40,18 @@ from se.web.access import cached_grant
 from se.web.context import Context
 from se.web.representation import SERVER, file_head_fields
 
-__all__ = ["LEAN", "Answer", "Answerer", "Lean", "answer_get", "credentials", "head", "target"]
+__all__ = [
+    "LEAN",
+    "Answer",
+    "Answerer",
+    "Deferred",
+    "Lean",
+    "Pending",
+    "answer_get",
+    "credentials",
+    "head",
+    "target",
+]
 
 # Request fields that ask for more than the lean path does (lower case, as bytes).
 _HANDED_OVER = frozenset(
@@ -81,20 +93,43 @@ class Answer:
         self.grant, self.kind = who  # the request's grant; the kind of its token or ""
 
 
+class Pending:
+    """A request whose answer an I/O job is making (a lean PUT): once ``job`` is done,
+    ``finish`` makes the answer of its result.  A job that fails leaves the request to the
+    full path, which answers it as always (the job must then have done nothing the full
+    path would see: a failed upload stores nothing)."""
+
+    __slots__ = ("finish", "job")
+
+    def __init__(self, job: asyncio.Future[Any], finish: Callable[[Any], Answer]) -> None:
+        self.job = job
+        self.finish = finish
+
+
 # An answerer: the answer to a request (its parsed message and its whole body, b"" if
 # none), or None to leave it to the full path.
 Answerer = Callable[[Context, RawRequestMessage, bytes, asyncio.BaseTransport], "Answer | None"]
+# ... of a request whose answer needs an I/O job: its Pending, or None.
+Deferred = Callable[[Context, RawRequestMessage, bytes, asyncio.BaseTransport], "Pending | None"]
 
 
 class Lean:
-    """What the connection handler needs for the lean path: the application's context and
-    the answerer of each method it covers."""
+    """What the connection handler needs for the lean path: the application's context, the
+    answerer of each method it answers at once, and of each it answers after an I/O job
+    (only the last request of what arrived; nothing is read meanwhile, so that the answers
+    stay in order)."""
 
-    __slots__ = ("answerers", "ctx")
+    __slots__ = ("answerers", "ctx", "deferred")
 
-    def __init__(self, ctx: Context, answerers: dict[str, Answerer]) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        answerers: dict[str, Answerer],
+        deferred: dict[str, Deferred] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.answerers = answerers
+        self.deferred = deferred or {}
 
 
 LEAN: web.AppKey[Lean] = web.AppKey("se_lean", Lean)
@@ -195,14 +230,15 @@ def answer_get(
         opened.close()
 
 
-_REASONS = {200: "OK", 207: "Multi-Status"}
+_REASONS = {200: "OK", 201: "Created", 204: "No Content", 207: "Multi-Status"}
 
 
 def head(status: int, fields: str, length: int) -> bytes:
     """The status line and head of an answer, as aiohttp writes them: ``fields`` (whole
-    lines), then Content-Length, Date and Server."""
+    lines), then Content-Length (never for a 204), Date and Server."""
+    framing = "" if status == 204 else f"Content-Length: {length}\r\n"
     return (
-        f"HTTP/1.1 {status} {_REASONS[status]}\r\n{fields}Content-Length: {length}\r\n"
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\n{fields}{framing}"
         f"Date: {rfc822_formatted_time()}".encode()
         + _TAIL
     )

@@ -47,7 +47,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from se import metrics
-from se.web import fastpath
+from se.web import fastpath, health
 from se.web.access import count_cached, identity_label
 from se.web.accesslog import write_line
 
@@ -120,11 +120,13 @@ class SEHandler(RequestHandler):
         "_head_bytes",
         "_head_timeout",
         "_head_timer",
+        "_held",
         "_last_payload",
         "_lean",
         "_lean_count",
         "_logged",
         "_max_head_bytes",
+        "_pending",
         "_refused",
         "_sent",
     )
@@ -145,6 +147,8 @@ class SEHandler(RequestHandler):
         self._lean = lean  # when the lean path (se.web.fastpath) is on
         self._lean_count = 0  # requests answered by it
         self._logged = 0  # answers aiohttp has finished (all written)
+        self._pending: fastpath.Pending | None = None  # a lean answer its I/O job is making
+        self._held = b""  # what arrived meanwhile (reading is paused; at most a segment)
         self._budget = budget
         self._max_head_bytes = max_head_bytes
         self._head_timeout = head_timeout
@@ -197,6 +201,9 @@ class SEHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
+            return
+        if self._pending is not None:  # read on once its answer is written, in order
+            self._held += data
             return
         last = self._last_payload
         count = self._request_count
@@ -275,14 +282,34 @@ class SEHandler(RequestHandler):
                     if not isinstance(msg, RawRequestMessage) or self.writing_paused:
                         break
                     answerer = answerers.get(msg.method)
+                    deferred = None
                     if answerer is None:
-                        break
+                        # Answered after an I/O job: only the last request of all this
+                        # data, so that nothing after it waits unread in the parser.
+                        deferred = lean_path.deferred.get(msg.method)
+                        if deferred is None or done + 1 < len(messages) or upgraded:
+                            break
+                        if len(messages) >= limit:
+                            break
                     body = b""
                     if payload is not EMPTY_PAYLOAD:
                         if not payload.is_eof() or payload.exception() is not None:
                             break  # (still coming: the full path reads it)
                         body = payload.read_nowait(-1)
                     started = self._loop.time()
+                    if deferred is not None:
+                        pending = deferred(ctx, msg, body, transport)
+                        if pending is None:
+                            if body:
+                                messages = [*messages]
+                                messages[done] = (msg, self._whole_body(body))
+                            break
+                        parser.message_consumed()
+                        done += 1
+                        self._lean_count += 1
+                        self._wait_for(pending, msg, body, started)
+                        break
+                    assert answerer is not None
                     found = answerer(ctx, msg, body, transport)
                     if found is None:
                         if body:  # what the full path reads instead
@@ -312,6 +339,60 @@ class SEHandler(RequestHandler):
                 return
             if len(messages) < limit or len(self._messages) >= limit:
                 return  # nothing held back by the parser, or aiohttp feeds it when drained
+
+    def _wait_for(
+        self, pending: fastpath.Pending, msg: RawRequestMessage, body: bytes, started: float
+    ) -> None:
+        """Read nothing more until ``pending``'s answer is written (answers stay in order,
+        and a client cannot queue more meanwhile); the keep-alive timer waits too."""
+        self._pending = pending
+        health.SERVICE.active += 1  # (a graceful stop waits for it)
+        transport = self.transport
+        assert transport is not None
+        with contextlib.suppress(AttributeError, RuntimeError):
+            transport.pause_reading()
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        pending.job.add_done_callback(lambda job: self._job_done(pending, msg, body, started))
+
+    def _job_done(
+        self, pending: fastpath.Pending, msg: RawRequestMessage, body: bytes, started: float
+    ) -> None:
+        self._pending = None
+        health.SERVICE.active -= 1
+        job = pending.job
+        found = None
+        if not job.cancelled() and job.exception() is None:
+            found = pending.finish(job.result())
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            if found is not None:  # done, though the client is gone: counted and logged
+                self._answered(msg, found, started, len(body))
+            return
+        if found is not None:
+            transport.write(found.data)
+            self._answered(msg, found, started, len(body))
+        else:
+            # The full path answers it (and the error) as always: nothing was stored.
+            self._lean_count -= 1
+            self._request_count += 1
+            self._messages.append((msg, self._whole_body(body)))
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        with contextlib.suppress(AttributeError, RuntimeError):
+            transport.resume_reading()
+        held, self._held = self._held, b""
+        if held:
+            self.data_received(held)
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's signature)
+        pending = self._pending
+        if pending is not None:  # its answer first (the job is on an I/O thread anyway)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(pending.job), timeout)
+        await super().shutdown(timeout)
 
     def _whole_body(self, body: bytes) -> StreamReader:
         """A request body, all received, as the full path reads it."""
