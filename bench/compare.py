@@ -66,6 +66,7 @@ from bench.run import (  # noqa: E402
     Server,
     StartError,
     WrkResult,
+    add_se_arguments,
     big_get,
     big_put,
     error_lines,
@@ -1076,13 +1077,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--workers", type=int, default=2, help="se --workers (default 2)")
     p.add_argument("--nginx-workers", type=int, default=2, help="nginx worker_processes (2)")
-    p.add_argument("--python", default=sys.executable, help="interpreter that runs se")
-    p.add_argument(
-        "--tree",
-        type=Path,
-        default=REPO_ROOT,
-        help="source tree whose se runs (e.g. a git worktree of an older commit)",
-    )
+    add_se_arguments(p)
     args = p.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROW_NAMES]

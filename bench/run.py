@@ -743,6 +743,17 @@ def report(results: Results, servers: list[Server], reps: int, args: argparse.Na
 # --------------------------------------------------------------------------- main
 
 
+def add_se_arguments(p: argparse.ArgumentParser) -> None:
+    """--python and --tree: which se runs (bench/compare.py has them too)."""
+    p.add_argument("--python", default=sys.executable, help="interpreter that runs se")
+    p.add_argument(
+        "--tree",
+        type=Path,
+        default=REPO_ROOT,
+        help="source tree whose se runs (e.g. a git worktree of an older commit)",
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark se against nginx WebDAV.")
     p.add_argument("--quick", action="store_true", help="1 repetition instead of 3")
@@ -752,18 +763,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     p.add_argument("--peer-only", action="store_true", help="only run nginx (no se)")
     p.add_argument("--duration", type=int, default=10, help="wrk seconds for 4 KiB GET")
-    p.add_argument("--python", default=sys.executable, help="interpreter that runs se")
     p.add_argument(
         "--se-config",
         type=Path,
         help="TOML file for se instead of the default '[logging] access_log = false'",
     )
-    p.add_argument(
-        "--tree",
-        type=Path,
-        default=REPO_ROOT,
-        help="source tree whose se runs (e.g. a git worktree of an older commit)",
-    )
+    add_se_arguments(p)
     args = p.parse_args(argv)
     args.tree = args.tree.resolve()
     return args

@@ -1,4 +1,4 @@
-"""The lean path of the most frequent request: an anonymous GET or HEAD of a small file.
+"""The lean path of the most frequent requests: GET or HEAD of a small file, and the like.
 
 Most of the cost of such a request in aiohttp is the request and response objects, the
 router, the handler's task and the signals, not the file.  :func:`answer` serves the
@@ -7,12 +7,14 @@ the same reading of every byte): the same checks and the same answer as the full
 (se.app.dispatch -> se.dav.handlers.get), with the headers of
 :mod:`se.web.representation`.  The connection handler (se.web.protocol) writes the
 answer, counts it in the metrics and writes its access log line.  PROPFIND Depth 0 of a
-file is answered the same way by se.dav.handlers.lean_propfind (the application gives
-the handler its :class:`Lean`, with the answerer of each method).
+file is answered the same way by se.dav.handlers.lean_propfind, and a small PUT by
+se.dav.handlers.lean_put after one I/O job (a :class:`Pending`; the connection reads
+nothing more until its answer is written); the application gives the handler its
+:class:`Lean`, with the answerer of each method.
 
 Whatever the lean path does not cover is left to the full path, which answers it as
-always: another method; a request with a body (but a PROPFIND's, whole in the segments
-read so far), credentials other than one bearer token already verified (a new token, a
+always: another method; a request with a body (but a PROPFIND's or a PUT's, whole in the
+segments read so far), credentials other than one bearer token already verified (a new token, a
 query string, a client certificate where certificates are asked for), conditions, ranges or
 digests wanted; paths below ``/.well-known`` and the SRR path; anything refused or not
 found; a collection; a file above ``storage.inline_read_max`` that is not in the

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from se.auth import issuer
-from tests.e2e.test_lean_path import LEAN_OFF, _lean_count, _read_answers
+from tests.e2e.test_lean_path import LEAN_OFF, _ask, _lean_count, _read_answers
 from tests.support import SEProcess
 
 BODY = os.urandom(4096)
@@ -53,21 +53,8 @@ def pair(se_factory: Callable[..., SEProcess], tmp_path: Path) -> tuple[SEProces
 def _put(
     srv: SEProcess, target: str, headers: dict[str, str], body: bytes
 ) -> tuple[int, list[tuple[str, str]], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
-    try:
-        conn.putrequest("PUT", target, skip_host=True, skip_accept_encoding=True)
-        for k, v in {"Host": "se.example:1094", **headers}.items():
-            conn.putheader(k, v)
-        if "Content-Length" not in headers:
-            conn.putheader("Content-Length", str(len(body)))
-        # Head and body in one segment, as most clients send a small PUT.
-        conn.endheaders(body or None)
-        resp = conn.getresponse()
-        answer = resp.read()
-        fields = [(k, v) for k, v in resp.getheaders() if k.lower() != "date"]
-        return resp.status, fields, answer
-    finally:
-        conn.close()
+    # (Head and body go in one segment, as most clients send a small PUT.)
+    return _ask(srv, "PUT", target, headers, body)
 
 
 def _etag_of(srv: SEProcess, target: str) -> str:
