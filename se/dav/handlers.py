@@ -359,7 +359,9 @@ def lean_put(
     fails leaves the request to :func:`put`, which answers the error as always."""
     path = fastpath.target(ctx, msg, transport, body=True)
     backend = ctx.backend
-    if path is None or len(body) > backend.chunk_size or backend.observer is not None:
+    if path is None or path.is_root or len(body) > backend.chunk_size:
+        return None
+    if backend.observer is not None:
         return None
     for name, _value in msg.raw_headers:
         if name.lower() in _PUT_HANDED_OVER:
@@ -381,8 +383,6 @@ def lean_put(
         return None
     try:
         overwrite = parse_overwrite(headers.get("Overwrite"))
-        if path.is_root:
-            return None
 
         def may(op: Op) -> None:
             require(op, path, ctx.anonymous, grant, ctx.public)

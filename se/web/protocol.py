@@ -287,9 +287,8 @@ class SEHandler(RequestHandler):
                         # Answered after an I/O job: only the last request of all this
                         # data, so that nothing after it waits unread in the parser.
                         deferred = lean_path.deferred.get(msg.method)
-                        if deferred is None or done + 1 < len(messages) or upgraded:
-                            break
-                        if len(messages) >= limit:
+                        last = done + 1 == len(messages) < limit and not upgraded
+                        if deferred is None or not last:
                             break
                     body = b""
                     if payload is not EMPTY_PAYLOAD:
