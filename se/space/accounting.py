@@ -16,7 +16,13 @@ early check (before a body is read, before a third-party pull's 202).
 
 Reconciliation walks a share's paths (``lstat`` only, never following a symlink, skipping
 ``.se-*`` names and upload temp files; the paths of other shares below are left to them) and
-sets the totals.  Changes made during the walk may be missed until the next one.
+sets the totals, unless a change was counted meanwhile (then it walks again).  Changes that
+are counted at another moment than they happen on disk are known to it: an upload or a
+delete counted before its rename or unlink (a pending row, made and judged under the
+directory's lock), a tree deleted, copied or moved, counted after (a change mark, see
+:meth:`Accounting.begin_change`).  It waits for those in flight, and a pending change whose
+process was killed is settled by the walk itself (its row goes with the new totals, so the
+recovery does not take it back a second time).
 
 SQLite (default ``<state_dir>/space.sqlite``, WAL, ``synchronous=NORMAL``: a committed
 change survives the process being killed) or PostgreSQL (a ``postgresql://`` URL;
@@ -31,9 +37,11 @@ import fcntl
 import logging
 import os
 import queue
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +52,7 @@ from se.config import Config, ShareConfig, state_dir
 from se.errors import InsufficientStorage, ServiceUnavailable
 from se.space.shares import ShareMap
 from se.storage.paths import DavPath
-from se.storage.usage import DELETE_KEY, Deltas, walk_files
+from se.storage.usage import CHANGE_KEY, DELETE_KEY, Deltas, dir_locked, walk_files
 
 __all__ = ["Accounting", "Usage", "database_location"]
 
@@ -58,6 +66,11 @@ RECONCILE_TRIES = 3  # walks of a share that keeps changing under them
 SETTLE_BATCH = 64  # settled uploads forgotten together, or ...
 SETTLE_DELAY = 1.0  # ... after this many seconds (at the next upload, recovery or close)
 RECOVER_INTERVAL = 10.0  # seconds between looks for uploads counted but never put in place
+IN_FLIGHT_WAIT = 60.0  # seconds a reconciliation waits for changes in flight, then gives up
+IN_FLIGHT_POLL = 0.05  # seconds between its looks
+# A change mark of a process on another host (whose life cannot be seen from here) is taken
+# as that of a dead process after this many seconds.
+CHANGE_STALE = 6 * 3600.0
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS space_usage ("
@@ -70,7 +83,8 @@ _SCHEMA = (
     # the upload is in place; what a writer killed in between left is taken back by
     # :meth:`Accounting.recover_sync` (its temp file is still there, and unlocked).  Also
     # files counted as deleted but not yet unlinked: temp "delete:<id>", the target and its
-    # inode (still there with that inode: taken back).
+    # inode (still there with that inode: taken back).  And changes in flight counted after
+    # they are on disk: temp "change:<id>", share "*", the owner (host/pid/start) as target.
     "CREATE TABLE IF NOT EXISTS space_pending ("
     " temp TEXT NOT NULL,"
     " share TEXT NOT NULL,"
@@ -300,6 +314,54 @@ def _unlinked_state(target: str, ino: int) -> str:
     return "dead" if st.st_ino == ino else "gone"
 
 
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started, in clock ticks since boot ("" when unknown): with the
+    pid, one process, even after its pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+_HOST = socket.gethostname()
+
+
+def _owner() -> str:
+    """This process, as a change mark names its owner: host/pid/start."""
+    pid = os.getpid()
+    return f"{_HOST}/{pid}/{_process_start(pid)}"
+
+
+def _owner_alive(owner: str, created: float, now: float) -> bool:
+    """Whether the process that made a change mark still runs (on another host: whether the
+    mark is younger than CHANGE_STALE)."""
+    host, _, rest = owner.partition("/")
+    pid_text, _, start = rest.partition("/")
+    if host != _HOST or not pid_text.isdigit():
+        return now - created < CHANGE_STALE
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # there, someone else's
+    return not start or _process_start(pid) in ("", start)
+
+
+@dataclass
+class _Judged:
+    """The pending rows of a share as a reconciliation found them, none in flight: those of
+    killed uploads and deletes (their count the walk replaces) and the marks of dead
+    changes (the recovery's to drop)."""
+
+    dead: list[str]
+    dead_changes: set[str]
+
+
 class Accounting:
     """Per-share usage in the state database; the backend's :class:`SpaceTracker`."""
 
@@ -316,6 +378,7 @@ class Accounting:
         self._settled: list[str] = []
         self._settled_at = time.monotonic()
         self._settle_lock = threading.Lock()
+        self._walk_wanted = False  # a change mark of a dead process was dropped
 
     @classmethod
     def open(cls, cfg: Config) -> Accounting:
@@ -493,6 +556,31 @@ class Accounting:
             batch, self._settled, self._settled_at = self._settled, [], now
         self._forget(batch)
 
+    def begin_change(self) -> str:
+        """Mark a change in flight whose count comes with or after what it does on disk (a
+        tree deleted, copied or moved); ``apply(deltas, settle=key)`` ends it.  Until then a
+        reconciliation waits (a walk meanwhile could see half of the change); a mark whose
+        process is gone is dropped by the recovery, which has the shares walked again."""
+        key = f"{CHANGE_KEY}{uuid.uuid4().hex}"
+        with self._db.transaction(write=True, single=True) as cur:
+            cur.execute(_PENDING, (key, _owner(), "*", 0, 0, time.time(), 0))
+        return key
+
+    def _judge(self, temp: str, target: str, ino: int, created: float, now: float) -> str:
+        """The state of a pending row: "gone" (done on disk), "dead" (never will be: its
+        process is gone) or "alive" (in flight).  An upload or delete is judged under its
+        directory's lock, which its writer holds from its count to its rename or unlink:
+        one seen in the middle is waited for, not taken for dead or done."""
+        if temp.startswith(CHANGE_KEY):
+            return "alive" if _owner_alive(target, created, now) else "dead"
+        target_fs = self._abs(target)
+        with contextlib.ExitStack() as stack:
+            with contextlib.suppress(OSError):  # no directory (any more): nothing to wait for
+                stack.enter_context(dir_locked(os.path.dirname(target_fs)))
+            if temp.startswith(DELETE_KEY):
+                return _unlinked_state(target_fs, ino)
+            return _writer_state(self._abs(temp), target_fs)
+
     def flush_settled(self) -> None:
         with self._settle_lock:
             batch, self._settled = self._settled, []
@@ -512,41 +600,52 @@ class Accounting:
         return self._rel(pending[0]), self._rel(pending[1])
 
     def recover_sync(self) -> int:
-        """Take back what uploads counted but never put in place (their writer was killed
-        between the two): a pending upload whose temp file is gone got in place (forgotten);
-        one whose temp file is still there with no live writer (it can be locked) and not
-        linked into place did not (taken back).  Live writers are left alone.  How many
-        were taken back."""
+        """Take back what changes counted but never made (their process was killed between
+        the two): a pending upload whose temp file is gone got in place (forgotten); one
+        whose temp file is still there with no live writer (it can be locked) and not
+        linked into place did not (taken back); likewise a pending delete whose file is
+        still there.  A change mark whose process is gone is dropped, and every share is
+        marked as never reconciled (its count never came; a walk at the next start, or at
+        the next periodic run, sets the totals).  Live writers are left alone, and a row a
+        reconciliation settled meanwhile is not taken back twice.  How many were undone."""
         if not self._db.exists():
             return 0
         self.flush_settled()
         with self._db.transaction(write=False, single=True) as cur:
-            cur.execute("SELECT temp, target, share, bytes, files, ino FROM space_pending")
+            cur.execute("SELECT temp, target, share, bytes, files, ino, created FROM space_pending")
             rows = cur.fetchall()
         undone = 0
         done: list[str] = []  # got in place: forgotten together
+        now = time.time()
         for temp in sorted({str(r[0]) for r in rows}):
             mine = [r for r in rows if r[0] == temp]
-            target = self._abs(str(mine[0][1]))
-            if temp.startswith(DELETE_KEY):
-                state = _unlinked_state(target, int(mine[0][5]))
-            else:
-                state = _writer_state(self._abs(temp), target)
+            first = mine[0]
+            state = self._judge(temp, str(first[1]), int(first[5]), float(first[6]), now)
             if state == "alive":
                 continue
             if state != "dead":
                 done.append(temp)
                 continue
             back = Deltas()
-            if state == "dead":
-                for _t, _target, share, nbytes, files, _ino in mine:
-                    back.add(str(share), -int(nbytes), -int(files))
-                undone += 1
-                log.warning("space: change %s never happened; its count taken back", temp)
+            for _t, _target, share, nbytes, files, _ino, _created in mine:
+                back.add(str(share), -int(nbytes), -int(files))
             with self._db.transaction(write=True) as cur:
+                cur.execute("DELETE FROM space_pending WHERE temp = ?", (temp,))
+                if cur.rowcount <= 0:
+                    continue  # settled by a reconciliation meanwhile
                 for name, nbytes, files in sorted(back.items()):
                     _add(cur, name, nbytes, files, time.time())
-                cur.execute("DELETE FROM space_pending WHERE temp = ?", (temp,))
+                if temp.startswith(CHANGE_KEY):
+                    cur.execute("UPDATE space_usage SET reconciled = 0")
+            undone += 1
+            if temp.startswith(CHANGE_KEY):
+                self._walk_wanted = True
+                log.warning(
+                    "space: a change by %s never finished; every share will be walked again",
+                    first[1],
+                )
+            else:
+                log.warning("space: change %s never happened; its count taken back", temp)
         if done:
             self._forget(done)
         return undone
@@ -666,34 +765,87 @@ class Accounting:
             raise KeyError(name)
         out: dict[str, Usage] = {}
         with self._reconciling:
+            if name is None:
+                self._walk_wanted = False
             for share in names:
-                for _ in range(RECONCILE_TRIES):
-                    before = self.usage(share)
-                    nbytes, files = self.walk(share)
-                    if not (nbytes or files or self._db.exists()):
-                        break  # nothing to say: no database yet
-                    # Set only if no write counted meanwhile: else its count, which the walk
-                    # may or may not have seen, would be lost; walk again.
-                    if self._set_unless_changed(share, before, nbytes, files):
-                        log.info(
-                            "space: share %s reconciled: %d bytes in %d files", share, nbytes, files
-                        )
-                        break
-                else:
-                    log.warning(
-                        "space: share %s changed during each of %d walks; its totals "
-                        "stay as counted",
-                        share,
-                        RECONCILE_TRIES,
-                    )
+                self._reconcile_share(share)
                 out[share] = self.usage(share)
         return out
 
-    def _set_unless_changed(self, name: str, before: Usage, nbytes: int, files: int) -> bool:
+    def _reconcile_share(self, share: str) -> None:
+        """Walk a share and set its totals: once no change of it is in flight (waiting up to
+        IN_FLIGHT_WAIT), and only if no change was counted or begun while it walked (walking
+        again, up to RECONCILE_TRIES times)."""
+        walks = 0
+        deadline = time.monotonic() + IN_FLIGHT_WAIT
+        for _ in range(1 << 62):  # bounded by the deadline and the walks
+            before = self.usage(share)
+            judged = self._judge_pending(share)
+            if judged is None:
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "space: share %s had changes in flight for %.0f s; its totals stay "
+                        "as counted",
+                        share,
+                        IN_FLIGHT_WAIT,
+                    )
+                    return
+                time.sleep(IN_FLIGHT_POLL)
+                continue
+            nbytes, files = self.walk(share)
+            if not (nbytes or files or self._db.exists()):
+                return  # nothing to say: no database yet
+            # Set only if no write counted meanwhile: else its count, which the walk may or
+            # may not have seen, would be lost; walk again.
+            if self._set_unless_changed(share, before, nbytes, files, judged):
+                log.info("space: share %s reconciled: %d bytes in %d files", share, nbytes, files)
+                return
+            walks += 1
+            if walks >= RECONCILE_TRIES:
+                log.warning(
+                    "space: share %s changed during each of %d walks; its totals stay as counted",
+                    share,
+                    RECONCILE_TRIES,
+                )
+                return
+
+    def _judge_pending(self, share: str) -> _Judged | None:
+        """The pending rows of ``share`` and the change marks, judged; None when one of them
+        is in flight (the walk would see it half done, or not yet done but counted)."""
+        if not self._db.exists():
+            return _Judged([], set())
+        with self._db.transaction(write=False, single=True) as cur:
+            cur.execute(
+                "SELECT temp, target, ino, created FROM space_pending WHERE share = ? OR share = ?",
+                (share, "*"),
+            )
+            rows = cur.fetchall()
+        judged = _Judged([], set())
         now = time.time()
-        if not before.updated:  # no row yet: insert it, unless a write made it meanwhile
-            try:
-                with self._db.transaction(write=True) as cur:
+        for temp, target, ino, created in rows:
+            state = self._judge(str(temp), str(target), int(ino), float(created), now)
+            if state == "alive":
+                return None
+            if state == "dead":
+                if str(temp).startswith(CHANGE_KEY):
+                    judged.dead_changes.add(str(temp))
+                else:
+                    judged.dead.append(str(temp))
+        return judged
+
+    def _set_unless_changed(
+        self, name: str, before: Usage, nbytes: int, files: int, judged: _Judged
+    ) -> bool:
+        """Set the totals of ``name`` to a walk's, in one transaction with forgetting the
+        killed changes the walk has settled; unless the totals changed since ``before`` or
+        a change was begun that the walk may have seen in part."""
+        now = time.time()
+        try:
+            with self._db.transaction(write=True) as cur:
+                cur.execute("SELECT temp FROM space_pending WHERE temp LIKE ?", (CHANGE_KEY + "%",))
+                if any(str(r[0]) not in judged.dead_changes for r in cur.fetchall()):
+                    return False
+                if not before.updated:  # no row yet: insert it, unless a write made it
                     cur.execute("SELECT 1 FROM space_usage WHERE name = ?", (name,))
                     if cur.fetchone() is not None:
                         return False
@@ -702,18 +854,23 @@ class Accounting:
                         "VALUES (?, ?, ?, ?, ?)",
                         (name, nbytes, files, now, now),
                     )
-            except Exception:  # the same row inserted by a concurrent write
-                if self.usage(name).updated:
-                    return False
+                else:
+                    cur.execute(
+                        "UPDATE space_usage SET bytes = ?, files = ?, updated = ?, reconciled = ? "
+                        "WHERE name = ? AND bytes = ? AND files = ? AND updated = ?",
+                        (nbytes, files, now, now, name, before.bytes, before.files, before.updated),
+                    )
+                    if cur.rowcount != 1:
+                        return False
+                for temp in judged.dead:
+                    cur.execute(
+                        "DELETE FROM space_pending WHERE temp = ? AND share = ?", (temp, name)
+                    )
+        except Exception:  # the same row inserted by a concurrent write
+            if before.updated or not self.usage(name).updated:
                 raise
-            return True
-        with self._db.transaction(write=True, single=True) as cur:
-            cur.execute(
-                "UPDATE space_usage SET bytes = ?, files = ?, updated = ?, reconciled = ? "
-                "WHERE name = ? AND bytes = ? AND files = ? AND updated = ?",
-                (nbytes, files, now, now, name, before.bytes, before.files, before.updated),
-            )
-            return cur.rowcount == 1
+            return False
+        return True
 
     async def reconcile(self, name: str | None = None) -> dict[str, Usage]:
         """Walk the share's (or every share's) paths and set the totals; the new totals."""
@@ -734,8 +891,10 @@ class Accounting:
             await asyncio.sleep(period)
             try:
                 await self.recover()
+                if self._walk_wanted:  # a change never finished: its count never came
+                    await self.reconcile()
             except Exception:
-                log.exception("space: recovery of pending uploads failed")
+                log.exception("space: recovery of pending changes failed")
 
     async def _periodic(self, interval: float) -> None:
         try:

@@ -56,7 +56,14 @@ from se.storage.dirwatch import DirWatch, Token
 from se.storage.paths import RESERVED_PREFIX, TEMP_PREFIX, DavPath, is_reserved, is_temp_name
 from se.storage.statcache import FileCache
 from se.storage.types import CachedFile, DirEntry, Identity, OpenFile, Stat, identity_of
-from se.storage.usage import DELETE_KEY, Deltas, SpaceTracker, file_usage, tree_usage
+from se.storage.usage import (
+    DELETE_KEY,
+    Deltas,
+    SpaceTracker,
+    dir_locked,
+    file_usage,
+    tree_usage,
+)
 
 __all__ = [
     "PosixBackend",
@@ -444,22 +451,6 @@ class Upload:
                 os.unlink(self._temp)
 
 
-@contextlib.contextmanager
-def _dir_locked(directory: str) -> Iterator[None]:
-    """An exclusive flock on a directory, for every thread and process (and host, where the
-    filesystem shares locks): the space deltas of changes to its members are then read and
-    applied in turn.  Where the filesystem has no such locks, nothing (a race is then left to
-    the reconciliation)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        # No locks here (or none on directories: NFS): go on without.
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _mapped(exc: BaseException, item: _Placing) -> BaseException:
     """One upload's own error for a failure of its group (an OSError named by its path)."""
     if isinstance(exc, OSError):
@@ -485,15 +476,33 @@ def _settle(space: SpaceTracker, pending: tuple[str, str]) -> None:
         log.exception("space accounting: cannot settle %s", pending[0])
 
 
-def _account(space: SpaceTracker | None, deltas: Deltas) -> None:
-    """Record what a change did (already on disk); a failure is logged, not raised: the
+@contextlib.contextmanager
+def _counted_after(space: SpaceTracker | None) -> Iterator[Deltas]:
+    """A change whose count comes with or after its effect on disk (a tree deleted, copied
+    or moved; what an overwriting MOVE or COPY removes): marked in flight for as long as it
+    runs (a reconciliation meanwhile waits rather than walk half of it), and the deltas the
+    caller adds to the yielded :class:`Deltas` recorded with the end of the mark, in one
+    transaction, however the block ends.  A failure to record is logged, not raised: the
     change stands, and the next reconciliation corrects the totals."""
-    if space is None or not deltas:
+    if space is None:
+        yield Deltas()
         return
+    key: str | None = None
     try:
-        space.apply(deltas)
+        key = space.begin_change()
     except Exception:
-        log.exception("space accounting: cannot record %r", deltas)
+        log.exception("space accounting: cannot mark a change in flight")
+    counted = Deltas()
+    try:
+        yield counted
+    finally:
+        try:
+            space.apply(counted, settle=key)
+        except Exception:
+            log.exception("space accounting: cannot record %r", counted)
+            if key is not None:  # at least the mark goes (batched, retried)
+                with contextlib.suppress(Exception):
+                    space.settle((key, ""))
 
 
 class _Placing:
@@ -797,7 +806,7 @@ class PosixBackend:
             # under the directory's lock, so that writes racing for one name (from any
             # process) count in turn.
             space = self.space
-            with _dir_locked(parent) if space is not None else contextlib.nullcontext():
+            with dir_locked(parent) if space is not None else contextlib.nullcontext():
                 admitted = now
                 pending: list[tuple[str, str]] = []
                 deltas: list[Deltas] = []
@@ -1255,7 +1264,7 @@ class PosixBackend:
                 except OSError as exc:
                     raise map_oserror(exc, str(p)) from None
                 return failures
-            with _dir_locked(os.path.dirname(fs)):  # in turn with writes to this name
+            with dir_locked(os.path.dirname(fs)):  # in turn with writes to this name
                 # Counted (with the inode, as pending) before the unlink, taken back if it
                 # fails; a process killed in between is told apart by the recovery.
                 gone = Deltas()
@@ -1280,8 +1289,6 @@ class PosixBackend:
                 if gone:
                     _settle(space, (key, fs))
             return failures
-        # A tree: what it held, less what is left of it when members could not go.
-        before = tree_usage(fs, p, space) if space is not None else None
 
         def onerror(exc: BaseException) -> None:
             if not isinstance(exc, OSError):
@@ -1290,14 +1297,24 @@ class PosixBackend:
             rel = os.path.relpath(bad, self.root_real)
             failures.append((DavPath(tuple(rel.split(os.sep))), map_oserror(exc, rel)))
 
-        try:
-            shutil.rmtree(fs, onerror=lambda _f, _p, ei: onerror(ei[1]))
-        finally:
-            if space is not None and before is not None:
-                delta = tree_usage(fs, p, space) if os.path.lexists(fs) else Deltas()
-                delta.merge(before, -1)
-                _account(space, delta)
+        self._remove_tree(
+            fs, p, lambda: shutil.rmtree(fs, onerror=lambda _f, _p, ei: onerror(ei[1]))
+        )
         return failures
+
+    def _remove_tree(self, fs: str, p: DavPath, remove: Callable[[], None]) -> None:
+        """``remove()`` the file or tree at ``fs``, counted as what it held less what is
+        left of it (members that could not go), whatever ``remove`` raises."""
+        with _counted_after(self.space) as counted:
+            space = self.space
+            before = tree_usage(fs, p, space) if space is not None else None
+            try:
+                remove()
+            finally:
+                if space is not None and before is not None:
+                    delta = tree_usage(fs, p, space) if os.path.lexists(fs) else Deltas()
+                    delta.merge(before, -1)
+                    counted.merge(delta)
 
     def _prepare_target(self, dst: DavPath, overwrite: bool) -> tuple[str, bool]:
         """Check a MOVE/COPY destination; remove it when overwriting.  Returns (path, existed)."""
@@ -1310,18 +1327,14 @@ class PosixBackend:
         if existed:
             if not overwrite:
                 raise PreconditionFailed(f"{dst} exists and Overwrite is F")
-            space = self.space
-            before = tree_usage(fs, dst, space) if space is not None else None
-            try:
+
+            def remove() -> None:
                 if os.path.isdir(fs) and not os.path.islink(fs):
                     shutil.rmtree(fs)
                 else:
                     os.unlink(fs)
-            finally:
-                if space is not None and before is not None:
-                    delta = tree_usage(fs, dst, space) if os.path.lexists(fs) else Deltas()
-                    delta.merge(before, -1)
-                    _account(space, delta)
+
+            self._remove_tree(fs, dst, remove)
         return fs, existed
 
     async def move(self, src: DavPath, dst: DavPath, overwrite: bool) -> bool:
@@ -1340,20 +1353,23 @@ class PosixBackend:
             raise Forbidden("source and destination are the same")
         if dst.is_within(src):
             raise Conflict("cannot move a collection into itself")
+        # Marked in flight even within one share: a walk meanwhile could see a tree twice
+        # (before and after the rename) or not at all.
         try:
-            dst_fs, existed = self._prepare_target(dst, overwrite)
-            moved = self._moved_usage(src, dst, src_fs)
-            if moved:
-                assert self.space is not None
-                self.space.admit(moved)  # into a share with a limit: 507 when over it
-            try:
-                os.rename(src_fs, dst_fs)
-            except BaseException:
+            with _counted_after(self.space):
+                dst_fs, existed = self._prepare_target(dst, overwrite)
+                moved = self._moved_usage(src, dst, src_fs)
                 if moved:
                     assert self.space is not None
-                    _undo(self.space, moved)
-                raise
-            self.fsync_dir(os.path.dirname(dst_fs))
+                    self.space.admit(moved)  # into a share with a limit: 507 when over it
+                try:
+                    os.rename(src_fs, dst_fs)
+                except BaseException:
+                    if moved:
+                        assert self.space is not None
+                        _undo(self.space, moved)
+                    raise
+                self.fsync_dir(os.path.dirname(dst_fs))
         except OSError as exc:
             raise map_oserror(exc, str(dst)) from None
         return not existed
@@ -1414,29 +1430,28 @@ class PosixBackend:
             if dst.is_within(src) and is_dir:
                 raise Forbidden("cannot copy a collection into itself")
             try:
-                dst_fs, existed = self._prepare_target(dst, overwrite)
-                parent, name = os.path.split(dst_fs)
-                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-                parent_fd = os.open(parent, flags)
-                space = self.space
-                copied = Deltas()
-                try:
-                    if is_dir:
-                        self._copy_tree(fd, parent_fd, name, dst, recursive, failures, copied)
-                    else:
-                        admitted = Deltas()  # a file's size is known: admitted first
-                        if space is not None:
-                            admitted.add(space.share_key(dst), os.fstat(fd).st_size, 1)
-                            space.admit(admitted)
-                        try:
-                            self._copy_file(fd, parent_fd, name)
-                        except BaseException:
-                            if space is not None and admitted:
-                                _undo(space, admitted)
-                            raise
-                finally:
-                    os.close(parent_fd)
-                    _account(space, copied)
+                with _counted_after(self.space) as copied:
+                    dst_fs, existed = self._prepare_target(dst, overwrite)
+                    parent, name = os.path.split(dst_fs)
+                    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                    parent_fd = os.open(parent, flags)
+                    space = self.space
+                    try:
+                        if is_dir:
+                            self._copy_tree(fd, parent_fd, name, dst, recursive, failures, copied)
+                        else:
+                            admitted = Deltas()  # a file's size is known: admitted first
+                            if space is not None:
+                                admitted.add(space.share_key(dst), os.fstat(fd).st_size, 1)
+                                space.admit(admitted)
+                            try:
+                                self._copy_file(fd, parent_fd, name)
+                            except BaseException:
+                                if space is not None and admitted:
+                                    _undo(space, admitted)
+                                raise
+                    finally:
+                        os.close(parent_fd)
             except OSError as exc:
                 raise map_oserror(exc, str(dst)) from None
         finally:

@@ -13,6 +13,8 @@ so a walk here and the deltas of the write paths agree by construction.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import stat as stat_mod
 from collections.abc import Callable, Iterator, Sequence
@@ -21,11 +23,38 @@ from typing import Protocol
 from se.errors import InsufficientStorage
 from se.storage.paths import DavPath, is_reserved, is_temp_name
 
-__all__ = ["DELETE_KEY", "Deltas", "SpaceTracker", "file_usage", "tree_usage", "walk_files"]
+__all__ = [
+    "CHANGE_KEY",
+    "DELETE_KEY",
+    "Deltas",
+    "SpaceTracker",
+    "dir_locked",
+    "file_usage",
+    "tree_usage",
+    "walk_files",
+]
 
 # The start of the key of a pending delete (:meth:`SpaceTracker.admit`); an upload's key is
 # its temp file's path.
 DELETE_KEY = "delete:"
+# The start of the key of a change in flight (:meth:`SpaceTracker.begin_change`).
+CHANGE_KEY = "change:"
+
+
+@contextlib.contextmanager
+def dir_locked(directory: str) -> Iterator[None]:
+    """An exclusive flock on a directory, for every thread and process (and host, where the
+    filesystem shares locks): changes to its members are counted and made in turn, and a
+    reconciliation or recovery judging a pending change waits until it is made.  Where the
+    filesystem has no such locks, nothing (a race is then left to the reconciliation)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # No locks here (or none on directories: NFS): go on without.
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class SpaceTracker(Protocol):
@@ -61,6 +90,13 @@ class SpaceTracker(Protocol):
 
     def settle(self, pending: tuple[str, str]) -> None:
         """The pending upload is in place."""
+
+    def begin_change(self) -> str:
+        """Mark a change in flight whose count comes with or after its effect on disk (a
+        tree deleted, copied or moved): until ``apply(deltas, settle=key)`` ends it, a
+        reconciliation does not set totals from a walk that may have seen half of it.  The
+        mark's key."""
+        ...
 
 
 class Deltas:

@@ -334,6 +334,65 @@ async def _parallel_puts(url: str, count: int, size: int, tag: str = "") -> None
             assert resp.status == 204
 
 
+def test_reconciliations_under_load_keep_the_totals_exact(
+    se_factory: Callable[..., SEProcess],
+) -> None:
+    """Reconciliations asked for again and again while two workers upload, overwrite, delete,
+    move and copy files and trees: no count is lost or doubled by a walk that ran while a
+    change was between its count and its effect on disk (or the other way round)."""
+    srv = se_factory(config=CONFIG, extra_args=["--workers", "2"])
+
+    async def body() -> None:
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout) as s:
+            u = srv.url
+            sem = asyncio.Semaphore(16)
+
+            async def one(i: int) -> None:
+                where = ("atlas/data", "misc", "atlas/scratch")[i % 3]
+                name = f"{u}/{where}/d{i % 5}/f{i % 17}"
+                async with sem:
+                    kind = i % 6
+                    if kind <= 2:
+                        async with s.put(name, data=os.urandom(100 * (i % 9 + 1))) as resp:
+                            await resp.read()
+                    elif kind == 3:
+                        async with s.delete(name) as resp:
+                            await resp.read()
+                    else:
+                        verb = "MOVE" if kind == 4 else "COPY"
+                        src = f"{u}/{where}/d{i % 5}" if i % 4 == 0 else name
+                        other = ("misc", "atlas/data")[i % 2]
+                        dst = f"{u}/{other}/{verb.lower()}{i % 7}"
+                        headers = {"Destination": dst, "Overwrite": "T"}
+                        async with s.request(verb, src, headers=headers) as resp:
+                            await resp.read()
+
+            async def reconcile_until(done: asyncio.Event) -> int:
+                n = 0
+                for _ in range(200):
+                    if done.is_set():
+                        break
+                    async with s.post(f"{u}{SRR}?reconcile") as resp:
+                        assert resp.status == 200, await resp.text()
+                    n += 1
+                return n
+
+            dirs = ["atlas", "atlas/data", "atlas/scratch", "misc"]
+            dirs += [f"{w}/d{d}" for w in ("atlas/data", "misc", "atlas/scratch") for d in range(5)]
+            for path in dirs:
+                async with s.request("MKCOL", f"{u}/{path}") as resp:
+                    assert resp.status in (201, 405), (path, resp.status)
+            done = asyncio.Event()
+            walker = asyncio.ensure_future(reconcile_until(done))
+            await asyncio.gather(*(one(i) for i in range(900)))
+            done.set()
+            assert await walker > 1
+            await check(s, srv)
+
+    asyncio.run(body())
+
+
 def test_two_workers_keep_one_total(se_factory: Callable[..., SEProcess]) -> None:
     srv = se_factory(config=CONFIG, extra_args=["--workers", "2"])
     asyncio.run(_parallel_puts(srv.url, 60, 50))
