@@ -39,6 +39,7 @@ import os
 import queue
 import socket
 import sqlite3
+import stat as stat_mod
 import threading
 import time
 import uuid
@@ -555,6 +556,35 @@ class Accounting:
                 return
             batch, self._settled, self._settled_at = self._settled, [], now
         self._forget(batch)
+
+    def abandoned(self, temp: str, ino: int) -> None:
+        if not self._db.exists():
+            return
+        key = self._rel(temp)
+        with self._db.transaction(write=False, single=True) as cur:
+            cur.execute(
+                "SELECT target, share, bytes, files FROM space_pending WHERE temp = ?", (key,)
+            )
+            rows = cur.fetchall()
+        if not rows:
+            return
+        try:
+            there = os.lstat(self._abs(str(rows[0][0])))
+            placed = there.st_ino == ino and stat_mod.S_ISREG(there.st_mode)
+        except OSError:
+            placed = False
+        back = Deltas()
+        if not placed:
+            for _target, share, nbytes, files in rows:
+                back.add(str(share), -int(nbytes), -int(files))
+        with self._db.transaction(write=True) as cur:
+            cur.execute("DELETE FROM space_pending WHERE temp = ?", (key,))
+            if cur.rowcount <= 0:
+                return  # judged meanwhile (a recovery, a reconciliation)
+            for name, nbytes, files in sorted(back.items()):
+                _add(cur, name, nbytes, files, time.time())
+        if back:
+            log.warning("space: upload %s never got in place; its count taken back", key)
 
     def begin_change(self) -> str:
         """Mark a change in flight whose count comes with or after what it does on disk (a

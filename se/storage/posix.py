@@ -451,6 +451,38 @@ class Upload:
                 os.unlink(self._temp)
 
 
+@contextlib.contextmanager
+def _dirs_locked(space: SpaceTracker | None, dirs: Sequence[str]) -> Iterator[None]:
+    """:func:`dir_locked` on each of ``dirs`` (a file MOVE's two parents, a file COPY's
+    destination parent), so that writes to the names involved are counted in turn with the
+    operation.  Each directory once (by identity: two spellings of one directory would lock
+    against each other) and in one order everywhere, so two holders never wait on each
+    other; one that cannot be opened is left unlocked (the operation then fails on it).
+    Without space accounting, nothing."""
+    if space is None:
+        yield
+        return
+    fds: dict[tuple[int, int], int] = {}
+    try:
+        for d in dirs:
+            try:
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in fds:
+                os.close(fd)
+            else:
+                fds[(st.st_dev, st.st_ino)] = fd
+        for key in sorted(fds):
+            with contextlib.suppress(OSError):  # no locks here: go on without
+                fcntl.flock(fds[key], fcntl.LOCK_EX)
+        yield
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
 def _mapped(exc: BaseException, item: _Placing) -> BaseException:
     """One upload's own error for a failure of its group (an OSError named by its path)."""
     if isinstance(exc, OSError):
@@ -1354,9 +1386,15 @@ class PosixBackend:
         if dst.is_within(src):
             raise Conflict("cannot move a collection into itself")
         # Marked in flight even within one share: a walk meanwhile could see a tree twice
-        # (before and after the rename) or not at all.
+        # (before and after the rename) or not at all.  A file is moved under both parents'
+        # locks: a PUT or DELETE of either name is counted before or after it, not between
+        # its measure and its rename.
+        is_tree = os.path.isdir(src_fs) and not os.path.islink(src_fs)
         try:
-            with _counted_after(self.space):
+            parents = (
+                () if is_tree else (os.path.dirname(src_fs), os.path.dirname(self._checked(dst)))
+            )
+            with _dirs_locked(self.space, parents), _counted_after(self.space):
                 dst_fs, existed = self._prepare_target(dst, overwrite)
                 moved = self._moved_usage(src, dst, src_fs)
                 if moved:
@@ -1429,8 +1467,12 @@ class PosixBackend:
                 raise Forbidden(f"{src}: not a regular file or collection")
             if dst.is_within(src) and is_dir:
                 raise Forbidden("cannot copy a collection into itself")
+            # A file is copied under its destination parent's lock: a PUT of that name is
+            # counted before or after it, not between the removal of the old file and the
+            # copy put in place.
             try:
-                with _counted_after(self.space) as copied:
+                parents = () if is_dir else (os.path.dirname(self._checked(dst)),)
+                with _dirs_locked(self.space, parents), _counted_after(self.space) as copied:
                     dst_fs, existed = self._prepare_target(dst, overwrite)
                     parent, name = os.path.split(dst_fs)
                     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -1665,6 +1707,12 @@ class PosixBackend:
                     continue
                 now = os.lstat(path)
                 if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                    if self.space is not None:
+                        try:
+                            real = os.path.join(self.root_real, os.path.relpath(path, self.root))
+                            self.space.abandoned(real, st.st_ino)
+                        except Exception:  # the count waits for a reconciliation
+                            log.exception("space accounting: cannot settle %s", path)
                     os.unlink(path)
                     removed += 1
             except OSError:

@@ -91,6 +91,13 @@ class SpaceTracker(Protocol):
     def settle(self, pending: tuple[str, str]) -> None:
         """The pending upload is in place."""
 
+    def abandoned(self, temp: str, ino: int) -> None:
+        """The temp file ``temp`` (inode ``ino``) of an upload whose writer is gone is about
+        to be removed by the sweep: what the upload counted is taken back, unless it was
+        linked into place (then only forgotten).  Without this, a writer still dying when
+        the recovery looked (it held its lock) and gone when the sweep came would keep its
+        count."""
+
     def begin_change(self) -> str:
         """Mark a change in flight whose count comes with or after its effect on disk (a
         tree deleted, copied or moved): until ``apply(deltas, settle=key)`` ends it, a

@@ -338,8 +338,9 @@ def test_reconciliations_under_load_keep_the_totals_exact(
     se_factory: Callable[..., SEProcess],
 ) -> None:
     """Reconciliations asked for again and again while two workers upload, overwrite, delete,
-    move and copy files and trees: no count is lost or doubled by a walk that ran while a
-    change was between its count and its effect on disk (or the other way round)."""
+    move and copy files across shares (several at once on one name) and copy trees: no
+    count is lost or doubled by a walk that ran while a change was between its count and
+    its effect on disk (or the other way round), nor by a MOVE or COPY racing a PUT."""
     srv = se_factory(config=CONFIG, extra_args=["--workers", "2"])
 
     async def body() -> None:
@@ -361,9 +362,10 @@ def test_reconciliations_under_load_keep_the_totals_exact(
                             await resp.read()
                     else:
                         verb = "MOVE" if kind == 4 else "COPY"
-                        src = f"{u}/{where}/d{i % 5}" if i % 4 == 0 else name
                         other = ("misc", "atlas/data")[i % 2]
-                        dst = f"{u}/{other}/{verb.lower()}{i % 7}"
+                        src, dst = name, f"{u}/{other}/{verb.lower()}{i % 7}"
+                        if kind == 5 and i % 4 == 0:  # a tree, to a name of its own
+                            src, dst = f"{u}/{where}/d{i % 5}", f"{u}/{other}/tree{i}"
                         headers = {"Destination": dst, "Overwrite": "T"}
                         async with s.request(verb, src, headers=headers) as resp:
                             await resp.read()

@@ -212,3 +212,40 @@ def test_a_change_whose_process_died_is_dropped_and_the_shares_walked_again(
     assert acc.usage(IMPLICIT_SHARE).reconciled == 0  # walked at the next start
     acc.reconcile_sync()  # not blocked by the dead change
     assert totals(acc) == (3, 1)
+
+
+def test_a_writer_dying_while_recovery_looks_is_taken_back_by_the_sweep(
+    acc: Accounting, tmp_path: Path
+) -> None:
+    """A writer killed between count and rename, still holding its temp file's lock when
+    the recovery looks (a process in uninterruptible I/O dies late), gone when the sweep
+    comes: the sweep takes its count back as it removes the file.  A temp file linked into
+    place (Overwrite: F, the unlink not done) is only forgotten."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from se.storage.posix import PosixBackend
+
+    root = root_of(acc)
+    dying = root / ".se-upload-dying"
+    dying.write_bytes(b"d" * 50)
+    acc.admit(counted(50, 1), (str(dying), str(root / "dying")))
+    linked = root / ".se-upload-linked"
+    linked.write_bytes(b"l" * 60)
+    acc.admit(counted(60, 1), (str(linked), str(root / "linked")))
+    os.link(linked, root / "linked")
+    past = time.time() - 60  # written before the sweeping server started
+    for f in (dying, linked):
+        os.utime(f, (past, past))
+    fd = os.open(dying, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    assert acc.recover_sync() == 0  # its writer still holds it
+    os.close(fd)  # ... and is gone now
+    assert totals(acc) == (110, 2)
+    with ThreadPoolExecutor(1) as pool:
+        backend = PosixBackend(acc.cfg, pool)
+        backend.space = acc
+        assert backend.sweep_temp_files() == 2
+    assert not dying.exists() and not linked.exists()
+    assert totals(acc) == walked(acc) == (60, 1)
+    assert acc.recover_sync() == 0
+    assert totals(acc) == (60, 1)
