@@ -1189,8 +1189,9 @@ def _skip_dirs(cfg: Config) -> frozenset[tuple[int, int]]:
 
 
 def _accounting(cfg: Config, opts: ScanOptions) -> Callable[[Tally], dict[str, Any]]:
-    """Sets the files and bytes found in each share scanned (all, or ``--share``'s) as the
-    share's totals in the space accounting (se.space), as a reconciliation does."""
+    """Has each share scanned (all, or ``--share``'s) reconciled in the space accounting
+    (se.space): a walk that is exact while a server writes to the tree, where the scan's own
+    tally, hours old at its end, would overwrite what was counted meanwhile."""
 
     def account(t: Tally) -> dict[str, Any]:
         names = opts.shares.names if opts.share is None else (opts.share,)
@@ -1202,8 +1203,7 @@ def _accounting(cfg: Config, opts: ScanOptions) -> Callable[[Tally], dict[str, A
             acc = Accounting.open(cfg)
             try:
                 for name in names:
-                    files, nbytes = t.shares.get(name, [0, 0])
-                    acc.set_usage_sync(name, nbytes, files)
+                    acc.reconcile_sync(name)
             finally:
                 acc.close()
         except Exception as exc:  # the database's own errors (sqlite3, psycopg)
