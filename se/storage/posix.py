@@ -451,6 +451,16 @@ class Upload:
                 os.unlink(self._temp)
 
 
+# A directory opened to be read or locked, never through a symlink.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """``exc`` naming ``path`` (an operation relative to a directory names only the member)."""
+    exc.filename = path
+    return exc
+
+
 @contextlib.contextmanager
 def _dirs_locked(space: SpaceTracker | None, dirs: Sequence[str]) -> Iterator[None]:
     """:func:`dir_locked` on each of ``dirs`` (a file MOVE's two parents, a file COPY's
@@ -1322,34 +1332,125 @@ class PosixBackend:
                     _settle(space, (key, fs))
             return failures
 
-        def onerror(exc: BaseException) -> None:
-            if not isinstance(exc, OSError):
-                raise exc
+        def onerror(exc: OSError) -> None:
             bad = exc.filename if isinstance(exc.filename, str) else fs
             rel = os.path.relpath(bad, self.root_real)
             failures.append((DavPath(tuple(rel.split(os.sep))), map_oserror(exc, rel)))
 
-        self._remove_tree(
-            fs, p, lambda: shutil.rmtree(fs, onerror=lambda _f, _p, ei: onerror(ei[1]))
-        )
+        self._remove_tree(fs, p, onerror, lock=True)
         return failures
 
-    def _remove_tree(self, fs: str, p: DavPath, remove: Callable[[], None]) -> None:
-        """``remove()`` the file or tree at ``fs``, counted as what it held less what is
-        left of it (members that could not go), whatever ``remove`` raises."""
-        with _counted_after(self.space) as counted:
-            space = self.space
-            before = tree_usage(fs, p, space) if space is not None else None
-            try:
-                remove()
-            finally:
-                if space is not None and before is not None:
-                    delta = tree_usage(fs, p, space) if os.path.lexists(fs) else Deltas()
-                    delta.merge(before, -1)
-                    counted.merge(delta)
+    def _remove_tree(
+        self, fs: str, p: DavPath, onerror: Callable[[OSError], None], lock: bool
+    ) -> None:
+        """Remove the tree at ``fs`` (namespace ``p``; not a symlink), never following a
+        symlink; what cannot go is handed to ``onerror`` (the path as its filename), which
+        may raise to stop.  Counted file by file as each is unlinked (with space accounting),
+        whatever happens.
 
-    def _prepare_target(self, dst: DavPath, overwrite: bool) -> tuple[str, bool]:
-        """Check a MOVE/COPY destination; remove it when overwriting.  Returns (path, existed)."""
+        With ``lock``, each directory's own files are removed under its lock (the one a PUT
+        or DELETE holds from its count to its rename or unlink): a PUT into the tree
+        meanwhile is counted before (its file then removed and uncounted here) or after (its
+        rename fails: nothing counted), never lost nor counted twice.  A caller that already
+        holds directory locks (a file MOVE or COPY onto a tree) passes False: waiting for
+        more could deadlock with another MOVE."""
+        if self.space is None:
+
+            def failed(_fn: Any, _path: str, info: Any) -> None:
+                if not isinstance(info[1], OSError):
+                    raise info[1]
+                onerror(info[1])
+
+            shutil.rmtree(fs, onerror=failed)
+            return
+        with _counted_after(self.space) as counted:
+            key = self.space.share_key(p)
+            try:
+                fd = os.open(fs, _DIR_FLAGS)
+            except OSError as exc:
+                onerror(_named(exc, fs))
+                return
+            try:
+                self._empty_counted(fd, fs, p.segments, key, True, counted, onerror, lock)
+            finally:
+                os.close(fd)
+            try:
+                os.rmdir(fs)
+            except OSError as exc:
+                onerror(_named(exc, fs))
+
+    def _empty_counted(
+        self,
+        fd: int,
+        here: str,
+        segs: tuple[str, ...],
+        key: str | None,
+        counting: bool,
+        counted: Deltas,
+        onerror: Callable[[OSError], None],
+        lock: bool,
+    ) -> None:
+        """Empty the open directory ``fd`` (at ``here``, namespace ``segs``, counting in
+        share ``key``; nothing when not ``counting``: a reserved tree): subdirectories first,
+        then its own members (see :meth:`_remove_tree`)."""
+        assert self.space is not None
+        nested = self.space.nested(DavPath(segs))
+        try:
+            with os.scandir(fd) as it:
+                subdirs = [de.name for de in it if de.is_dir(follow_symlinks=False)]
+        except OSError as exc:
+            onerror(_named(exc, here))
+            return
+        for name in subdirs:
+            path = os.path.join(here, name)
+            sub_segs = (*segs, name)
+            try:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                onerror(_named(exc, path))
+                continue
+            try:
+                sub_key = self.space.share_key(DavPath(sub_segs)) if nested else key
+                own = counting and not (is_reserved(name) or is_temp_name(name))
+                self._empty_counted(sub, path, sub_segs, sub_key, own, counted, onerror, lock)
+            finally:
+                os.close(sub)
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except OSError as exc:
+                onerror(_named(exc, path))
+        if lock:
+            with contextlib.suppress(OSError):  # no locks here: go on without
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            names = os.listdir(fd)
+        except OSError as exc:
+            onerror(_named(exc, here))
+            names = []
+        try:
+            for name in names:
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if stat_mod.S_ISDIR(st.st_mode):
+                        continue  # made meanwhile: this directory's rmdir reports it
+                    os.unlink(name, dir_fd=fd)
+                except OSError as exc:
+                    onerror(_named(exc, os.path.join(here, name)))
+                    continue
+                if (
+                    counting
+                    and stat_mod.S_ISREG(st.st_mode)
+                    and not (is_reserved(name) or is_temp_name(name))
+                ):
+                    counted.add(key, -st.st_size, -1)
+        finally:
+            if lock:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _prepare_target(self, dst: DavPath, overwrite: bool, locked: bool) -> tuple[str, bool]:
+        """Check a MOVE/COPY destination; remove it when overwriting (``locked``: the caller
+        holds directory locks, see :meth:`_remove_tree`).  Returns (path, existed)."""
         if dst.is_root:
             raise Forbidden("cannot replace the root collection")
         fs = self._checked(dst)
@@ -1359,14 +1460,18 @@ class PosixBackend:
         if existed:
             if not overwrite:
                 raise PreconditionFailed(f"{dst} exists and Overwrite is F")
+            if os.path.isdir(fs) and not os.path.islink(fs):
 
-            def remove() -> None:
-                if os.path.isdir(fs) and not os.path.islink(fs):
-                    shutil.rmtree(fs)
-                else:
+                def stop(exc: OSError) -> None:
+                    raise exc
+
+                self._remove_tree(fs, dst, stop, lock=not locked)
+            else:
+                with _counted_after(self.space) as counted:
+                    size = file_usage(fs) if self.space is not None else None
                     os.unlink(fs)
-
-            self._remove_tree(fs, dst, remove)
+                    if self.space is not None and size is not None:
+                        counted.add(self.space.share_key(dst), -size, -1)
         return fs, existed
 
     async def move(self, src: DavPath, dst: DavPath, overwrite: bool) -> bool:
@@ -1395,7 +1500,7 @@ class PosixBackend:
                 () if is_tree else (os.path.dirname(src_fs), os.path.dirname(self._checked(dst)))
             )
             with _dirs_locked(self.space, parents), _counted_after(self.space):
-                dst_fs, existed = self._prepare_target(dst, overwrite)
+                dst_fs, existed = self._prepare_target(dst, overwrite, not is_tree)
                 moved = self._moved_usage(src, dst, src_fs)
                 if moved:
                     assert self.space is not None
@@ -1473,7 +1578,7 @@ class PosixBackend:
             try:
                 parents = () if is_dir else (os.path.dirname(self._checked(dst)),)
                 with _dirs_locked(self.space, parents), _counted_after(self.space) as copied:
-                    dst_fs, existed = self._prepare_target(dst, overwrite)
+                    dst_fs, existed = self._prepare_target(dst, overwrite, not is_dir)
                     parent, name = os.path.split(dst_fs)
                     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
                     parent_fd = os.open(parent, flags)

@@ -338,9 +338,10 @@ def test_reconciliations_under_load_keep_the_totals_exact(
     se_factory: Callable[..., SEProcess],
 ) -> None:
     """Reconciliations asked for again and again while two workers upload, overwrite, delete,
-    move and copy files across shares (several at once on one name) and copy trees: no
-    count is lost or doubled by a walk that ran while a change was between its count and
-    its effect on disk (or the other way round), nor by a MOVE or COPY racing a PUT."""
+    move and copy files across shares (several at once on one name), copy trees and delete
+    them while files land in them: no count is lost or doubled by a walk that ran while a
+    change was between its count and its effect on disk (or the other way round), nor by a
+    MOVE, COPY or DELETE racing a PUT."""
     srv = se_factory(config=CONFIG, extra_args=["--workers", "2"])
 
     async def body() -> None:
@@ -357,8 +358,9 @@ def test_reconciliations_under_load_keep_the_totals_exact(
                     if kind <= 2:
                         async with s.put(name, data=os.urandom(100 * (i % 9 + 1))) as resp:
                             await resp.read()
-                    elif kind == 3:
-                        async with s.delete(name) as resp:
+                    elif kind == 3:  # a file, or now and then the whole directory
+                        victim = f"{u}/{where}/d{i % 5}" if i % 12 == 3 else name
+                        async with s.delete(victim) as resp:
                             await resp.read()
                     else:
                         verb = "MOVE" if kind == 4 else "COPY"

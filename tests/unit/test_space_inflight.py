@@ -10,6 +10,7 @@ hand, with real files, real locks and a real SQLite database.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from se.config import IMPLICIT_SHARE, Config, SpaceConfig, StorageConfig
 from se.space.accounting import Accounting
+from se.storage.paths import DavPath
 from se.storage.usage import DELETE_KEY, Deltas, dir_locked
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -249,3 +251,42 @@ def test_a_writer_dying_while_recovery_looks_is_taken_back_by_the_sweep(
     assert totals(acc) == walked(acc) == (60, 1)
     assert acc.recover_sync() == 0
     assert totals(acc) == (60, 1)
+
+
+def test_a_tree_deleted_while_files_land_in_it_keeps_exact_totals(acc: Accounting) -> None:
+    """Uploads into a tree and DELETEs of that tree, on threads, over and over (the storage
+    layer's real code, on a real filesystem): after each round the totals are the walk's.
+    A file landing between the tree's measure and its removal used to keep its count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from se.errors import SEError
+    from se.storage.posix import PosixBackend
+
+    def dav(text: str) -> DavPath:
+        return DavPath(tuple(text.split("/")))
+
+    with ThreadPoolExecutor(4) as pool:
+        backend = PosixBackend(acc.cfg, pool)
+        backend.space = acc
+        deadline = time.monotonic() + 8
+        for round_ in range(60):
+            if time.monotonic() > deadline:
+                break
+            stop = threading.Event()
+
+            def upload(n: int, stop: threading.Event = stop) -> None:
+                for i in range(1 << 30):  # until stopped
+                    if stop.is_set():
+                        return
+                    with contextlib.suppress(SEError, OSError):
+                        backend.put_whole(dav(f"t/d{i % 3}/f{n}-{i % 4}"), True, b"x" * (i % 7 + 1))
+
+            workers = [pool.submit(upload, n) for n in range(3)]
+            time.sleep(0.005)
+            for _ in range(3):
+                with contextlib.suppress(SEError):
+                    backend._delete_sync(dav("t"), str(root_of(acc) / "t"))
+            stop.set()
+            for w in workers:
+                w.result(10)
+            assert totals(acc) == walked(acc), f"round {round_}"
