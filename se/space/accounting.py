@@ -558,6 +558,9 @@ class Accounting:
         self._forget(batch)
 
     def abandoned(self, temp: str, ino: int) -> None:
+        """The sweep is removing ``temp`` (inode ``ino``), whose writer is gone: take back
+        what its upload counted, or forget it if it was linked into place (see
+        se.storage.usage.SpaceTracker.abandoned)."""
         if not self._db.exists():
             return
         key = self._rel(temp)
