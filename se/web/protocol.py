@@ -117,6 +117,7 @@ class SEHandler(RequestHandler):
         "_access_on",
         "_allow",
         "_budget",
+        "_feeding",
         "_head_bytes",
         "_head_timeout",
         "_head_timer",
@@ -149,6 +150,7 @@ class SEHandler(RequestHandler):
         self._logged = 0  # answers aiohttp has finished (all written)
         self._pending: fastpath.Pending | None = None  # a lean answer its I/O job is making
         self._held = b""  # what arrived meanwhile (reading is paused; at most a segment)
+        self._feeding = False  # in _feed (which parses on until the parser has nothing left)
         self._budget = budget
         self._max_head_bytes = max_head_bytes
         self._head_timeout = head_timeout
@@ -201,6 +203,11 @@ class SEHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
+            return
+        if self._feeding and not data:
+            # aiohttp's StreamReader calls resume_reading() when the lean path reads a body,
+            # which feeds the parser b"" from here: that would parse (and answer) requests
+            # the parser held back before the one being answered.  _feed parses them next.
             return
         if self._pending is not None:  # read on once its answer is written, in order
             self._held += data
@@ -269,75 +276,79 @@ class SEHandler(RequestHandler):
         ctx, answerers = lean_path.ctx, lean_path.answerers
         lean = True
         limit = self._max_msg_queue_size
-        while True:
-            try:
-                messages, upgraded, tail = parser.feed_data(data)
-            except HttpProcessingError as exc:
-                messages = [(_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD)]
-                upgraded, tail = False, b""
-            data = b""
-            done = 0
-            if lean:
-                for msg, payload in messages:
-                    if not isinstance(msg, RawRequestMessage) or self.writing_paused:
-                        break
-                    answerer = answerers.get(msg.method)
-                    deferred = None
-                    if answerer is None:
-                        # Answered after an I/O job: only the last request of all this
-                        # data, so that nothing after it waits unread in the parser.
-                        deferred = lean_path.deferred.get(msg.method)
-                        last = done + 1 == len(messages) < limit and not upgraded
-                        if deferred is None or not last:
+        self._feeding = True  # see data_received
+        try:
+            while True:
+                try:
+                    messages, upgraded, tail = parser.feed_data(data)
+                except HttpProcessingError as exc:
+                    messages = [(_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD)]
+                    upgraded, tail = False, b""
+                data = b""
+                done = 0
+                if lean:
+                    for msg, payload in messages:
+                        if not isinstance(msg, RawRequestMessage) or self.writing_paused:
                             break
-                    body = b""
-                    if payload is not EMPTY_PAYLOAD:
-                        if not payload.is_eof() or payload.exception() is not None:
-                            break  # (still coming: the full path reads it)
-                        body = payload.read_nowait(-1)
-                    started = self._loop.time()
-                    if deferred is not None:
-                        pending = deferred(ctx, msg, body, transport)
-                        if pending is None:
-                            if body:
+                        answerer = answerers.get(msg.method)
+                        deferred = None
+                        if answerer is None:
+                            # Answered after an I/O job: only the last request of all this
+                            # data, so that nothing after it waits unread in the parser.
+                            deferred = lean_path.deferred.get(msg.method)
+                            last = done + 1 == len(messages) < limit and not upgraded
+                            if deferred is None or not last:
+                                break
+                        body = b""
+                        if payload is not EMPTY_PAYLOAD:
+                            if not payload.is_eof() or payload.exception() is not None:
+                                break  # (still coming: the full path reads it)
+                            body = payload.read_nowait(-1)
+                        started = self._loop.time()
+                        if deferred is not None:
+                            pending = deferred(ctx, msg, body, transport)
+                            if pending is None:
+                                if body:
+                                    messages = [*messages]
+                                    messages[done] = (msg, self._whole_body(body))
+                                break
+                            parser.message_consumed()
+                            done += 1
+                            self._lean_count += 1
+                            self._wait_for(pending, msg, body, started)
+                            break
+                        assert answerer is not None
+                        found = answerer(ctx, msg, body, transport)
+                        if found is None:
+                            if body:  # what the full path reads instead
                                 messages = [*messages]
                                 messages[done] = (msg, self._whole_body(body))
                             break
+                        transport.write(found.data)
                         parser.message_consumed()
                         done += 1
                         self._lean_count += 1
-                        self._wait_for(pending, msg, body, started)
-                        break
-                    assert answerer is not None
-                    found = answerer(ctx, msg, body, transport)
-                    if found is None:
-                        if body:  # what the full path reads instead
-                            messages = [*messages]
-                            messages[done] = (msg, self._whole_body(body))
-                        break
-                    transport.write(found.data)
-                    parser.message_consumed()
-                    done += 1
-                    self._lean_count += 1
-                    self._answered(msg, found, started, len(body))
-            queued = messages[done:] if done else messages
-            if queued:
-                lean = False
-                for item in queued:  # as aiohttp's data_received
-                    self._request_count += 1
-                    self._messages.append(item)
-                waiter = self._waiter
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-                if not self._buffer_paused and len(self._messages) >= limit:
-                    self._pause_reading_for_buffer()
-            if upgraded:
-                self._upgraded = True
-                if tail:
-                    self._message_tail = tail
-                return
-            if len(messages) < limit or len(self._messages) >= limit:
-                return  # nothing held back by the parser, or aiohttp feeds it when drained
+                        self._answered(msg, found, started, len(body))
+                queued = messages[done:] if done else messages
+                if queued:
+                    lean = False
+                    for item in queued:  # as aiohttp's data_received
+                        self._request_count += 1
+                        self._messages.append(item)
+                    waiter = self._waiter
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+                    if not self._buffer_paused and len(self._messages) >= limit:
+                        self._pause_reading_for_buffer()
+                if upgraded:
+                    self._upgraded = True
+                    if tail:
+                        self._message_tail = tail
+                    return
+                if len(messages) < limit or len(self._messages) >= limit:
+                    return  # nothing held back by the parser, or aiohttp feeds it when drained
+        finally:
+            self._feeding = False
 
     def _wait_for(
         self, pending: fastpath.Pending, msg: RawRequestMessage, body: bytes, started: float
