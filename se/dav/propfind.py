@@ -123,8 +123,26 @@ def _parse(body: bytes, root_name: str) -> Element:
     return root
 
 
+# Bodies up to this size are remembered with what they parse to: clients send the same few
+# bodies (gfal2, davix and FTS one each) over and over, and parsing one costs more than the
+# rest of a PROPFIND Depth 0 of a file.
+_REMEMBERED_BODY = 2048
+
+
 def parse_propfind(body: bytes) -> PropRequest:
     """An empty body means allprop (RFC 4918 §9.1)."""
+    if len(body) <= _REMEMBERED_BODY:
+        return _parse_propfind_small(body)
+    return _parse_propfind(body)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_propfind_small(body: bytes) -> PropRequest:
+    """:func:`_parse_propfind`, remembered (the result is immutable; a refusal is not kept)."""
+    return _parse_propfind(body)
+
+
+def _parse_propfind(body: bytes) -> PropRequest:
     if not body.strip():
         return PropRequest("allprop")
     root = _parse(body, "propfind")

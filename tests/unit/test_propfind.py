@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from se.dav import propfind
 from se.dav.propfind import (
     DAV,
     DCACHE,
@@ -444,3 +445,22 @@ def test_render_proppatch_and_status_list() -> None:
     (resp,) = _parse(body)
     assert resp.findtext(D + "status") == "HTTP/1.1 403 Forbidden"
     assert resp.findtext(D + "responsedescription") == "permission <denied> & more"
+
+
+def test_remembered_bodies_parse_as_before_and_refusals_are_not_kept() -> None:
+    """Small bodies are remembered with what they parse to (clients repeat theirs); a body
+    refused is refused every time, and big bodies are parsed each time, to the same."""
+    body = (
+        b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:getetag/>'
+        b"</D:prop></D:propfind>"
+    )
+    first = propfind.parse_propfind(body)
+    assert propfind.parse_propfind(bytes(body)) == first
+    assert first == propfind.PropRequest("prop", ((propfind.DAV, "getetag"),))
+    bad = b"<D:propfind xmlns:D='DAV:'><D:prop>"
+    for _ in range(2):
+        with pytest.raises(BadRequest, match="malformed XML"):
+            propfind.parse_propfind(bad)
+    padding = b"<!--" + b"x" * 4096 + b"-->"
+    big = body.replace(b"<D:prop>", padding + b"<D:prop>")
+    assert len(big) > 4096 and propfind.parse_propfind(big) == first
