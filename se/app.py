@@ -40,7 +40,7 @@ from se.space.accounting import Accounting
 from se.storage.dirwatch import DirWatch
 from se.storage.paths import DavPath, check_new_name, confine, is_reserved
 from se.storage.posix import PosixBackend
-from se.storage.statcache import FileCache, ListingCache
+from se.storage.statcache import AnswerCache, FileCache, ListingCache
 from se.tape import http as tape_http
 from se.tape.model import Locality
 from se.tape.service import TapeService
@@ -193,9 +193,11 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
     app = web.Application(client_max_size=1024**2)
     executor = ThreadPoolExecutor(cfg.server.io_threads, thread_name_prefix="se-io")
     settle_ns = round(cfg.storage.cache_settle_time * 1e9)
-    files = None
+    files = answers = None
     if cfg.storage.file_cache_bytes > 0:
         files = FileCache(cfg.storage.file_cache_bytes, settle_ns)
+        # PROPFIND Depth 0 answers: an eighth of the small-file bound (about 10,000 of them).
+        answers = AnswerCache(cfg.storage.file_cache_bytes // 8, settle_ns)
     watch = None
     if cfg.webdav.listing_cache_dirs > 0:
         watch = DirWatch.for_root(cfg.storage.root, cfg.webdav.listing_watches, is_reserved)
@@ -243,6 +245,7 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
         backend=backend,
         anonymous=cfg.anonymous_access(),
         listings=listings,
+        answers=answers,
         secret=SecretStore(Path(secret_file)),
         tokens=tokens,
         public=public,
@@ -327,6 +330,8 @@ def create_app(cfg: Config, *, sweep: bool | None = None, primary: bool = True) 
         listings.clear()
         if files is not None:
             files.clear()
+        if answers is not None:
+            answers.clear()
 
     async def stop_transfers(_app: web.Application) -> None:
         tpc.stopping = True  # running COPYs end with "aborted:" instead of being cut

@@ -102,6 +102,7 @@ class StorageConfig:
     inline_read_max: int = 65536
     # Memory (bytes) per worker for small files (up to inline_read_max) kept after a read;
     # each use is checked by one stat (device, inode, size, mtime, ctime); 0 turns it off.
+    # An eighth more keeps the answers to PROPFIND Depth 0 of files, checked the same way.
     file_cache_bytes: int = 64 * 1024 * 1024
     # Seconds: a file (or listed member) changed less than this long ago is never cached,
     # since a same-size rewrite within one timestamp tick would keep its mtime and ctime.

@@ -926,11 +926,7 @@ class PosixBackend:
             return self._open_read(p)
         key = p.segments
         if cache.peek(key) is not None:
-            try:  # relative to the root's descriptor: one lookup less than the full path
-                current: Identity | None = identity_of(os.stat(p.rel, dir_fd=self._rootfd()))
-            except OSError:
-                current = None
-            hit = cache.get(key, current)
+            hit = cache.get(key, self.identity(p))
             if hit is not None:
                 return hit
         opened = self._open_read(p)
@@ -950,6 +946,15 @@ class PosixBackend:
         cached = CachedFile(st, p, data)
         cache.put(key, cached)  # refused if it changed less than settle_ns before now
         return cached
+
+    def identity(self, p: DavPath) -> Identity | None:
+        """The identity of what ``p`` names now (None if nothing), by one stat relative to
+        the root's descriptor: what a cached answer about ``p`` is checked against (see
+        se.storage.statcache for why that is enough)."""
+        try:
+            return identity_of(os.stat(p.rel, dir_fd=self._rootfd()))
+        except OSError:
+            return None
 
     def _open_read(self, p: DavPath) -> OpenFile | Stat:
         """Open p (a regular file) for reading, or the Stat of a collection; anything else

@@ -1,8 +1,10 @@
 """Caches that cannot lie: every answer is checked, on every use, against what identifies it.
 
-Two users: the bytes of small files (saving the open/read/close of every small GET) and the
+Three users: the bytes of small files (saving the open/read/close of every small GET), the
 rendered ``<D:response>`` fragments of the members of large collections (saving the xattr
-reads and XML rendering of a Depth 1 PROPFIND: about 30 microseconds per member).
+reads and XML rendering of a Depth 1 PROPFIND: about 30 microseconds per member), and the
+whole answers to PROPFIND Depth 0 of a file (what FTS and gfal2 ask before and after every
+transfer).
 
 Nothing here is keyed on a path alone, and nothing is trusted by path: an entry is
 stored with the :class:`~se.storage.types.Stat` (device, inode, size, mtime and ctime in ns)
@@ -43,7 +45,14 @@ from types import MappingProxyType
 from se.storage.dirwatch import Token
 from se.storage.types import CachedFile, Identity, Stat
 
-__all__ = ["DEFAULT_SETTLE_NS", "MEMBER_COST", "FileCache", "ListingCache", "settled"]
+__all__ = [
+    "DEFAULT_SETTLE_NS",
+    "MEMBER_COST",
+    "AnswerCache",
+    "FileCache",
+    "ListingCache",
+    "settled",
+]
 
 DEFAULT_SETTLE_NS = 2_000_000_000
 _EMPTY: Mapping[str, tuple[Identity, bytes]] = MappingProxyType({})
@@ -213,4 +222,62 @@ class ListingCache:
     def clear(self) -> None:
         while self._groups:
             self._drop(self._groups.popitem()[1])
+        self._bytes = 0
+
+
+# Memory a kept answer costs beside its bytes: its key (a tuple holding the path's segments,
+# the base URL and the request), its identity and the dict's slot.
+ANSWER_COST = 512
+
+
+class AnswerCache:
+    """Rendered answers about one path (a PROPFIND Depth 0 of a file), by a key that holds
+    the path and everything else the answer depends on; each handed out only while a stat
+    of the path made for the request gives the identity it was rendered from."""
+
+    def __init__(self, max_bytes: int, settle_ns: int = DEFAULT_SETTLE_NS) -> None:
+        self.max_bytes = max_bytes
+        self.settle_ns = settle_ns
+        self._bytes = 0
+        self._answers: OrderedDict[Hashable, tuple[Identity, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._answers
+
+    def get(self, key: Hashable, current: Identity | None) -> bytes | None:
+        """The answer kept for ``key`` if ``current`` is exactly the identity it was
+        rendered from; anything else drops it."""
+        got = self._answers.get(key)
+        if got is None:
+            return None
+        if current != got[0]:
+            self.discard(key)
+            return None
+        self._answers.move_to_end(key)
+        return got[1]
+
+    def put(self, key: Hashable, st: Stat, data: bytes, now_ns: int | None = None) -> bool:
+        """Keep ``data``, rendered from what had Stat ``st``, unless that changed too
+        recently to be told apart from a later change (or it is too big to be worth it)."""
+        size = len(data) + ANSWER_COST
+        now = time.time_ns() if now_ns is None else now_ns
+        if size > self.max_bytes // 16 or not settled(st, now, self.settle_ns):
+            return False
+        self.discard(key)
+        self._answers[key] = (st.identity, data)
+        self._bytes += size
+        while self._bytes > self.max_bytes and self._answers:
+            self.discard(next(iter(self._answers)))
+        return key in self._answers
+
+    def discard(self, key: Hashable) -> None:
+        old = self._answers.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old[1]) + ANSWER_COST
+
+    def clear(self) -> None:
+        self._answers.clear()
         self._bytes = 0

@@ -30,7 +30,7 @@ from se.scitags.service import SciTagService
 from se.space.accounting import Accounting
 from se.storage.paths import DavPath
 from se.storage.posix import PosixBackend
-from se.storage.statcache import ListingCache
+from se.storage.statcache import AnswerCache, ListingCache
 from se.storage.types import Stat
 from se.web.transferlog import TransferLog
 
@@ -67,6 +67,7 @@ class Context:
     backend: PosixBackend
     anonymous: str  # the anonymous access level in force
     listings: ListingCache  # rendered PROPFIND fragments of collection members
+    answers: AnswerCache | None  # rendered answers to PROPFIND Depth 0 of files
     secret: SecretStore  # key of server-issued tokens, read or made on first use
     tokens: TokenVerifier | None  # WLCG JWTs, when issuers are configured
     public: Grant | None  # explicit anonymous rules ([[auth.public]])

@@ -1,4 +1,5 @@
-"""The small-file and listing caches can never answer with anything but the tree as it is.
+"""The small-file, listing and PROPFIND Depth 0 caches can never answer with anything but
+the tree as it is.
 
 Each test reproduces one way the old path-keyed, inotify-invalidated caches lied: a rename of
 an ancestor (the old bytes and ETag came back for a new file of the same path, and a moved
@@ -21,7 +22,7 @@ import pytest
 import requests
 
 from se.storage.paths import DavPath
-from se.storage.statcache import FileCache, ListingCache, settled
+from se.storage.statcache import AnswerCache, FileCache, ListingCache, settled
 from se.storage.types import CachedFile, Stat
 from tests.conftest import BASE_CONFIG
 from tests.support import SEProcess
@@ -245,6 +246,79 @@ def test_kept_listing_after_a_put_and_a_delete_through_the_server(se_cached: SEP
     assert "zz" in listed(srv, "/p/")
 
 
+def props(srv: SEProcess, path: str, body: str = "") -> str:
+    """PROPFIND Depth 0 of a file (the lean path's cached answer when it is old enough)."""
+    r = call("PROPFIND", srv.url + path, headers={"Depth": "0"}, data=body)
+    assert r.status_code == 207, r.text
+    return r.text
+
+
+ETAG_ONLY = (
+    '<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:getetag/>'
+    "<D:getcontentlength/></D:prop></D:propfind>"
+)
+
+
+@pytest.mark.parametrize("body", ["", ETAG_ONLY])
+def test_depth0_answers_follow_every_change(
+    se_factory: Callable[..., SEProcess], tmp_path: Path, body: str
+) -> None:
+    """A PROPFIND Depth 0 of a file, asked again and again (as FTS does), from a server
+    that keeps its answers and from one that keeps nothing, on one tree: after each change,
+    made through the server or behind its back, both answer the same."""
+    root = tmp_path / "data"
+    root.mkdir()
+    srv = se_factory(config=CACHED, root=root)
+    bare = se_factory(config=CACHED + "file_cache_bytes = 0\n", root=root)
+
+    def same() -> str:
+        text = props(srv, "/d0/f", body)
+        assert props(srv, "/d0/f", body) == text  # the second one from the cache
+        assert text.replace(srv.url, "") == props(bare, "/d0/f", body).replace(bare.url, "")
+        return text
+
+    (root / "d0").mkdir()
+    (root / "d0" / "other").mkdir()
+    f = root / "d0" / "f"
+    f.write_bytes(b"AAAA")
+    os.link(f, root / "d0" / "other" / "f")
+    settle()
+    same()
+    # same size, in place, through a hard link in another directory, mtime put back
+    before = f.stat()
+    with open(root / "d0" / "other" / "f", "r+b") as fh:
+        fh.write(b"BBBB")
+    os.utime(root / "d0" / "other" / "f", ns=(before.st_atime_ns, before.st_mtime_ns))
+    same()
+    settle()
+    same()
+    # replaced by a rename of another file (another inode, same size)
+    (root / "d0" / "new").write_bytes(b"CCCC")
+    os.rename(root / "d0" / "new", f)
+    third = same()
+    settle()
+    assert same() == third
+    # an ancestor renamed and a new file of another size put at the old path
+    move(srv, "/d0", "/d0old")
+    put(srv, "/d0/f", b"DDDDDD")
+    assert "<D:getcontentlength>6<" in same()
+    settle()
+    same()
+    # a dead property set: in the allprop answer at once
+    r = call(
+        "PROPPATCH",
+        srv.url + "/d0/f",
+        data='<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:z">'
+        "<D:set><D:prop><Z:color>blue</Z:color></D:prop></D:set></D:propertyupdate>",
+    )
+    assert r.status_code == 207, r.text
+    assert ("blue" in same()) == (body == "")
+    # gone
+    call("DELETE", srv.url + "/d0/f")
+    r = call("PROPFIND", srv.url + "/d0/f", headers={"Depth": "0"}, data=body)
+    assert r.status_code == 404
+
+
 # -- the rule against timestamp granularity, on the caches themselves --------------------
 def _stat(mtime_ns: int, ctime_ns: int, size: int = 3) -> Stat:
     return Stat(False, size, mtime_ns, ctime_ns, 7, 1)
@@ -266,3 +340,20 @@ def test_recently_changed_files_are_never_kept() -> None:
     assert not settled(fresh.stat, now, 2_000_000_000)
     listing = ListingCache(4, settle_ns=2_000_000_000)
     assert not listing.keepable(fresh.stat, now) and listing.keepable(old.stat, now)
+
+
+def test_depth0_answers_of_recently_changed_files_are_never_kept() -> None:
+    now = time.time_ns()
+    cache = AnswerCache(1 << 20, settle_ns=2_000_000_000)
+    fresh = _stat(now - 10**9, now - 10**9)
+    assert not cache.put("k", fresh, b"<x/>", now)
+    old = _stat(now - 10**10, now - 3 * 10**9)
+    assert cache.put("k", old, b"<x/>", now) and "k" in cache
+    assert cache.get("k", old.identity) == b"<x/>"
+    assert cache.get("k", _stat(now - 10**10, now - 3 * 10**9 + 1).identity) is None
+    assert "k" not in cache  # a miss drops it
+    assert cache.get("k", old.identity) is None
+    small = AnswerCache(16 * 1024, settle_ns=2_000_000_000)  # a bound in bytes, oldest out
+    for i in range(64):
+        small.put(i, old, b"y" * 100, now)
+    assert 0 < len(small) < 64 and 63 in small and 0 not in small

@@ -6,7 +6,7 @@ hypothesis state machine changes the tree through HTTP (PUT, MOVE, COPY, DELETE,
 sent to either server) and straight on the filesystem (renames, replacements, in-place
 writes through hard links in another directory), waits now and then so that what was
 written becomes old enough to be cached, and after every read (GET, HEAD, GET with
-Want-Digest, PROPFIND Depth 1) compares the two answers: status, body, ETag, Digest,
+Want-Digest, PROPFIND Depth 0 and 1) compares the two answers: status, body, ETag, Digest,
 Last-Modified, and the whole listing.  Collections start with enough members for their
 listing fragments to be kept.
 """
@@ -28,6 +28,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_sta
 
 from tests.conftest import BASE_CONFIG
 from tests.support import SEProcess
+
+PROP_ETAG = (
+    '<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:getetag/>'
+    "<D:getlastmodified/></D:prop></D:propfind>"
+)
 
 SETTLE = 0.05  # storage.cache_settle_time of the cached server (the smallest allowed)
 CACHED = f"{BASE_CONFIG}\n[storage]\ncache_settle_time = {SETTLE}\n"
@@ -196,12 +201,21 @@ def test_cached_server_answers_like_the_uncached_one(
             texts = [r.text.replace(srv.url, "") for r, srv in ((a, cached), (b, plain))]
             assert texts[0] == texts[1], f"PROPFIND {path}"
 
+        @rule(path=paths, allprop=st.booleans())
+        def depth0(self, path: str, allprop: bool) -> None:
+            body = "" if allprop else PROP_ETAG
+            a, b = both("PROPFIND", path, headers={"Depth": "0"}, data=body)
+            assert a.status_code == b.status_code, path
+            texts = [r.text.replace(srv.url, "") for r, srv in ((a, cached), (b, plain))]
+            assert texts[0] == texts[1], f"PROPFIND Depth 0 {path}"
+
         @rule()
         def read_everything(self) -> None:
             """Every name read and every collection listed: what the cache keeps now is
             what a later change must not let it answer with."""
             for path in [*FILES, *DIRS]:
                 self.read(path, "GET")
+                self.depth0(path, True)
             for path in ["/", *DIRS]:
                 self.listing(path)
 
