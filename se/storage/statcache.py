@@ -41,6 +41,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Generic, TypeVar
 
 from se.storage.dirwatch import Token
 from se.storage.types import CachedFile, Identity, Stat
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 DEFAULT_SETTLE_NS = 2_000_000_000
+V = TypeVar("V")
 _EMPTY: Mapping[str, tuple[Identity, bytes]] = MappingProxyType({})
 
 
@@ -64,39 +66,66 @@ def settled(st: Stat, now_ns: int, settle_ns: int) -> bool:
     return now_ns - max(st.mtime_ns, st.ctime_ns) >= settle_ns
 
 
-class FileCache:
-    """Small files' bytes, by path, valid while the path stats the same."""
+class _Checked(Generic[V]):
+    """Values by key, each kept with the identity of what it was made from and handed out
+    only for that identity; least recently used first out, within ``max_bytes`` (as
+    :meth:`_cost` counts a value)."""
 
     def __init__(self, max_bytes: int, settle_ns: int = DEFAULT_SETTLE_NS) -> None:
         self.max_bytes = max_bytes
         self.settle_ns = settle_ns
         self._bytes = 0
-        self._files: OrderedDict[Hashable, tuple[Identity, CachedFile]] = OrderedDict()
+        self._kept: OrderedDict[Hashable, tuple[Identity, V]] = OrderedDict()
+
+    def _cost(self, value: V) -> int:
+        raise NotImplementedError
 
     def __len__(self) -> int:
-        return len(self._files)
+        return len(self._kept)
 
-    def get(self, key: Hashable, current: Identity | None) -> CachedFile | None:
-        """The file kept for ``key`` if ``current`` (the identity of a stat of it made for
-        this request) is exactly the one it was read with; anything else drops it."""
-        got = self._files.get(key)
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._kept
+
+    def get(self, key: Hashable, current: Identity | None) -> V | None:
+        """The value kept for ``key`` if ``current`` (the identity of a stat made for this
+        request) is exactly the one it was made from; anything else drops it."""
+        got = self._kept.get(key)
         if got is None:
             return None
         if current != got[0]:
             self.discard(key)
             return None
-        self._files.move_to_end(key)
+        self._kept.move_to_end(key)
         return got[1]
 
-    def peek(self, key: Hashable) -> CachedFile | None:
-        """The entry for ``key`` without validating it (the caller compares Stats)."""
-        got = self._files.get(key)
+    def peek(self, key: Hashable) -> V | None:
+        """The value for ``key`` without validating it (the caller compares identities)."""
+        got = self._kept.get(key)
         return got[1] if got is not None else None
 
     def discard(self, key: Hashable) -> None:
-        old = self._files.pop(key, None)
+        old = self._kept.pop(key, None)
         if old is not None:
-            self._bytes -= len(old[1].data)
+            self._bytes -= self._cost(old[1])
+
+    def _keep(self, key: Hashable, identity: Identity, value: V) -> bool:
+        self.discard(key)
+        self._kept[key] = (identity, value)
+        self._bytes += self._cost(value)
+        while self._bytes > self.max_bytes and self._kept:
+            self.discard(next(iter(self._kept)))
+        return key in self._kept
+
+    def clear(self) -> None:
+        self._kept.clear()
+        self._bytes = 0
+
+
+class FileCache(_Checked[CachedFile]):
+    """Small files' bytes, by path, valid while the path stats the same."""
+
+    def _cost(self, value: CachedFile) -> int:
+        return len(value.data)
 
     def storable(self, st: Stat, now_ns: int | None = None) -> bool:
         return st.size <= self.max_bytes // 4 and settled(
@@ -108,16 +137,7 @@ class FileCache:
         changed too recently to be told apart from a later change."""
         if len(f.data) != f.stat.size or not self.storable(f.stat):
             return False
-        self.discard(key)
-        self._files[key] = (f.stat.identity, f)
-        self._bytes += len(f.data)
-        while self._bytes > self.max_bytes and self._files:
-            self.discard(next(iter(self._files)))
-        return key in self._files
-
-    def clear(self) -> None:
-        self._files.clear()
-        self._bytes = 0
+        return self._keep(key, f.stat.identity, f)
 
 
 # Memory a kept member costs beside its fragment's bytes (CPython 3.11, measured with
@@ -230,54 +250,18 @@ class ListingCache:
 ANSWER_COST = 512
 
 
-class AnswerCache:
+class AnswerCache(_Checked[bytes]):
     """Rendered answers about one path (a PROPFIND Depth 0 of a file), by a key that holds
     the path and everything else the answer depends on; each handed out only while a stat
     of the path made for the request gives the identity it was rendered from."""
 
-    def __init__(self, max_bytes: int, settle_ns: int = DEFAULT_SETTLE_NS) -> None:
-        self.max_bytes = max_bytes
-        self.settle_ns = settle_ns
-        self._bytes = 0
-        self._answers: OrderedDict[Hashable, tuple[Identity, bytes]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._answers)
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._answers
-
-    def get(self, key: Hashable, current: Identity | None) -> bytes | None:
-        """The answer kept for ``key`` if ``current`` is exactly the identity it was
-        rendered from; anything else drops it."""
-        got = self._answers.get(key)
-        if got is None:
-            return None
-        if current != got[0]:
-            self.discard(key)
-            return None
-        self._answers.move_to_end(key)
-        return got[1]
+    def _cost(self, value: bytes) -> int:
+        return len(value) + ANSWER_COST
 
     def put(self, key: Hashable, st: Stat, data: bytes, now_ns: int | None = None) -> bool:
         """Keep ``data``, rendered from what had Stat ``st``, unless that changed too
         recently to be told apart from a later change (or it is too big to be worth it)."""
-        size = len(data) + ANSWER_COST
         now = time.time_ns() if now_ns is None else now_ns
-        if size > self.max_bytes // 16 or not settled(st, now, self.settle_ns):
+        if self._cost(data) > self.max_bytes // 16 or not settled(st, now, self.settle_ns):
             return False
-        self.discard(key)
-        self._answers[key] = (st.identity, data)
-        self._bytes += size
-        while self._bytes > self.max_bytes and self._answers:
-            self.discard(next(iter(self._answers)))
-        return key in self._answers
-
-    def discard(self, key: Hashable) -> None:
-        old = self._answers.pop(key, None)
-        if old is not None:
-            self._bytes -= len(old[1]) + ANSWER_COST
-
-    def clear(self) -> None:
-        self._answers.clear()
-        self._bytes = 0
+        return self._keep(key, st.identity, data)
