@@ -404,7 +404,7 @@ def draw_chart(s: Samples, lines: list[Line], path: Path, title: str) -> str | N
         matplotlib.use("Agg")
         plt: Any = importlib.import_module("matplotlib.pyplot")
     except ImportError:
-        return "matplotlib is not installed (pip install '.[bench]')"
+        return "matplotlib is not installed (pip install -e '.[bench]')"
     bars: list[tuple[str, str, float, float, float]] = []  # label, ref, median, lo, hi
     for line in lines:
         if line.absolute is not None:
