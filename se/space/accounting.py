@@ -580,14 +580,23 @@ class Accounting:
         if not placed:
             for _target, share, nbytes, files in rows:
                 back.add(str(share), -int(nbytes), -int(files))
+        if self._drop_pending(key, back) and back:
+            log.warning("space: upload %s never got in place; its count taken back", key)
+
+    def _drop_pending(self, temp: str, back: Deltas, walk_again: bool = False) -> bool:
+        """Forget the pending row(s) of ``temp`` and apply ``back`` (and with
+        ``walk_again``, mark every share as never reconciled), in one transaction; only if
+        the rows were still there (False: judged meanwhile by a recovery, a
+        reconciliation or the sweep, which did it)."""
         with self._db.transaction(write=True) as cur:
-            cur.execute("DELETE FROM space_pending WHERE temp = ?", (key,))
+            cur.execute("DELETE FROM space_pending WHERE temp = ?", (temp,))
             if cur.rowcount <= 0:
-                return  # judged meanwhile (a recovery, a reconciliation)
+                return False
             for name, nbytes, files in sorted(back.items()):
                 _add(cur, name, nbytes, files, time.time())
-        if back:
-            log.warning("space: upload %s never got in place; its count taken back", key)
+            if walk_again:
+                cur.execute("UPDATE space_usage SET reconciled = 0")
+        return True
 
     def begin_change(self) -> str:
         """Mark a change in flight whose count comes with or after what it does on disk (a
@@ -662,14 +671,8 @@ class Accounting:
             back = Deltas()
             for _t, _target, share, nbytes, files, _ino, _created in mine:
                 back.add(str(share), -int(nbytes), -int(files))
-            with self._db.transaction(write=True) as cur:
-                cur.execute("DELETE FROM space_pending WHERE temp = ?", (temp,))
-                if cur.rowcount <= 0:
-                    continue  # settled by a reconciliation meanwhile
-                for name, nbytes, files in sorted(back.items()):
-                    _add(cur, name, nbytes, files, time.time())
-                if temp.startswith(CHANGE_KEY):
-                    cur.execute("UPDATE space_usage SET reconciled = 0")
+            if not self._drop_pending(temp, back, walk_again=temp.startswith(CHANGE_KEY)):
+                continue  # settled by a reconciliation meanwhile
             undone += 1
             if temp.startswith(CHANGE_KEY):
                 self._walk_wanted = True

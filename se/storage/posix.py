@@ -476,7 +476,7 @@ def _dirs_locked(space: SpaceTracker | None, dirs: Sequence[str]) -> Iterator[No
     try:
         for d in dirs:
             try:
-                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = os.open(d, _DIR_FLAGS)
             except OSError:
                 continue
             st = os.fstat(fd)
@@ -1585,8 +1585,7 @@ class PosixBackend:
                 with _dirs_locked(self.space, parents), _counted_after(self.space) as copied:
                     dst_fs, existed = self._prepare_target(dst, overwrite, not is_dir)
                     parent, name = os.path.split(dst_fs)
-                    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-                    parent_fd = os.open(parent, flags)
+                    parent_fd = os.open(parent, _DIR_FLAGS)
                     space = self.space
                     try:
                         if is_dir:
@@ -1646,8 +1645,7 @@ class PosixBackend:
         link: each member is opened relative to its directory with O_NOFOLLOW.  Each file
         copied is added to ``copied`` (by the share of its new place)."""
         os.mkdir(name, 0o755, dir_fd=parent_fd)
-        dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        out = os.open(name, dir_flags, dir_fd=parent_fd)
+        out = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         try:
             xattrs.copy_dead_props(src_fd, out)
             if not recursive:
@@ -1667,7 +1665,7 @@ class PosixBackend:
                         (member, Forbidden(f"{member}: not a regular file; not copied"))
                     )
                     continue
-                flags = dir_flags if stat_mod.S_ISDIR(mode) else os.O_RDONLY | os.O_CLOEXEC
+                flags = _DIR_FLAGS if stat_mod.S_ISDIR(mode) else os.O_RDONLY | os.O_CLOEXEC
                 try:
                     child = os.open(de.name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=src_fd)
                 except OSError as exc:  # replaced meanwhile (ELOOP: by a symlink)
