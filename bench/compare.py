@@ -814,7 +814,7 @@ def row_put4k(ctx: Ctx) -> None:
 def row_fireflies(ctx: Ctx) -> None:
     sink = ctx.sink = Sink()
     header = [f"SciTag: {SCITAG}"]
-    fireflies: dict[str, list[tuple[int, int]]] = {}
+    fireflies: dict[str, list[tuple[int, int, int]]] = {}
     try:
         for name in ("se-ff-on", "se-ff-off"):
             ctx.start(name)
@@ -829,31 +829,44 @@ def row_fireflies(ctx: Ctx) -> None:
         def measure(srv: Srv) -> tuple[float | None, dict[str, Any]]:
             sink.collect()
             r = wrk_run(ctx, srv, "GET 4 KiB tagged", f"/{SMALL_NAME}", GET_LUA, header)
-            time.sleep(1.0)  # the end fireflies of the last requests
+            time.sleep(2.5)  # the end fireflies: wrk closed its connections (flow_linger 1 s)
             count, _ = sink.collect()
             if r is None:
                 return None, {"fireflies": count}
-            # wrk counts the answers it read; requests in flight when it stopped (at most one
-            # per connection) were reported by the server too
+            # Each keep-alive connection's run of GETs is one flow (scitags.flow_linger): its
+            # end firefly reports the bytes of all of them.  wrk counts the answers it read;
+            # requests in flight when it stopped (at most one per connection) were served
+            # and reported too.
+            served = sink.ended // SMALL_SIZE
             log(
-                f"    {srv.name}: {count} fireflies for {r.requests} requests "
-                f"({count / r.requests:.3f}/request)"
+                f"    {srv.name}: {count} fireflies for {r.requests} requests; their end "
+                f"fireflies report {sink.ended:,} bytes = {served} GETs of {SMALL_SIZE}"
             )
-            fireflies.setdefault(srv.name, []).append((count, r.requests))
-            return r.rps, {"requests": r.requests, "fireflies": count}
+            if srv.name == "se-ff-on" and not (
+                r.requests <= served <= r.requests + ctx.args.connections
+            ):
+                ctx.samples.note(
+                    f"fireflies: {srv.name}: the end fireflies report {served} GETs, wrk "
+                    f"counted {r.requests}: NOT MATCHING"
+                )
+            fireflies.setdefault(srv.name, []).append((count, r.requests, served))
+            return r.rps, {"requests": r.requests, "fireflies": count, "reported": served}
 
         ctx.interleave("fireflies", "fireflies", ["se-ff-on", "se-ff-off"], measure)
         for name, runs in fireflies.items():
-            got, asked = sum(c for c, _ in runs), sum(n for _, n in runs)
+            got = sum(c for c, _, _ in runs)
+            asked = sum(n for _, n, _ in runs)
+            reported = sum(b for _, _, b in runs)
             expected = (
-                "2 expected (start and end), plus up to 2 per connection for the requests in "
-                "flight when wrk stopped"
+                "2 per connection expected (one flow per keep-alive connection), and end "
+                "fireflies reporting every GET wrk counted plus at most one in flight per "
+                "connection"
                 if name == "se-ff-on"
                 else "0 expected"
             )
             ctx.samples.note(
                 f"fireflies: {name} sent {got} to the collector for {asked} requests counted by "
-                f"wrk ({got / asked:.3f} per request; {expected})"
+                f"wrk, their end fireflies reporting {reported} GETs ({expected})"
             )
     finally:
         ctx.stop("se-ff-on")

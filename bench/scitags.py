@@ -76,6 +76,7 @@ class Sink:
         self.sock.setblocking(False)
         self.port: int = self.sock.getsockname()[1]
         self._drops = self._kernel_drops()
+        self.ended = 0
 
     def _kernel_drops(self) -> int:
         wanted = f"{socket.htonl(0x7F000001):08X}:{self.port:04X}"
@@ -90,8 +91,10 @@ class Sink:
         return 0
 
     def collect(self) -> tuple[int, list[bytes]]:
-        """Datagrams since the last call: (count, up to a few of them)."""
+        """Datagrams since the last call: (count, up to a few of them).  :attr:`ended`
+        becomes the bytes the end fireflies among them report (``usage.sent``)."""
         count, sample = 0, list[bytes]()
+        self.ended = 0
         for _ in range(10_000_000):
             try:
                 data = self.sock.recv(65535)
@@ -100,6 +103,8 @@ class Sink:
             count += 1
             if len(sample) < 4:
                 sample.append(data)
+            if b'"state":"end"' in data:
+                self.ended += _usage_sent(data)
         drops = self._kernel_drops()
         count += drops - self._drops
         self._drops = drops
@@ -167,6 +172,15 @@ def config_text(fireflies: bool, collector: int, peer: str, access_log: bool) ->
     elif peer != str(PEER_PORT):
         lines.append(f"firefly_port = {peer}")
     return "\n".join(lines) + "\n"
+
+
+def _usage_sent(raw: bytes) -> int:
+    """``usage.sent`` of a firefly (0 when it has none or is not one)."""
+    try:
+        body = json.loads(raw.decode("utf-8", "replace").split(" ", 7)[7])
+        return int(body.get("usage", {}).get("sent", 0))
+    except (IndexError, ValueError, AttributeError):
+        return 0
 
 
 def check_firefly(raw: bytes) -> str | None:

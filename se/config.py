@@ -244,6 +244,11 @@ class SciTagsConfig:
     send_to_peer: bool = True  # to the flow's peer, on firefly_port
     firefly_port: int = 10514
     ongoing_interval: float = 0.0  # seconds between "ongoing" fireflies of a flow; 0 = none
+    # A transfer on a keep-alive connection continues the flow of the connection's previous
+    # transfer when it has the same tag and direction and starts within this many seconds
+    # of its end (one start and one end firefly for the run, as the network sees one TCP
+    # flow); 0 = every transfer is a flow of its own.
+    flow_linger: float = 1.0
     collectors: tuple[str, ...] = ()  # "host:port" (or "[v6]:port"), resolved at start
     exclude: tuple[str, ...] = ()  # CIDRs whose flows are not reported
     report_local: bool = False  # also report loopback and link-local flows (tests)
@@ -735,6 +740,8 @@ def validate(cfg: Config) -> None:
     sc = cfg.scitags
     if not 1 <= sc.firefly_port <= 65535:
         raise ConfigError("scitags.firefly_port: not a UDP port")
+    if not 0 <= sc.flow_linger <= 3600:
+        raise ConfigError("scitags.flow_linger: must be in [0, 3600] seconds")
     for net in sc.exclude:
         try:
             ipaddress.ip_network(net, strict=False)

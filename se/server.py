@@ -159,6 +159,8 @@ class _Site(web.SockSite):
         max_head_bytes, head_timeout = self._head
         app = cast(web.AppRunner, self._runner).app
         lean = app[LEAN] if app[CONTEXT].cfg.server.lean_path else None
+        scitags = app[CONTEXT].scitags
+        closed_hook = scitags.connection_closed if scitags is not None else None
 
         def handler() -> SEHandler:
             return SEHandler(
@@ -169,6 +171,7 @@ class _Site(web.SockSite):
                 head_timeout=head_timeout,
                 allow=ALLOW,
                 lean=lean,
+                closed_hook=closed_hook,
                 **kwargs,
             )
 

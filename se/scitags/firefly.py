@@ -77,7 +77,11 @@ class _Clock:
         self._prefix = ""
 
     def __call__(self) -> str:
-        second, ns = divmod(time.time_ns(), 1_000_000_000)
+        return self.at(time.time_ns())
+
+    def at(self, when_ns: int) -> str:
+        """The time ``when_ns`` (nanoseconds since the epoch) in the same form."""
+        second, ns = divmod(when_ns, 1_000_000_000)
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
@@ -174,10 +178,17 @@ def datagram(
     )
 
 
-def _datagram(flow: Flow, state: str, ident: str, now: str, rtt_ms: float | None) -> bytes:
+def _datagram(
+    flow: Flow,
+    state: str,
+    ident: str,
+    now: str,
+    rtt_ms: float | None,
+    end_time: str | None = None,
+) -> bytes:
     if not flow._start_iso and flow.started is None:
         flow._start_iso = now  # the first firefly of the flow: it starts now
-    end = f',"end-time":"{now}"' if state == "end" else ""
+    end = f',"end-time":"{end_time or now}"' if state == "end" else ""
     lifecycle = f'{{"state":"{state}","current-time":"{now}","start-time":"{flow.start_iso}"{end}}}'
     tail = ""
     if state != "start":
@@ -313,12 +324,15 @@ class FireflySender:
             return False
         return not any(ip in net for net in self._exclude)
 
-    def emit(self, flow: Flow, state: str, rtt_ms: float | None = None) -> None:
-        """Send (or queue) the firefly of ``flow`` in ``state``, if the flow is reported."""
+    def emit(
+        self, flow: Flow, state: str, rtt_ms: float | None = None, end_time: str | None = None
+    ) -> None:
+        """Send (or queue) the firefly of ``flow`` in ``state``, if the flow is reported;
+        an end firefly's ``end_time`` is now unless given (a flow that ended earlier)."""
         if not self.reports(flow.peer):
             self.skip()
             return
-        self._enqueue(_datagram(flow, state, self._ident, now_iso(), rtt_ms), flow.peer)
+        self._enqueue(_datagram(flow, state, self._ident, now_iso(), rtt_ms, end_time), flow.peer)
 
     def report(self, flow: Flow, state: str, sock: socket.socket | None) -> None:
         """:meth:`emit`, with the RTT read from ``sock`` for the fireflies that carry it

@@ -8,16 +8,17 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from importlib import resources
 
 from se import metrics
 from se.config import SciTagsConfig
-from se.scitags.firefly import FireflySender, Flow, plain_ip
+from se.scitags.firefly import FireflySender, Flow, now_iso, plain_ip, rtt_ms
 from se.scitags.flowlabel import Labeller
 from se.scitags.tags import INVALID, Registry, Tag, select_tag
 
-__all__ = ["SciTagService", "parse_hostport"]
+__all__ = ["ConnectionFlow", "SciTagService", "parse_hostport"]
 
 log = logging.getLogger("se.scitags")
 _FLOWD_WRITTEN = metrics.cached(lambda: metrics.SCITAGS_FLOWD_LINES.labels("written"))
@@ -60,6 +61,8 @@ class SciTagService:
         )
         self.labeller = Labeller() if cfg.flow_labels else None
         self._fireflies = cfg.fireflies
+        self.application_get = f"{cfg.application} http-get"  # of flows se accepts
+        self.application_put = f"{cfg.application} http-put"
         self._flowd_pipe = cfg.flowd_pipe
         self._by_path = [
             (p.rstrip("/") or "/", self._exp(e)) for p, e in _pairs(cfg.experiment_by_path)
@@ -68,6 +71,11 @@ class SciTagService:
         self._by_method = {m.upper(): a for m, a in _pairs(cfg.activity_by_method)}
         self._warned_invalid = False
         self._ongoing: dict[int, asyncio.TimerHandle] = {}
+        # Accepted flows whose last transfer ended, by connection, until the next transfer
+        # continues them or flow_linger passes (see ConnectionFlow).
+        self._linger_ns = int(cfg.flow_linger * 1e9)
+        self._parked: dict[asyncio.BaseTransport, ConnectionFlow] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self.flowd_lines = 0
         self.flowd_dropped = 0
         # Every outcome shows on the metrics page from the start (at 0).
@@ -87,6 +95,7 @@ class SciTagService:
         return found
 
     def close(self) -> None:
+        self._end_parked(lambda _t, _f: True)
         self.sender.close()
 
     @property
@@ -149,6 +158,91 @@ class SciTagService:
             handle.cancel()
         self._report("end", flow, sock, accepted)
 
+    # -- flows of accepted connections ---------------------------------------------------
+    def resume(
+        self, transport: asyncio.BaseTransport, tag: Tag, application: str
+    ) -> ConnectionFlow | None:
+        """The flow this connection's previous transfer left open, if the next transfer
+        (``tag``, ``application``) continues it; a parked flow it does not continue ends."""
+        if not self._parked:
+            return None
+        parked = self._parked.pop(transport, None)
+        if parked is None:
+            return None
+        flow = parked.flow
+        if (
+            flow.tag == tag
+            and flow.application == application
+            and time.time_ns() - parked.ended_ns <= self._linger_ns
+        ):
+            parked.done = False
+            return parked
+        self._close_flow(parked)
+        return None
+
+    def finished(self, cf: ConnectionFlow) -> None:
+        """A transfer of ``cf`` ended: its flow ends now, or stays open for the connection's
+        next transfer (flow_linger), when the connection stays open."""
+        transport = cf.transport
+        if self._linger_ns <= 0 or transport is None or transport.is_closing():
+            self.end(cf.flow, cf.sock, accepted=True)
+            return
+        now = time.time_ns()
+        cf.ended_ns = now
+        if self._fireflies and now - cf.rtt_read_ns >= 1_000_000_000:
+            # the RTT the end firefly carries, read while the socket is open (once a second
+            # at most: a run of small transfers would otherwise read it for every one)
+            cf.rtt = rtt_ms(cf.sock)
+            cf.rtt_read_ns = now
+        earlier = self._parked.pop(transport, None)
+        if earlier is not None and earlier is not cf:  # not expected: transfers are serial
+            self._close_flow(earlier)
+        self._parked[transport] = cf
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(
+                max(self.cfg.flow_linger, 0.05), self._sweep
+            )
+
+    def connection_closed(self, transport: asyncio.BaseTransport) -> None:
+        """The connection is gone: the flow it left open ends now."""
+        if self._parked:
+            parked = self._parked.pop(transport, None)
+            if parked is not None:
+                self._close_flow(parked)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        cutoff = time.time_ns() - self._linger_ns
+        self._end_parked(lambda t, f: f.ended_ns <= cutoff or t.is_closing())
+        if self._parked:
+            self._sweeper = asyncio.get_running_loop().call_later(
+                max(self.cfg.flow_linger / 2, 0.05), self._sweep
+            )
+
+    def _end_parked(self, which: Callable[[asyncio.BaseTransport, ConnectionFlow], bool]) -> None:
+        for transport, cf in list(self._parked.items()):
+            if which(transport, cf):
+                del self._parked[transport]
+                self._close_flow(cf)
+        if not self._parked and self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    def _close_flow(self, cf: ConnectionFlow) -> None:
+        """The end of a parked flow: its end time is when its last transfer ended."""
+        flow = cf.flow
+        handle = self._ongoing.pop(id(flow), None)
+        if handle is not None:
+            handle.cancel()
+        try:
+            if self._fireflies:
+                self.sender.emit(flow, "end", cf.rtt, end_time=now_iso.at(cf.ended_ns))
+            if self._flowd_pipe:
+                self._flowd("end", flow)
+        except Exception:
+            self.sender.count_dropped()
+            log.exception("could not report an end flow event")
+
     def _report(self, state: str, flow: Flow, sock: socket.socket | None, accepted: bool) -> None:
         """Never lets a reporting problem reach the data path: logged and counted."""
         try:
@@ -186,3 +280,41 @@ class SciTagService:
             _FLOWD_DROPPED().inc()
         finally:
             os.close(fd)
+
+
+class ConnectionFlow:
+    """The flow of an accepted transfer, and of the transfers after it on the same
+    keep-alive connection that continue it.
+
+    The network sees one TCP flow per connection.  A run of transfers on one connection
+    with one tag and one direction is reported as one flow: a start firefly at the first,
+    one end firefly after the last (carrying the bytes of all of them, and the time the last
+    one ended), sent when the connection closes, carries another tag or direction, or has
+    carried none for ``flow_linger`` seconds.  With ``flow_linger = 0`` every transfer is a
+    flow of its own."""
+
+    __slots__ = ("_svc", "done", "ended_ns", "flow", "rtt", "rtt_read_ns", "sock", "transport")
+
+    def __init__(
+        self,
+        svc: SciTagService,
+        flow: Flow,
+        transport: asyncio.BaseTransport | None,
+        sock: socket.socket | None,
+    ) -> None:
+        self._svc = svc
+        self.flow = flow
+        self.transport = transport
+        self.sock = sock
+        self.done = False
+        self.ended_ns = 0
+        self.rtt: float | None = None
+        self.rtt_read_ns = 0
+
+    def end(self, nbytes: int) -> None:
+        """This transfer ended, having moved ``nbytes`` (from the source); idempotent."""
+        if self.done:
+            return
+        self.done = True
+        self.flow.sent += nbytes
+        self._svc.finished(self)

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -117,6 +118,7 @@ class SEHandler(RequestHandler):
         "_access_on",
         "_allow",
         "_budget",
+        "_closed_hook",
         "_feeding",
         "_head_bytes",
         "_head_timeout",
@@ -142,9 +144,12 @@ class SEHandler(RequestHandler):
         head_timeout: float,
         allow: str,
         lean: fastpath.Lean | None = None,
+        closed_hook: Callable[[asyncio.BaseTransport], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, loop=loop, **kwargs)
+        # told when the connection is gone (the SciTags flow a keep-alive connection holds)
+        self._closed_hook = closed_hook
         self._lean = lean  # when the lean path (se.web.fastpath) is on
         self._lean_count = 0  # requests answered by it
         self._logged = 0  # answers aiohttp has finished (all written)
@@ -199,6 +204,9 @@ class SEHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         metrics.connection_closed()
         self._end_head()
+        transport = self.transport
+        if self._closed_hook is not None and transport is not None:
+            self._closed_hook(transport)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

@@ -9,6 +9,7 @@ Flow labels are captured on ``lo`` with an ``AF_PACKET`` socket (root only).
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import http.client
 import os
@@ -185,6 +186,155 @@ def test_get_and_put(
     assert "http-put" in start.application
     assert near(end.sent, size), end.body
     check_only(collector, 4)
+
+
+class KeepAlive:
+    """One client connection carrying many requests, as davix, gfal2 and FTS keep them."""
+
+    def __init__(self, srv: SEProcess) -> None:
+        parts = urlsplit(srv.url)
+        self.conn = http.client.HTTPConnection(str(parts.hostname), int(parts.port or 80), 30)
+        self.conn.connect()
+        assert self.conn.sock is not None
+        local = self.conn.sock.getsockname()
+        self.local: Addr = (local[0], local[1])
+
+    def __call__(
+        self, method: str, path: str, tag: str | None = None, body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        self.conn.request(method, path, body=body, headers={"SciTag": tag} if tag else {})
+        resp = self.conn.getresponse()
+        return resp.status, resp.read()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def on(conn: KeepAlive) -> Callable[[Firefly], bool]:
+    """The fireflies of flows on this connection (either direction)."""
+    return lambda f: conn.local in (f.src, f.dst)
+
+
+def current_time(f: Firefly) -> dt.datetime:
+    return dt.datetime.fromisoformat(f.body["flow-lifecycle"]["current-time"])
+
+
+def test_transfers_on_one_connection_make_one_flow_per_tag_and_direction(
+    se_factory: Factory, collector: FireflyCollector
+) -> None:
+    # flow_linger is long here: only a change of tag or direction, or the connection's
+    # close, ends a flow.
+    srv = se_factory(scitags_config(collector.port, extra="flow_linger = 60\n"))
+    small = write(srv.root / "f", 4096)
+    big = write(srv.root / "big", 3 * MIB + 1)  # not a lean-path answer: sendfile
+    conn = KeepAlive(srv)
+    try:
+        for _ in range(3):
+            assert conn("GET", "/f", ATLAS_STAGING) == (200, small)
+        assert conn("GET", "/big", ATLAS_STAGING) == (200, big)
+        assert conn("GET", "/f") == (200, small)  # untagged: not part of any flow
+        assert conn("HEAD", "/f", ATLAS_STAGING)[0] == 200  # no data: no flow
+        assert conn("GET", "/f", ATLAS_STAGING) == (200, small)
+        # One flow so far, still open.
+        assert [f.state for f in collector.quiet(0.3) if on(conn)(f)] == ["start"]
+        assert conn("PUT", "/g", ATLAS_STAGING, small)[0] == 201  # the other direction
+        assert conn("PUT", "/h", ATLAS_STAGING, small)[0] == 201
+        assert conn("GET", "/f", CMS_PRODUCTION) == (200, small)  # another tag
+        got = collector.wait_for(on(conn), timeout=5, count=5)
+        assert [(f.state, f.application.split()[-1]) for f in got] == [
+            ("start", "http-get"),
+            ("end", "http-get"),
+            ("start", "http-put"),
+            ("end", "http-put"),
+            ("start", "http-get"),
+        ], [f.body for f in got]
+        closed = time.monotonic()
+    finally:
+        conn.close()
+    # The connection's close ends its last flow at once (not flow_linger later).
+    got = collector.wait_for(on(conn), timeout=5, count=6)
+    assert len(got) == 6, [f.body for f in got]
+    assert got[5].received_at - closed < 3.0
+    flows = [(got[0], got[1]), (got[2], got[3]), (got[4], got[5])]
+    for start, end in flows:
+        assert (start.state, end.state) == ("start", "end")
+        assert start.flow == end.flow and start.tag == end.tag
+        assert start.start_time == end.start_time
+        assert end.end_time is not None and start.start_time <= end.end_time
+    (get_a, get_a_end), (put_a, put_a_end), (get_b, get_b_end) = flows
+    server = ("127.0.0.1", srv.port)
+    assert (get_a.src, get_a.dst, get_a.tag) == (server, conn.local, (2, 19))
+    assert (put_a.src, put_a.dst, put_a.tag) == (conn.local, server, (2, 19))
+    assert (get_b.src, get_b.dst, get_b.tag) == (server, conn.local, (3, 12))
+    # Each end firefly carries the bytes of all the flow's transfers.
+    assert get_a_end.sent == 4 * len(small) + len(big), get_a_end.body
+    assert put_a_end.sent == 2 * len(small), put_a_end.body
+    assert get_b_end.sent == len(small), get_b_end.body
+    # A flow ends when its last transfer did, before the next flow starts.
+    assert get_a_end.end_time is not None and get_a_end.end_time <= put_a.start_time
+    assert put_a_end.end_time is not None and put_a_end.end_time <= get_b.start_time
+    check_only(collector, 6)
+
+
+def test_a_flow_ends_flow_linger_after_its_last_transfer(
+    se_factory: Factory, collector: FireflyCollector
+) -> None:
+    srv = se_factory(scitags_config(collector.port, extra="flow_linger = 0.3\n"))
+    small = write(srv.root / "f", 4096)
+    conn = KeepAlive(srv)
+    try:
+        assert conn("GET", "/f", ATLAS_STAGING) == (200, small)
+        assert conn("GET", "/f", ATLAS_STAGING) == (200, small)
+        # Nothing more on the connection: the flow ends by itself, the connection open.
+        first = collector.wait_for(on(conn), timeout=5, count=2)
+        assert [f.state for f in first] == ["start", "end"], [f.body for f in first]
+        end = first[1]
+        assert end.sent == 2 * len(small)
+        assert end.end_time is not None
+        # end-time is when the last transfer ended; the firefly left flow_linger later.
+        assert (current_time(end) - end.end_time).total_seconds() >= 0.29
+        # The next transfer on the same connection is a new flow.
+        assert conn("GET", "/f", ATLAS_STAGING) == (200, small)
+        got = collector.wait_for(on(conn), timeout=5, count=4)
+        assert [f.state for f in got] == ["start", "end", "start", "end"]
+        assert got[2].start_time > end.end_time and got[3].sent == len(small)
+    finally:
+        conn.close()
+    check_only(collector, 4)
+
+
+def test_a_server_that_stops_ends_the_flows_left_open(
+    se_factory: Factory, collector: FireflyCollector
+) -> None:
+    srv = se_factory(scitags_config(collector.port, extra="flow_linger = 60\n"))
+    small = write(srv.root / "f", 4096)
+    conn = KeepAlive(srv)
+    try:
+        assert conn("GET", "/f", ATLAS_STAGING) == (200, small)
+        assert [f.state for f in collector.quiet(0.3) if on(conn)(f)] == ["start"]
+        srv.stop()  # SIGTERM, the client still connected
+        got = collector.wait_for(on(conn), timeout=10, count=2)
+    finally:
+        conn.close()
+    assert [f.state for f in got] == ["start", "end"], [f.body for f in got]
+    assert got[1].sent == len(small)
+
+
+def test_flow_linger_zero_makes_every_transfer_a_flow(
+    se_factory: Factory, collector: FireflyCollector
+) -> None:
+    srv = se_factory(scitags_config(collector.port, extra="flow_linger = 0\n"))
+    small = write(srv.root / "f", 4096)
+    conn = KeepAlive(srv)
+    try:
+        for _ in range(3):
+            assert conn("GET", "/f", ATLAS_STAGING) == (200, small)
+        got = collector.wait_for(on(conn), timeout=5, count=6)
+    finally:
+        conn.close()
+    assert [f.state for f in got] == ["start", "end"] * 3, [f.body for f in got]
+    assert [f.sent for f in got if f.state == "end"] == [len(small)] * 3
+    check_only(collector, 6)
 
 
 def test_query_parameter_and_precedence(se_factory: Factory, collector: FireflyCollector) -> None:
