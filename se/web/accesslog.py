@@ -75,8 +75,7 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
-_second = -1
-_stamp = ""
+_Entry = tuple[float, str, str, str, int, int, int, int, str, str, str, float]
 
 
 def write_line(
@@ -97,55 +96,76 @@ def write_line(
     sink when one is set up (:func:`write_directly`), else through ``logger``."""
     if logger.disabled or not logger.isEnabledFor(logging.INFO):
         return
-    global _second, _stamp
-    now = _time.time()
-    if int(now) != _second:
-        _second = int(now)
-        _stamp = _time.strftime("[%d/%b/%Y:%H:%M:%S +0000]", _time.gmtime(_second))
-    line = (
-        f'{remote} {_stamp} "{method} {raw_path} HTTP/{major}.{minor}" {status} {length} '
-        f'"{_quoted(referer)}" "{_quoted(agent)}" "{_quoted(identity)}" {took * 1000.0:.0f}'
-    )
+    entry = (
+        _time.time(), remote, method, raw_path, major, minor, status, length, referer, agent,
+        identity, took,
+    )  # fmt: skip
     sink = _SINK
     if sink is None or logger.handlers or not logger.propagate:
-        logger.info("%s", line)
+        logger.info("%s", _LOGGED.line(entry))
         return
-    if "=" in line:  # what RedactTokens does to the records of the logger
-        line = redact_query(line)
-    sink.add(now, line)
+    sink.add(entry)
+
+
+class _Stamps:
+    """The two time stamps of a line, each formatted once per second: the access log's own
+    (UTC, ``[07/Dec/2026:10:00:00 +0000]``) and the logging record's (local time)."""
+
+    __slots__ = ("prefix", "second", "stamp")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.stamp = ""
+        self.prefix = ""
+
+    def _at(self, second: int) -> None:
+        self.second = second
+        self.stamp = _time.strftime("[%d/%b/%Y:%H:%M:%S +0000]", _time.gmtime(second))
+        self.prefix = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(second))
+
+    def line(self, entry: _Entry) -> str:
+        """The access log line of ``entry`` (what follows the logging record's prefix)."""
+        now, remote, method, raw_path, major, minor, status, length, referer, agent, who, took = (
+            entry
+        )
+        if int(now) != self.second:
+            self._at(int(now))
+        return (
+            f'{remote} {self.stamp} "{method} {raw_path} HTTP/{major}.{minor}" {status} '
+            f'{length} "{_quoted(referer)}" "{_quoted(agent)}" "{_quoted(who)}" '
+            f"{took * 1000.0:.0f}"
+        )
+
+
+_LOGGED = _Stamps()  # for lines that go through logging
 
 
 class _Sink:
     """Access log lines formatted as the root handler would (``fmt``), gathered and written
     to ``fd`` together: at the end of the event loop's turn when the last write is more
     than ``GATHER`` seconds old (a quiet server logs at once), else ``GATHER`` after it
-    (under load: one write per 10 ms, not one per request).  Each write holds whole lines
-    and at most PIPE_BUF bytes (unless one line is longer), so lines of several workers
-    writing to one pipe never mix; nothing is dropped (a short write is continued)."""
+    (under load: one write per 10 ms, not one per request).  A request only leaves its
+    fields (:meth:`add`); the lines are formatted when they are written, all in one pass.
+    Each write holds whole lines and at most PIPE_BUF bytes (unless one line is longer),
+    so lines of several workers writing to one pipe never mix; nothing is dropped (a short
+    write is continued)."""
 
     CHUNK = 4096  # PIPE_BUF on Linux
     GATHER = 0.01  # seconds after a write during which more lines wait for the next one
+    MAX_HELD = 512  # entries: written at once beyond this many
 
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
         self.name = name
-        self._lines: list[str] = []
-        self._size = 0
+        self._entries: list[_Entry] = []
         self._scheduled = False
         self._quiet_until = 0.0
-        self._second = -1
-        self._prefix = ""
+        self._stamps = _Stamps()
 
-    def add(self, now: float, line: str) -> None:
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(second))
-        self._lines.append(
-            f"{self._prefix},{int((now - second) * 1000):03d} INFO {self.name}: {line}\n"
-        )
-        self._size += len(line)
-        if self._size >= 16 * self.CHUNK:
+    def add(self, entry: _Entry) -> None:
+        entries = self._entries
+        entries.append(entry)
+        if len(entries) >= self.MAX_HELD:
             self.flush()
         elif not self._scheduled:
             self._scheduled = at_end_of_turn(self.flush, self._quiet_until - _time.monotonic())
@@ -153,11 +173,19 @@ class _Sink:
     def flush(self) -> None:
         self._scheduled = False
         self._quiet_until = _time.monotonic() + self.GATHER
-        lines, self._lines, self._size = self._lines, [], 0
+        entries, self._entries = self._entries, []
+        stamps = self._stamps
+        tail = f" INFO {self.name}: "
         chunk: list[bytes] = []
         size = 0
-        for text in lines:
-            data = text.encode("utf-8", "backslashreplace")
+        for entry in entries:
+            line = stamps.line(entry)
+            if "=" in line:  # what RedactTokens does to the records of the logger
+                line = redact_query(line)
+            now = entry[0]
+            data = (
+                f"{stamps.prefix},{int((now - stamps.second) * 1000):03d}{tail}{line}\n"
+            ).encode("utf-8", "backslashreplace")
             if chunk and size + len(data) > self.CHUNK:
                 self._write(b"".join(chunk))
                 chunk, size = [], 0

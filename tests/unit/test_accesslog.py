@@ -87,13 +87,17 @@ def test_chunks_hold_whole_lines_within_pipe_buf(pipe: tuple[int, int]) -> None:
     sink = accesslog._Sink(w, "se.access")
     writes: list[bytes] = []
     sink._write = writes.append  # type: ignore[method-assign,assignment]
-    for i in range(500):
-        sink.add(1.5, f"line {i} " + "x" * (i % 97))
-    sink.add(1.5, "y" * 9000)  # longer than a chunk: alone
+
+    def entry(path: str) -> accesslog._Entry:
+        return (1.5, "::1", "GET", path, 1, 1, 200, 4096, "-", "-", "-", 0.001)
+
+    for i in range(700):  # more than MAX_HELD: written in two goes
+        sink.add(entry(f"/line{i}" + "x" * (i % 97)))
+    sink.add(entry("/" + "y" * 9000))  # longer than a chunk: alone
     sink.flush()
     assert all(len(c) <= accesslog._Sink.CHUNK for c in writes if b"y" * 9000 not in c)
     assert all(c.endswith(b"\n") for c in writes)
-    assert sum(c.count(b"\n") for c in writes) == 501
+    assert sum(c.count(b"\n") for c in writes) == 701
 
 
 def test_without_the_sink_lines_go_through_logging(caplog: pytest.LogCaptureFixture) -> None:
