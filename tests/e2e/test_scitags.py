@@ -9,6 +9,7 @@ Flow labels are captured on ``lo`` with an ``AF_PACKET`` socket (root only).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import http.client
@@ -210,6 +211,15 @@ class KeepAlive:
         self.conn.close()
 
 
+def linger_server(
+    se_factory: Factory, collector: FireflyCollector, linger: float
+) -> tuple[SEProcess, bytes, KeepAlive]:
+    """A server with ``scitags.flow_linger = linger`` serving a 4 KiB ``/f``, and one
+    connection to it."""
+    srv = se_factory(scitags_config(collector.port, extra=f"flow_linger = {linger}\n"))
+    return srv, write(srv.root / "f", 4096), KeepAlive(srv)
+
+
 def on(conn: KeepAlive) -> Callable[[Firefly], bool]:
     """The fireflies of flows on this connection (either direction)."""
     return lambda f: conn.local in (f.src, f.dst)
@@ -224,10 +234,8 @@ def test_transfers_on_one_connection_make_one_flow_per_tag_and_direction(
 ) -> None:
     # flow_linger is long here: only a change of tag or direction, or the connection's
     # close, ends a flow.
-    srv = se_factory(scitags_config(collector.port, extra="flow_linger = 60\n"))
-    small = write(srv.root / "f", 4096)
+    srv, small, conn = linger_server(se_factory, collector, 60)
     big = write(srv.root / "big", 3 * MIB + 1)  # not a lean-path answer: sendfile
-    conn = KeepAlive(srv)
     try:
         for _ in range(3):
             assert conn("GET", "/f", ATLAS_STAGING) == (200, small)
@@ -279,9 +287,7 @@ def test_transfers_on_one_connection_make_one_flow_per_tag_and_direction(
 def test_a_flow_ends_flow_linger_after_its_last_transfer(
     se_factory: Factory, collector: FireflyCollector
 ) -> None:
-    srv = se_factory(scitags_config(collector.port, extra="flow_linger = 0.3\n"))
-    small = write(srv.root / "f", 4096)
-    conn = KeepAlive(srv)
+    _, small, conn = linger_server(se_factory, collector, 0.3)
     try:
         assert conn("GET", "/f", ATLAS_STAGING) == (200, small)
         assert conn("GET", "/f", ATLAS_STAGING) == (200, small)
@@ -306,16 +312,12 @@ def test_a_flow_ends_flow_linger_after_its_last_transfer(
 def test_a_server_that_stops_ends_the_flows_left_open(
     se_factory: Factory, collector: FireflyCollector
 ) -> None:
-    srv = se_factory(scitags_config(collector.port, extra="flow_linger = 60\n"))
-    small = write(srv.root / "f", 4096)
-    conn = KeepAlive(srv)
-    try:
+    srv, small, conn = linger_server(se_factory, collector, 60)
+    with contextlib.closing(conn):  # the client stays connected until the end
         assert conn("GET", "/f", ATLAS_STAGING) == (200, small)
         assert [f.state for f in collector.quiet(0.3) if on(conn)(f)] == ["start"]
-        srv.stop()  # SIGTERM, the client still connected
+        srv.stop()  # SIGTERM
         got = collector.wait_for(on(conn), timeout=10, count=2)
-    finally:
-        conn.close()
     assert [f.state for f in got] == ["start", "end"], [f.body for f in got]
     assert got[1].sent == len(small)
 
@@ -323,9 +325,7 @@ def test_a_server_that_stops_ends_the_flows_left_open(
 def test_flow_linger_zero_makes_every_transfer_a_flow(
     se_factory: Factory, collector: FireflyCollector
 ) -> None:
-    srv = se_factory(scitags_config(collector.port, extra="flow_linger = 0\n"))
-    small = write(srv.root / "f", 4096)
-    conn = KeepAlive(srv)
+    _, small, conn = linger_server(se_factory, collector, 0)
     try:
         for _ in range(3):
             assert conn("GET", "/f", ATLAS_STAGING) == (200, small)
