@@ -66,11 +66,13 @@ def parse_depth(value: str | None, default: Depth) -> Depth:
     """``Depth`` header; ``default`` when absent.  Case-insensitive, surrounding space ignored."""
     if value is None:
         return default
-    text = value.strip().lower()
-    for depth in Depth:
-        if depth.value == text:
-            return depth
-    raise BadRequest(f"invalid Depth header: {_show(value)}")
+    depth = _DEPTHS.get(value) or _DEPTHS.get(value.strip().lower())
+    if depth is None:
+        raise BadRequest(f"invalid Depth header: {_show(value)}")
+    return depth
+
+
+_DEPTHS: dict[str, Depth] = {d.value: d for d in Depth}
 
 
 # --------------------------------------------------------------------------- Overwrite / booleans
