@@ -152,11 +152,18 @@ class SciTagService:
             self.cfg.ongoing_interval, self._tick, flow, sock
         )
 
-    def end(self, flow: Flow, sock: socket.socket | None, accepted: bool) -> None:
+    def end(
+        self,
+        flow: Flow,
+        sock: socket.socket | None,
+        accepted: bool,
+        parked: ConnectionFlow | None = None,
+    ) -> None:
+        """The flow's end: now, or (``parked``) when its last transfer ended."""
         handle = self._ongoing.pop(id(flow), None)
         if handle is not None:
             handle.cancel()
-        self._report("end", flow, sock, accepted)
+        self._report("end", flow, sock, accepted, parked)
 
     # -- flows of accepted connections ---------------------------------------------------
     def resume(
@@ -229,25 +236,25 @@ class SciTagService:
             self._sweeper = None
 
     def _close_flow(self, cf: ConnectionFlow) -> None:
-        """The end of a parked flow: its end time is when its last transfer ended."""
-        flow = cf.flow
-        handle = self._ongoing.pop(id(flow), None)
-        if handle is not None:
-            handle.cancel()
-        try:
-            if self._fireflies:
-                self.sender.emit(flow, "end", cf.rtt, end_time=now_iso.at(cf.ended_ns))
-            if self._flowd_pipe:
-                self._flowd("end", flow)
-        except Exception:
-            self.sender.count_dropped()
-            log.exception("could not report an end flow event")
+        self.end(cf.flow, None, accepted=True, parked=cf)
 
-    def _report(self, state: str, flow: Flow, sock: socket.socket | None, accepted: bool) -> None:
-        """Never lets a reporting problem reach the data path: logged and counted."""
+    def _report(
+        self,
+        state: str,
+        flow: Flow,
+        sock: socket.socket | None,
+        accepted: bool,
+        parked: ConnectionFlow | None = None,
+    ) -> None:
+        """Never lets a reporting problem reach the data path: logged and counted.  A
+        ``parked`` flow's end carries the RTT and the time kept when it was parked."""
         try:
             if self._fireflies:
-                self.sender.report(flow, state, sock)
+                if parked is not None:
+                    end_time = now_iso.at(parked.ended_ns)
+                    self.sender.emit(flow, state, parked.rtt, end_time=end_time)
+                else:
+                    self.sender.report(flow, state, sock)
             if accepted and self._flowd_pipe:
                 self._flowd(state, flow)
         except Exception:
